@@ -1,1 +1,13 @@
-//! Placeholder.
+//! Pure, host-testable logic of the cvm-init PID 1: command-line configuration, the boot plan,
+//! results-channel records, module load lists, and (later) dstack formats. No I/O, no `unsafe`.
+#![forbid(unsafe_code)]
+
+pub mod app_compose;
+pub mod cmdline;
+pub mod error_chain;
+pub mod host_share;
+pub mod identity;
+pub mod modules;
+pub mod plan;
+pub mod results;
+pub mod tee;
