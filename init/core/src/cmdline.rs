@@ -1,1 +1,311 @@
-//! TODO
+//! Configuration from the kernel command line: `cvm.*` keys only. Unknown `cvm.*` keys are an
+//! error (a typo must not silently change behaviour); other parameters belong to the kernel.
+//! The command line is measured but public: it never carries secrets.
+
+use std::fmt;
+
+/// What PID 1 does after the boot plan finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnReady {
+    /// Stay up: reap, serve, and wait for a shutdown request (production).
+    Wait,
+    /// Shut down in order right away (tests, benchmarks).
+    PowerOff,
+}
+
+/// Console and kmsg verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+/// A fault injected by tests (only accepted when test hooks are compiled in).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TestFault {
+    /// Mount this target with a filesystem type that does not exist.
+    Mount { target: String },
+}
+
+/// Whether the binary was built with `insecure-test-hooks`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestHooks {
+    Disabled,
+    Enabled,
+}
+
+impl TestHooks {
+    /// The setting this build of the crate was compiled with.
+    pub const fn compiled() -> Self {
+        if cfg!(feature = "insecure-test-hooks") { Self::Enabled } else { Self::Disabled }
+    }
+}
+
+/// The parsed configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub on_ready: OnReady,
+    pub log_level: LogLevel,
+    pub results_port: String,
+    pub test_fault: Option<TestFault>,
+    pub test_orphans: u8,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            on_ready: OnReady::Wait,
+            log_level: LogLevel::Info,
+            results_port: DEFAULT_RESULTS_PORT.to_owned(),
+            test_fault: None,
+            test_orphans: 0,
+        }
+    }
+}
+
+/// The virtio-serial port name the results channel uses unless `cvm.results` says otherwise.
+pub const DEFAULT_RESULTS_PORT: &str = "cvm.results";
+/// Upper bound for `cvm.test_orphans`.
+pub const MAX_TEST_ORPHANS: u8 = 64;
+const MAX_CMDLINE_LEN: usize = 64 * 1024;
+const MAX_PORT_NAME_LEN: usize = 64;
+
+/// Keys this build understands, for the error message of an unknown key.
+pub const KNOWN_KEYS: &[&str] =
+    &["cvm.on_ready", "cvm.log", "cvm.results", "cvm.test_fault", "cvm.test_orphans"];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmdlineError {
+    #[error("kernel command line is {len} bytes, more than the {MAX_CMDLINE_LEN} allowed")]
+    TooLong { len: usize },
+    #[error("kernel command line has an unterminated double quote")]
+    UnterminatedQuote,
+    #[error("unknown kernel command line key `{key}` (known: {})", KNOWN_KEYS.join(", "))]
+    UnknownKey { key: String },
+    #[error("kernel command line key `{key}` needs a value (`{key}=...`)")]
+    MissingValue { key: String },
+    #[error("kernel command line key `{key}` is given twice")]
+    DuplicateKey { key: String },
+    #[error("invalid value `{value}` for `{key}`: expected {expected}")]
+    InvalidValue { key: String, value: String, expected: &'static str },
+    #[error("`{key}` is a test hook and this build has no test hooks")]
+    TestHookInRelease { key: String },
+}
+
+impl fmt::Display for OnReady {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Wait => "wait",
+            Self::PowerOff => "poweroff",
+        })
+    }
+}
+
+/// Split a command line the way the kernel does: whitespace separated, double quotes group
+/// (and are removed).
+pub fn split_words(cmdline: &str) -> Result<Vec<String>, CmdlineError> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_quote = false;
+    let mut has_word = false;
+    for c in cmdline.chars() {
+        match c {
+            '"' => {
+                in_quote = !in_quote;
+                has_word = true;
+            }
+            c if c.is_whitespace() && !in_quote => {
+                if has_word {
+                    words.push(std::mem::take(&mut current));
+                    has_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                has_word = true;
+            }
+        }
+    }
+    if in_quote {
+        return Err(CmdlineError::UnterminatedQuote);
+    }
+    if has_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+/// Parse the `cvm.*` keys of a kernel command line.
+pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
+    if cmdline.len() > MAX_CMDLINE_LEN {
+        return Err(CmdlineError::TooLong { len: cmdline.len() });
+    }
+    let mut config = Config::default();
+    let mut seen: Vec<String> = Vec::new();
+    for word in split_words(cmdline)? {
+        if !word.starts_with("cvm.") {
+            continue;
+        }
+        let (key, value) = match word.split_once('=') {
+            Some((k, v)) => (k.to_owned(), v.to_owned()),
+            None => (word.clone(), String::new()),
+        };
+        if !KNOWN_KEYS.contains(&key.as_str()) {
+            return Err(CmdlineError::UnknownKey { key });
+        }
+        if value.is_empty() {
+            return Err(CmdlineError::MissingValue { key });
+        }
+        if seen.contains(&key) {
+            return Err(CmdlineError::DuplicateKey { key });
+        }
+        let invalid = |expected: &'static str| CmdlineError::InvalidValue {
+            key: key.clone(),
+            value: value.clone(),
+            expected,
+        };
+        match key.as_str() {
+            "cvm.on_ready" => {
+                config.on_ready = match value.as_str() {
+                    "wait" => OnReady::Wait,
+                    "poweroff" => OnReady::PowerOff,
+                    _ => return Err(invalid("`wait` or `poweroff`")),
+                }
+            }
+            "cvm.log" => {
+                config.log_level = match value.as_str() {
+                    "error" => LogLevel::Error,
+                    "warn" => LogLevel::Warn,
+                    "info" => LogLevel::Info,
+                    "debug" => LogLevel::Debug,
+                    _ => return Err(invalid("`error`, `warn`, `info` or `debug`")),
+                }
+            }
+            "cvm.results" => {
+                let ok = value.len() <= MAX_PORT_NAME_LEN
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+                if !ok {
+                    return Err(invalid("a port name of at most 64 characters [A-Za-z0-9._-]"));
+                }
+                config.results_port = value.clone();
+            }
+            "cvm.test_fault" => {
+                require_hooks(hooks, &key)?;
+                let target = value
+                    .strip_prefix("mount:")
+                    .filter(|t| t.starts_with('/'))
+                    .ok_or_else(|| invalid("`mount:<absolute target>`"))?;
+                config.test_fault = Some(TestFault::Mount { target: target.to_owned() });
+            }
+            "cvm.test_orphans" => {
+                require_hooks(hooks, &key)?;
+                config.test_orphans = value
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|n| *n <= MAX_TEST_ORPHANS)
+                    .ok_or_else(|| invalid("an integer 0..=64"))?;
+            }
+            _ => return Err(CmdlineError::UnknownKey { key }),
+        }
+        seen.push(key);
+    }
+    Ok(config)
+}
+
+fn require_hooks(hooks: TestHooks, key: &str) -> Result<(), CmdlineError> {
+    match hooks {
+        TestHooks::Enabled => Ok(()),
+        TestHooks::Disabled => Err(CmdlineError::TestHookInRelease { key: key.to_owned() }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DSTACK_LINE: &str = "console=ttyS0 init=/init panic=1 net.ifnames=0 biosdevname=0 \
+        mce=off oops=panic pci=noearly pci=nommconf random.trust_cpu=y tsc=reliable no-kvmclock";
+
+    #[test]
+    fn defaults_without_cvm_keys() {
+        let c = parse(DSTACK_LINE, TestHooks::Disabled).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.on_ready, OnReady::Wait);
+    }
+
+    #[test]
+    fn known_keys_parse() {
+        let line = format!("{DSTACK_LINE} cvm.on_ready=poweroff cvm.log=debug cvm.results=r.1");
+        let c = parse(&line, TestHooks::Disabled).unwrap();
+        assert_eq!(c.on_ready, OnReady::PowerOff);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.results_port, "r.1");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("quiet cvm.bogus=1", TestHooks::Enabled).unwrap_err();
+        assert_eq!(err, CmdlineError::UnknownKey { key: "cvm.bogus".into() });
+        assert!(err.to_string().contains("`cvm.bogus`"), "{err}");
+    }
+
+    #[test]
+    fn key_without_value_is_rejected() {
+        assert_eq!(
+            parse("cvm.on_ready", TestHooks::Disabled).unwrap_err(),
+            CmdlineError::MissingValue { key: "cvm.on_ready".into() }
+        );
+        assert_eq!(
+            parse("cvm.on_ready=", TestHooks::Disabled).unwrap_err(),
+            CmdlineError::MissingValue { key: "cvm.on_ready".into() }
+        );
+    }
+
+    #[test]
+    fn bad_values_and_duplicates() {
+        assert!(matches!(
+            parse("cvm.on_ready=later", TestHooks::Disabled),
+            Err(CmdlineError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse("cvm.results=a/b", TestHooks::Disabled),
+            Err(CmdlineError::InvalidValue { .. })
+        ));
+        assert_eq!(
+            parse("cvm.log=info cvm.log=debug", TestHooks::Disabled).unwrap_err(),
+            CmdlineError::DuplicateKey { key: "cvm.log".into() }
+        );
+    }
+
+    #[test]
+    fn test_hooks_only_when_compiled_in() {
+        let line = "cvm.test_fault=mount:/sys/kernel/security cvm.test_orphans=5";
+        assert_eq!(
+            parse(line, TestHooks::Disabled).unwrap_err(),
+            CmdlineError::TestHookInRelease { key: "cvm.test_fault".into() }
+        );
+        let c = parse(line, TestHooks::Enabled).unwrap();
+        assert_eq!(c.test_fault, Some(TestFault::Mount { target: "/sys/kernel/security".into() }));
+        assert_eq!(c.test_orphans, 5);
+        assert!(parse("cvm.test_orphans=65", TestHooks::Enabled).is_err());
+        assert!(parse("cvm.test_fault=mount:relative", TestHooks::Enabled).is_err());
+    }
+
+    #[test]
+    fn quotes_group_words() {
+        assert_eq!(split_words(r#"a "b c" d"#).unwrap(), vec!["a", "b c", "d"]);
+        assert_eq!(split_words("  a\n b\t").unwrap(), vec!["a", "b"]);
+        assert_eq!(split_words(r#"x="""#).unwrap(), vec!["x="]);
+        assert_eq!(split_words(r#"a "b"#).unwrap_err(), CmdlineError::UnterminatedQuote);
+        let c = parse(r#"dyndbg="file x +p" cvm.log=warn"#, TestHooks::Disabled).unwrap();
+        assert_eq!(c.log_level, LogLevel::Warn);
+    }
+
+    #[test]
+    fn overlong_cmdline_is_rejected() {
+        let line = "a ".repeat(MAX_CMDLINE_LEN);
+        assert!(matches!(parse(&line, TestHooks::Disabled), Err(CmdlineError::TooLong { .. })));
+    }
+}

@@ -1,1 +1,48 @@
-//! TODO
+//! Rendering of `std::error::Error` source chains: PID 1 prints a fatal error's whole chain once.
+
+use std::error::Error;
+
+/// Every message in the chain, outermost first.
+pub fn messages(error: &(dyn Error + 'static)) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current: Option<&(dyn Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        out.push(e.to_string());
+        current = e.source();
+    }
+    out
+}
+
+/// The chain on one line, `outer: middle: root cause`.
+pub fn one_line(error: &(dyn Error + 'static)) -> String {
+    let mut line = messages(error).join(": ");
+    // A console line must stay one line even if a message embeds a newline.
+    line.retain(|c| c != '\n' && c != '\r');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner cause")]
+    struct Inner;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("mount /sys/kernel/security")]
+    struct Outer(#[source] Inner);
+
+    #[test]
+    fn chain_lists_outer_first() {
+        let e = Outer(Inner);
+        assert_eq!(messages(&e), vec!["mount /sys/kernel/security", "inner cause"]);
+        assert_eq!(one_line(&e), "mount /sys/kernel/security: inner cause");
+    }
+
+    #[test]
+    fn one_line_strips_newlines() {
+        let e = std::io::Error::other("a\nb");
+        assert_eq!(one_line(&e), "ab");
+    }
+}

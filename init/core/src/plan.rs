@@ -1,1 +1,155 @@
-//! TODO
+//! The boot plan: the ordered stages PID 1 runs, and the mounts each mount stage performs.
+//! `cvm-init` executes exactly this list, so the boot sequence reads top to bottom here.
+
+/// One boot stage. Later issues insert `Measure`, `Keys`, `Disk`, `Gpu` and `Workloads` before
+/// `Ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// /proc, /sys and /dev: what reading the command line and logging need.
+    Early,
+    /// Parse the `cvm.*` configuration from /proc/cmdline.
+    Cmdline,
+    /// The remaining base filesystems.
+    Mount,
+    /// Load the kernel modules of the initramfs load list, dependencies first.
+    Modules,
+    /// Filesystems whose driver may be a module (configfs).
+    MountLate,
+    /// Open the results port and flush the records buffered so far.
+    Results,
+    /// Everything before succeeded; the VM is ready.
+    Ready,
+}
+
+/// The boot, in order.
+pub const BOOT_PLAN: &[Stage] = &[
+    Stage::Early,
+    Stage::Cmdline,
+    Stage::Mount,
+    Stage::Modules,
+    Stage::MountLate,
+    Stage::Results,
+    Stage::Ready,
+];
+
+impl Stage {
+    /// The stable name used on the console and the results channel.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Early => "early",
+            Self::Cmdline => "cmdline",
+            Self::Mount => "mount",
+            Self::Modules => "modules",
+            Self::MountLate => "mount-late",
+            Self::Results => "results",
+            Self::Ready => "ready",
+        }
+    }
+
+    /// The mounts a mount stage performs, in order; empty for other stages.
+    pub const fn mounts(self) -> &'static [MountSpec] {
+        match self {
+            Self::Early => EARLY_MOUNTS,
+            Self::Mount => BASE_MOUNTS,
+            Self::MountLate => LATE_MOUNTS,
+            _ => &[],
+        }
+    }
+}
+
+/// Mount flags PID 1 uses (mapped onto `MS_*` by the sys layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MountFlags {
+    pub nosuid: bool,
+    pub nodev: bool,
+    pub noexec: bool,
+}
+
+const NOSUID: MountFlags = MountFlags { nosuid: true, nodev: false, noexec: false };
+const NOSUID_NODEV: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: false };
+const LOCKED: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: true };
+
+/// One mount of the plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountSpec {
+    pub source: &'static str,
+    pub target: &'static str,
+    pub fstype: &'static str,
+    pub flags: MountFlags,
+    pub data: &'static str,
+}
+
+const fn m(
+    source: &'static str,
+    target: &'static str,
+    fstype: &'static str,
+    flags: MountFlags,
+    data: &'static str,
+) -> MountSpec {
+    MountSpec { source, target, fstype, flags, data }
+}
+
+/// Mounted before anything else.
+pub const EARLY_MOUNTS: &[MountSpec] = &[
+    m("proc", "/proc", "proc", LOCKED, ""),
+    m("sysfs", "/sys", "sysfs", LOCKED, ""),
+    m("devtmpfs", "/dev", "devtmpfs", NOSUID, "mode=0755"),
+];
+
+/// The rest of the base system.
+pub const BASE_MOUNTS: &[MountSpec] = &[
+    m("devpts", "/dev/pts", "devpts", MountFlags { noexec: true, ..NOSUID }, "mode=0620,ptmxmode=0666"),
+    m("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
+    m("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
+    m("cgroup2", "/sys/fs/cgroup", "cgroup2", LOCKED, "nsdelegate"),
+    m("securityfs", "/sys/kernel/security", "securityfs", LOCKED, ""),
+];
+
+/// After module loading: configfs is a module in distribution kernels (built in for production).
+pub const LATE_MOUNTS: &[MountSpec] = &[m("configfs", "/sys/kernel/config", "configfs", LOCKED, "")];
+
+/// How long children get between SIGTERM and SIGKILL at shutdown.
+pub const STOP_GRACE_MS: u64 = 5_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plan_order_is_fixed() {
+        let names: Vec<_> = BOOT_PLAN.iter().map(|s| s.name()).collect();
+        assert_eq!(
+            names,
+            ["early", "cmdline", "mount", "modules", "mount-late", "results", "ready"]
+        );
+    }
+
+    #[test]
+    fn every_mount_parent_is_mounted_or_in_rootfs_first() {
+        let all: Vec<&MountSpec> =
+            BOOT_PLAN.iter().flat_map(|s| s.mounts().iter()).collect();
+        for (i, spec) in all.iter().enumerate() {
+            assert!(spec.target.starts_with('/'));
+            // A target below /sys or /dev needs that filesystem mounted earlier.
+            for base in ["/sys", "/dev", "/proc"] {
+                if spec.target.starts_with(&format!("{base}/")) {
+                    assert!(all[..i].iter().any(|p| p.target == base), "{} before {base}", spec.target);
+                }
+            }
+        }
+        let targets: Vec<_> = all.iter().map(|m| m.target).collect();
+        for required in [
+            "/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp", "/sys/fs/cgroup",
+            "/sys/kernel/config", "/sys/kernel/security",
+        ] {
+            assert!(targets.contains(&required), "{required} missing");
+        }
+    }
+
+    #[test]
+    fn only_mount_stages_mount() {
+        assert!(Stage::Cmdline.mounts().is_empty());
+        assert!(Stage::Ready.mounts().is_empty());
+        assert_eq!(Stage::MountLate.mounts()[0].fstype, "configfs");
+    }
+}

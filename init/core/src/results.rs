@@ -1,1 +1,98 @@
-//! TODO
+//! Records of the results channel: one JSON object per line on the `cvm.results` virtio-serial
+//! port. The QEMU harness reads these instead of scraping the console.
+
+use serde::{Deserialize, Serialize};
+
+/// One results-channel record. `mono_us` is `CLOCK_MONOTONIC` in microseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Record {
+    Boot { version: String, mono_us: u64 },
+    StageStarted { stage: String, mono_us: u64 },
+    StageFinished { stage: String, mono_us: u64, duration_us: u64 },
+    Ready { mono_us: u64 },
+    Fatal { stage: String, error: String, chain: Vec<String>, mono_us: u64 },
+    Shutdown { reason: String, mono_us: u64 },
+    Reaped { zombies_left: u32, children_stopped: u32, mono_us: u64 },
+    PowerOff { mono_us: u64 },
+}
+
+impl Record {
+    /// The record as one JSON line, newline included.
+    pub fn to_line(&self) -> String {
+        // Serialising this enum of strings and integers cannot fail; fall back to a fixed
+        // record rather than panicking.
+        let mut line = serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from(r#"{"event":"encode_failed"}"#));
+        line.push('\n');
+        line
+    }
+}
+
+/// A bounded buffer for records produced before the port exists.
+#[derive(Debug, Default)]
+pub struct Backlog {
+    lines: Vec<String>,
+    dropped: usize,
+}
+
+/// Records kept before the port opens; the boot before it is short, so this is generous.
+pub const BACKLOG_CAPACITY: usize = 256;
+
+impl Backlog {
+    pub fn push(&mut self, record: &Record) {
+        if self.lines.len() < BACKLOG_CAPACITY {
+            self.lines.push(record.to_line());
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Take the buffered lines, oldest first, and how many were dropped.
+    pub fn drain(&mut self) -> (Vec<String>, usize) {
+        (std::mem::take(&mut self.lines), std::mem::take(&mut self.dropped))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_have_the_documented_shape() {
+        let r = Record::StageFinished { stage: "mount".into(), mono_us: 10, duration_us: 3 };
+        assert_eq!(
+            r.to_line(),
+            "{\"event\":\"stage_finished\",\"stage\":\"mount\",\"mono_us\":10,\"duration_us\":3}\n"
+        );
+        let f = Record::Fatal {
+            stage: "cmdline".into(),
+            error: "a: b".into(),
+            chain: vec!["a".into(), "b".into()],
+            mono_us: 1,
+        };
+        let back: Record = serde_json::from_str(f.to_line().trim_end()).unwrap();
+        assert_eq!(back, f);
+        assert!(PowerOffLine::is(&Record::PowerOff { mono_us: 5 }.to_line()));
+    }
+
+    struct PowerOffLine;
+    impl PowerOffLine {
+        fn is(line: &str) -> bool {
+            line == "{\"event\":\"power_off\",\"mono_us\":5}\n"
+        }
+    }
+
+    #[test]
+    fn backlog_is_bounded() {
+        let mut b = Backlog::default();
+        for i in 0..(BACKLOG_CAPACITY + 3) {
+            b.push(&Record::Ready { mono_us: i as u64 });
+        }
+        let (lines, dropped) = b.drain();
+        assert_eq!(lines.len(), BACKLOG_CAPACITY);
+        assert_eq!(dropped, 3);
+        assert!(lines[0].contains("\"mono_us\":0"));
+        assert_eq!(b.drain().0.len(), 0);
+    }
+}
