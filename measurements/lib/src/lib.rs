@@ -2,5 +2,11 @@
 //! codecs, quote parsing, expected values). No `unsafe`, no I/O beyond what callers pass in.
 #![forbid(unsafe_code)]
 
+pub mod bytes;
+pub mod ccel;
+pub mod dstack_event_log;
+pub mod event_log;
+pub mod quote;
 pub mod rtmr;
 pub mod runtime_event;
+pub mod tdreport;
