@@ -7,6 +7,7 @@ pub mod ccel;
 pub mod dstack_event_log;
 pub mod event_log;
 pub mod quote;
+pub mod replay;
 pub mod rtmr;
 pub mod runtime_event;
 pub mod tdreport;
