@@ -1,1 +1,21 @@
-//! Placeholder.
+//! QEMU (TCG) harness for cvm-init: pinned artifacts, the image under test, a `TestVm` builder,
+//! the typed results channel, and the boot benchmark.
+//!
+//! The integration tests in `tests/` only build with `--cfg qemu_testenv` (or under clippy):
+//!
+//! ```text
+//! RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom" --cfg qemu_testenv' \
+//!     cargo test -p qemu-tests --target x86_64-unknown-linux-gnu
+//! ```
+
+pub mod artifacts;
+pub mod cpio;
+pub mod image;
+pub mod paths;
+pub mod results;
+pub mod vm;
+
+pub use artifacts::{ArtifactError, Artifacts};
+pub use image::{ImageError, TestImage, baseline_image, init_binary, test_image};
+pub use results::{Record, ResultsError, ResultsReader};
+pub use vm::{RunningVm, TestVm, VmError, VmExit};
