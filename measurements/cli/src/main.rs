@@ -1,2 +1,431 @@
-//! Placeholder.
-fn main() {}
+//! `cvm-measure`: the auditor's tool. Replays TDX event logs into RTMR0-3, checks them against a
+//! quote, shows parsed quotes and decodes dstack runtime event logs. All math lives in the
+//! `measure` library, which the init uses too.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use measure::dstack_event_log::{self, DstackEvent};
+use measure::event_log::{EV_NO_ACTION, EventLog};
+use measure::quote::Quote;
+use measure::replay::{Replay, ReplayVerdict};
+use measure::rtmr::{RtmrIndex, Sha384Digest};
+use measure::runtime_event::{self, DecodedLogLine, LogLineFormat, RuntimeEvent};
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(name = "cvm-measure", version, about = "TDX measurement auditor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Replay an event log into RTMR0-3; with a quote, exit non-zero unless they match.
+    Replay(ReplayArgs),
+    /// Inspect TDX quotes.
+    #[command(subcommand)]
+    Quote(QuoteCommand),
+    /// Decode a dstack RTMR3 runtime event log and replay RTMR3.
+    RuntimeEvents(RuntimeEventsArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Event log: raw CCEL/TCG log, dstack JSON event array, guest-agent GetQuote response, or
+    /// runtime event log lines.
+    #[arg(long)]
+    event_log: PathBuf,
+    /// Quote to check against: raw bytes, hex text, or a GetQuote response. A GetQuote response
+    /// given as the event log supplies its own quote.
+    #[arg(long)]
+    quote: Option<PathBuf>,
+    /// Runtime event log (RTMR3) to append after a firmware log.
+    #[arg(long)]
+    runtime_events: Option<PathBuf>,
+    /// Registers to compare (default: all four), e.g. `--registers 0,1,2`.
+    #[arg(long, value_delimiter = ',')]
+    registers: Vec<u8>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum QuoteCommand {
+    /// Print the parsed fields of a quote as JSON.
+    Show {
+        /// Quote: raw bytes, hex text, or a GetQuote response.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RuntimeEventsArgs {
+    /// Runtime event log (either line format), dstack JSON event array, or GetQuote response.
+    file: PathBuf,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut stdout = String::new();
+    let result = match cli.command {
+        Command::Replay(args) => replay(&args, &mut stdout),
+        Command::Quote(QuoteCommand::Show { file }) => quote_show(&file, &mut stdout),
+        Command::RuntimeEvents(args) => runtime_events(&args, &mut stdout),
+    };
+    print!("{stdout}");
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            // `{:#}` prints the whole cause chain on one line.
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("read {}", path.display()))
+}
+
+fn text(path: &Path, bytes: &[u8]) -> Result<String> {
+    String::from_utf8(bytes.to_vec())
+        .with_context(|| format!("{} is not UTF-8 text", path.display()))
+}
+
+/// What an event-log file turned out to be.
+enum LogInput {
+    Tcg(EventLog),
+    Dstack(Vec<DstackEvent>),
+    GetQuote(Vec<DstackEvent>, Vec<u8>),
+    Runtime(Vec<DecodedLogLine>),
+}
+
+impl LogInput {
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Tcg(_) => "tcg",
+            Self::Dstack(_) => "dstack-json",
+            Self::GetQuote(..) => "dstack-getquote",
+            Self::Runtime(_) => "runtime-log",
+        }
+    }
+}
+
+fn first_non_space(bytes: &[u8]) -> Option<u8> {
+    bytes.iter().copied().find(|b| !b.is_ascii_whitespace())
+}
+
+fn load_log(path: &Path) -> Result<LogInput> {
+    let bytes = read(path)?;
+    let looks_tcg = bytes
+        .get(4..8)
+        .is_some_and(|t| t == EV_NO_ACTION.to_le_bytes());
+    if looks_tcg {
+        let log = EventLog::parse(&bytes)
+            .with_context(|| format!("parse TCG event log {}", path.display()))?;
+        return Ok(LogInput::Tcg(log));
+    }
+    let text = text(path, &bytes)?;
+    match first_non_space(text.as_bytes()) {
+        Some(b'[') => Ok(LogInput::Dstack(
+            dstack_event_log::parse_event_log(&text)
+                .with_context(|| format!("parse dstack event log {}", path.display()))?,
+        )),
+        Some(b'{') if is_get_quote_response(&text) => {
+            let response = dstack_event_log::parse_get_quote_response(&text)
+                .with_context(|| format!("parse GetQuote response {}", path.display()))?;
+            Ok(LogInput::GetQuote(response.event_log, response.quote))
+        }
+        _ => Ok(LogInput::Runtime(
+            runtime_event::decode_log(&text)
+                .with_context(|| format!("parse runtime event log {}", path.display()))?,
+        )),
+    }
+}
+
+fn is_get_quote_response(text: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .is_some_and(|v| v.get("event_log").is_some() && v.get("quote").is_some())
+}
+
+fn load_quote_bytes(path: &Path) -> Result<Vec<u8>> {
+    let bytes = read(path)?;
+    if first_non_space(&bytes) == Some(b'{') {
+        let text = text(path, &bytes)?;
+        let response = dstack_event_log::parse_get_quote_response(&text)
+            .with_context(|| format!("parse GetQuote response {}", path.display()))?;
+        return Ok(response.quote);
+    }
+    if let Ok(text) = std::str::from_utf8(&bytes) {
+        let text = text.trim();
+        let hex_text = text.strip_prefix("0x").unwrap_or(text);
+        if !hex_text.is_empty() && hex_text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return hex::decode(hex_text).with_context(|| format!("decode hex {}", path.display()));
+        }
+    }
+    Ok(bytes)
+}
+
+fn load_quote(path: &Path) -> Result<Quote> {
+    let bytes = load_quote_bytes(path)?;
+    Quote::parse(&bytes).with_context(|| format!("parse quote {}", path.display()))
+}
+
+fn load_runtime_events(path: &Path) -> Result<Vec<RuntimeEvent>> {
+    Ok(match load_log(path)? {
+        LogInput::Runtime(lines) => lines.into_iter().map(|l| l.event).collect(),
+        LogInput::Dstack(events) | LogInput::GetQuote(events, _) => events
+            .iter()
+            .filter_map(DstackEvent::runtime_event)
+            .collect(),
+        LogInput::Tcg(_) => bail!("{} is a firmware log, not runtime events", path.display()),
+    })
+}
+
+#[derive(Serialize)]
+struct ReplayOutput<'a> {
+    source: &'static str,
+    #[serde(flatten)]
+    replay: &'a Replay,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quote_check: Option<QuoteCheck>,
+}
+
+#[derive(Serialize)]
+struct QuoteCheck {
+    registers: Vec<RtmrIndex>,
+    quote_rtmrs: [Sha384Digest; 4],
+    verdict: ReplayVerdict,
+}
+
+fn replay(args: &ReplayArgs, out: &mut String) -> Result<()> {
+    let input = load_log(&args.event_log)?;
+    let kind = input.kind();
+    let (mut replay, embedded_quote) = match input {
+        LogInput::Tcg(log) => (Replay::from_tcg_log(&log).context("replay TCG log")?, None),
+        LogInput::Dstack(events) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            None,
+        ),
+        LogInput::GetQuote(events, quote) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            Some(quote),
+        ),
+        LogInput::Runtime(lines) => (
+            Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
+            None,
+        ),
+    };
+    if let Some(path) = &args.runtime_events {
+        replay.append_runtime_events(&load_runtime_events(path)?);
+    }
+    let quote = match (&args.quote, embedded_quote) {
+        (Some(path), _) => Some(load_quote(path)?),
+        (None, Some(bytes)) => {
+            Some(Quote::parse(&bytes).context("parse quote of the GetQuote response")?)
+        }
+        (None, None) => None,
+    };
+    let registers = if args.registers.is_empty() {
+        RtmrIndex::ALL.to_vec()
+    } else {
+        args.registers
+            .iter()
+            .map(|&i| RtmrIndex::try_from(i))
+            .collect::<Result<Vec<_>, _>>()
+            .context("parse --registers")?
+    };
+    let quote_check = quote.map(|quote| QuoteCheck {
+        verdict: replay.verify_registers(quote.rtmrs(), &registers),
+        quote_rtmrs: *quote.rtmrs().values(),
+        registers: registers.clone(),
+    });
+    if args.json {
+        let output = ReplayOutput {
+            source: kind,
+            replay: &replay,
+            quote_check,
+        };
+        writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+        return check_verdict(output.quote_check.as_ref());
+    }
+    writeln!(
+        out,
+        "source: {kind}, {} events extended",
+        replay.entries.len()
+    )?;
+    writeln!(
+        out,
+        "{:>3}  {:<5} {:<34} {:<40} digest",
+        "#", "rtmr", "type", "event"
+    )?;
+    for (i, entry) in replay.entries.iter().enumerate() {
+        let event_type = entry
+            .event_type_name
+            .map_or_else(|| format!("{:#010x}", entry.event_type), str::to_owned);
+        writeln!(
+            out,
+            "{i:>3}  {:<5} {:<34} {:<40} {}",
+            entry.rtmr,
+            event_type,
+            truncate(&entry.description, 40),
+            entry.digest
+        )?;
+    }
+    writeln!(out)?;
+    for index in RtmrIndex::ALL {
+        let replayed = replay.rtmrs.register(index);
+        let status = match &quote_check {
+            None => "",
+            Some(check) if !check.registers.contains(&index) => "  (not compared)",
+            Some(check) if check.quote_rtmrs[index.position()] == *replayed => "  ✓ matches quote",
+            Some(_) => "  ✗ differs from quote",
+        };
+        writeln!(out, "{index}: {replayed}{status}")?;
+        if let Some(check) = &quote_check
+            && check.quote_rtmrs[index.position()] != *replayed
+            && check.registers.contains(&index)
+        {
+            writeln!(out, "  quote: {}", check.quote_rtmrs[index.position()])?;
+        }
+    }
+    check_verdict(quote_check.as_ref())
+}
+
+fn check_verdict(check: Option<&QuoteCheck>) -> Result<()> {
+    match check.map(|c| &c.verdict) {
+        None | Some(ReplayVerdict::Match) => Ok(()),
+        Some(ReplayVerdict::Mismatch(mismatches)) => {
+            let mut reason = String::from("replayed event log does not match the quote:");
+            for m in mismatches {
+                write!(
+                    reason,
+                    " {} quote {} replayed {};",
+                    m.index, m.expected, m.actual
+                )?;
+            }
+            bail!(reason.trim_end_matches(';').to_owned())
+        }
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_owned()
+    } else {
+        let mut t: String = s.chars().take(max - 1).collect();
+        t.push('…');
+        t
+    }
+}
+
+fn quote_show(path: &Path, out: &mut String) -> Result<()> {
+    let quote = load_quote(path)?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&quote)?)?;
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct RuntimeEventOutput {
+    name: String,
+    version: u32,
+    payload_hex: String,
+    digest: Sha384Digest,
+    rtmr3_after: Sha384Digest,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    format: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded_digest_matches: Option<bool>,
+}
+
+fn runtime_events(args: &RuntimeEventsArgs, out: &mut String) -> Result<()> {
+    let (events, lines): (Vec<RuntimeEvent>, Option<Vec<DecodedLogLine>>) =
+        match load_log(&args.file)? {
+            LogInput::Runtime(lines) => {
+                (lines.iter().map(|l| l.event.clone()).collect(), Some(lines))
+            }
+            LogInput::Dstack(events) | LogInput::GetQuote(events, _) => (
+                events
+                    .iter()
+                    .filter_map(DstackEvent::runtime_event)
+                    .collect(),
+                None,
+            ),
+            LogInput::Tcg(_) => bail!(
+                "{} is a firmware log, not runtime events",
+                args.file.display()
+            ),
+        };
+    let listing = runtime_event::replay_listing(&events);
+    let rows: Vec<RuntimeEventOutput> = listing
+        .iter()
+        .enumerate()
+        .map(|(i, step)| {
+            let line = lines.as_ref().and_then(|l| l.get(i));
+            RuntimeEventOutput {
+                name: step.event.name.clone(),
+                version: step.event.version.number(),
+                payload_hex: hex::encode(&step.event.payload),
+                digest: step.digest,
+                rtmr3_after: step.rtmr3_after,
+                format: line.map(|l| match l.format {
+                    LogLineFormat::Current => "current",
+                    LogLineFormat::Legacy => "legacy",
+                }),
+                recorded_digest_matches: line
+                    .filter(|l| l.recorded_digest.is_some())
+                    .map(DecodedLogLine::recorded_digest_matches),
+            }
+        })
+        .collect();
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+    } else {
+        writeln!(
+            out,
+            "{:>3}  {:<2} {:<20} {:<40} digest",
+            "#", "v", "event", "payload"
+        )?;
+        for (i, (row, step)) in rows.iter().zip(&listing).enumerate() {
+            let mark = if row.recorded_digest_matches == Some(false) {
+                "  (recorded digest differs)"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "{i:>3}  {:<2} {:<20} {:<40} {}{mark}",
+                row.version,
+                truncate(&row.name, 20),
+                truncate(&printable_payload(&step.event.payload), 40),
+                row.digest
+            )?;
+        }
+        let final_rtmr3 = listing.last().map_or(Sha384Digest::ZERO, |s| s.rtmr3_after);
+        writeln!(out, "\nRTMR3: {final_rtmr3}")?;
+    }
+    if rows
+        .iter()
+        .any(|r| r.recorded_digest_matches == Some(false))
+    {
+        bail!("a recorded digest differs from the one computed from its event");
+    }
+    Ok(())
+}
+
+fn printable_payload(payload: &[u8]) -> String {
+    match std::str::from_utf8(payload) {
+        Ok(s) if !s.is_empty() && s.chars().all(|c| !c.is_control()) => s.to_owned(),
+        _ => hex::encode(payload),
+    }
+}

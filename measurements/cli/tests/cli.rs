@@ -1,0 +1,233 @@
+//! End-to-end tests of the `cvm-measure` binary on the library's real vectors.
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::process::{Command, Output};
+
+    use measure::runtime_event::{EventLogVersion, LogLineFormat};
+
+    const RTMR3: &str = "6f24c170d0fd63fc2b1b53202eea47b013978437fa6982cf5e0438ff95c208994aaa0f4ebab2e3a66824b5b56869137e";
+
+    fn testdata(name: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../lib/testdata")
+            .join(name)
+    }
+
+    fn run(args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_cvm-measure"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn stdout(output: &Output) -> String {
+        String::from_utf8(output.stdout.clone()).unwrap()
+    }
+
+    fn stderr(output: &Output) -> String {
+        String::from_utf8(output.stderr.clone()).unwrap()
+    }
+
+    fn path_str(path: &std::path::Path) -> &str {
+        path.to_str().unwrap()
+    }
+
+    fn fixture_response() -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(testdata("dstack-tdx-lite-getquote.json")).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn replay_get_quote_response_matches_its_quote() {
+        let log = testdata("dstack-tdx-lite-getquote.json");
+        let output = run(&["replay", "--event-log", path_str(&log)]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        assert_eq!(text.matches("✓ matches quote").count(), 4, "{text}");
+        assert!(text.contains(&format!("RTMR3: {RTMR3}")));
+
+        let output = run(&["replay", "--event-log", path_str(&log), "--json"]);
+        assert!(output.status.success());
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["source"], "dstack-getquote");
+        assert_eq!(json["quote_check"]["verdict"], "Match");
+        assert_eq!(json["rtmrs"][3], RTMR3);
+        assert_eq!(json["entries"].as_array().unwrap().len(), 29);
+        assert_eq!(json["entries"][20]["description"], "system-preparing");
+    }
+
+    #[test]
+    fn replay_ccel_against_quote_reports_mismatch() {
+        let log = testdata("dstack-ccel.bin");
+        let quote = testdata("dcap-qvl-quote-from-tappd.hex");
+        let output = run(&[
+            "replay",
+            "--event-log",
+            path_str(&log),
+            "--quote",
+            path_str(&quote),
+        ]);
+        assert_eq!(output.status.code(), Some(1));
+        let err = stderr(&output);
+        assert!(
+            err.contains("does not match the quote: RTMR1 quote 918fbd97"),
+            "{err}"
+        );
+        assert!(stdout(&output).contains("RTMR0: 274c2344116db7c6"));
+
+        // Only RTMR0 comes from the same boot.
+        let output = run(&[
+            "replay",
+            "--event-log",
+            path_str(&log),
+            "--quote",
+            path_str(&quote),
+            "--registers",
+            "0",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+
+    #[test]
+    fn replay_rejects_tampered_runtime_event() {
+        let mut response = fixture_response();
+        let log: String = response["event_log"].as_str().unwrap().to_owned();
+        let tampered = log.replace(
+            "\"event_payload\":\"7a6673\"",
+            "\"event_payload\":\"65787434\"",
+        );
+        assert_ne!(log, tampered);
+        response["event_log"] = serde_json::Value::String(tampered);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tampered.json");
+        std::fs::write(&path, response.to_string()).unwrap();
+        let output = run(&["replay", "--event-log", path_str(&path)]);
+        assert_eq!(output.status.code(), Some(1));
+        let err = stderr(&output);
+        assert!(err.contains(&format!("RTMR3 quote {RTMR3}")), "{err}");
+        assert!(!err.contains("RTMR0"), "{err}");
+    }
+
+    #[test]
+    fn replay_firmware_log_plus_runtime_log() {
+        let response = fixture_response();
+        let events =
+            measure::dstack_event_log::parse_event_log(response["event_log"].as_str().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = dir.path().join("runtime_events.log");
+        let mut text = String::new();
+        for event in events.iter().filter_map(|e| e.runtime_event()) {
+            text.push_str(&event.to_log_line(LogLineFormat::Current).unwrap());
+        }
+        std::fs::write(&runtime, text).unwrap();
+        let output = run(&["runtime-events", path_str(&runtime)]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(stdout(&output).contains(&format!("RTMR3: {RTMR3}")));
+
+        // As the only log: RTMR3 matches, RTMR0-2 are zero and differ from the quote.
+        let quote = testdata("dstack-tdx-lite-getquote.json");
+        let output = run(&[
+            "replay",
+            "--event-log",
+            path_str(&runtime),
+            "--quote",
+            path_str(&quote),
+            "--registers",
+            "3",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+
+    #[test]
+    fn runtime_events_json_for_both_line_formats() {
+        let response = fixture_response();
+        let events =
+            measure::dstack_event_log::parse_event_log(response["event_log"].as_str().unwrap())
+                .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        for (format, name) in [
+            (LogLineFormat::Current, "current"),
+            (LogLineFormat::Legacy, "legacy"),
+        ] {
+            let path = dir.path().join(name);
+            let text: String = events
+                .iter()
+                .filter_map(|e| e.runtime_event())
+                .map(|e| e.to_log_line(format).unwrap())
+                .collect();
+            std::fs::write(&path, text).unwrap();
+            let output = run(&["runtime-events", "--json", path_str(&path)]);
+            assert!(output.status.success(), "{}", stderr(&output));
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let rows = json.as_array().unwrap();
+            assert_eq!(rows.len(), 9);
+            assert_eq!(rows[8]["rtmr3_after"], RTMR3);
+            assert_eq!(rows[0]["format"], name);
+        }
+        // A V2 line is replayed with the V2 digest.
+        let path = dir.path().join("v2");
+        let event = measure::runtime_event::RuntimeEvent::new("app-id", vec![1, 2])
+            .with_version(EventLogVersion::V2);
+        std::fs::write(&path, event.to_log_line(LogLineFormat::Current).unwrap()).unwrap();
+        let output = run(&["runtime-events", "--json", path_str(&path)]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json[0]["version"], 2);
+        assert_eq!(json[0]["digest"], event.digest().to_string());
+    }
+
+    #[test]
+    fn quote_show_prints_fields() {
+        let quote = testdata("dcap-qvl-tdx_quote");
+        let output = run(&["quote", "show", path_str(&quote)]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["header"]["version"], 4);
+        assert!(
+            json["body"]["mr_td"]
+                .as_str()
+                .unwrap()
+                .starts_with("91eb2b44")
+        );
+        assert_eq!(json["trailing_len"], 70);
+        assert_eq!(json["signature_data"]["certification"]["type"], "qe_report");
+    }
+
+    #[test]
+    fn bad_input_fails_with_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage");
+        std::fs::write(&path, b"\x01\x00\x00\x00\x03\x00\x00\x00garbage").unwrap();
+        let output = run(&["replay", "--event-log", path_str(&path)]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("parse TCG event log"),
+            "{}",
+            stderr(&output)
+        );
+
+        std::fs::write(&path, b"0x0400").unwrap();
+        let output = run(&["quote", "show", path_str(&path)]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("quote is truncated"),
+            "{}",
+            stderr(&output)
+        );
+
+        std::fs::write(&path, "{\"event\":\"a\"}\n").unwrap();
+        let output = run(&["runtime-events", path_str(&path)]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("line 1 of the runtime event log is invalid"),
+            "{}",
+            stderr(&output)
+        );
+
+        let output = run(&["quote", "show", "/nonexistent/quote"]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stderr(&output).contains("read /nonexistent/quote"));
+    }
+}
