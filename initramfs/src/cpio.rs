@@ -62,6 +62,10 @@ pub enum CpioError {
     /// A directory or device entry carries data.
     #[error("Entry {path:?} of this type must not have data")]
     ReadUnexpectedData { path: String },
+    /// A record after a trailer does not start at a 4-byte aligned offset (the kernel would
+    /// take it for compressed data and stop unpacking).
+    #[error("Cpio archive at offset {offset} is not 4-byte aligned")]
+    ReadAlignment { offset: usize },
     /// The input does not end with a `TRAILER!!!` entry.
     #[error("Cpio archive has no trailer")]
     ReadMissingTrailer,
@@ -390,7 +394,16 @@ fn write_record(out: &mut Vec<u8>, header: &Header, name: &str, data: &[u8]) {
     pad4(out);
 }
 
-/// Reads the entries of one or more concatenated newc archives, in archive order.
+/// Appends `archive` (e.g. an overlay from [`crate::build_overlay`]) to `image`, first padding
+/// `image` with zeros to a multiple of 4 bytes: the kernel only recognises an uncompressed
+/// archive at a 4-byte aligned offset of the initrd, and skips zeros between archives.
+pub fn append_archive(image: &mut Vec<u8>, archive: &[u8]) {
+    pad4(image);
+    image.extend_from_slice(archive);
+}
+
+/// Reads the entries of one or more concatenated newc archives, in archive order. As in the
+/// kernel, zeros between archives are skipped and each archive must start 4-byte aligned.
 pub fn read_newc(bytes: &[u8]) -> Result<Vec<Entry>, CpioError> {
     Ok(read_newc_raw(bytes)?
         .into_iter()
@@ -410,6 +423,9 @@ pub fn read_newc_raw(bytes: &[u8]) -> Result<Vec<RawEntry>, CpioError> {
         }
         if offset >= bytes.len() {
             break;
+        }
+        if !offset.is_multiple_of(4) {
+            return Err(CpioError::ReadAlignment { offset });
         }
         match read_record(bytes, offset)? {
             Record::Trailer { next } => {
@@ -693,6 +709,33 @@ mod tests {
         let entries = read_newc(&bytes).unwrap();
         assert_eq!(entries.len(), 2);
         assert_eq!(entries[1].data(), Some(&b"2"[..]));
+
+        let second = write_newc(&[Entry::file("b", b"3".to_vec(), 0o644, 0)]);
+        let mut misaligned = b"\x1f\x8b\x08".to_vec();
+        misaligned.extend_from_slice(&second);
+        assert_eq!(
+            read_newc(&misaligned),
+            Err(CpioError::ReadMagic { offset: 0 })
+        );
+        let mut misaligned = bytes.clone();
+        misaligned.push(7);
+        misaligned.extend_from_slice(&second);
+        let at = bytes.len();
+        assert_eq!(
+            read_newc(&misaligned),
+            Err(CpioError::ReadMagic { offset: at })
+        );
+        let mut misaligned = bytes.clone();
+        misaligned.extend_from_slice(&[0; 3]);
+        misaligned.extend_from_slice(&second);
+        assert_eq!(
+            read_newc(&misaligned),
+            Err(CpioError::ReadAlignment { offset: at + 3 })
+        );
+        let mut odd = vec![1, 2, 3];
+        append_archive(&mut odd, &second);
+        assert_eq!(odd.len(), 4 + second.len());
+        assert_eq!(&odd[..4], &[1, 2, 3, 0]);
     }
 
     #[test]

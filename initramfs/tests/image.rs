@@ -339,7 +339,7 @@ minor = 1
         );
         assert!(overlay_entries.iter().all(|e| e.mtime == 0));
 
-        image.extend_from_slice(&overlay);
+        cpio::append_archive(&mut image, &overlay);
         let entries = cpio::read_newc(&image).unwrap();
         // As the kernel does, the last entry for a path wins.
         let last = entries
