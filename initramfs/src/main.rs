@@ -23,7 +23,7 @@ struct Args {
     /// Kernel module tree, e.g. .../lib/modules/6.1.0-50-cloud-amd64.
     #[arg(long)]
     module_tree: Option<PathBuf>,
-    /// mtime of every entry [default: $SOURCE_DATE_EPOCH, else 0].
+    /// mtime of every entry (seconds since the epoch).
     #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
     source_date_epoch: u64,
     /// Compression: gzip, zstd or none.
