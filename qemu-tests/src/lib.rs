@@ -9,13 +9,16 @@
 //! ```
 
 pub mod artifacts;
+pub mod bench;
 pub mod cpio;
 pub mod image;
 pub mod paths;
 pub mod results;
+pub mod testing;
 pub mod vm;
 
 pub use artifacts::{ArtifactError, Artifacts};
 pub use image::{ImageError, TestImage, baseline_image, init_binary, test_image};
 pub use results::{Record, ResultsError, ResultsReader};
+pub use testing::CvmSetup;
 pub use vm::{RunningVm, TestVm, VmError, VmExit};
