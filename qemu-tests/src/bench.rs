@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::artifacts::{ArtifactError, Artifacts};
 use crate::image::{self, ImageError, READY_MARKER, TestImage};
 use crate::results::Record;
-use crate::vm::{TestVm, VmError};
+use crate::vm::{ReportOnDrop, TestVm, VmError};
 
 /// Environment variable: number of runs per variant (default 5).
 pub const RUNS_ENV: &str = "QEMU_BENCH_RUNS";
@@ -265,6 +265,7 @@ fn boot_once(
         .with_memory(&config.memory)
         .with_initrd(initrd)
         .with_cmdline("cvm.on_ready=poweroff")
+        .with_report_on_drop(ReportOnDrop::OnFailure)
         .boot()
         .map_err(boot_error)?;
     let ready = vm

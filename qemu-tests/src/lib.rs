@@ -21,4 +21,4 @@ pub use artifacts::{ArtifactError, Artifacts};
 pub use image::{ImageError, TestImage, baseline_image, init_binary, test_image};
 pub use results::{Record, ResultsError, ResultsReader};
 pub use testing::CvmSetup;
-pub use vm::{RunningVm, TestVm, VmError, VmExit};
+pub use vm::{ReportOnDrop, RunningVm, TestVm, VmError, VmExit};

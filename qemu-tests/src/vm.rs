@@ -4,8 +4,10 @@
 //! results channel (`results.jsonl`), QEMU's stderr (`qemu.stderr`), the HMP monitor socket
 //! (`monitor.sock`), the concatenated initrd and, for UEFI boots, its own copy of the OVMF
 //! variable store. QEMU runs in its own process group, which is killed when the handle drops.
-//! On failure (a panic, or an error returned by a wait) the drop prints the console, the
-//! results records and QEMU's stderr.
+//! The drop also prints a report (command, console, results records, QEMU's stderr) to stderr:
+//! by default always, which the test harness captures and shows only for failing tests (a test
+//! that fails through `ensure!` does not panic, so "only on failure" could not catch it); with
+//! [`ReportOnDrop::OnFailure`] only after a panic or a failed wait.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -39,7 +41,7 @@ pub const KEEP_TMP_ENV: &str = "QEMU_TESTS_KEEP_TMP";
 /// Environment variable: the QEMU binary (default `qemu-system-x86_64`).
 pub const QEMU_ENV: &str = "QEMU_TESTS_QEMU";
 
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// Longest Unix socket path (`sun_path` is 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -78,6 +80,15 @@ pub enum VmError {
     Monitor { path: PathBuf, source: io::Error },
 }
 
+/// When the drop of a [`RunningVm`] prints its report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportOnDrop {
+    /// Always (the test harness shows captured output of failing tests only).
+    Always,
+    /// After a panic or a failed wait only (benchmarks, tools).
+    OnFailure,
+}
+
 /// Builder for one QEMU boot. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct TestVm<'a> {
@@ -92,6 +103,7 @@ pub struct TestVm<'a> {
     results_port: String,
     hard_limit: Duration,
     extra_args: Vec<String>,
+    report: ReportOnDrop,
 }
 
 impl<'a> TestVm<'a> {
@@ -109,7 +121,15 @@ impl<'a> TestVm<'a> {
             results_port: RESULTS_PORT.to_owned(),
             hard_limit: Duration::from_secs(600),
             extra_args: Vec::new(),
+            report: ReportOnDrop::Always,
         }
+    }
+
+    /// When the drop prints the VM's report (default [`ReportOnDrop::Always`]).
+    #[must_use]
+    pub fn with_report_on_drop(mut self, report: ReportOnDrop) -> Self {
+        self.report = report;
+        self
     }
 
     /// Names the VM (used as the prefix of its temporary directory and in failure output).
@@ -315,6 +335,7 @@ impl<'a> TestVm<'a> {
             spawned,
             exit: None,
             failed: AtomicBool::new(false),
+            report: self.report,
         })
     }
 }
@@ -324,7 +345,7 @@ impl<'a> TestVm<'a> {
 pub struct VmExit {
     /// Exit status of the `timeout` wrapper, which is QEMU's unless the hard limit hit.
     pub status: ExitStatus,
-    /// Time from spawn to when the exit was observed (polling granularity 20 ms).
+    /// Time from spawn to the exit (EOF on QEMU's stdout, or the poll that saw it).
     pub after: Duration,
 }
 
@@ -347,7 +368,8 @@ struct ConsoleState {
     bytes: Vec<u8>,
     /// (end offset of a chunk, when it was read).
     chunks: Vec<(usize, Instant)>,
-    closed: bool,
+    /// When stdout reached EOF (QEMU and its `timeout` wrapper exited).
+    closed: Option<Instant>,
 }
 
 impl Console {
@@ -358,7 +380,7 @@ impl Console {
             let now = Instant::now();
             let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
             if read == 0 {
-                state.closed = true;
+                state.closed = Some(now);
                 drop(state);
                 self.changed.notify_all();
                 return;
@@ -372,6 +394,13 @@ impl Console {
             // The file is a convenience copy; losing it must not stop the capture.
             let _ = file.write_all(chunk);
         }
+    }
+
+    fn closed_at(&self) -> Option<Instant> {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .closed
     }
 
     fn text(&self) -> String {
@@ -398,7 +427,7 @@ impl Console {
                     .map_or_else(Instant::now, |(_, at)| *at);
                 return Ok(Some(at));
             }
-            if state.closed {
+            if state.closed.is_some() {
                 return Err(());
             }
             let now = Instant::now();
@@ -431,6 +460,7 @@ pub struct RunningVm {
     spawned: Instant,
     exit: Option<VmExit>,
     failed: AtomicBool,
+    report: ReportOnDrop,
 }
 
 impl RunningVm {
@@ -500,11 +530,17 @@ impl RunningVm {
         if self.exit.is_none() {
             match self.child.try_wait() {
                 Ok(Some(status)) => {
+                    let observed = Instant::now();
+                    self.join_console();
+                    // EOF on stdout is a closer estimate of the exit than this poll.
+                    let at = self
+                        .console
+                        .closed_at()
+                        .map_or(observed, |eof| eof.min(observed));
                     self.exit = Some(VmExit {
                         status,
-                        after: self.spawned.elapsed(),
+                        after: at - self.spawned,
                     });
-                    self.join_console();
                 }
                 Ok(None) => {}
                 Err(source) => return self.fail(VmError::Wait { source }),
@@ -682,7 +718,10 @@ impl Drop for RunningVm {
             }
         }
         self.join_console();
-        if thread::panicking() || self.failed.load(Ordering::Relaxed) {
+        if self.report == ReportOnDrop::Always
+            || thread::panicking()
+            || self.failed.load(Ordering::Relaxed)
+        {
             let report = self.report();
             eprintln!("{report}");
         }
