@@ -1,2 +1,30 @@
-//! Placeholder.
-fn main() {}
+//! `cargo xtask <task>`: the project's build and test entry points.
+//!
+//! * `dist` — reproducible release build of the init and the initramfs into `dist/` with
+//!   `dist/SHA256SUMS`.
+//! * `repro` — builds `dist` from two copies of the tree in two directories at two times and
+//!   compares the outputs byte for byte.
+//! * `demo` — `dist`, then boots it in QEMU and prints the stage timeline.
+//! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, repro.
+//! * `bench` — boot-time benchmark against a busybox baseline.
+
+mod dist;
+mod packages;
+mod tasks;
+
+use anyhow::{Result, bail};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        bail!("usage: cargo xtask <dist|repro|demo|test|bench> [options]");
+    };
+    match task.as_str() {
+        "dist" => dist::dist_cmd(rest),
+        "repro" => tasks::repro(rest),
+        "demo" => tasks::demo(rest),
+        "test" => tasks::test(rest),
+        "bench" => tasks::bench(rest),
+        other => bail!("unknown task `{other}`: expected dist, repro, demo, test or bench"),
+    }
+}

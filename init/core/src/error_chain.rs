@@ -36,7 +36,10 @@ mod tests {
     #[test]
     fn chain_lists_outer_first() {
         let e = Outer(Inner);
-        assert_eq!(messages(&e), vec!["mount /sys/kernel/security", "inner cause"]);
+        assert_eq!(
+            messages(&e),
+            vec!["mount /sys/kernel/security", "inner cause"]
+        );
         assert_eq!(one_line(&e), "mount /sys/kernel/security: inner cause");
     }
 

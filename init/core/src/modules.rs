@@ -17,7 +17,11 @@ pub enum ModulesError {
     #[error("module load list has more than {MAX_ENTRIES} entries")]
     TooMany,
     #[error("module `{path}` is listed twice (lines {first} and {second})")]
-    Duplicate { path: String, first: usize, second: usize },
+    Duplicate {
+        path: String,
+        first: usize,
+        second: usize,
+    },
 }
 
 /// Parse the load list into paths, in load order.
@@ -30,7 +34,10 @@ pub fn parse_load_list(text: &str) -> Result<Vec<String>, ModulesError> {
             continue;
         }
         if !entry.starts_with('/') {
-            return Err(ModulesError::RelativePath { line, text: entry.to_owned() });
+            return Err(ModulesError::RelativePath {
+                line,
+                text: entry.to_owned(),
+            });
         }
         if entry.len() > MAX_PATH_LEN
             || entry.contains('\0')
@@ -39,10 +46,17 @@ pub fn parse_load_list(text: &str) -> Result<Vec<String>, ModulesError> {
             return Err(ModulesError::UnsafePath { line });
         }
         if !entry.ends_with(".ko") {
-            return Err(ModulesError::NotAModule { line, text: entry.to_owned() });
+            return Err(ModulesError::NotAModule {
+                line,
+                text: entry.to_owned(),
+            });
         }
         if let Some((_, first)) = out.iter().find(|(p, _)| p == entry) {
-            return Err(ModulesError::Duplicate { path: entry.to_owned(), first: *first, second: line });
+            return Err(ModulesError::Duplicate {
+                path: entry.to_owned(),
+                first: *first,
+                second: line,
+            });
         }
         if out.len() == MAX_ENTRIES {
             return Err(ModulesError::TooMany);
@@ -74,12 +88,25 @@ mod tests {
 
     #[test]
     fn rejects_bad_entries() {
-        assert!(matches!(parse_load_list("a.ko"), Err(ModulesError::RelativePath { line: 1, .. })));
-        assert_eq!(parse_load_list("/x/../y.ko"), Err(ModulesError::UnsafePath { line: 1 }));
-        assert!(matches!(parse_load_list("/x/y.txt"), Err(ModulesError::NotAModule { .. })));
+        assert!(matches!(
+            parse_load_list("a.ko"),
+            Err(ModulesError::RelativePath { line: 1, .. })
+        ));
+        assert_eq!(
+            parse_load_list("/x/../y.ko"),
+            Err(ModulesError::UnsafePath { line: 1 })
+        );
+        assert!(matches!(
+            parse_load_list("/x/y.txt"),
+            Err(ModulesError::NotAModule { .. })
+        ));
         assert_eq!(
             parse_load_list("/a.ko\n/a.ko"),
-            Err(ModulesError::Duplicate { path: "/a.ko".into(), first: 1, second: 2 })
+            Err(ModulesError::Duplicate {
+                path: "/a.ko".into(),
+                first: 1,
+                second: 2
+            })
         );
         let many: String = (0..=MAX_ENTRIES).map(|i| format!("/m{i}.ko\n")).collect();
         assert_eq!(parse_load_list(&many), Err(ModulesError::TooMany));
@@ -87,7 +114,10 @@ mod tests {
 
     #[test]
     fn names() {
-        assert_eq!(module_name("/lib/modules/k/kernel/drivers/md/dm-crypt.ko"), "dm-crypt");
+        assert_eq!(
+            module_name("/lib/modules/k/kernel/drivers/md/dm-crypt.ko"),
+            "dm-crypt"
+        );
         assert_eq!(module_name("x.ko"), "x");
     }
 }

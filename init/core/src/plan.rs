@@ -65,9 +65,21 @@ pub struct MountFlags {
     pub noexec: bool,
 }
 
-const NOSUID: MountFlags = MountFlags { nosuid: true, nodev: false, noexec: false };
-const NOSUID_NODEV: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: false };
-const LOCKED: MountFlags = MountFlags { nosuid: true, nodev: true, noexec: true };
+const NOSUID: MountFlags = MountFlags {
+    nosuid: true,
+    nodev: false,
+    noexec: false,
+};
+const NOSUID_NODEV: MountFlags = MountFlags {
+    nosuid: true,
+    nodev: true,
+    noexec: false,
+};
+const LOCKED: MountFlags = MountFlags {
+    nosuid: true,
+    nodev: true,
+    noexec: true,
+};
 
 /// One mount of the plan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,7 +98,13 @@ const fn m(
     flags: MountFlags,
     data: &'static str,
 ) -> MountSpec {
-    MountSpec { source, target, fstype, flags, data }
+    MountSpec {
+        source,
+        target,
+        fstype,
+        flags,
+        data,
+    }
 }
 
 /// Mounted before anything else.
@@ -98,15 +116,31 @@ pub const EARLY_MOUNTS: &[MountSpec] = &[
 
 /// The rest of the base system.
 pub const BASE_MOUNTS: &[MountSpec] = &[
-    m("devpts", "/dev/pts", "devpts", MountFlags { noexec: true, ..NOSUID }, "mode=0620,ptmxmode=0666"),
+    m(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MountFlags {
+            noexec: true,
+            ..NOSUID
+        },
+        "mode=0620,ptmxmode=0666",
+    ),
     m("tmpfs", "/run", "tmpfs", NOSUID_NODEV, "mode=0755"),
     m("tmpfs", "/tmp", "tmpfs", NOSUID_NODEV, "mode=1777"),
     m("cgroup2", "/sys/fs/cgroup", "cgroup2", LOCKED, "nsdelegate"),
-    m("securityfs", "/sys/kernel/security", "securityfs", LOCKED, ""),
+    m(
+        "securityfs",
+        "/sys/kernel/security",
+        "securityfs",
+        LOCKED,
+        "",
+    ),
 ];
 
 /// After module loading: configfs is a module in distribution kernels (built in for production).
-pub const LATE_MOUNTS: &[MountSpec] = &[m("configfs", "/sys/kernel/config", "configfs", LOCKED, "")];
+pub const LATE_MOUNTS: &[MountSpec] =
+    &[m("configfs", "/sys/kernel/config", "configfs", LOCKED, "")];
 
 /// How long children get between SIGTERM and SIGKILL at shutdown.
 pub const STOP_GRACE_MS: u64 = 5_000;
@@ -120,27 +154,45 @@ mod tests {
         let names: Vec<_> = BOOT_PLAN.iter().map(|s| s.name()).collect();
         assert_eq!(
             names,
-            ["early", "cmdline", "mount", "modules", "mount-late", "results", "ready"]
+            [
+                "early",
+                "cmdline",
+                "mount",
+                "modules",
+                "mount-late",
+                "results",
+                "ready"
+            ]
         );
     }
 
     #[test]
     fn every_mount_parent_is_mounted_or_in_rootfs_first() {
-        let all: Vec<&MountSpec> =
-            BOOT_PLAN.iter().flat_map(|s| s.mounts().iter()).collect();
+        let all: Vec<&MountSpec> = BOOT_PLAN.iter().flat_map(|s| s.mounts().iter()).collect();
         for (i, spec) in all.iter().enumerate() {
             assert!(spec.target.starts_with('/'));
             // A target below /sys or /dev needs that filesystem mounted earlier.
             for base in ["/sys", "/dev", "/proc"] {
                 if spec.target.starts_with(&format!("{base}/")) {
-                    assert!(all[..i].iter().any(|p| p.target == base), "{} before {base}", spec.target);
+                    assert!(
+                        all[..i].iter().any(|p| p.target == base),
+                        "{} before {base}",
+                        spec.target
+                    );
                 }
             }
         }
         let targets: Vec<_> = all.iter().map(|m| m.target).collect();
         for required in [
-            "/proc", "/sys", "/dev", "/dev/pts", "/run", "/tmp", "/sys/fs/cgroup",
-            "/sys/kernel/config", "/sys/kernel/security",
+            "/proc",
+            "/sys",
+            "/dev",
+            "/dev/pts",
+            "/run",
+            "/tmp",
+            "/sys/fs/cgroup",
+            "/sys/kernel/config",
+            "/sys/kernel/security",
         ] {
             assert!(targets.contains(&required), "{required} missing");
         }

@@ -32,7 +32,12 @@ pub fn parse_stat(text: &str) -> Option<ProcStat> {
         c => ProcState::Other(c),
     };
     let ppid = rest.next()?.parse().ok()?;
-    Some(ProcStat { pid, comm, state, ppid })
+    Some(ProcStat {
+        pid,
+        comm,
+        state,
+        ppid,
+    })
 }
 
 /// Whether a `/proc` directory entry name is a process id.

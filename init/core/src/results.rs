@@ -7,14 +7,40 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Record {
-    Boot { version: String, mono_us: u64 },
-    StageStarted { stage: String, mono_us: u64 },
-    StageFinished { stage: String, mono_us: u64, duration_us: u64 },
-    Ready { mono_us: u64 },
-    Fatal { stage: String, error: String, chain: Vec<String>, mono_us: u64 },
-    Shutdown { reason: String, mono_us: u64 },
-    Reaped { zombies_left: u32, children_stopped: u32, mono_us: u64 },
-    PowerOff { mono_us: u64 },
+    Boot {
+        version: String,
+        mono_us: u64,
+    },
+    StageStarted {
+        stage: String,
+        mono_us: u64,
+    },
+    StageFinished {
+        stage: String,
+        mono_us: u64,
+        duration_us: u64,
+    },
+    Ready {
+        mono_us: u64,
+    },
+    Fatal {
+        stage: String,
+        error: String,
+        chain: Vec<String>,
+        mono_us: u64,
+    },
+    Shutdown {
+        reason: String,
+        mono_us: u64,
+    },
+    Reaped {
+        zombies_left: u32,
+        children_stopped: u32,
+        mono_us: u64,
+    },
+    PowerOff {
+        mono_us: u64,
+    },
 }
 
 impl Record {
@@ -50,7 +76,10 @@ impl Backlog {
 
     /// Take the buffered lines, oldest first, and how many were dropped.
     pub fn drain(&mut self) -> (Vec<String>, usize) {
-        (std::mem::take(&mut self.lines), std::mem::take(&mut self.dropped))
+        (
+            std::mem::take(&mut self.lines),
+            std::mem::take(&mut self.dropped),
+        )
     }
 }
 
@@ -60,7 +89,11 @@ mod tests {
 
     #[test]
     fn records_have_the_documented_shape() {
-        let r = Record::StageFinished { stage: "mount".into(), mono_us: 10, duration_us: 3 };
+        let r = Record::StageFinished {
+            stage: "mount".into(),
+            mono_us: 10,
+            duration_us: 3,
+        };
         assert_eq!(
             r.to_line(),
             "{\"event\":\"stage_finished\",\"stage\":\"mount\",\"mono_us\":10,\"duration_us\":3}\n"

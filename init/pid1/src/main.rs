@@ -1,2 +1,163 @@
-//! Placeholder.
-fn main() {}
+//! `cvm-init`: PID 1 of a confidential VM. Runs the boot plan of `init_core::plan`, reports each
+//! stage on the console, /dev/kmsg and the results channel, then serves as the reaper until an
+//! orderly shutdown. On any fatal error it prints the whole error chain once, reports it, and
+//! powers off; it never returns from `main` and never unwinds.
+
+mod boot;
+mod logger;
+mod results;
+mod shutdown;
+
+use std::path::Path;
+
+use init_core::cmdline::OnReady;
+use init_core::error_chain;
+use init_core::plan::BOOT_PLAN;
+use init_core::results::Record;
+use init_sys::input::{PowerButton, find_power_buttons};
+use init_sys::signals::{Event, Signals};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+use crate::boot::Boot;
+use crate::shutdown::{Reason, shutdown};
+
+fn main() {
+    install_panic_hook();
+    logger::install();
+    if std::process::id() != 1 {
+        eprintln!(
+            "cvm-init: refusing to start: must run as PID 1 (it mounts, reaps and powers off)"
+        );
+        #[allow(clippy::exit)]
+        std::process::exit(2);
+    }
+    // Signals first, so a child exiting during the boot is never missed.
+    let mut signals = match Signals::install() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            log::error!("{}", error_chain::one_line(&e));
+            None
+        }
+    };
+    let mut boot = Boot::new();
+    boot.results.record(&Record::Boot {
+        version: env!("CARGO_PKG_VERSION").into(),
+        mono_us: boot.boot_started_us,
+    });
+    log::info!("cvm-init {} starting", env!("CARGO_PKG_VERSION"));
+
+    if let Err((stage, error)) = boot.run(BOOT_PLAN) {
+        fatal(&mut boot, signals.as_mut(), stage.name(), &error);
+    }
+    let now = init_sys::clock::monotonic_us();
+    boot.results.record(&Record::Ready { mono_us: now });
+    let boot_ms = now.saturating_sub(boot.boot_started_us) / 1000;
+    log::info!("ready ({boot_ms} ms after PID 1 started)");
+
+    match boot.config.on_ready {
+        OnReady::PowerOff => shutdown(&mut boot.results, signals.as_mut(), Reason::ReadyPowerOff),
+        OnReady::Wait => serve(&mut boot, signals),
+    }
+}
+
+/// Report a fatal error (one line with the whole chain) everywhere, then shut down.
+fn fatal(
+    boot: &mut Boot,
+    signals: Option<&mut Signals>,
+    stage: &str,
+    error: &(dyn std::error::Error + 'static),
+) -> ! {
+    let line = error_chain::one_line(error);
+    log::error!("fatal: {stage}: {line}");
+    if !boot.results.is_open() {
+        // Best effort: the port may exist already (virtio_console loaded) even though the
+        // failing stage came before the results stage.
+        let _ = boot.results.open(&boot.config.results_port.clone());
+    }
+    boot.results.record(&Record::Fatal {
+        stage: stage.into(),
+        error: line,
+        chain: error_chain::messages(error),
+        mono_us: init_sys::clock::monotonic_us(),
+    });
+    shutdown(&mut boot.results, signals, Reason::Fatal)
+}
+
+/// Wait for children, signals and the power button until a shutdown request.
+fn serve(boot: &mut Boot, mut signals: Option<Signals>) -> ! {
+    let mut buttons: Vec<PowerButton> =
+        find_power_buttons(Path::new("/sys/class/input"), Path::new("/dev/input"))
+            .iter()
+            .filter_map(|p| match PowerButton::open(p) {
+                Ok(b) => Some(b),
+                Err(e) => {
+                    log::warn!("open power button {}: {e}", p.display());
+                    None
+                }
+            })
+            .collect();
+    log::info!("serving: {} power button(s) watched", buttons.len());
+    loop {
+        let reason = {
+            let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + buttons.len());
+            if let Some(s) = signals.as_ref() {
+                fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
+            }
+            fds.extend(
+                buttons
+                    .iter()
+                    .map(|b| PollFd::new(b.fd(), PollFlags::POLLIN)),
+            );
+            // Without a signalfd (never expected), fall back to periodic reaping.
+            let timeout = if signals.is_some() {
+                PollTimeout::NONE
+            } else {
+                PollTimeout::from(1000u16)
+            };
+            if let Err(e) = poll(&mut fds, timeout) {
+                log::debug!("poll: {e}");
+            }
+            None::<Reason>
+        };
+        let mut reason = reason;
+        if let Some(s) = signals.as_mut() {
+            match s.read_all() {
+                Ok(events) => {
+                    for event in events {
+                        match event {
+                            Event::Child | Event::Other(_) => {}
+                            Event::Terminate => reason = reason.or(Some(Reason::SigTerm)),
+                            Event::Interrupt => reason = reason.or(Some(Reason::SigInt)),
+                            Event::Power => reason = reason.or(Some(Reason::SigPwr)),
+                        }
+                    }
+                }
+                Err(e) => log::warn!("{}", error_chain::one_line(&e)),
+            }
+        }
+        let (reaped, _) = init_sys::signals::reap_exited();
+        for child in reaped {
+            log::debug!("reaped pid {} (status {})", child.pid, child.code);
+        }
+        if buttons.iter_mut().any(PowerButton::pressed) {
+            reason = reason.or(Some(Reason::PowerButton));
+        }
+        if let Some(reason) = reason {
+            shutdown(&mut boot.results, signals.as_mut(), reason);
+        }
+    }
+}
+
+/// A panic in PID 1 would be a kernel panic: print it and power off instead.
+fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let message = format!("cvm-init: internal error (panic): {info}; powering off");
+        eprintln!("{message}");
+        if let Ok(mut kmsg) = init_sys::kmsg::Kmsg::open(Path::new("/dev/kmsg")) {
+            let _ = kmsg.write_line(init_sys::kmsg::Priority::Error, &message);
+        }
+        init_sys::power::sync();
+        let _ = init_sys::power::power_off();
+        shutdown::halt_forever();
+    }));
+}

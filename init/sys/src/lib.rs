@@ -3,7 +3,9 @@
 #![allow(unsafe_code)]
 
 pub mod ccel;
+pub mod clock;
 pub mod console;
+pub mod input;
 pub mod kmod;
 pub mod kmsg;
 pub mod mount;

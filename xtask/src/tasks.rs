@@ -1,0 +1,303 @@
+//! `repro`, `demo`, `test` and `bench`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use qemu_tests::artifacts::Artifacts;
+use qemu_tests::results::Record;
+use qemu_tests::vm::TestVm;
+
+use crate::dist::{DistOptions, TARGET, dist, source_date_epoch, workspace_root};
+use crate::packages;
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(step: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: == {step}");
+    let started = Instant::now();
+    let status = cmd.status().with_context(|| format!("start {step}"))?;
+    if !status.success() {
+        bail!("{step} failed with {status}");
+    }
+    eprintln!(
+        "xtask: == {step}: ok in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The files of the source tree as git sees them (tracked plus untracked, not ignored).
+fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
+    let out = Command::new("git")
+        .current_dir(root)
+        .args([
+            "ls-files",
+            "-z",
+            "--cached",
+            "--others",
+            "--exclude-standard",
+        ])
+        .output()
+        .context("run git ls-files")?;
+    if !out.status.success() {
+        bail!("git ls-files failed");
+    }
+    Ok(out
+        .stdout
+        .split(|b| *b == 0)
+        .filter(|p| !p.is_empty())
+        .map(|p| PathBuf::from(String::from_utf8_lossy(p).into_owned()))
+        .filter(|p| root.join(p).is_file())
+        .collect())
+}
+
+fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
+    for rel in source_files(root)? {
+        let to = dest.join(&rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("create {}", parent.display()))?;
+        }
+        std::fs::copy(root.join(&rel), &to).with_context(|| format!("copy {}", rel.display()))?;
+    }
+    Ok(())
+}
+
+/// Build `dist` in two copies of the tree at different paths and times; the outputs must be
+/// byte-identical.
+pub(crate) fn repro(_args: &[String]) -> Result<()> {
+    let root = workspace_root();
+    let base = root.join("target").join("repro");
+    let _ = std::fs::remove_dir_all(&base);
+    let dirs = [
+        base.join("a").join("cvm-init"),
+        base.join("second-build").join("nested").join("src"),
+    ];
+    let mut sums = Vec::new();
+    for (i, dir) in dirs.iter().enumerate() {
+        copy_tree(&root, dir)?;
+        if i == 1 {
+            // A different wall-clock time for the second build (mtimes and build time).
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        let opts = DistOptions {
+            root: dir.clone(),
+            out: dir.join("dist"),
+            target_dir: dir.join("target"),
+            source_date_epoch: source_date_epoch(),
+            features: Vec::new(),
+            modules: true,
+        };
+        eprintln!(
+            "xtask: reproducibility build {} in {}",
+            i + 1,
+            dir.display()
+        );
+        let out = dist(&opts)?;
+        sums.push(out.sums);
+    }
+    println!("build 1:\n{}build 2:\n{}", sums[0], sums[1]);
+    if sums[0] != sums[1] {
+        bail!(
+            "builds differ: compare with `diffoscope {}/dist {}/dist`",
+            dirs[0].display(),
+            dirs[1].display()
+        );
+    }
+    println!("reproducible: both builds are bit-identical");
+    let _ = std::fs::remove_dir_all(&base);
+    Ok(())
+}
+
+/// Build the release image and boot it in QEMU, printing the stage timeline.
+pub(crate) fn demo(_args: &[String]) -> Result<()> {
+    packages::ensure(packages::TEST_PACKAGES)?;
+    let root = workspace_root();
+    let opts = DistOptions {
+        out: root.join("dist"),
+        target_dir: root.join("target").join("dist"),
+        root,
+        source_date_epoch: source_date_epoch(),
+        features: Vec::new(),
+        modules: true,
+    };
+    let out = dist(&opts)?;
+    print!("{}", out.sums);
+    let artifacts = Artifacts::fetch().context("fetch pinned kernel and firmware")?;
+    println!(
+        "booting {} with kernel {} under QEMU (TCG)...",
+        out.initramfs.display(),
+        artifacts.kernel_release
+    );
+    let mut vm = TestVm::new(&artifacts)
+        .with_name("demo")
+        .with_initrd(&out.initramfs)
+        .with_cmdline("cvm.on_ready=poweroff")
+        .boot()
+        .context("boot QEMU")?;
+    let exit = vm
+        .wait_for_exit(Duration::from_secs(180))
+        .context("wait for power-off")?;
+    let records = vm.records().context("read results channel")?;
+    println!("\n{:<12} {:>12} {:>12}", "stage", "at (ms)", "took (ms)");
+    for r in &records {
+        match r {
+            Record::StageFinished {
+                stage,
+                mono_us,
+                duration_us,
+            } => println!(
+                "{stage:<12} {:>12.1} {:>12.3}",
+                *mono_us as f64 / 1000.0,
+                *duration_us as f64 / 1000.0
+            ),
+            Record::Ready { mono_us } => {
+                println!("{:<12} {:>12.1}", "READY", *mono_us as f64 / 1000.0)
+            }
+            Record::Fatal { stage, error, .. } => println!("FATAL in {stage}: {error}"),
+            Record::Shutdown { reason, mono_us } => {
+                println!(
+                    "{:<12} {:>12.1}   reason {reason}",
+                    "shutdown",
+                    *mono_us as f64 / 1000.0
+                );
+            }
+            Record::PowerOff { mono_us } => {
+                println!("{:<12} {:>12.1}", "power_off", *mono_us as f64 / 1000.0)
+            }
+            _ => {}
+        }
+    }
+    println!(
+        "\nQEMU exited with {} after {:.1} s (wall)",
+        exit.status,
+        exit.after.as_secs_f64()
+    );
+    if !exit.success() || !records.iter().any(|r| matches!(r, Record::Ready { .. })) {
+        println!("--- console ---\n{}", vm.console());
+        bail!("demo boot did not reach ready and power off cleanly");
+    }
+    Ok(())
+}
+
+/// Rustflags for the QEMU test build: the static flags of .cargo/config.toml plus the cfg.
+fn qemu_rustflags() -> String {
+    [
+        "-Ctarget-feature=+crt-static",
+        "--cfg",
+        "getrandom_backend=\"linux_getrandom\"",
+        "--cfg",
+        "qemu_testenv",
+    ]
+    .join("\u{1f}")
+}
+
+/// Everything CI runs.
+pub(crate) fn test(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--no-qemu");
+    packages::ensure(packages::TEST_PACKAGES)?;
+    let root = workspace_root();
+    run(
+        "cargo fmt --check",
+        cargo().current_dir(&root).args(["fmt", "--all", "--check"]),
+    )?;
+    run(
+        "cargo clippy",
+        cargo().current_dir(&root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--locked",
+            "--target",
+            TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "cargo test (host)",
+        cargo()
+            .current_dir(&root)
+            .args(["test", "--workspace", "--locked", "--target", TARGET]),
+    )?;
+    let opts = DistOptions {
+        out: root.join("dist"),
+        target_dir: root.join("target").join("dist"),
+        root: root.clone(),
+        source_date_epoch: source_date_epoch(),
+        features: Vec::new(),
+        modules: true,
+    };
+    let out = dist(&opts)?;
+    check_static(&out.init)?;
+    if quick {
+        return Ok(());
+    }
+    run(
+        "QEMU boot tests",
+        cargo()
+            .current_dir(&root)
+            .args([
+                "test",
+                "--locked",
+                "-p",
+                "qemu-tests",
+                "--target",
+                TARGET,
+                "--tests",
+                "--",
+                "--test-threads=2",
+            ])
+            .env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
+            .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
+            .env_remove("RUSTFLAGS"),
+    )?;
+    eprintln!("xtask: == reproducibility (two builds, two directories)");
+    repro(&[])
+}
+
+/// `file` must call the init statically linked (a static-pie counts).
+fn check_static(init: &Path) -> Result<()> {
+    let out = Command::new("file")
+        .arg(init)
+        .output()
+        .context("run file")?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let size = std::fs::metadata(init).map(|m| m.len()).unwrap_or(0);
+    println!("{}", text.trim());
+    println!("init size: {size} bytes");
+    if !(text.contains("statically linked") || text.contains("static-pie linked")) {
+        bail!("{} is not statically linked: {text}", init.display());
+    }
+    Ok(())
+}
+
+/// Boot benchmark against the busybox baseline.
+pub(crate) fn bench(args: &[String]) -> Result<()> {
+    packages::ensure(packages::TEST_PACKAGES)?;
+    let root = workspace_root();
+    let mut cmd = cargo();
+    cmd.current_dir(&root)
+        .args([
+            "bench",
+            "--locked",
+            "-p",
+            "qemu-tests",
+            "--target",
+            TARGET,
+            "--bench",
+            "boot",
+            "--",
+        ])
+        .args(args)
+        .env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
+        .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
+        .env_remove("RUSTFLAGS");
+    run("boot benchmark", &mut cmd)
+}
