@@ -101,7 +101,6 @@ pub struct TestVm<'a> {
     overlays: Vec<PathBuf>,
     ovmf: bool,
     results_port: String,
-    hard_limit: Duration,
     extra_args: Vec<String>,
     report: ReportOnDrop,
 }
@@ -119,7 +118,6 @@ impl<'a> TestVm<'a> {
             overlays: Vec::new(),
             ovmf: false,
             results_port: RESULTS_PORT.to_owned(),
-            hard_limit: Duration::from_secs(600),
             extra_args: Vec::new(),
             report: ReportOnDrop::Always,
         }
@@ -189,14 +187,6 @@ impl<'a> TestVm<'a> {
         self
     }
 
-    /// Wall-clock limit after which QEMU is killed even if this process is gone (it runs under
-    /// `timeout -s KILL`). Default 600 s. Tests should still use their own, shorter waits.
-    #[must_use]
-    pub fn with_hard_limit(mut self, limit: Duration) -> Self {
-        self.hard_limit = limit;
-        self
-    }
-
     /// An extra raw QEMU argument.
     #[must_use]
     pub fn with_qemu_arg(mut self, arg: &str) -> Self {
@@ -215,6 +205,9 @@ impl<'a> TestVm<'a> {
     }
 
     /// Starts QEMU. The clock of [`RunningVm::spawned_at`] starts just before the spawn.
+    ///
+    /// QEMU gets SIGKILL when the *thread* that called `boot` exits (the parent-death signal
+    /// follows the forking thread), so keep the VM on that thread.
     pub fn boot(self) -> Result<RunningVm, VmError> {
         let initrd = self.initrd.clone().ok_or(VmError::NoInitrd)?;
         let keep = std::env::var_os(KEEP_TMP_ENV).is_some();
@@ -245,13 +238,11 @@ impl<'a> TestVm<'a> {
         };
 
         let qemu = std::env::var(QEMU_ENV).unwrap_or_else(|_| "qemu-system-x86_64".to_owned());
-        let mut command = Command::new("timeout");
-        command.args([
-            "-s",
-            "KILL",
-            &self.hard_limit.as_secs().max(1).to_string(),
-            &qemu,
-        ]);
+        // setpriv (util-linux) sets the parent-death signal and execs QEMU, which stays our
+        // direct child: if this process dies without running the drop (a test runner's timeout
+        // kills it), the kernel kills QEMU too.
+        let mut command = Command::new("setpriv");
+        command.args(["--pdeathsig", "KILL", "--", &qemu]);
         command.args(["-accel", "tcg", "-machine", "q35", "-cpu", "max"]);
         command.args(["-m", &self.memory, "-smp", &self.cpus.to_string()]);
         command.args(["-nographic", "-nodefaults", "-no-reboot"]);
@@ -343,7 +334,7 @@ impl<'a> TestVm<'a> {
 /// How QEMU ended.
 #[derive(Debug, Clone, Copy)]
 pub struct VmExit {
-    /// Exit status of the `timeout` wrapper, which is QEMU's unless the hard limit hit.
+    /// QEMU's exit status.
     pub status: ExitStatus,
     /// Time from spawn to the exit (EOF on QEMU's stdout, or the poll that saw it).
     pub after: Duration,
@@ -368,7 +359,7 @@ struct ConsoleState {
     bytes: Vec<u8>,
     /// (end offset of a chunk, when it was read).
     chunks: Vec<(usize, Instant)>,
-    /// When stdout reached EOF (QEMU and its `timeout` wrapper exited).
+    /// When stdout reached EOF (QEMU exited).
     closed: Option<Instant>,
 }
 
@@ -467,6 +458,11 @@ impl RunningVm {
     /// When QEMU was spawned.
     pub fn spawned_at(&self) -> Instant {
         self.spawned
+    }
+
+    /// QEMU's process group (its pid).
+    pub fn process_group(&self) -> i32 {
+        self.pgid
     }
 
     /// The VM's temporary directory.

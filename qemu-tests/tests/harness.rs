@@ -7,6 +7,9 @@ mod tests {
     use std::time::Duration;
 
     use anyhow::Result;
+    use nix::errno::Errno;
+    use nix::sys::signal::killpg;
+    use nix::unistd::Pid;
     use qemu_tests::image::{READY_MARKER, write_overlay};
     use qemu_tests::{Artifacts, Record, TestVm, VmError, baseline_image};
 
@@ -78,6 +81,33 @@ mod tests {
         assert!(matches!(early, Err(VmError::Timeout { .. })), "{early:?}");
         vm.kill()?;
         assert!(vm.try_exit()?.is_some());
+        Ok(())
+    }
+
+    #[test]
+    fn drop_kills_the_process_group() -> Result<()> {
+        let artifacts = Artifacts::fetch()?;
+        let image = baseline_image(&artifacts)?;
+        let dir = tempfile::tempdir()?;
+        let overlay = write_overlay(
+            dir.path(),
+            "overlay.cpio",
+            &[("/init", RESULTS_INIT.as_bytes(), 0o755)],
+        )?;
+        let mut vm = TestVm::new(&artifacts)
+            .with_name("drop")
+            .with_initrd(&image)
+            .with_overlay(&overlay)
+            .boot()?;
+        vm.wait_for_event("ready", BOOT_TIMEOUT)?;
+        let group = Pid::from_raw(vm.process_group());
+        assert_eq!(killpg(group, None), Ok(()), "QEMU's group is not running");
+        drop(vm);
+        assert_eq!(
+            killpg(group, None),
+            Err(Errno::ESRCH),
+            "QEMU survived the drop"
+        );
         Ok(())
     }
 }
