@@ -11,3 +11,4 @@ pub mod replay;
 pub mod rtmr;
 pub mod runtime_event;
 pub mod tdreport;
+pub mod tdvf;
