@@ -15,7 +15,7 @@ pub mod testing;
 
 use measure::rtmr::extend;
 pub use measure::rtmr::{RtmrIndex, Sha384Digest};
-use measure::runtime_event::RuntimeEvent;
+pub use measure::runtime_event::{self, EventLogVersion, RuntimeEvent};
 
 /// A boxed backend error, so backend-specific errors (`init-sys`) keep their chain.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -1,0 +1,466 @@
+//! The `measure` stage: pick the TEE backend, open the RTMR3 runtime event log and emit the
+//! dstack event sequence (`init_core::tee::events`, target dstack v0.5.11).
+//!
+//! Order the boot follows:
+//! 1. [`TdxTee::probe`] (or `InsecureSimulatedTee::new()` with feature
+//!    `insecure-simulated-tee` when no TDX is present), after configfs is mounted on
+//!    `/sys/kernel/config`;
+//! 2. [`open_event_log`] with the app's event-log version (from `HostShare`);
+//! 3. [`measure_app_info`] (system-preparing … boot-mr-done) → the `AppIdentity`;
+//! 4. key provisioning (KMS issue) → `KeyProviderInfo` (and the KMS's os-image-hash);
+//! 5. [`measure_system_ready`] (os-image-hash?, key-provider, storage-fs, system-ready).
+//!
+//! Any error is fatal for the boot: no later stage runs.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use init_core::app_compose::StorageFs;
+use init_core::host_share::HostShare;
+use init_core::identity::{AppIdentity, ID_LEN, IdentityError};
+use init_core::tee::events::{
+    EventLogError, EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events,
+    system_ready_events,
+};
+use init_core::tee::{
+    BootEventLog, BoxError, EventLogVersion, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex,
+    Sha384Digest, TeeError, check_extend,
+};
+use init_sys::ccel;
+use init_sys::tdx_guest::{TDX_GUEST_PATH, TdxGuest};
+use init_sys::tsm_report::{TSM_REPORT_ROOT, TsmReport};
+use init_sys::tsm_rtmr::{TSM_MEASUREMENTS_DIR, TsmRtmr};
+use nix::fcntl::OFlag;
+
+/// Name of this init's configfs-tsm report entry.
+const TSM_REPORT_ENTRY: &str = "cvm-init";
+
+/// Errors of the measure stage.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MeasureStageError {
+    /// No TDX interface was found.
+    #[error("no TDX guest interface (neither {tsm_rtmr} nor {tdx_guest})")]
+    ProbeTdx {
+        tsm_rtmr: PathBuf,
+        tdx_guest: PathBuf,
+        #[source]
+        source: init_sys::tdx_guest::TdxGuestError,
+    },
+    /// Creating the event log directory or file failed.
+    #[error("open runtime event log {path}")]
+    OpenEventLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Writing `runtime_event_version` failed.
+    #[error("write {path}")]
+    WriteEventVersion {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Starting the log (logging pre-extended events) failed.
+    #[error("start runtime event log")]
+    StartEventLog {
+        #[source]
+        source: EventLogError,
+    },
+    /// The app's event-log version is invalid.
+    #[error("event log version of app-compose.json")]
+    EventLogVersion {
+        #[source]
+        source: init_core::app_compose::AppComposeError,
+    },
+    /// Reading random bytes for the instance-id seed failed.
+    #[error("read random seed from {path}")]
+    ReadRandomSeed {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Deriving the app identity failed.
+    #[error("derive app identity")]
+    DeriveIdentity {
+        #[source]
+        source: IdentityError,
+    },
+    /// Emitting an event failed.
+    #[error("emit RTMR3 events")]
+    EmitEvents {
+        #[source]
+        source: EventLogError,
+    },
+}
+
+/// Where the real TDX interfaces live (parameters for tests).
+#[derive(Debug, Clone)]
+pub(crate) struct TdxPaths {
+    /// tsm-mr sysfs directory.
+    pub(crate) tsm_measurements: PathBuf,
+    /// `/dev/tdx_guest`.
+    pub(crate) tdx_guest: PathBuf,
+    /// configfs-tsm report root.
+    pub(crate) tsm_report_root: PathBuf,
+    /// ACPI tables directory (CCEL).
+    pub(crate) acpi_tables: PathBuf,
+}
+
+impl Default for TdxPaths {
+    fn default() -> Self {
+        Self {
+            tsm_measurements: PathBuf::from(TSM_MEASUREMENTS_DIR),
+            tdx_guest: PathBuf::from(TDX_GUEST_PATH),
+            tsm_report_root: PathBuf::from(TSM_REPORT_ROOT),
+            acpi_tables: PathBuf::from(ccel::ACPI_TABLES_DIR),
+        }
+    }
+}
+
+/// The real TDX backend: tsm-mr sysfs extends (verified by read-back) with the legacy ioctl as
+/// fallback, `TDX_CMD_GET_REPORT0` reports, configfs-tsm quotes, CCEL boot log.
+#[derive(Debug)]
+pub(crate) struct TdxTee {
+    tsm_rtmr: Option<TsmRtmr>,
+    guest: Option<TdxGuest>,
+    report: TsmReport,
+    acpi_tables: PathBuf,
+}
+
+impl TdxTee {
+    /// Finds the interfaces: tsm-mr sysfs if present, `/dev/tdx_guest` if it opens. Fails
+    /// when neither can extend RTMRs.
+    pub(crate) fn probe(paths: &TdxPaths) -> Result<Self, MeasureStageError> {
+        let tsm = TsmRtmr::new(&paths.tsm_measurements);
+        let tsm_rtmr = tsm.is_available().then_some(tsm);
+        let guest = match TdxGuest::open(&paths.tdx_guest) {
+            Ok(guest) => Some(guest),
+            Err(source) if tsm_rtmr.is_none() => {
+                return Err(MeasureStageError::ProbeTdx {
+                    tsm_rtmr: paths.tsm_measurements.clone(),
+                    tdx_guest: paths.tdx_guest.clone(),
+                    source,
+                });
+            }
+            Err(e) => {
+                log::warn!("measure: {e}; TDREPORTs unavailable");
+                None
+            }
+        };
+        Ok(Self {
+            tsm_rtmr,
+            guest,
+            report: TsmReport::new(&paths.tsm_report_root, TSM_REPORT_ENTRY),
+            acpi_tables: paths.acpi_tables.clone(),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("/dev/tdx_guest is not available")]
+struct NoTdxGuest;
+
+impl Rtmr for TdxTee {
+    fn extend_rtmr(&mut self, index: RtmrIndex, digest: &Sha384Digest) -> Result<(), TeeError> {
+        let extend_err = |source: BoxError| TeeError::ExtendRtmr {
+            index,
+            digest: *digest,
+            source,
+        };
+        if let Some(tsm) = &self.tsm_rtmr {
+            let outcome = tsm
+                .extend(index, digest)
+                .map_err(|e| extend_err(Box::new(e)))?;
+            return check_extend(index, &outcome.before, digest, &outcome.after);
+        }
+        let guest = self
+            .guest
+            .as_ref()
+            .ok_or_else(|| extend_err(Box::new(NoTdxGuest)))?;
+        guest
+            .extend_rtmr(index, digest)
+            .map_err(|e| extend_err(Box::new(e)))
+    }
+}
+
+impl QuoteSource for TdxTee {
+    fn report(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+        let guest = self.guest.as_ref().ok_or_else(|| TeeError::GetReport {
+            source: Box::new(NoTdxGuest),
+        })?;
+        guest
+            .report(report_data)
+            .map(|r| r.as_bytes().to_vec())
+            .map_err(|e| TeeError::GetReport {
+                source: Box::new(e),
+            })
+    }
+
+    fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+        self.report
+            .quote(report_data)
+            .map_err(|e| TeeError::GetQuote {
+                source: Box::new(e),
+            })
+    }
+}
+
+impl BootEventLog for TdxTee {
+    fn boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        ccel::read_log(&self.acpi_tables).map_err(|e| TeeError::ReadBootEventLog {
+            source: Box::new(e),
+        })
+    }
+}
+
+/// Appends event log lines to a file opened with `O_APPEND` (one `write` per line).
+#[derive(Debug)]
+pub(crate) struct FileSink {
+    file: File,
+}
+
+impl EventLogSink for FileSink {
+    fn append_line(&mut self, line: &str) -> Result<(), BoxError> {
+        self.file.write_all(line.as_bytes())?;
+        Ok(())
+    }
+}
+
+/// Creates the log directory (0755), writes `runtime_event_version` (`1` or `2`, as dstack
+/// does) next to the log, opens `log_path` for appending (created 0644: readable by workloads,
+/// writable only by PID 1; symlinks refused) and starts the log, which first records any
+/// events the backend extended on its own (the simulated TEE's marker).
+pub(crate) fn open_event_log<R: Rtmr>(
+    rtmr: R,
+    log_path: &Path,
+    version: EventLogVersion,
+) -> Result<RuntimeEventLog<R, FileSink>, MeasureStageError> {
+    let open_err = |source| MeasureStageError::OpenEventLog {
+        path: log_path.to_owned(),
+        source,
+    };
+    let dir = log_path.parent().unwrap_or(Path::new("/"));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(open_err)?;
+    let version_path = dir.join("runtime_event_version");
+    fs::write(&version_path, version.number().to_string()).map_err(|source| {
+        MeasureStageError::WriteEventVersion {
+            path: version_path.clone(),
+            source,
+        }
+    })?;
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(log_path)
+        .map_err(open_err)?;
+    RuntimeEventLog::new(rtmr, FileSink { file })
+        .map_err(|source| MeasureStageError::StartEventLog { source })
+}
+
+/// The app's event-log version (V1 unless app-compose.json says `event_log_version: 2`).
+pub(crate) fn event_log_version(share: &HostShare) -> Result<EventLogVersion, MeasureStageError> {
+    share
+        .app_compose
+        .compose()
+        .event_log_version()
+        .map_err(|source| MeasureStageError::EventLogVersion { source })
+}
+
+/// 20 random bytes for a fresh instance-id seed, read from `urandom` (normally
+/// `/dev/urandom`).
+pub(crate) fn random_seed(urandom: &Path) -> Result<[u8; ID_LEN], MeasureStageError> {
+    let mut seed = [0u8; ID_LEN];
+    File::open(urandom)
+        .and_then(|mut f| f.read_exact(&mut seed))
+        .map_err(|source| MeasureStageError::ReadRandomSeed {
+            path: urandom.to_owned(),
+            source,
+        })?;
+    Ok(seed)
+}
+
+/// Phase 1: derives the identity from the host share and emits `system-preparing`, `app-id`,
+/// `compose-hash`, `instance-id`, `boot-mr-done`. Call before requesting keys.
+pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
+    log: &mut RuntimeEventLog<R, S>,
+    share: &HostShare,
+    fresh_seed: [u8; ID_LEN],
+) -> Result<AppIdentity, MeasureStageError> {
+    let version = event_log_version(share)?;
+    let identity = AppIdentity::derive(&share.app_compose, &share.instance_info, fresh_seed, None)
+        .map_err(|source| MeasureStageError::DeriveIdentity { source })?;
+    log.emit_plan(app_info_events(&identity, version))
+        .map_err(|source| MeasureStageError::EmitEvents { source })?;
+    log::info!(
+        "measure: app-id {} compose-hash {}",
+        identity.app_id,
+        identity.compose_hash
+    );
+    Ok(identity)
+}
+
+/// Phase 2: emits [`os-image-hash`], `key-provider`, `storage-fs`, `system-ready`. After this
+/// only workload events (non-reserved names) can be added.
+pub(crate) fn measure_system_ready<R: Rtmr, S: EventLogSink>(
+    log: &mut RuntimeEventLog<R, S>,
+    share: &HostShare,
+    os_image_hash: Option<&[u8; 32]>,
+    key_provider: &KeyProviderInfo,
+) -> Result<(), MeasureStageError> {
+    let version = event_log_version(share)?;
+    let storage_fs: StorageFs = share.app_compose.compose().storage_fs();
+    log.emit_plan(system_ready_events(
+        os_image_hash,
+        key_provider,
+        storage_fs,
+        version,
+    ))
+    .map_err(|source| MeasureStageError::EmitEvents { source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use init_core::tee::runtime_event::{decode_log, replay_rtmr3};
+    use init_core::tee::testing::{FakeTee, TeeCall};
+
+    use super::*;
+
+    fn share() -> HostShare {
+        let mut files = BTreeMap::new();
+        files.insert(
+            "app-compose.json".to_owned(),
+            br#"{"manifest_version":2,"name":"demo","storage_fs":"ext4"}"#.to_vec(),
+        );
+        files.insert(
+            ".sys-config.json".to_owned(),
+            br#"{"vm_config":"{}"}"#.to_vec(),
+        );
+        HostShare::from_files(files).unwrap()
+    }
+
+    #[test]
+    fn full_sequence_to_a_log_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log/dstack/runtime_events.log");
+        let share = share();
+        let mut tee = FakeTee::default();
+        let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
+        let identity = measure_app_info(&mut log, &share, [3; 20]).unwrap();
+        measure_system_ready(&mut log, &share, None, &KeyProviderInfo::none()).unwrap();
+        assert!(log.is_system_ready());
+        drop(log);
+        let text = fs::read_to_string(&path).unwrap();
+        let events: Vec<_> = decode_log(&text)
+            .unwrap()
+            .into_iter()
+            .map(|l| l.event)
+            .collect();
+        let names: Vec<_> = events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "system-preparing",
+                "app-id",
+                "compose-hash",
+                "instance-id",
+                "boot-mr-done",
+                "key-provider",
+                "storage-fs",
+                "system-ready"
+            ]
+        );
+        assert_eq!(events[1].payload, identity.app_id.0);
+        assert_eq!(events[6].payload, b"ext4");
+        assert_eq!(replay_rtmr3(&events), *tee.rtmrs.register(RtmrIndex::R3));
+        assert_eq!(tee.calls.len(), 8);
+        assert_eq!(
+            fs::read_to_string(dir.path().join("log/dstack/runtime_event_version")).unwrap(),
+            "1"
+        );
+    }
+
+    #[test]
+    fn refused_extend_stops_the_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runtime_events.log");
+        let mut tee = FakeTee {
+            fail_extend_at: Some(0),
+            ..FakeTee::default()
+        };
+        let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
+        let err = measure_app_info(&mut log, &share(), [3; 20]).unwrap_err();
+        assert!(matches!(
+            err,
+            MeasureStageError::EmitEvents {
+                source: EventLogError::ExtendEvent { .. }
+            }
+        ));
+        drop(log);
+        assert_eq!(fs::read_to_string(&path).unwrap(), "");
+        assert_eq!(tee.calls.len(), 1);
+        assert!(matches!(tee.calls[0], TeeCall::ExtendRtmr { .. }));
+    }
+
+    #[test]
+    fn probe_without_tdx_fails_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TdxPaths {
+            tsm_measurements: dir.path().join("measurements"),
+            tdx_guest: dir.path().join("tdx_guest"),
+            tsm_report_root: dir.path().join("report"),
+            acpi_tables: dir.path().join("tables"),
+        };
+        assert!(matches!(
+            TdxTee::probe(&paths),
+            Err(MeasureStageError::ProbeTdx { .. })
+        ));
+    }
+
+    #[test]
+    fn tsm_backend_detects_an_ignored_extend() {
+        // A tsm-mr file that just stores what is written (no extend semantics): the read-back
+        // check must refuse it.
+        let dir = tempfile::tempdir().unwrap();
+        let measurements = dir.path().join("measurements");
+        fs::create_dir(&measurements).unwrap();
+        fs::write(measurements.join("rtmr3:sha384"), [0u8; 48]).unwrap();
+        let paths = TdxPaths {
+            tsm_measurements: measurements,
+            tdx_guest: dir.path().join("tdx_guest"),
+            tsm_report_root: dir.path().join("report"),
+            acpi_tables: dir.path().join("tables"),
+        };
+        let mut tee = TdxTee::probe(&paths).unwrap();
+        let err = tee
+            .extend_rtmr(RtmrIndex::R3, &Sha384Digest([1; 48]))
+            .unwrap_err();
+        assert!(matches!(err, TeeError::ExtendNotApplied { .. }), "{err:?}");
+        assert!(matches!(
+            tee.report(&[0; 64]),
+            Err(TeeError::GetReport { .. })
+        ));
+    }
+
+    #[test]
+    fn random_seed_reads_20_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("urandom");
+        fs::write(&p, [9u8; 32]).unwrap();
+        assert_eq!(random_seed(&p).unwrap(), [9u8; 20]);
+        fs::write(&p, [9u8; 5]).unwrap();
+        assert!(matches!(
+            random_seed(&p),
+            Err(MeasureStageError::ReadRandomSeed { .. })
+        ));
+    }
+}
