@@ -28,7 +28,8 @@ use crate::paths;
 
 /// Environment variable: a prebuilt init binary to use instead of building one.
 pub const INIT_BIN_ENV: &str = "CVM_INIT_BIN";
-/// Environment variable: initramfs compression (`zstd` default, `gzip`, `none`).
+/// Environment variable: initramfs compression (`gzip` default, as `cargo xtask dist`; `zstd`,
+/// `none`).
 pub const COMPRESSION_ENV: &str = "QEMU_TESTS_COMPRESSION";
 /// The console line both the init and the baseline print once booted.
 pub const READY_MARKER: &str = "cvm-init: ready";
@@ -105,13 +106,13 @@ impl Drop for BuildLock {
     }
 }
 
-/// The compression from `QEMU_TESTS_COMPRESSION` (default zstd).
+/// The compression from `QEMU_TESTS_COMPRESSION` (default gzip, like the dist image).
 pub fn compression() -> Result<Compression, ImageError> {
     match std::env::var(COMPRESSION_ENV) {
         Ok(value) => value
             .parse()
             .map_err(|_| ImageError::ParseCompression { value }),
-        Err(_) => Ok(Compression::Zstd),
+        Err(_) => Ok(Compression::Gzip),
     }
 }
 
