@@ -6,6 +6,7 @@ pub mod bytes;
 pub mod ccel;
 pub mod dstack_event_log;
 pub mod event_log;
+pub mod expected;
 pub mod kernel;
 pub mod quote;
 pub mod replay;
