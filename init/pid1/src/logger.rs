@@ -44,16 +44,19 @@ impl Log for Logger {
         // Console first: it is the operator's view. Errors writing logs cannot be reported
         // anywhere better, so they are dropped.
         let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
-        let priority = match record.level() {
-            Level::Error => Priority::Error,
-            Level::Warn => Priority::Warning,
-            Level::Info => Priority::Info,
-            Level::Debug | Level::Trace => Priority::Debug,
+        // The line is already on the console; the kernel would echo any kmsg record below the
+        // console log level (7 by default) a second time. Records therefore go to kmsg at debug
+        // priority, with the real level spelled out in the text.
+        let level = match record.level() {
+            Level::Error => "error: ",
+            Level::Warn => "warning: ",
+            Level::Info | Level::Debug | Level::Trace => "",
         };
+        let priority = Priority::Debug;
         if let Ok(mut guard) = self.kmsg.lock()
             && let Some(kmsg) = guard.as_mut()
         {
-            let _ = kmsg.write_line(priority, &format!("cvm-init: {message}"));
+            let _ = kmsg.write_line(priority, &format!("cvm-init: {level}{message}"));
         }
     }
 

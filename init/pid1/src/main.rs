@@ -154,7 +154,7 @@ fn install_panic_hook() {
         let message = format!("cvm-init: internal error (panic): {info}; powering off");
         eprintln!("{message}");
         if let Ok(mut kmsg) = init_sys::kmsg::Kmsg::open(Path::new("/dev/kmsg")) {
-            let _ = kmsg.write_line(init_sys::kmsg::Priority::Error, &message);
+            let _ = kmsg.write_line(init_sys::kmsg::Priority::Debug, &message);
         }
         init_sys::power::sync();
         let _ = init_sys::power::power_off();
