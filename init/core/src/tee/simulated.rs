@@ -2,22 +2,24 @@
 //! for host tests. Never in a release image.
 //!
 //! It keeps RTMR0-3 in memory (extend = SHA-384(old ‖ digest)), produces TDREPORTs in the real
-//! 1024-byte layout and quotes in the real v4 header + TD-body layout (so the auditor's quote
-//! parser reads them), but the quote carries no ECDSA signature: its QE vendor id and signature
-//! area are the ASCII marker `INSECURE-SIM-TEE`. Its very first act is extending the marker
+//! 1024-byte layout and v4 quotes built with the auditor's own `measure::quote` types (so the
+//! auditor's parser reads them), but the quote carries no ECDSA signature: its QE vendor id is
+//! the ASCII marker `INSECURE-SIM-TEE` and its certification data is a marker of type 0xFFFF. Its very first act is extending the marker
 //! event [`names::INSECURE_SIMULATED_TEE`](super::events::names::INSECURE_SIMULATED_TEE) into
 //! RTMR3, so RTMR3 can never equal a value a verifier expects from a real boot.
 //!
 //! Still missing (issue 3): signing quotes with a per-test-run PCK chain.
 
+use measure::quote::{
+    ATTESTATION_KEY_TYPE_ECDSA_P256, CertificationData, Quote, QuoteHeader, QuoteSignatureData,
+    ReportData, TEE_TYPE_TDX, TdReportVersion,
+};
 use measure::rtmr::Rtmrs;
 use measure::runtime_event::RuntimeEvent;
+use measure::tdreport::{REPORT_TYPE_TDX, ReportMac, TdInfo, TdReport, TeeTcbInfo};
 
 use super::events::names;
-use super::{
-    BootEventLog, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex, Sha384Digest, TDREPORT_LEN,
-    TeeError,
-};
+use super::{BootEventLog, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex, Sha384Digest, TeeError};
 
 /// Payload of the marker event.
 pub const MARKER_PAYLOAD: &[u8] =
@@ -25,24 +27,10 @@ pub const MARKER_PAYLOAD: &[u8] =
 /// 16-byte marker in the quote header's QE vendor id and MRTD prefix.
 pub const QUOTE_MARKER: &[u8; 16] = b"INSECURE-SIM-TEE";
 
-/// Quote v4 layout (`specs/tdx.md` §1, `dstack-guest.md` §4.2).
-mod quote_layout {
-    pub(super) const HEADER_LEN: usize = 48;
-    pub(super) const BODY_LEN: usize = 584;
-    pub(super) const QE_VENDOR_ID: usize = 12;
-    pub(super) const MR_TD: usize = 136;
-    pub(super) const RTMR0: usize = 328;
-    pub(super) const REPORT_DATA: usize = 520;
-    pub(super) const SIG_DATA_LEN: usize = HEADER_LEN + BODY_LEN;
-}
-
-/// TDREPORT layout (`specs/tdx.md` §2).
-mod report_layout {
-    pub(super) const REPORT_TYPE: usize = 0;
-    pub(super) const REPORT_DATA: usize = 128;
-    pub(super) const MR_TD: usize = 528;
-    pub(super) const RTMR0: usize = 720;
-}
+/// Certification-data type of the marker that stands where a PCK chain would be.
+pub const MARKER_CERT_TYPE: u16 = 0xFFFF;
+/// Text of that marker.
+pub const MARKER_CERT_DATA: &[u8] = b"INSECURE-SIM-TEE: this quote is not signed";
 
 /// The simulated TEE.
 #[derive(Debug, Clone)]
@@ -96,44 +84,93 @@ impl Rtmr for InsecureSimulatedTee {
     }
 }
 
-fn put(buf: &mut [u8], offset: usize, bytes: &[u8]) {
-    if let Some(dst) = buf.get_mut(offset..offset + bytes.len()) {
-        dst.copy_from_slice(bytes);
+impl InsecureSimulatedTee {
+    /// The TDREPORT this TEE would produce for `report_data`, with consistent
+    /// TEE_TCB_INFO / TDINFO hashes (the MAC stays zero: nothing can verify it).
+    pub fn td_report(&self, report_data: &[u8; REPORT_DATA_LEN]) -> TdReport {
+        let mut report = TdReport {
+            report_mac: ReportMac {
+                report_type: [REPORT_TYPE_TDX, 0, 0, 0],
+                reserved1: [0; 12],
+                cpu_svn: [0; 16],
+                tee_tcb_info_hash: Sha384Digest::ZERO,
+                tee_info_hash: Sha384Digest::ZERO,
+                report_data: ReportData(*report_data),
+                reserved2: [0; 32],
+                mac: [0; 32],
+            },
+            tee_tcb_info: TeeTcbInfo {
+                valid: [0; 8],
+                tee_tcb_svn: [0; 16],
+                mr_seam: Sha384Digest::ZERO,
+                mr_signer_seam: Sha384Digest::ZERO,
+                attributes: 0,
+                tee_tcb_svn2: [0; 16],
+                reserved: [0; 95],
+            },
+            reserved: [0; 17],
+            td_info: TdInfo {
+                attributes: 0,
+                xfam: 0,
+                mr_td: self.mrtd,
+                mr_config_id: Sha384Digest::ZERO,
+                mr_owner: Sha384Digest::ZERO,
+                mr_owner_config: Sha384Digest::ZERO,
+                rtmrs: self.rtmrs,
+                servtd_hash: Sha384Digest::ZERO,
+                reserved: [0; 64],
+            },
+        };
+        report.report_mac.tee_tcb_info_hash = report.computed_tee_tcb_info_hash();
+        report.report_mac.tee_info_hash = report.computed_tee_info_hash();
+        report
+    }
+
+    /// The v4 quote this TEE would produce: the real header and TD 1.0 body, QE vendor id
+    /// [`QUOTE_MARKER`], zero signature and key, and certification data of type
+    /// [`MARKER_CERT_TYPE`] holding [`MARKER_CERT_DATA`] instead of a PCK chain.
+    pub fn sim_quote(&self, report_data: &[u8; REPORT_DATA_LEN]) -> Quote {
+        Quote {
+            header: QuoteHeader {
+                version: 4,
+                attestation_key_type: ATTESTATION_KEY_TYPE_ECDSA_P256,
+                tee_type: TEE_TYPE_TDX,
+                reserved: [0; 4],
+                qe_vendor_id: *QUOTE_MARKER,
+                user_data: [0; 20],
+            },
+            body: self
+                .td_report(report_data)
+                .to_quote_body(TdReportVersion::Td10),
+            signature_data: QuoteSignatureData {
+                signature: [0; 64],
+                attestation_key: [0; 64],
+                certification: CertificationData::Other {
+                    cert_type: MARKER_CERT_TYPE,
+                    data: MARKER_CERT_DATA.to_vec(),
+                },
+                trailing: Vec::new(),
+            },
+            trailing_len: 0,
+        }
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("encode simulated quote")]
+struct EncodeSimQuote(#[source] measure::quote::QuoteError);
+
 impl QuoteSource for InsecureSimulatedTee {
     fn report(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
-        use report_layout::*;
-        let mut report = vec![0u8; TDREPORT_LEN];
-        put(&mut report, REPORT_TYPE, &[0x81, 0, 0, 0]);
-        put(&mut report, REPORT_DATA, report_data);
-        put(&mut report, MR_TD, &self.mrtd.0);
-        for index in RtmrIndex::ALL {
-            let at = RTMR0 + index.position() * 48;
-            put(&mut report, at, &self.rtmrs.register(index).0);
-        }
-        Ok(report)
+        Ok(self.td_report(report_data).to_bytes())
     }
 
     fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
-        use quote_layout::*;
-        let signature = b"INSECURE-SIM-TEE: this quote is not signed";
-        let mut quote = vec![0u8; SIG_DATA_LEN + 4 + signature.len()];
-        put(&mut quote, 0, &4u16.to_le_bytes()); // version 4
-        put(&mut quote, 2, &2u16.to_le_bytes()); // ECDSA-256 with P-256
-        put(&mut quote, 4, &0x81u32.to_le_bytes()); // TEE type TDX
-        put(&mut quote, QE_VENDOR_ID, QUOTE_MARKER);
-        put(&mut quote, MR_TD, &self.mrtd.0);
-        for index in RtmrIndex::ALL {
-            let at = RTMR0 + index.position() * 48;
-            put(&mut quote, at, &self.rtmrs.register(index).0);
-        }
-        put(&mut quote, REPORT_DATA, report_data);
-        let sig_len = u32::try_from(signature.len()).unwrap_or(u32::MAX);
-        put(&mut quote, SIG_DATA_LEN, &sig_len.to_le_bytes());
-        put(&mut quote, SIG_DATA_LEN + 4, signature);
-        Ok(quote)
+        self.sim_quote(report_data)
+            .to_bytes()
+            .map_err(|e| TeeError::GetQuote {
+                source: Box::new(EncodeSimQuote(e)),
+            })
     }
 }
 
@@ -182,26 +219,48 @@ mod tests {
     }
 
     #[test]
-    fn quote_and_report_layouts() {
+    fn quote_and_report_parse_with_the_auditors_parsers() {
         let mut tee = InsecureSimulatedTee::new();
         tee.extend_rtmr(RtmrIndex::R2, &Sha384Digest([5; 48]))
             .unwrap();
         let rd = [0x77; 64];
-        let quote = tee.quote(&rd).unwrap();
-        assert_eq!(&quote[0..2], &[4, 0]);
-        assert_eq!(&quote[4..8], &[0x81, 0, 0, 0]);
-        assert_eq!(&quote[12..28], QUOTE_MARKER);
-        assert_eq!(&quote[520..584], &rd);
-        assert_eq!(&quote[424..472], &tee.rtmrs().register(RtmrIndex::R2).0);
-        assert_eq!(&quote[472..520], &tee.rtmrs().register(RtmrIndex::R3).0);
-        let sig_len = u32::from_le_bytes(quote[632..636].try_into().unwrap());
-        assert_eq!(quote.len(), 636 + usize::try_from(sig_len).unwrap());
+        let bytes = tee.quote(&rd).unwrap();
+        // Known offsets (dstack-guest.md §4.2 gives them relative to the body at 48) …
+        let body = 48;
+        assert_eq!(&bytes[0..2], &[4, 0]);
+        assert_eq!(&bytes[12..28], QUOTE_MARKER);
+        assert_eq!(&bytes[body + 136..body + 184], &tee.mrtd.0);
+        assert_eq!(
+            &bytes[body + 424..body + 472],
+            &tee.rtmrs().register(RtmrIndex::R2).0
+        );
+        assert_eq!(
+            &bytes[body + 472..body + 520],
+            &tee.rtmrs().register(RtmrIndex::R3).0
+        );
+        assert_eq!(&bytes[body + 520..body + 584], &rd);
+        // … and the auditor's parser.
+        let quote = Quote::parse(&bytes).unwrap();
+        assert_eq!(quote.rtmrs(), tee.rtmrs());
+        assert_eq!(quote.body.report_data, ReportData(rd));
+        assert_eq!(quote.header.qe_vendor_id, *QUOTE_MARKER);
+        assert_eq!(quote.trailing_len, 0);
+        assert!(matches!(
+            &quote.signature_data.certification,
+            CertificationData::Other { cert_type: MARKER_CERT_TYPE, data } if data == MARKER_CERT_DATA
+        ));
 
-        let report = tee.report(&rd).unwrap();
-        assert_eq!(report.len(), 1024);
-        assert_eq!(report[0], 0x81);
-        assert_eq!(&report[128..192], &rd);
-        assert_eq!(&report[864..912], &tee.rtmrs().register(RtmrIndex::R3).0);
+        let report_bytes = tee.report(&rd).unwrap();
+        assert_eq!(report_bytes.len(), 1024);
+        assert_eq!(report_bytes[0], 0x81);
+        assert_eq!(&report_bytes[128..192], &rd);
+        assert_eq!(
+            &report_bytes[864..912],
+            &tee.rtmrs().register(RtmrIndex::R3).0
+        );
+        let report = TdReport::parse(&report_bytes).unwrap();
+        assert!(report.hashes_match());
+        assert_eq!(report.td_info.rtmrs, *tee.rtmrs());
         assert!(tee.boot_event_log().unwrap().is_empty());
     }
 }
