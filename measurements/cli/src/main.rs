@@ -10,10 +10,13 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use measure::dstack_event_log::{self, DstackEvent};
 use measure::event_log::{EV_NO_ACTION, EventLog};
+use measure::expected::{self, AcpiDigests, ExpectedRegister, Rtmr0Inputs};
+use measure::kernel::{self, DirectBootParams};
 use measure::quote::Quote;
 use measure::replay::{Replay, ReplayVerdict};
 use measure::rtmr::{RtmrIndex, Sha384Digest};
 use measure::runtime_event::{self, DecodedLogLine, LogLineFormat, RuntimeEvent};
+use measure::tdvf::{PageOrder, SectionType, Tdvf, TdvfSection};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -32,6 +35,80 @@ enum Command {
     Quote(QuoteCommand),
     /// Decode a dstack RTMR3 runtime event log and replay RTMR3.
     RuntimeEvents(RuntimeEventsArgs),
+    /// Compute MRTD from a TDVF/OVMF image's TDX metadata.
+    Mrtd(MrtdArgs),
+    /// Compute the expected MRTD and RTMR0-2 of a direct kernel boot from its artifacts.
+    Expected(ExpectedArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PageOrderArg {
+    /// Per page: PAGE.ADD then its MR.EXTENDs (QEMU >= 9).
+    Single,
+    /// Per section: all PAGE.ADDs, then all MR.EXTENDs (QEMU 8.x TDX).
+    Two,
+}
+
+impl From<PageOrderArg> for PageOrder {
+    fn from(order: PageOrderArg) -> Self {
+        match order {
+            PageOrderArg::Single => Self::SinglePass,
+            PageOrderArg::Two => Self::TwoPass,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct MrtdArgs {
+    /// OVMF/TDVF image with TDX metadata.
+    #[arg(long)]
+    firmware: PathBuf,
+    /// Page order (default: print both).
+    #[arg(long, value_enum)]
+    page_order: Option<PageOrderArg>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct ExpectedArgs {
+    /// OVMF/TDVF image with TDX metadata.
+    #[arg(long)]
+    firmware: PathBuf,
+    /// bzImage passed with -kernel.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initrd passed with -initrd.
+    #[arg(long)]
+    initrd: Option<PathBuf>,
+    /// Command line passed with -append.
+    #[arg(long, default_value = "")]
+    cmdline: String,
+    /// Guest RAM, e.g. 2G, 1536M or a byte count.
+    #[arg(long)]
+    memory: String,
+    /// Page order of the VMM (single: QEMU >= 9; two: QEMU 8.x TDX).
+    #[arg(long, value_enum, default_value = "single")]
+    page_order: PageOrderArg,
+    /// fw_cfg etc/table-loader as served by QEMU (with --acpi-rsdp and --acpi-tables).
+    #[arg(long, requires_all = ["acpi_rsdp", "acpi_tables"])]
+    acpi_loader: Option<PathBuf>,
+    /// fw_cfg etc/acpi/rsdp.
+    #[arg(long)]
+    acpi_rsdp: Option<PathBuf>,
+    /// fw_cfg etc/acpi/tables.
+    #[arg(long)]
+    acpi_tables: Option<PathBuf>,
+    /// Take the three ACPI digests from a trusted boot's event log instead.
+    #[arg(long, conflicts_with = "acpi_loader")]
+    acpi_from_log: Option<PathBuf>,
+    /// Override the CFV digest (default: SHA-384 of the image's CFV section).
+    #[arg(long)]
+    cfv_digest: Option<Sha384Digest>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -80,6 +157,8 @@ fn main() -> ExitCode {
         Command::Replay(args) => replay(&args, &mut stdout),
         Command::Quote(QuoteCommand::Show { file }) => quote_show(&file, &mut stdout),
         Command::RuntimeEvents(args) => runtime_events(&args, &mut stdout),
+        Command::Mrtd(args) => mrtd(&args, &mut stdout),
+        Command::Expected(args) => expected(&args, &mut stdout),
     };
     print!("{stdout}");
     match result {
@@ -428,4 +507,185 @@ fn printable_payload(payload: &[u8]) -> String {
         Ok(s) if !s.is_empty() && s.chars().all(|c| !c.is_control()) => s.to_owned(),
         _ => hex::encode(payload),
     }
+}
+
+fn parse_memory(text: &str) -> Result<u64> {
+    let t = text.trim();
+    let t = t.strip_suffix("iB").or(t.strip_suffix('B')).unwrap_or(t);
+    let (digits, shift) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 10),
+        Some('M' | 'm') => (&t[..t.len() - 1], 20),
+        Some('G' | 'g') => (&t[..t.len() - 1], 30),
+        Some('T' | 't') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let value: u64 = digits
+        .parse()
+        .with_context(|| format!("parse memory size {text:?}"))?;
+    value
+        .checked_mul(1u64 << shift)
+        .with_context(|| format!("memory size {text:?} is too large"))
+}
+
+#[derive(Serialize)]
+struct MrtdOutput {
+    sections: Vec<TdvfSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    single_pass: Option<Sha384Digest>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    two_pass: Option<Sha384Digest>,
+}
+
+fn mrtd(args: &MrtdArgs, out: &mut String) -> Result<()> {
+    let image = read(&args.firmware)?;
+    let tdvf = Tdvf::parse(&image)
+        .with_context(|| format!("parse TDX metadata of {}", args.firmware.display()))?;
+    let want = |order: PageOrder| {
+        args.page_order
+            .is_none_or(|o| PageOrder::from(o) == order)
+            .then(|| tdvf.mrtd(order))
+    };
+    let output = MrtdOutput {
+        sections: tdvf.sections.clone(),
+        single_pass: want(PageOrder::SinglePass),
+        two_pass: want(PageOrder::TwoPass),
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<3} {:<14} {:>10} {:>10} {:>18} {:>10} attributes",
+        "#", "type", "offset", "raw size", "address", "size"
+    )?;
+    for (i, s) in tdvf.sections.iter().enumerate() {
+        writeln!(
+            out,
+            "{i:<3} {:<14} {:>#10x} {:>#10x} {:>#18x} {:>#10x} {:#x}",
+            format!("{:?}", s.section_type),
+            s.data_offset,
+            s.raw_data_size,
+            s.memory_address,
+            s.memory_data_size,
+            s.attributes
+        )?;
+    }
+    if let Some(d) = output.single_pass {
+        writeln!(out, "MRTD (single-pass): {d}")?;
+    }
+    if let Some(d) = output.two_pass {
+        writeln!(out, "MRTD (two-pass):    {d}")?;
+    }
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct ExpectedOutput {
+    memory_size: u64,
+    page_order: PageOrder,
+    mrtd: Sha384Digest,
+    rtmr0: Option<ExpectedRegister>,
+    rtmr1: ExpectedRegister,
+    rtmr2: ExpectedRegister,
+}
+
+fn expected(args: &ExpectedArgs, out: &mut String) -> Result<()> {
+    let memory_size = parse_memory(&args.memory)?;
+    let firmware = read(&args.firmware)?;
+    let tdvf = Tdvf::parse(&firmware)
+        .with_context(|| format!("parse TDX metadata of {}", args.firmware.display()))?;
+    let kernel_image = read(&args.kernel)?;
+    let initrd = args.initrd.as_deref().map(read).transpose()?;
+    let page_order = PageOrder::from(args.page_order);
+
+    let acpi = if let Some(log) = &args.acpi_from_log {
+        let replay = match load_log(log)? {
+            LogInput::Tcg(log) => Replay::from_tcg_log(&log).context("replay ACPI log")?,
+            LogInput::Dstack(events) | LogInput::GetQuote(events, _) => {
+                Replay::from_dstack_events(&events).context("replay ACPI log")?
+            }
+            LogInput::Runtime(_) => bail!("{} has no firmware events", log.display()),
+        };
+        Some(AcpiDigests::from_replay(&replay).with_context(|| {
+            format!("{} does not have exactly three ACPI events", log.display())
+        })?)
+    } else if let (Some(loader), Some(rsdp), Some(tables)) =
+        (&args.acpi_loader, &args.acpi_rsdp, &args.acpi_tables)
+    {
+        Some(AcpiDigests::from_blobs(
+            &read(loader)?,
+            &read(rsdp)?,
+            &read(tables)?,
+        ))
+    } else {
+        None
+    };
+    let rtmr0 = match acpi {
+        Some(acpi) => {
+            let td_hob = tdvf
+                .td_hob(memory_size)
+                .context("firmware metadata has no TD_HOB section")?;
+            let cfv = match args.cfv_digest {
+                Some(digest) => digest,
+                None => {
+                    let section = tdvf
+                        .section(SectionType::Cfv)
+                        .context("firmware metadata has no CFV section; pass --cfv-digest")?;
+                    Sha384Digest::of(tdvf.section_data(section))
+                }
+            };
+            Some(expected::rtmr0(&Rtmr0Inputs::direct_boot(
+                Sha384Digest::of(&td_hob),
+                cfv,
+                acpi,
+            )))
+        }
+        None => None,
+    };
+    let params = DirectBootParams::q35(
+        memory_size,
+        initrd.as_ref().map(|i| i.len() as u64),
+        args.cmdline.clone(),
+    );
+    let kernel_digest = kernel::kernel_measurement(&kernel_image, &params)
+        .with_context(|| format!("measure kernel {}", args.kernel.display()))?;
+    let output = ExpectedOutput {
+        memory_size,
+        page_order,
+        mrtd: tdvf.mrtd(page_order),
+        rtmr0,
+        rtmr1: expected::rtmr1(kernel_digest),
+        rtmr2: expected::rtmr2(args.cmdline.as_bytes(), initrd.as_deref()),
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
+        return Ok(());
+    }
+    writeln!(out, "MRTD ({page_order:?}): {}", output.mrtd)?;
+    let registers = [
+        ("RTMR0", output.rtmr0.as_ref()),
+        ("RTMR1", Some(&output.rtmr1)),
+        ("RTMR2", Some(&output.rtmr2)),
+    ];
+    for (name, register) in registers {
+        let Some(register) = register else {
+            writeln!(
+                out,
+                "{name}: not computed (give --acpi-loader/--acpi-rsdp/--acpi-tables or --acpi-from-log)"
+            )?;
+            continue;
+        };
+        writeln!(out, "{name}: {}", register.value)?;
+        for event in &register.events {
+            writeln!(
+                out,
+                "    {:<34} {:<40} {}",
+                event.event_type_name.unwrap_or("?"),
+                truncate(&event.description, 40),
+                event.digest
+            )?;
+        }
+    }
+    Ok(())
 }

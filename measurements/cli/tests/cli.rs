@@ -230,4 +230,76 @@ mod tests {
         assert_eq!(output.status.code(), Some(1));
         assert!(stderr(&output).contains("read /nonexistent/quote"));
     }
+
+    #[test]
+    fn mrtd_and_expected_from_synthetic_artifacts() {
+        let firmware = testdata("synthetic_tdvf.fd");
+        let output = run(&["mrtd", "--firmware", path_str(&firmware), "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["sections"].as_array().unwrap().len(), 5);
+        assert!(
+            json["single_pass"]
+                .as_str()
+                .unwrap()
+                .starts_with("809903a9")
+        );
+        assert!(json["two_pass"].as_str().unwrap().starts_with("43236816"));
+
+        let kernel = testdata("synthetic_bzImage");
+        let initrd = testdata("synthetic_initrd");
+        let ccel = testdata("dstack-ccel.bin");
+        let output = run(&[
+            "expected",
+            "--firmware",
+            path_str(&firmware),
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            path_str(&initrd),
+            "--memory",
+            "2G",
+            "--page-order",
+            "two",
+            "--acpi-from-log",
+            path_str(&ccel),
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(json["mrtd"].as_str().unwrap().starts_with("43236816"));
+        assert_eq!(json["rtmr0"]["events"].as_array().unwrap().len(), 13);
+        // Kernel digest cross-checked with osslsigncode (see the library's kernel tests).
+        assert!(
+            json["rtmr1"]["events"][0]["digest"]
+                .as_str()
+                .unwrap()
+                .starts_with("fe5516a1")
+        );
+        assert_eq!(json["rtmr2"]["events"].as_array().unwrap().len(), 2);
+
+        // Without ACPI inputs RTMR0 is left out; a non-PE kernel is an error.
+        let output = run(&[
+            "expected",
+            "--firmware",
+            path_str(&firmware),
+            "--kernel",
+            path_str(&initrd),
+            "--memory",
+            "1G",
+        ]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("no Linux setup header"),
+            "{}",
+            stderr(&output)
+        );
+        let output = run(&["mrtd", "--firmware", path_str(&kernel)]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("no OVMF GUIDed table footer"),
+            "{}",
+            stderr(&output)
+        );
+    }
 }
