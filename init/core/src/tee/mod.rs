@@ -122,6 +122,32 @@ impl<T: BootEventLog + ?Sized> BootEventLog for &mut T {
     }
 }
 
+impl<T: Rtmr + ?Sized> Rtmr for Box<T> {
+    fn extend_rtmr(&mut self, index: RtmrIndex, digest: &Sha384Digest) -> Result<(), TeeError> {
+        (**self).extend_rtmr(index, digest)
+    }
+
+    fn pre_extended_events(&self) -> Vec<RuntimeEvent> {
+        (**self).pre_extended_events()
+    }
+}
+
+impl<T: QuoteSource + ?Sized> QuoteSource for Box<T> {
+    fn report(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+        (**self).report(report_data)
+    }
+
+    fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+        (**self).quote(report_data)
+    }
+}
+
+impl<T: BootEventLog + ?Sized> BootEventLog for Box<T> {
+    fn boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        (**self).boot_event_log()
+    }
+}
+
 /// Checks a read-back after an extend: `after` must be SHA-384(`before` ‖ `digest`). Backends
 /// that can read the register (tsm-mr sysfs) call this so a driver that silently ignored the
 /// write is caught.

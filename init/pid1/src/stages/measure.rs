@@ -2,9 +2,8 @@
 //! dstack event sequence (`init_core::tee::events`, target dstack v0.5.11).
 //!
 //! Order the boot follows:
-//! 1. [`TdxTee::probe`] (or `InsecureSimulatedTee::new()` with feature
-//!    `insecure-simulated-tee` when no TDX is present), after configfs is mounted on
-//!    `/sys/kernel/config`;
+//! 1. [`select_tee`] ([`TdxTee::probe`], or with the feature `insecure-simulated-tee` the
+//!    simulated TEE when no TDX is present), after configfs is mounted on `/sys/kernel/config`;
 //! 2. [`open_event_log`] with the app's event-log version (from `HostShare`);
 //! 3. [`measure_app_info`] (system-preparing … boot-mr-done) → the `AppIdentity`;
 //! 4. key provisioning (KMS issue) → `KeyProviderInfo` (and the KMS's os-image-hash);
@@ -26,7 +25,7 @@ use init_core::tee::events::{
 };
 use init_core::tee::{
     BootEventLog, BoxError, EventLogVersion, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex,
-    Sha384Digest, TeeError, check_extend,
+    Sha384Digest, Tee, TeeError, check_extend,
 };
 use init_sys::ccel;
 use init_sys::tdx_guest::{TDX_GUEST_PATH, TdxGuest};
@@ -155,6 +154,27 @@ impl TdxTee {
             report: TsmReport::new(&paths.tsm_report_root, TSM_REPORT_ENTRY),
             acpi_tables: paths.acpi_tables.clone(),
         })
+    }
+}
+
+/// The TEE the boot uses, behind the init-core traits.
+pub(crate) type BoxedTee = Box<dyn Tee + Send>;
+
+/// Picks the backend: real TDX when its interfaces exist; otherwise, only in builds with the
+/// feature `insecure-simulated-tee`, the simulated TEE (which marks RTMR3 so no verifier
+/// accepts it). Without the feature a missing TDX interface is fatal.
+pub(crate) fn select_tee(paths: &TdxPaths) -> Result<BoxedTee, MeasureStageError> {
+    match TdxTee::probe(paths) {
+        Ok(tee) => Ok(Box::new(tee)),
+        #[cfg(feature = "insecure-simulated-tee")]
+        Err(e) => {
+            log::warn!("measure: {e}; using the INSECURE simulated TEE");
+            Ok(Box::new(
+                init_core::tee::simulated::InsecureSimulatedTee::new(),
+            ))
+        }
+        #[cfg(not(feature = "insecure-simulated-tee"))]
+        Err(e) => Err(e),
     }
 }
 
@@ -424,6 +444,25 @@ mod tests {
             TdxTee::probe(&paths),
             Err(MeasureStageError::ProbeTdx { .. })
         ));
+    }
+
+    #[test]
+    fn select_tee_without_tdx() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = TdxPaths {
+            tsm_measurements: dir.path().join("measurements"),
+            tdx_guest: dir.path().join("tdx_guest"),
+            tsm_report_root: dir.path().join("report"),
+            acpi_tables: dir.path().join("tables"),
+        };
+        let selected = select_tee(&paths);
+        #[cfg(feature = "insecure-simulated-tee")]
+        {
+            let tee = selected.unwrap();
+            assert_eq!(tee.pre_extended_events()[0].name, "insecure-simulated-tee");
+        }
+        #[cfg(not(feature = "insecure-simulated-tee"))]
+        assert!(matches!(selected, Err(MeasureStageError::ProbeTdx { .. })));
     }
 
     #[test]
