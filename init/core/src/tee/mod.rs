@@ -8,6 +8,7 @@
 //! host tests; [`testing`] holds recording fakes.
 
 pub mod events;
+pub mod report_data;
 #[cfg(any(test, feature = "insecure-simulated-tee"))]
 pub mod simulated;
 #[cfg(any(test, feature = "testing"))]
