@@ -15,7 +15,6 @@ use serde::Serialize;
 
 use crate::artifacts::{ArtifactError, Artifacts};
 use crate::image::{self, ImageError, READY_MARKER, TestImage};
-use crate::results::Record;
 use crate::vm::{ReportOnDrop, TestVm, VmError};
 
 /// Environment variable: number of runs per variant (default 5).
@@ -79,12 +78,13 @@ impl Default for BenchConfig {
 /// One boot.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Sample {
-    /// Spawn to the ready marker on the console, in milliseconds.
+    /// Spawn to the ready marker on the console, in milliseconds (host clock).
     pub ready_ms: f64,
-    /// Spawn to QEMU's exit, in milliseconds.
+    /// Spawn to QEMU's exit, in milliseconds (host clock).
     pub exit_ms: f64,
-    /// The init's `ready` record `mono_us` (guest time since boot), cvm-init only.
-    pub guest_ready_us: Option<u64>,
+    /// Guest clock (the console's printk timestamps) from the kernel's `Run /init` line to the
+    /// ready marker: the time the init itself took.
+    pub guest_init_ms: Option<f64>,
 }
 
 /// Median, minimum and maximum of a series, in milliseconds.
@@ -115,6 +115,16 @@ impl Summary {
     }
 }
 
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>7.0} ({:>6.0}..{:>6.0})",
+            self.median, self.min, self.max
+        )
+    }
+}
+
 /// Results of one variant.
 #[derive(Debug, Clone, Serialize)]
 pub struct Variant {
@@ -124,6 +134,8 @@ pub struct Variant {
     pub samples: Vec<Sample>,
     pub ready: Summary,
     pub exit: Summary,
+    /// Of [`Sample::guest_init_ms`], when every run had both console lines.
+    pub guest_init: Option<Summary>,
 }
 
 /// The benchmark's result.
@@ -139,58 +151,48 @@ pub struct BenchReport {
     pub ready_ratio: f64,
     /// cvm-init median / baseline median, spawn to exit.
     pub exit_ratio: f64,
+    /// Median over runs of (cvm-init run i / baseline run i), spawn to ready: less sensitive to
+    /// load that drifts during the benchmark.
+    pub paired_ready_ratio: f64,
+    /// cvm-init median / baseline median of the guest-clock init phase.
+    pub guest_init_ratio: Option<f64>,
 }
 
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "boot benchmark: {} runs each, alternated; QEMU TCG q35, SeaBIOS, same kernel and flags",
+            "boot benchmark: {} runs each, alternated; QEMU TCG q35 SeaBIOS, same kernel, flags, cmdline",
             self.runs
         )?;
         writeln!(
             f,
-            "{:<10} {:>26} {:>26} {:>12}",
-            "", "spawn->ready ms", "spawn->exit ms", "image"
-        )?;
-        writeln!(
-            f,
-            "{:<10} {:>26} {:>26} {:>12}",
-            "", "median (min..max)", "median (min..max)", "bytes"
+            "{:<9} {:>24} {:>24} {:>24} {:>10}",
+            "ms", "spawn->ready (host)", "spawn->exit (host)", "Run /init->ready (guest)", "image"
         )?;
         for variant in [&self.cvm, &self.baseline] {
+            let guest = variant
+                .guest_init
+                .map_or_else(|| "n/a".to_owned(), |s| s.to_string());
             writeln!(
                 f,
-                "{:<10} {:>8.0} ({:>6.0}..{:>6.0})   {:>8.0} ({:>6.0}..{:>6.0})   {:>12}",
+                "{:<9} {:>24} {:>24} {:>24} {:>10}",
                 variant.name,
-                variant.ready.median,
-                variant.ready.min,
-                variant.ready.max,
-                variant.exit.median,
-                variant.exit.min,
-                variant.exit.max,
+                variant.ready.to_string(),
+                variant.exit.to_string(),
+                guest,
                 variant.image_bytes
             )?;
         }
         writeln!(
             f,
-            "ratio cvm-init/busybox: ready {:.3}, exit {:.3}",
-            self.ready_ratio, self.exit_ratio
+            "ratio cvm-init/busybox (medians): ready {:.3}, exit {:.3}, guest init phase {}; paired ready {:.3}",
+            self.ready_ratio,
+            self.exit_ratio,
+            self.guest_init_ratio
+                .map_or_else(|| "n/a".to_owned(), |r| format!("{r:.3}")),
+            self.paired_ready_ratio
         )?;
-        let guest: Vec<String> = self
-            .cvm
-            .samples
-            .iter()
-            .filter_map(|sample| sample.guest_ready_us)
-            .map(|us| format!("{:.0}", Duration::from_micros(us).as_secs_f64() * 1000.0))
-            .collect();
-        if !guest.is_empty() {
-            writeln!(
-                f,
-                "cvm-init `ready` record mono ms (guest): {}",
-                guest.join(" ")
-            )?;
-        }
         write!(
             f,
             "init binary {} bytes ({}), initramfs compression {}",
@@ -234,8 +236,17 @@ pub fn run_with(
         )?);
         baseline_samples.push(boot_once(config, artifacts, "busybox", run, baseline)?);
     }
+    let paired: Vec<f64> = cvm_samples
+        .iter()
+        .zip(&baseline_samples)
+        .map(|(a, b)| a.ready_ms / b.ready_ms)
+        .collect();
     let cvm_variant = variant("cvm-init", &cvm.initramfs, cvm_samples)?;
     let baseline_variant = variant("busybox", baseline, baseline_samples)?;
+    let guest_init_ratio = cvm_variant
+        .guest_init
+        .zip(baseline_variant.guest_init)
+        .map(|(a, b)| a.median / b.median);
     Ok(BenchReport {
         runs: config.runs,
         compression: cvm.compression.to_string(),
@@ -243,6 +254,8 @@ pub fn run_with(
         init_binary_bytes: size(&cvm.init)?,
         ready_ratio: cvm_variant.ready.median / baseline_variant.ready.median,
         exit_ratio: cvm_variant.exit.median / baseline_variant.exit.median,
+        paired_ready_ratio: Summary::of(&paired).median,
+        guest_init_ratio,
         cvm: cvm_variant,
         baseline: baseline_variant,
     })
@@ -281,19 +294,32 @@ fn boot_once(
             status: exit.status.to_string(),
         });
     }
-    let guest_ready_us = vm
-        .records()
-        .map_err(boot_error)?
-        .iter()
-        .find_map(|record| match record {
-            Record::Ready { mono_us } => Some(*mono_us),
-            _ => None,
-        });
     Ok(Sample {
         ready_ms: ready.as_secs_f64() * 1000.0,
         exit_ms: exit.after.as_secs_f64() * 1000.0,
-        guest_ready_us,
+        guest_init_ms: guest_init_phase(&vm.console()),
     })
+}
+
+/// Guest milliseconds from the kernel's `Run /init as init process` line to the first line with
+/// the ready marker, from their printk timestamps (`[    3.128505] ...`).
+pub fn guest_init_phase(console: &str) -> Option<f64> {
+    let stamp = |needle: &str| {
+        console
+            .lines()
+            .find(|line| line.contains(needle))
+            .and_then(printk_seconds)
+    };
+    let start = stamp("Run /init as init process")?;
+    let ready = stamp(READY_MARKER)?;
+    Some((ready - start) * 1000.0)
+}
+
+/// The seconds of a `[    3.128505] ...` console line.
+fn printk_seconds(line: &str) -> Option<f64> {
+    let rest = line.trim_start().strip_prefix('[')?;
+    let (seconds, _) = rest.split_once(']')?;
+    seconds.trim().parse().ok()
 }
 
 fn variant(
@@ -303,12 +329,16 @@ fn variant(
 ) -> Result<Variant, BenchError> {
     let ready: Vec<f64> = samples.iter().map(|sample| sample.ready_ms).collect();
     let exit: Vec<f64> = samples.iter().map(|sample| sample.exit_ms).collect();
+    let guest: Option<Vec<f64>> = samples.iter().map(|sample| sample.guest_init_ms).collect();
     Ok(Variant {
         name,
         image: image.clone(),
         image_bytes: size(image)?,
         ready: Summary::of(&ready),
         exit: Summary::of(&exit),
+        guest_init: guest
+            .filter(|values| !values.is_empty())
+            .map(|values| Summary::of(&values)),
         samples,
     })
 }
@@ -350,5 +380,16 @@ mod tests {
         let even = Summary::of(&[4.0, 1.0, 3.0, 2.0]);
         assert_eq!((even.median, even.min, even.max), (2.5, 1.0, 4.0));
         assert!(Summary::of(&[]).median.is_nan());
+    }
+
+    #[test]
+    fn guest_init_phase_from_printk_stamps() {
+        let console = "[    3.128505] Run /init as init process\n\
+                       [    3.310126] cvm-init: cvm-init 0.1.0 starting\n\
+                       [    3.901258] cvm-init: ready (811 ms after PID 1 started)\n";
+        let phase = guest_init_phase(console).unwrap();
+        assert!((phase - 772.753).abs() < 1e-6, "{phase}");
+        assert_eq!(guest_init_phase("cvm-init: ready\n"), None);
+        assert_eq!(printk_seconds("no stamp"), None);
     }
 }

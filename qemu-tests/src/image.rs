@@ -206,7 +206,8 @@ while read -r module; do
     [ -n "$module" ] && $bb insmod "$module"
 done < /etc/cvm/modules.load
 $bb mount -t configfs configfs /sys/kernel/config
-echo "cvm-init: ready"
+# Through the kernel log, so that the console line carries a printk timestamp as cvm-init's does.
+echo "cvm-init: ready" > /dev/kmsg
 $bb poweroff -f
 "#;
 
