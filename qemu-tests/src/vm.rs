@@ -249,12 +249,12 @@ impl<'a> TestVm<'a> {
         command.args(["-serial", "stdio"]);
         command.arg("-monitor").arg(format!(
             "unix:{},server=on,wait=off",
-            monitor_path.display()
+            option_value(&monitor_path)
         ));
         command.args(["-device", "virtio-serial-pci,id=virtio-serial0"]);
         command
             .arg("-chardev")
-            .arg(format!("file,id=res,path={}", results_path.display()));
+            .arg(format!("file,id=res,path={}", option_value(&results_path)));
         command.arg("-device").arg(format!(
             "virtserialport,bus=virtio-serial0.0,chardev=res,name={}",
             self.results_port
@@ -267,11 +267,11 @@ impl<'a> TestVm<'a> {
             })?;
             command.arg("-drive").arg(format!(
                 "if=pflash,format=raw,unit=0,readonly=on,file={}",
-                self.artifacts.ovmf_code.display()
+                option_value(&self.artifacts.ovmf_code)
             ));
             command.arg("-drive").arg(format!(
                 "if=pflash,format=raw,unit=1,file={}",
-                vars.display()
+                option_value(&vars)
             ));
         }
         command.arg("-kernel").arg(&self.artifacts.kernel);
@@ -730,6 +730,11 @@ impl Drop for RunningVm {
     }
 }
 
+/// A path as the value of a QEMU `key=value,...` option: commas doubled.
+fn option_value(path: &Path) -> String {
+    path.display().to_string().replace(',', ",,")
+}
+
 /// One HMP exchange: connect, read the banner up to the prompt, send, read up to the prompt.
 fn hmp(path: &Path, command: &str) -> io::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -769,4 +774,47 @@ fn read_until_prompt(stream: &mut UnixStream) -> io::Result<String> {
         collected.extend_from_slice(buffer.get(..read).unwrap_or_default());
     }
     Ok(String::from_utf8_lossy(&collected).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fake_artifacts() -> Artifacts {
+        Artifacts {
+            kernel: PathBuf::from("/k/vmlinuz"),
+            kernel_config: PathBuf::from("/k/config"),
+            module_tree: PathBuf::from("/k/lib/modules/6.1.0-50-cloud-amd64"),
+            kernel_release: "6.1.0-50-cloud-amd64".to_owned(),
+            ovmf_code: PathBuf::from("/o/code.fd"),
+            ovmf_vars: PathBuf::from("/o/vars.fd"),
+            busybox: PathBuf::from("/b/busybox"),
+        }
+    }
+
+    #[test]
+    fn cmdline_appends_to_the_base() {
+        let artifacts = fake_artifacts();
+        let vm = TestVm::new(&artifacts)
+            .with_cmdline("cvm.on_ready=poweroff")
+            .with_cmdline("cvm.log=debug");
+        assert_eq!(
+            vm.kernel_cmdline(),
+            "console=ttyS0 panic=-1 cvm.on_ready=poweroff cvm.log=debug"
+        );
+    }
+
+    #[test]
+    fn boot_without_initrd_is_an_error() {
+        let artifacts = fake_artifacts();
+        assert!(matches!(
+            TestVm::new(&artifacts).boot(),
+            Err(VmError::NoInitrd)
+        ));
+    }
+
+    #[test]
+    fn option_values_double_commas() {
+        assert_eq!(option_value(Path::new("/tmp/a,b/c")), "/tmp/a,,b/c");
+    }
 }
