@@ -17,6 +17,13 @@ pub enum Stage {
     MountLate,
     /// Open the results port and flush the records buffered so far.
     Results,
+    /// Copy the host-shared configuration (app-compose.json, .sys-config.json, ...) into a
+    /// private tmpfs and validate it.
+    HostShare,
+    /// Pick the TEE and extend the app identity into RTMR3 (`system-preparing` .. `boot-mr-done`).
+    Measure,
+    /// Extend `key-provider`, `storage-fs`, `system-ready`; check a quote carries the RTMR3.
+    SystemReady,
     /// Everything before succeeded; the VM is ready.
     Ready,
 }
@@ -42,6 +49,9 @@ impl Stage {
             Self::Modules => "modules",
             Self::MountLate => "mount-late",
             Self::Results => "results",
+            Self::HostShare => "host-share",
+            Self::Measure => "measure",
+            Self::SystemReady => "system-ready",
             Self::Ready => "ready",
         }
     }

@@ -20,6 +20,18 @@ pub enum Record {
         mono_us: u64,
         duration_us: u64,
     },
+    /// The identity measured into RTMR3 and the register's value after `system-ready`, as
+    /// replayed from the event log and as read back from a fresh quote.
+    Measured {
+        tee: String,
+        app_id: String,
+        compose_hash: String,
+        instance_id: String,
+        rtmr3: String,
+        quote_rtmr3: String,
+        events: u32,
+        mono_us: u64,
+    },
     Ready {
         mono_us: u64,
     },

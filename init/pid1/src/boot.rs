@@ -10,6 +10,15 @@ use init_sys::kmod::{KmodError, LoadOutcome};
 use init_sys::mount::MountError;
 
 use crate::results::Results;
+use crate::stages::host_share::{HostShareOptions, HostShareStageError, load_host_share};
+use crate::stages::measure::{
+    BoxedTee, FileSink, MeasureStageError, TdxPaths, event_log_version, measure_app_info,
+    measure_system_ready, open_event_log, random_seed, select_tee,
+};
+use init_core::host_share::HostShare;
+use init_core::identity::AppIdentity;
+use init_core::tee::events::{KeyProviderInfo, RUNTIME_EVENT_LOG_PATH, RuntimeEventLog};
+use measure::rtmr::{RtmrIndex, Sha384Digest};
 
 /// Why a stage failed. The stage name travels beside it.
 #[derive(Debug, thiserror::Error)]
@@ -40,17 +49,50 @@ pub(crate) enum BootError {
     },
     #[error("open results channel")]
     ResultsPort(#[source] init_sys::virtio_port::VirtioPortError),
+    #[error("host share")]
+    HostShare(#[source] HostShareStageError),
+    #[error("measure")]
+    Measure(#[source] MeasureStageError),
+    #[error("{stage} needs the {needs} stage to have run first")]
+    StageOrder {
+        stage: &'static str,
+        needs: &'static str,
+    },
+    #[error("get a quote to check RTMR3")]
+    Quote(#[source] init_core::tee::TeeError),
+    #[error("parse the TEE's quote")]
+    ParseQuote(#[source] measure::quote::QuoteError),
+    #[error("the TEE's quote has RTMR3 {quoted} but the event log replays to {replayed}")]
+    Rtmr3Mismatch {
+        quoted: Sha384Digest,
+        replayed: Sha384Digest,
+    },
     #[cfg(feature = "insecure-test-hooks")]
     #[error("test hook: spawn orphans")]
     SpawnOrphans(#[source] init_sys::signals::SignalsError),
 }
 
 /// State carried through the boot.
-#[derive(Debug)]
 pub(crate) struct Boot {
     pub(crate) config: Config,
     pub(crate) results: Results,
     pub(crate) boot_started_us: u64,
+    share: Option<HostShare>,
+    identity: Option<AppIdentity>,
+    event_log: Option<RuntimeEventLog<BoxedTee, FileSink>>,
+}
+
+impl std::fmt::Debug for Boot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Boot")
+            .field("config", &self.config)
+            .field("identity", &self.identity)
+            .field(
+                "event_log",
+                &self.event_log.as_ref().map(|l| l.events().len()),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// A filesystem type that exists in no kernel: the `mount:` test fault uses it.
@@ -62,6 +104,9 @@ impl Boot {
             config: Config::default(),
             results: Results::default(),
             boot_started_us: init_sys::clock::monotonic_us(),
+            share: None,
+            identity: None,
+            event_log: None,
         }
     }
 
@@ -121,8 +166,87 @@ impl Boot {
                 }
                 Ok(())
             }
+            Stage::HostShare => {
+                let (share, source) =
+                    load_host_share(&HostShareOptions::default()).map_err(BootError::HostShare)?;
+                log::info!("host share: loaded from {source:?}");
+                self.share = Some(share);
+                Ok(())
+            }
+            Stage::Measure => self.measure(),
+            Stage::SystemReady => self.system_ready(),
             Stage::Ready => self.test_hooks_before_ready(),
         }
+    }
+
+    fn measure(&mut self) -> Result<(), BootError> {
+        let share = self.share.as_ref().ok_or(BootError::StageOrder {
+            stage: "measure",
+            needs: "host-share",
+        })?;
+        let tee = select_tee(&TdxPaths::default()).map_err(BootError::Measure)?;
+        let version = event_log_version(share).map_err(BootError::Measure)?;
+        let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)
+            .map_err(BootError::Measure)?;
+        let seed = random_seed(Path::new("/dev/urandom")).map_err(BootError::Measure)?;
+        let identity = measure_app_info(&mut log, share, seed).map_err(BootError::Measure)?;
+        self.identity = Some(identity);
+        self.event_log = Some(log);
+        Ok(())
+    }
+
+    fn system_ready(&mut self) -> Result<(), BootError> {
+        let needs = |needs| BootError::StageOrder {
+            stage: "system-ready",
+            needs,
+        };
+        let share = self.share.as_ref().ok_or(needs("host-share"))?;
+        let identity = self.identity.as_ref().ok_or(needs("measure"))?;
+        let log = self.event_log.as_mut().ok_or(needs("measure"))?;
+        // Keys (the KMS issue) will supply os-image-hash and the real key provider.
+        measure_system_ready(log, share, None, &KeyProviderInfo::none())
+            .map_err(BootError::Measure)?;
+        let replayed = measure::runtime_event::replay_rtmr3(log.events());
+        // A fresh quote must carry what the log replays to: proves the TEE saw every extend.
+        let mut report_data = [0u8; 64];
+        report_data[..32].copy_from_slice(identity.compose_hash.as_bytes());
+        let quote_bytes = log
+            .rtmr_mut()
+            .quote(&report_data)
+            .map_err(BootError::Quote)?;
+        let quote = measure::quote::Quote::parse(&quote_bytes).map_err(BootError::ParseQuote)?;
+        let quoted = *quote.rtmrs().register(RtmrIndex::R3);
+        if quoted != replayed {
+            return Err(BootError::Rtmr3Mismatch { quoted, replayed });
+        }
+        let simulated = log
+            .events()
+            .iter()
+            .any(|e| e.name == "insecure-simulated-tee");
+        let tee = if simulated {
+            "insecure-simulated"
+        } else {
+            "tdx"
+        };
+        if simulated {
+            log::warn!("INSECURE simulated TEE: this VM's attestation can never be accepted");
+        }
+        log::info!("system ready: RTMR3 {replayed}");
+        self.results.record(&Record::Measured {
+            tee: tee.into(),
+            app_id: identity.app_id.to_string(),
+            compose_hash: identity.compose_hash.to_string(),
+            instance_id: identity
+                .instance_id
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+            rtmr3: replayed.to_string(),
+            quote_rtmr3: quoted.to_string(),
+            events: u32::try_from(log.events().len()).unwrap_or(u32::MAX),
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+        Ok(())
     }
 
     fn mount_all(&self, mounts: &[MountSpec]) -> Result<(), BootError> {

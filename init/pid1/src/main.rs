@@ -7,6 +7,10 @@ mod boot;
 mod logger;
 mod results;
 mod shutdown;
+mod stages {
+    pub(crate) mod host_share;
+    pub(crate) mod measure;
+}
 
 use std::path::Path;
 
