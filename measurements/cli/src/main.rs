@@ -13,6 +13,7 @@ use measure::event_log::{EV_NO_ACTION, EventLog};
 use measure::expected::{self, AcpiDigests, ExpectedRegister, Rtmr0Inputs};
 use measure::kernel::{self, DirectBootParams};
 use measure::quote::Quote;
+use measure::quote_verify::{self, Collateral, QuoteVerdict};
 use measure::replay::{Replay, ReplayVerdict};
 use measure::rtmr::{RtmrIndex, Sha384Digest};
 use measure::runtime_event::{self, DecodedLogLine, LogLineFormat, RuntimeEvent};
@@ -139,6 +140,29 @@ enum QuoteCommand {
         /// Quote: raw bytes, hex text, or a GetQuote response.
         file: PathBuf,
     },
+    /// Verify a quote offline against stored collateral (dcap-qvl); exit non-zero if rejected.
+    Verify(QuoteVerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct QuoteVerifyArgs {
+    /// Quote: raw bytes, hex text, or a GetQuote response.
+    file: PathBuf,
+    /// dcap-qvl QuoteCollateralV3 JSON.
+    #[arg(long)]
+    collateral: PathBuf,
+    /// Verification time in Unix seconds (default: now). Pin it for stored collateral.
+    #[arg(long)]
+    now: Option<u64>,
+    /// INSECURE: trust this root CA (DER) instead of Intel's, e.g. a simulated TEE's test root.
+    #[arg(long)]
+    insecure_root_ca: Option<PathBuf>,
+    /// Also fail unless the TCB status is UpToDate.
+    #[arg(long)]
+    require_up_to_date: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -156,6 +180,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Replay(args) => replay(&args, &mut stdout),
         Command::Quote(QuoteCommand::Show { file }) => quote_show(&file, &mut stdout),
+        Command::Quote(QuoteCommand::Verify(args)) => quote_verify(&args, &mut stdout),
         Command::RuntimeEvents(args) => runtime_events(&args, &mut stdout),
         Command::Mrtd(args) => mrtd(&args, &mut stdout),
         Command::Expected(args) => expected(&args, &mut stdout),
@@ -688,4 +713,59 @@ fn expected(args: &ExpectedArgs, out: &mut String) -> Result<()> {
         }
     }
     Ok(())
+}
+
+fn quote_verify(args: &QuoteVerifyArgs, out: &mut String) -> Result<()> {
+    let quote = load_quote_bytes(&args.file)?;
+    let collateral_text = text(&args.collateral, &read(&args.collateral)?)?;
+    let collateral = Collateral::from_json(&collateral_text)
+        .with_context(|| format!("parse collateral {}", args.collateral.display()))?;
+    let now = match args.now {
+        Some(now) => now,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("read the system clock")?
+            .as_secs(),
+    };
+    let verdict = match &args.insecure_root_ca {
+        Some(root) => {
+            quote_verify::insecure_verify_quote_with_root(&quote, &collateral, now, &read(root)?)
+        }
+        None => quote_verify::verify_quote(&quote, &collateral, now),
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&verdict)?)?;
+    } else {
+        match &verdict {
+            QuoteVerdict::Verified {
+                tcb_status,
+                advisory_ids,
+            } => {
+                writeln!(out, "✓ quote verified at {now}: TCB status {tcb_status}")?;
+                if !advisory_ids.is_empty() {
+                    writeln!(out, "  advisories: {}", advisory_ids.join(", "))?;
+                }
+            }
+            QuoteVerdict::Rejected { reason, detail } => {
+                writeln!(out, "✗ quote rejected at {now}: {reason:?}: {detail}")?;
+            }
+        }
+        if args.insecure_root_ca.is_some() {
+            writeln!(
+                out,
+                "  WARNING: verified against an insecure root CA, not Intel's"
+            )?;
+        }
+    }
+    match verdict {
+        QuoteVerdict::Rejected { reason, detail } => {
+            bail!("quote rejected ({reason:?}): {detail}")
+        }
+        QuoteVerdict::Verified { tcb_status, .. }
+            if args.require_up_to_date && tcb_status != "UpToDate" =>
+        {
+            bail!("TCB status is {tcb_status}, not UpToDate")
+        }
+        QuoteVerdict::Verified { .. } => Ok(()),
+    }
 }

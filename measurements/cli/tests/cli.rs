@@ -302,4 +302,52 @@ mod tests {
             stderr(&output)
         );
     }
+
+    #[test]
+    fn quote_verify_with_stored_collateral() {
+        let quote = testdata("dcap-qvl-tdx_quote");
+        let collateral = testdata("dcap-qvl-tdx_quote_collateral.json");
+        let args = |now: &'static str| {
+            vec![
+                "quote".to_owned(),
+                "verify".to_owned(),
+                path_str(&quote).to_owned(),
+                "--collateral".to_owned(),
+                path_str(&collateral).to_owned(),
+                "--now".to_owned(),
+                now.to_owned(),
+                "--require-up-to-date".to_owned(),
+            ]
+        };
+        let run_args = |args: Vec<String>| {
+            Command::new(env!("CARGO_BIN_EXE_cvm-measure"))
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let output = run_args(args("1750377600"));
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert!(stdout(&output).contains("TCB status UpToDate"));
+
+        let output = run_args(args("1798761600"));
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("CollateralTime"),
+            "{}",
+            stderr(&output)
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let tampered = dir.path().join("quote");
+        let mut bytes = std::fs::read(&quote).unwrap();
+        bytes[0x100] ^= 1;
+        std::fs::write(&tampered, bytes).unwrap();
+        let mut tampered_args = args("1750377600");
+        tampered_args[2] = path_str(&tampered).to_owned();
+        tampered_args.push("--json".to_owned());
+        let output = run_args(tampered_args);
+        assert_eq!(output.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["Rejected"]["reason"], "QuoteSignature");
+    }
 }

@@ -9,6 +9,8 @@ pub mod event_log;
 pub mod expected;
 pub mod kernel;
 pub mod quote;
+#[cfg(feature = "dcap-verify")]
+pub mod quote_verify;
 pub mod replay;
 pub mod rtmr;
 pub mod runtime_event;
