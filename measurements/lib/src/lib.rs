@@ -5,6 +5,7 @@
 pub mod bytes;
 pub mod ccel;
 pub mod dstack_event_log;
+pub mod dstack_identity;
 pub mod event_log;
 pub mod expected;
 pub mod kernel;
