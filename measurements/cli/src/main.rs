@@ -40,6 +40,45 @@ enum Command {
     Mrtd(MrtdArgs),
     /// Compute the expected MRTD and RTMR0-2 of a direct kernel boot from its artifacts.
     Expected(ExpectedArgs),
+    /// Run the verification checklist (platform, application, key management).
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// Quote: raw bytes, hex text, or a GetQuote response (default: the one in --event-log).
+    #[arg(long)]
+    quote: Option<PathBuf>,
+    /// dcap-qvl QuoteCollateralV3 JSON for the signature and TCB checks.
+    #[arg(long)]
+    collateral: Option<PathBuf>,
+    /// Verification time in Unix seconds (default: now).
+    #[arg(long)]
+    now: Option<u64>,
+    /// Event log (firmware log, dstack JSON log, GetQuote response or runtime log).
+    #[arg(long)]
+    event_log: PathBuf,
+    /// Runtime event log to append after a firmware log.
+    #[arg(long)]
+    runtime_events: Option<PathBuf>,
+    /// Expected measurements of the build (`cvm-measure expected --json` output).
+    #[arg(long)]
+    expected: Option<PathBuf>,
+    /// Whitelisted OS image hashes (hex, one per line).
+    #[arg(long)]
+    os_image_whitelist: Option<PathBuf>,
+    /// The app-compose.json the TD was started with.
+    #[arg(long)]
+    app_compose: Option<PathBuf>,
+    /// Challenge (hex) that must appear in reportData.
+    #[arg(long)]
+    challenge: Option<String>,
+    /// Expected KMS identity: hex of the KMS root-CA SubjectPublicKeyInfo.
+    #[arg(long)]
+    kms_identity: Option<String>,
+    /// Print JSON instead of the checklist.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -184,6 +223,7 @@ fn main() -> ExitCode {
         Command::RuntimeEvents(args) => runtime_events(&args, &mut stdout),
         Command::Mrtd(args) => mrtd(&args, &mut stdout),
         Command::Expected(args) => expected(&args, &mut stdout),
+        Command::Verify(args) => verify(&args, &mut stdout),
     };
     print!("{stdout}");
     match result {
@@ -768,4 +808,365 @@ fn quote_verify(args: &QuoteVerifyArgs, out: &mut String) -> Result<()> {
         }
         QuoteVerdict::Verified { .. } => Ok(()),
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+enum CheckStatus {
+    Pass,
+    Fail,
+    Skipped,
+}
+
+#[derive(Debug, Serialize)]
+struct CheckLine {
+    section: &'static str,
+    check: &'static str,
+    status: CheckStatus,
+    reason: String,
+}
+
+struct Checklist(Vec<CheckLine>);
+
+impl Checklist {
+    fn push(
+        &mut self,
+        section: &'static str,
+        check: &'static str,
+        outcome: Option<(bool, String)>,
+    ) {
+        let (status, reason) = match outcome {
+            None => (CheckStatus::Skipped, "input not given".to_owned()),
+            Some((true, reason)) => (CheckStatus::Pass, reason),
+            Some((false, reason)) => (CheckStatus::Fail, reason),
+        };
+        self.0.push(CheckLine {
+            section,
+            check,
+            status,
+            reason,
+        });
+    }
+}
+
+fn hex_arg(name: &str, value: &str) -> Result<Vec<u8>> {
+    hex::decode(value.trim().trim_start_matches("0x"))
+        .with_context(|| format!("parse {name} as hex"))
+}
+
+/// Lines of a compose file's `image:` keys that are not pinned by `@sha256:<64 hex>`.
+fn unpinned_images(compose: &str) -> Vec<String> {
+    compose
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("image:"))
+        .map(|image| {
+            image
+                .trim()
+                .trim_matches(|c| c == '"' || c == '\'')
+                .to_owned()
+        })
+        .filter(|image| {
+            image.split_once("@sha256:").is_none_or(|(_, digest)| {
+                digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit())
+            })
+        })
+        .collect()
+}
+
+fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
+    let input = load_log(&args.event_log)?;
+    let (mut replay, embedded_quote) = match input {
+        LogInput::Tcg(log) => (Replay::from_tcg_log(&log).context("replay TCG log")?, None),
+        LogInput::Dstack(events) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            None,
+        ),
+        LogInput::GetQuote(events, quote) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            Some(quote),
+        ),
+        LogInput::Runtime(lines) => (
+            Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
+            None,
+        ),
+    };
+    let mut runtime: Vec<RuntimeEvent> = match load_log(&args.event_log)? {
+        LogInput::Runtime(lines) => lines.into_iter().map(|l| l.event).collect(),
+        LogInput::Dstack(events) | LogInput::GetQuote(events, _) => events
+            .iter()
+            .filter_map(DstackEvent::runtime_event)
+            .collect(),
+        LogInput::Tcg(_) => Vec::new(),
+    };
+    if let Some(path) = &args.runtime_events {
+        let extra = load_runtime_events(path)?;
+        replay.append_runtime_events(&extra);
+        runtime.extend(extra);
+    }
+    let quote_bytes = match (&args.quote, embedded_quote) {
+        (Some(path), _) => load_quote_bytes(path)?,
+        (None, Some(bytes)) => bytes,
+        (None, None) => bail!("no quote: pass --quote or a GetQuote response as --event-log"),
+    };
+    let quote = Quote::parse(&quote_bytes).context("parse quote")?;
+    let body = &quote.body;
+    let system = measure::dstack_identity::system_events(&runtime);
+    let event = |name: &str| system.iter().find(|e| e.name == name);
+    let mut list = Checklist(Vec::new());
+
+    // Platform.
+    let now = match args.now {
+        Some(now) => now,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("read the system clock")?
+            .as_secs(),
+    };
+    let verdict = match &args.collateral {
+        Some(path) => {
+            let text = text(path, &read(path)?)?;
+            let collateral = Collateral::from_json(&text)
+                .with_context(|| format!("parse collateral {}", path.display()))?;
+            Some(quote_verify::verify_quote(&quote_bytes, &collateral, now))
+        }
+        None => None,
+    };
+    list.push(
+        "platform",
+        "quote signature valid",
+        verdict.as_ref().map(|v| match v {
+            QuoteVerdict::Verified { .. } => {
+                (true, format!("verified against Intel SGX Root CA at {now}"))
+            }
+            QuoteVerdict::Rejected { reason, detail } => (false, format!("{reason:?}: {detail}")),
+        }),
+    );
+    list.push(
+        "platform",
+        "TCB status up to date",
+        verdict.as_ref().map(|v| match v {
+            QuoteVerdict::Verified {
+                tcb_status,
+                advisory_ids,
+            } => (
+                tcb_status == "UpToDate",
+                format!("{tcb_status} {}", advisory_ids.join(","))
+                    .trim()
+                    .to_owned(),
+            ),
+            QuoteVerdict::Rejected { .. } => (false, "quote not verified".to_owned()),
+        }),
+    );
+    let expected: Option<serde_json::Value> = match &args.expected {
+        Some(path) => Some(
+            serde_json::from_slice(&read(path)?)
+                .with_context(|| format!("parse expected measurements {}", path.display()))?,
+        ),
+        None => None,
+    };
+    list.push(
+        "platform",
+        "MRTD and RTMR0-2 match expected",
+        expected.as_ref().map(|e| {
+            let mut diffs = Vec::new();
+            let actual = [
+                ("MRTD", &body.mr_td, e.get("mrtd")),
+                (
+                    "RTMR0",
+                    body.rtmrs.register(RtmrIndex::R0),
+                    e.pointer("/rtmr0/value"),
+                ),
+                (
+                    "RTMR1",
+                    body.rtmrs.register(RtmrIndex::R1),
+                    e.pointer("/rtmr1/value"),
+                ),
+                (
+                    "RTMR2",
+                    body.rtmrs.register(RtmrIndex::R2),
+                    e.pointer("/rtmr2/value"),
+                ),
+            ];
+            for (name, value, want) in actual {
+                match want.and_then(serde_json::Value::as_str) {
+                    Some(want) if want == value.to_string() => {}
+                    Some(want) => diffs.push(format!("{name} quote {value} expected {want}")),
+                    None => diffs.push(format!("{name} missing from expected")),
+                }
+            }
+            if diffs.is_empty() {
+                (true, "all four match".to_owned())
+            } else {
+                (false, diffs.join("; "))
+            }
+        }),
+    );
+    let whitelist = match &args.os_image_whitelist {
+        Some(path) => Some(text(path, &read(path)?)?),
+        None => None,
+    };
+    list.push(
+        "platform",
+        "OS image hash whitelisted",
+        whitelist.map(|list| match event("os-image-hash") {
+            None => (
+                false,
+                "no os-image-hash event before system-ready".to_owned(),
+            ),
+            Some(e) => {
+                let hash = hex::encode(&e.payload);
+                let listed = list.lines().any(|l| l.trim().eq_ignore_ascii_case(&hash));
+                (listed, format!("os-image-hash {hash}"))
+            }
+        }),
+    );
+
+    // Application.
+    let compose = match &args.app_compose {
+        Some(path) => Some(read(path)?),
+        None => None,
+    };
+    list.push(
+        "application",
+        "compose-hash matches app-compose.json",
+        compose.as_ref().map(|bytes| {
+            let hash: [u8; 32] = sha2_256(bytes);
+            match event("compose-hash") {
+                None => (
+                    false,
+                    "no compose-hash event before system-ready".to_owned(),
+                ),
+                Some(e) if e.payload == hash => {
+                    (true, format!("compose-hash {}", hex::encode(hash)))
+                }
+                Some(e) => (
+                    false,
+                    format!(
+                        "event {} file {}",
+                        hex::encode(&e.payload),
+                        hex::encode(hash)
+                    ),
+                ),
+            }
+        }),
+    );
+    list.push(
+        "application",
+        "every image pinned by sha256 digest",
+        compose.as_ref().map(|bytes| {
+            let value: serde_json::Value = serde_json::from_slice(bytes).unwrap_or_default();
+            let compose_file = value
+                .get("docker_compose_file")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default();
+            let unpinned = unpinned_images(compose_file);
+            if compose_file.is_empty() {
+                (
+                    false,
+                    "app-compose.json has no docker_compose_file".to_owned(),
+                )
+            } else if unpinned.is_empty() {
+                (true, "all image: lines use @sha256".to_owned())
+            } else {
+                (false, format!("unpinned: {}", unpinned.join(", ")))
+            }
+        }),
+    );
+    let rtmr3 = replay.rtmrs.register(RtmrIndex::R3);
+    let quote_rtmr3 = body.rtmrs.register(RtmrIndex::R3);
+    list.push(
+        "application",
+        "RTMR3 event log replays to the quote",
+        Some((
+            rtmr3 == quote_rtmr3,
+            if rtmr3 == quote_rtmr3 {
+                format!("{} events, RTMR3 {rtmr3}", runtime.len())
+            } else {
+                format!("replayed {rtmr3}, quote {quote_rtmr3}")
+            },
+        )),
+    );
+    let challenge = args
+        .challenge
+        .as_deref()
+        .map(|c| hex_arg("--challenge", c))
+        .transpose()?;
+    list.push(
+        "application",
+        "reportData contains the challenge",
+        challenge.map(|c| {
+            let data = &body.report_data.0;
+            let found = !c.is_empty()
+                && c.len() <= data.len()
+                && data.windows(c.len()).any(|w| w == c.as_slice());
+            (found, format!("reportData {}", hex::encode(data)))
+        }),
+    );
+
+    // Key management.
+    list.push(
+        "key management",
+        "key-provider matches the expected KMS identity",
+        args.kms_identity
+            .as_ref()
+            .map(|want| match event("key-provider") {
+                None => (
+                    false,
+                    "no key-provider event before system-ready".to_owned(),
+                ),
+                Some(e) => {
+                    let value: serde_json::Value =
+                        serde_json::from_slice(&e.payload).unwrap_or_default();
+                    let name = value
+                        .get("name")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default();
+                    let id = value
+                        .get("id")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or_default();
+                    (
+                        name == "kms" && id.eq_ignore_ascii_case(want.trim()),
+                        format!("key-provider {}", String::from_utf8_lossy(&e.payload)),
+                    )
+                }
+            }),
+    );
+    list.push("key management", "KMS attestation valid", None);
+    if let Some(line) = list.0.last_mut() {
+        line.reason = "not implemented: verify the KMS quote with `quote verify`".to_owned();
+    }
+
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&list.0)?)?;
+    } else {
+        let mut section = "";
+        for line in &list.0 {
+            if line.section != section {
+                section = line.section;
+                writeln!(out, "{section}:")?;
+            }
+            let mark = match line.status {
+                CheckStatus::Pass => "✓",
+                CheckStatus::Fail => "✗",
+                CheckStatus::Skipped => "-",
+            };
+            writeln!(out, "  {mark} {}: {}", line.check, line.reason)?;
+        }
+    }
+    let failed: Vec<_> = list
+        .0
+        .iter()
+        .filter(|l| l.status == CheckStatus::Fail)
+        .map(|l| l.check)
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
+    }
+}
+
+fn sha2_256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
 }

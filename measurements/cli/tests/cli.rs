@@ -350,4 +350,116 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(json["Rejected"]["reason"], "QuoteSignature");
     }
+
+    const KMS_ID: &str = "3059301306072a8648ce3d020106082a8648ce3d030107034200042f71e234d7339a1ceaca09c3c391eb816c533f980adaab34f16ead093ff0ac100d9c03253a3056f6d27735125433180b3e61c54a78f3fd13337869e0051dee06";
+
+    fn check_status(json: &serde_json::Value, check: &str) -> String {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["check"] == check)
+            .unwrap()["status"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    #[test]
+    fn verify_checklist_on_the_dstack_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = testdata("dstack-tdx-lite-getquote.json");
+        // Expected measurements: what `expected --json` prints, here the fixture's own values.
+        let quote = measure::quote::Quote::parse(
+            &measure::dstack_event_log::parse_get_quote_response(
+                &std::fs::read_to_string(&log).unwrap(),
+            )
+            .unwrap()
+            .quote,
+        )
+        .unwrap();
+        let values = quote.rtmrs().values();
+        let expected = serde_json::json!({
+            "mrtd": quote.body.mr_td.to_string(),
+            "rtmr0": {"value": values[0].to_string()},
+            "rtmr1": {"value": values[1].to_string()},
+            "rtmr2": {"value": values[2].to_string()},
+        });
+        let expected_path = dir.path().join("expected.json");
+        std::fs::write(&expected_path, expected.to_string()).unwrap();
+        let whitelist = dir.path().join("whitelist");
+        std::fs::write(
+            &whitelist,
+            "00\n07a2388c7a6a1b6a646d443f1517990a4ec294471d63146cda9d56972765051d\n",
+        )
+        .unwrap();
+        // An app-compose.json with pinned and unpinned images (not the fixture's own file).
+        let compose = dir.path().join("app-compose.json");
+        std::fs::write(
+            &compose,
+            r#"{"docker_compose_file":"services:\n  a:\n    image: nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n  b:\n    image: redis:7\n"}"#,
+        )
+        .unwrap();
+        let output = run(&[
+            "verify",
+            "--event-log",
+            path_str(&log),
+            "--expected",
+            path_str(&expected_path),
+            "--os-image-whitelist",
+            path_str(&whitelist),
+            "--challenge",
+            &hex::encode("dip1::"),
+            "--kms-identity",
+            KMS_ID,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            check_status(&json, "MRTD and RTMR0-2 match expected"),
+            "Pass"
+        );
+        assert_eq!(check_status(&json, "OS image hash whitelisted"), "Pass");
+        assert_eq!(
+            check_status(&json, "RTMR3 event log replays to the quote"),
+            "Pass"
+        );
+        assert_eq!(
+            check_status(&json, "reportData contains the challenge"),
+            "Pass"
+        );
+        assert_eq!(
+            check_status(&json, "key-provider matches the expected KMS identity"),
+            "Pass"
+        );
+        assert_eq!(check_status(&json, "quote signature valid"), "Skipped");
+
+        // Wrong compose file, unpinned image and another KMS: non-zero exit with the reasons.
+        let output = run(&[
+            "verify",
+            "--event-log",
+            path_str(&log),
+            "--app-compose",
+            path_str(&compose),
+            "--kms-identity",
+            "00",
+            "--json",
+        ]);
+        assert_eq!(output.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(
+            check_status(&json, "compose-hash matches app-compose.json"),
+            "Fail"
+        );
+        assert_eq!(
+            check_status(&json, "every image pinned by sha256 digest"),
+            "Fail"
+        );
+        assert_eq!(
+            check_status(&json, "key-provider matches the expected KMS identity"),
+            "Fail"
+        );
+        let err = stderr(&output);
+        assert!(err.contains("3 check(s) failed"), "{err}");
+    }
 }
