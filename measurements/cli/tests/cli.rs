@@ -462,4 +462,42 @@ mod tests {
         let err = stderr(&output);
         assert!(err.contains("3 check(s) failed"), "{err}");
     }
+
+    /// `measurements/testdata/expected/*.json` must equal what the tool computes today
+    /// (regeneration commands in `measurements/testdata/README.md`).
+    #[test]
+    fn golden_expected_files_are_current() {
+        let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/expected/synthetic-q35-2g.json");
+        let (firmware, kernel, initrd, ccel) = (
+            testdata("synthetic_tdvf.fd"),
+            testdata("synthetic_bzImage"),
+            testdata("synthetic_initrd"),
+            testdata("dstack-ccel.bin"),
+        );
+        let output = run(&[
+            "expected",
+            "--firmware",
+            path_str(&firmware),
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            path_str(&initrd),
+            "--cmdline",
+            "console=ttyS0 init=/init",
+            "--memory",
+            "2G",
+            "--page-order",
+            "single",
+            "--acpi-from-log",
+            path_str(&ccel),
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        assert_eq!(
+            stdout(&output),
+            std::fs::read_to_string(golden).unwrap(),
+            "golden file is stale; regenerate it (measurements/testdata/README.md)"
+        );
+    }
 }
