@@ -391,6 +391,10 @@ pub fn build_td_hob(hob_address: u64, accepted: &[(u64, u64)], memory_size: u64)
 
 fn find_descriptor(image: &[u8]) -> Result<usize, TdvfError> {
     let len = image.len();
+    // Footer GUID at len − 48 and the table length at len − 50.
+    if len < 50 {
+        return Err(TdvfError::FindFooterTable);
+    }
     let footer_guid = len
         .checked_sub(48)
         .and_then(|start| image.get(start..start + 16))
@@ -536,6 +540,12 @@ mod tests {
     fn errors_are_typed() {
         assert_eq!(Tdvf::parse(&[0; 4096]), Err(TdvfError::FindFooterTable));
         assert_eq!(Tdvf::parse(&[]), Err(TdvfError::FindFooterTable));
+        // Tiny inputs that end with the footer GUID must not underflow.
+        for len in 48..=52 {
+            let mut tiny = vec![0u8; len];
+            tiny[len - 48..len - 32].copy_from_slice(&FOOTER_GUID);
+            let _ = Tdvf::parse(&tiny).unwrap_err();
+        }
         // Replace the TDX entry's GUID: no metadata.
         let mut image = SYNTHETIC.to_vec();
         image[0xFFBE] ^= 0xFF;
