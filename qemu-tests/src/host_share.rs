@@ -1,0 +1,132 @@
+//! The dstack host share as a read-only disk: an ext4 image labelled `DSTACKSHR` holding
+//! `app-compose.json`, `.sys-config.json` and friends, attached as a virtio-blk drive (the pinned
+//! Debian cloud kernel has no 9p, so the disk is the path our QEMU boots exercise).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The filesystem label a dstack host gives the share disk.
+pub const HOST_SHARE_LABEL: &str = "DSTACKSHR";
+
+#[derive(Debug, thiserror::Error)]
+pub enum HostShareError {
+    #[error("read sample host-share file {}", path.display())]
+    ReadSample {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("write host-share staging file {}", path.display())]
+    WriteStaging {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("run mkfs.ext4 for {} (is e2fsprogs installed?)", image.display())]
+    RunMkfs {
+        image: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("mkfs.ext4 for {} failed: {stderr}", image.display())]
+    Mkfs { image: PathBuf, stderr: String },
+}
+
+/// A file of the share: name (may start with a dot) and contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareFile {
+    pub name: String,
+    pub contents: Vec<u8>,
+}
+
+impl ShareFile {
+    pub fn new(name: &str, contents: impl Into<Vec<u8>>) -> Self {
+        Self { name: name.to_owned(), contents: contents.into() }
+    }
+}
+
+/// The sample share in `qemu-tests/testdata/host-share/` (see `testdata/README.md`).
+pub fn sample_files() -> Result<Vec<ShareFile>, HostShareError> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/host-share");
+    ["app-compose.json", ".sys-config.json"]
+        .iter()
+        .map(|name| {
+            let path = dir.join(name);
+            std::fs::read(&path)
+                .map(|contents| ShareFile::new(name, contents))
+                .map_err(|source| HostShareError::ReadSample { path, source })
+        })
+        .collect()
+}
+
+/// Build an ext4 image labelled `label` holding `files` (and, for symlink tests, the symlinks
+/// `(name, target)`), at `image`. `staging` is an empty scratch directory.
+pub fn build_image(
+    files: &[ShareFile],
+    symlinks: &[(&str, &str)],
+    label: &str,
+    staging: &Path,
+    image: &Path,
+) -> Result<(), HostShareError> {
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| HostShareError::WriteStaging { path, source }
+    };
+    std::fs::create_dir_all(staging).map_err(write_err(staging))?;
+    for file in files {
+        let path = staging.join(&file.name);
+        std::fs::write(&path, &file.contents).map_err(write_err(&path))?;
+    }
+    for (name, target) in symlinks {
+        let path = staging.join(name);
+        std::os::unix::fs::symlink(target, &path).map_err(write_err(&path))?;
+    }
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-b", "4096", "-E", "root_owner=0:0", "-d"])
+        .arg(staging)
+        .arg(image)
+        .arg("16M")
+        .output()
+        .map_err(|source| HostShareError::RunMkfs { image: image.to_owned(), source })?;
+    if !out.status.success() {
+        return Err(HostShareError::Mkfs {
+            image: image.to_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// The `-drive` value that attaches `image` read-only as a virtio disk.
+pub fn drive_arg(image: &Path) -> String {
+    format!("file={},if=virtio,format=raw,readonly=on", image.display().to_string().replace(',', ",,"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_share_has_the_worked_example_compose() {
+        let files = sample_files().unwrap();
+        let compose = files.iter().find(|f| f.name == "app-compose.json").unwrap();
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&compose.contents)),
+            "b5828d0f4314f9585038294f8a3fa744ea987ae230833bd68092cf7859780bb3"
+        );
+    }
+
+    #[test]
+    fn builds_a_labelled_ext4_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("share.img");
+        build_image(&sample_files().unwrap(), &[], HOST_SHARE_LABEL, &dir.path().join("s"), &image)
+            .unwrap();
+        let bytes = std::fs::read(&image).unwrap();
+        // ext4 superblock at 1024: magic 0xEF53 at +56, volume name at +120.
+        assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xEF]);
+        assert_eq!(&bytes[1024 + 120..1024 + 129], HOST_SHARE_LABEL.as_bytes());
+        assert_eq!(drive_arg(Path::new("/a,b")), "file=/a,,b,if=virtio,format=raw,readonly=on");
+    }
+}
