@@ -55,6 +55,33 @@ pub struct Config {
     pub results_port: String,
     pub test_fault: Option<TestFault>,
     pub test_orphans: u8,
+    pub test_dump: Vec<TestDump>,
+}
+
+/// A file a test build copies onto the results channel before `ready` (test hooks only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDump {
+    /// The firmware's TPM event log, `/sys/kernel/security/tpm0/binary_bios_measurements`
+    /// (the measured-boot oracle of `shared/specs/measured-boot-oracle.md`).
+    TpmEventLog,
+    /// The RTMR3 runtime event log the init wrote.
+    RuntimeEventLog,
+}
+
+impl TestDump {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::TpmEventLog => "tpm-event-log",
+            Self::RuntimeEventLog => "runtime-event-log",
+        }
+    }
+
+    pub const fn path(self) -> &'static str {
+        match self {
+            Self::TpmEventLog => "/sys/kernel/security/tpm0/binary_bios_measurements",
+            Self::RuntimeEventLog => "/run/log/dstack/runtime_events.log",
+        }
+    }
 }
 
 impl Default for Config {
@@ -65,6 +92,7 @@ impl Default for Config {
             results_port: DEFAULT_RESULTS_PORT.to_owned(),
             test_fault: None,
             test_orphans: 0,
+            test_dump: Vec::new(),
         }
     }
 }
@@ -83,6 +111,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cvm.results",
     "cvm.test_fault",
     "cvm.test_orphans",
+    "cvm.test_dump",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -226,6 +255,19 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                     .filter(|n| *n <= MAX_TEST_ORPHANS)
                     .ok_or_else(|| invalid("an integer 0..=64"))?;
             }
+            "cvm.test_dump" => {
+                require_hooks(hooks, &key)?;
+                for item in value.split(',') {
+                    let dump = match item {
+                        "tpm-event-log" => TestDump::TpmEventLog,
+                        "runtime-event-log" => TestDump::RuntimeEventLog,
+                        _ => return Err(invalid("a list of `tpm-event-log`, `runtime-event-log`")),
+                    };
+                    if !config.test_dump.contains(&dump) {
+                        config.test_dump.push(dump);
+                    }
+                }
+            }
             _ => return Err(CmdlineError::UnknownKey { key }),
         }
         seen.push(key);
@@ -330,6 +372,22 @@ mod tests {
         assert_eq!(c.test_orphans, 5);
         parse("cvm.test_orphans=65", TestHooks::Enabled).unwrap_err();
         parse("cvm.test_fault=mount:relative", TestHooks::Enabled).unwrap_err();
+        let d = parse(
+            "cvm.test_dump=tpm-event-log,runtime-event-log",
+            TestHooks::Enabled,
+        )
+        .unwrap();
+        assert_eq!(
+            d.test_dump,
+            vec![TestDump::TpmEventLog, TestDump::RuntimeEventLog]
+        );
+        assert_eq!(
+            parse("cvm.test_dump=tpm-event-log", TestHooks::Disabled).unwrap_err(),
+            CmdlineError::TestHookInRelease {
+                key: "cvm.test_dump".into()
+            }
+        );
+        parse("cvm.test_dump=/etc/shadow", TestHooks::Enabled).unwrap_err();
     }
 
     #[test]

@@ -35,6 +35,12 @@ pub enum Record {
     Ready {
         mono_us: u64,
     },
+    /// Test builds only (`cvm.test_dump`): a file copied out of the guest, hex-encoded.
+    TestDump {
+        name: String,
+        hex: String,
+        mono_us: u64,
+    },
     Fatal {
         stage: String,
         error: String,

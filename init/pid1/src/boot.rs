@@ -296,7 +296,19 @@ impl Boot {
     }
 
     #[cfg(feature = "insecure-test-hooks")]
-    fn test_hooks_before_ready(&self) -> Result<(), BootError> {
+    fn test_hooks_before_ready(&mut self) -> Result<(), BootError> {
+        for dump in self.config.test_dump.clone() {
+            let bytes = std::fs::read(dump.path()).map_err(|source| BootError::ReadFile {
+                path: PathBuf::from(dump.path()),
+                source,
+            })?;
+            log::warn!("test hook: dumping {} ({} bytes)", dump.path(), bytes.len());
+            self.results.record(&Record::TestDump {
+                name: dump.name().into(),
+                hex: hex::encode(&bytes),
+                mono_us: init_sys::clock::monotonic_us(),
+            });
+        }
         if self.config.test_orphans > 0 {
             log::warn!("test hook: spawning {} orphans", self.config.test_orphans);
             init_sys::signals::spawn_orphans(self.config.test_orphans, 300)
@@ -307,7 +319,7 @@ impl Boot {
 
     #[cfg(not(feature = "insecure-test-hooks"))]
     #[allow(clippy::unused_self, clippy::unnecessary_wraps)]
-    fn test_hooks_before_ready(&self) -> Result<(), BootError> {
+    fn test_hooks_before_ready(&mut self) -> Result<(), BootError> {
         Ok(())
     }
 }
