@@ -6,7 +6,7 @@ use anyhow::{Context, Result, bail};
 
 /// Packages for building and for the QEMU tests.
 pub(crate) const TEST_PACKAGES: &[&str] =
-    &["qemu-system-x86", "dpkg-dev", "file", "ca-certificates"];
+    &["qemu-system-x86", "dpkg-dev", "file", "ca-certificates", "swtpm", "swtpm-tools"];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
