@@ -5,8 +5,15 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 /// Packages for building and for the QEMU tests.
-pub(crate) const TEST_PACKAGES: &[&str] =
-    &["qemu-system-x86", "dpkg-dev", "file", "ca-certificates", "swtpm", "swtpm-tools"];
+pub(crate) const TEST_PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "dpkg-dev",
+    "file",
+    "ca-certificates",
+    "e2fsprogs",
+    "swtpm",
+    "swtpm-tools",
+];
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
