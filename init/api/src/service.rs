@@ -1,0 +1,421 @@
+//! The dstack guest-agent methods (`shared/specs/dstack-guest.md` §8) on top of [`ApiState`]:
+//! routing by path, JSON arguments, and JSON replies in the shapes the dstack SDKs parse.
+//!
+//! * `DstackGuest` (`dstack.sock`, paths `/<Method>`, `/prpc/<Method>`,
+//!   `/prpc/DstackGuest.<Method>`): `Info`, `GetQuote`, `EmitEvent`, `Version`.
+//! * `Tappd` (`tappd.sock`, paths `/prpc/Tappd.<Method>`, `/prpc/<Method>`, `/<Method>`):
+//!   `Info`, `TdxQuote`, `RawQuote`, `Version`.
+//! * Key methods (`GetKey`, `GetTlsKey`, `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key`) and
+//!   `Attest` answer 501 until the KMS integration lands.
+//!
+//! Arguments come as a JSON object in a POST body (empty body = `{}`) or as GET query pairs;
+//! byte fields are hex; missing fields take protobuf defaults; unknown fields are ignored.
+//! Errors are `{"error": "<message with cause chain>"}` with a 4xx/5xx status.
+
+use init_core::tee::events::EventLogError;
+use init_core::tee::report_data::{self, ReportDataError, ReportDataHash};
+use init_core::tee::{REPORT_DATA_LEN, RtmrIndex, Tee};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::http::{Method, Request, Response, Status, query_to_json};
+use crate::state::{ApiState, ExposedEvent, StateError};
+
+/// Which API a socket speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Service {
+    /// `DstackGuest` on `/var/run/dstack.sock`.
+    DstackGuest,
+    /// Legacy `Tappd` on `/var/run/tappd.sock`.
+    Tappd,
+}
+
+/// Errors of one API call; each maps to an HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// No such method on this socket.
+    #[error("unknown method {path:?}")]
+    UnknownMethod { path: String },
+    /// The method exists in dstack but needs app keys, which arrive with the KMS integration.
+    #[error("{method} is not available: app keys arrive with the KMS integration")]
+    KeysNotAvailable { method: &'static str },
+    /// The method exists in dstack but is not implemented here.
+    #[error("{method} is not implemented")]
+    NotImplemented { method: &'static str },
+    /// The query string is malformed.
+    #[error("malformed query string")]
+    DecodeQuery,
+    /// The arguments are not the expected JSON object.
+    #[error("decode {method} arguments")]
+    DecodeArguments {
+        method: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A byte field is not hex.
+    #[error("field {field} is not hex")]
+    DecodeHex {
+        field: &'static str,
+        #[source]
+        source: hex::FromHexError,
+    },
+    /// The report data cannot be built.
+    #[error("build report data")]
+    BuildReportData {
+        #[source]
+        source: ReportDataError,
+    },
+    /// EmitEvent without an event name.
+    #[error("event name is empty")]
+    EmptyEventName,
+    /// Extending RTMR3 or logging the event failed or was refused.
+    #[error("emit event {name:?}")]
+    EmitEvent {
+        name: String,
+        #[source]
+        source: EventLogError,
+    },
+    /// The TEE failed.
+    #[error("{method}")]
+    Tee {
+        method: &'static str,
+        #[source]
+        source: Box<StateError>,
+    },
+}
+
+impl ServiceError {
+    /// The status this error answers with.
+    pub fn status(&self) -> Status {
+        match self {
+            Self::UnknownMethod { .. } => Status::NotFound,
+            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } => Status::NotImplemented,
+            Self::DecodeQuery
+            | Self::DecodeArguments { .. }
+            | Self::DecodeHex { .. }
+            | Self::BuildReportData { .. }
+            | Self::EmptyEventName => Status::BadRequest,
+            Self::EmitEvent { source, .. } => match source {
+                EventLogError::ReservedEventName { .. } => Status::Forbidden,
+                EventLogError::AppEventBeforeSystemReady { .. } => Status::Conflict,
+                EventLogError::EncodeEvent { .. } => Status::BadRequest,
+                EventLogError::LogOutOfStep { .. } => Status::ServiceUnavailable,
+                _ => Status::InternalServerError,
+            },
+            Self::Tee { .. } => Status::InternalServerError,
+        }
+    }
+}
+
+/// The whole error chain on one line (`outer: inner: innermost`).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
+}
+
+/// Methods of either service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Info,
+    GetQuote,
+    EmitEvent,
+    Version,
+    TdxQuote,
+    RawQuote,
+    Keys(&'static str),
+    Unimplemented(&'static str),
+}
+
+fn route(service: Service, path: &str) -> Option<Call> {
+    let name = match service {
+        Service::DstackGuest => path
+            .strip_prefix("/prpc/DstackGuest.")
+            .or_else(|| path.strip_prefix("/prpc/"))
+            .or_else(|| path.strip_prefix('/'))?,
+        Service::Tappd => path
+            .strip_prefix("/prpc/Tappd.")
+            .or_else(|| path.strip_prefix("/prpc/"))
+            .or_else(|| path.strip_prefix('/'))?,
+    };
+    Some(match (service, name) {
+        (_, "Info") => Call::Info,
+        (_, "Version") => Call::Version,
+        (Service::DstackGuest, "GetQuote") => Call::GetQuote,
+        (Service::DstackGuest, "EmitEvent") => Call::EmitEvent,
+        (Service::DstackGuest, "GetKey") => Call::Keys("GetKey"),
+        (Service::DstackGuest, "GetTlsKey") => Call::Keys("GetTlsKey"),
+        (Service::DstackGuest, "Sign") => Call::Keys("Sign"),
+        (Service::DstackGuest, "Verify") => Call::Keys("Verify"),
+        (Service::DstackGuest, "Attest") => Call::Unimplemented("Attest"),
+        (Service::Tappd, "TdxQuote") => Call::TdxQuote,
+        (Service::Tappd, "RawQuote") => Call::RawQuote,
+        (Service::Tappd, "DeriveKey") => Call::Keys("DeriveKey"),
+        (Service::Tappd, "DeriveK256Key") => Call::Keys("DeriveK256Key"),
+        _ => return None,
+    })
+}
+
+/// Handles one request; never panics, always answers.
+pub fn dispatch<T: Tee>(state: &ApiState<T>, service: Service, request: &Request) -> Response {
+    match call(state, service, request) {
+        Ok(value) => Response::ok(value.to_string().into_bytes()),
+        Err(error) => {
+            let status = error.status();
+            let message = chain(&error);
+            if status == Status::InternalServerError {
+                log::error!("guest-api: {message}");
+            } else {
+                log::debug!("guest-api: {message}");
+            }
+            Response::error(status, &message)
+        }
+    }
+}
+
+fn arguments<A: for<'de> Deserialize<'de>>(
+    method: &'static str,
+    request: &Request,
+) -> Result<A, ServiceError> {
+    let value = match (request.head.method, &request.head.query) {
+        (Method::Get, Some(query)) => {
+            serde_json::Value::Object(query_to_json(query).ok_or(ServiceError::DecodeQuery)?)
+        }
+        _ if request.body.iter().all(u8::is_ascii_whitespace) => json!({}),
+        _ => serde_json::from_slice(&request.body)
+            .map_err(|source| ServiceError::DecodeArguments { method, source })?,
+    };
+    serde_json::from_value(value).map_err(|source| ServiceError::DecodeArguments { method, source })
+}
+
+fn from_hex(field: &'static str, text: &str) -> Result<Vec<u8>, ServiceError> {
+    hex::decode(text).map_err(|source| ServiceError::DecodeHex { field, source })
+}
+
+#[derive(Deserialize)]
+struct RawQuoteArgs {
+    #[serde(default)]
+    report_data: String,
+}
+
+#[derive(Deserialize)]
+struct TdxQuoteArgs {
+    #[serde(default)]
+    report_data: String,
+    #[serde(default)]
+    hash_algorithm: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Deserialize)]
+struct EmitEventArgs {
+    #[serde(default)]
+    event: String,
+    #[serde(default)]
+    payload: String,
+}
+
+/// The content tag of the hashed report-data form when the caller gives none.
+const DEFAULT_PREFIX: &str = "app-data";
+
+fn call<T: Tee>(
+    state: &ApiState<T>,
+    service: Service,
+    request: &Request,
+) -> Result<serde_json::Value, ServiceError> {
+    let Some(call) = route(service, &request.head.path) else {
+        return Err(ServiceError::UnknownMethod {
+            path: request.head.path.clone(),
+        });
+    };
+    match call {
+        Call::Info => info(state),
+        Call::Version => Ok(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "rev": "",
+        })),
+        Call::GetQuote => {
+            let args: RawQuoteArgs = arguments("GetQuote", request)?;
+            let bytes = from_hex("report_data", &args.report_data)?;
+            let report_data = report_data::from_raw(&bytes)
+                .map_err(|source| ServiceError::BuildReportData { source })?;
+            let quoted = quote(state, "GetQuote", &report_data)?;
+            Ok(json!({
+                "quote": hex::encode(&quoted.0),
+                "event_log": quoted.1,
+                "report_data": hex::encode(report_data),
+                "vm_config": state.workload().vm_config,
+            }))
+        }
+        Call::TdxQuote => {
+            let args: TdxQuoteArgs = arguments("TdxQuote", request)?;
+            tdx_quote(state, &args)
+        }
+        Call::RawQuote => {
+            let args: RawQuoteArgs = arguments("RawQuote", request)?;
+            tdx_quote(
+                state,
+                &TdxQuoteArgs {
+                    report_data: args.report_data,
+                    hash_algorithm: "raw".into(),
+                    prefix: String::new(),
+                },
+            )
+        }
+        Call::EmitEvent => {
+            let args: EmitEventArgs = arguments("EmitEvent", request)?;
+            if args.event.is_empty() {
+                return Err(ServiceError::EmptyEventName);
+            }
+            let payload = from_hex("payload", &args.payload)?;
+            let digest = state.emit_event(&args.event, &payload).map_err(|source| {
+                ServiceError::EmitEvent {
+                    name: args.event.clone(),
+                    source,
+                }
+            })?;
+            log::info!("guest-api: RTMR3 app event {} digest {digest}", args.event);
+            Ok(json!({}))
+        }
+        Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
+        Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
+    }
+}
+
+/// Legacy `TdxQuote`: `H(prefix ":" content)` (default SHA-512, prefix `app-data`) or `raw`
+/// (exactly 64 bytes).
+fn tdx_quote<T: Tee>(
+    state: &ApiState<T>,
+    args: &TdxQuoteArgs,
+) -> Result<serde_json::Value, ServiceError> {
+    let content = from_hex("report_data", &args.report_data)?;
+    let hash = ReportDataHash::parse(&args.hash_algorithm)
+        .map_err(|source| ServiceError::BuildReportData { source })?;
+    let prefix = match hash {
+        ReportDataHash::Raw => "",
+        _ if args.prefix.is_empty() => DEFAULT_PREFIX,
+        _ => &args.prefix,
+    };
+    let report_data = report_data::hashed(prefix, &content, hash)
+        .map_err(|source| ServiceError::BuildReportData { source })?;
+    let hash_name = match hash {
+        ReportDataHash::Sha256 => "sha256",
+        ReportDataHash::Sha384 => "sha384",
+        ReportDataHash::Sha512 => "sha512",
+        ReportDataHash::Raw => "raw",
+    };
+    let quoted = quote(state, "TdxQuote", &report_data)?;
+    Ok(json!({
+        "quote": hex::encode(&quoted.0),
+        "event_log": quoted.1,
+        "hash_algorithm": hash_name,
+        "prefix": prefix,
+    }))
+}
+
+fn quote<T: Tee>(
+    state: &ApiState<T>,
+    method: &'static str,
+    report_data: &[u8; REPORT_DATA_LEN],
+) -> Result<(Vec<u8>, String), ServiceError> {
+    let quoted = state
+        .quote(report_data)
+        .map_err(|source| ServiceError::Tee {
+            method,
+            source: Box::new(source),
+        })?;
+    Ok((quoted.quote, event_log_json(&quoted.event_log)))
+}
+
+fn event_log_json(events: &[ExposedEvent]) -> String {
+    serde_json::to_string(events).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// The payload of the first event named `name` before `system-ready` (later events are the
+/// workload's, as dstack's verifier `find_event` reads them).
+fn system_event<'a>(events: &'a [init_core::tee::RuntimeEvent], name: &str) -> Option<&'a [u8]> {
+    events
+        .iter()
+        .take_while(|e| e.name != init_core::tee::events::names::SYSTEM_READY)
+        .find(|e| e.name == name)
+        .map(|e| e.payload.as_slice())
+}
+
+/// dstack's `mr_aggregated`: SHA-256(MRTD ‖ RTMR0..3 [‖ MRCONFIGID ‖ MROWNER ‖ MROWNERCONFIG
+/// when any of them is nonzero]) (`dstack-guest.md` §3.5).
+pub fn mr_aggregated(td_info: &measure::tdreport::TdInfo) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(td_info.mr_td.0);
+    for index in RtmrIndex::ALL {
+        h.update(td_info.rtmrs.register(index).0);
+    }
+    let config = [
+        &td_info.mr_config_id,
+        &td_info.mr_owner,
+        &td_info.mr_owner_config,
+    ];
+    if config.iter().any(|d| !d.is_zero()) {
+        for d in config {
+            h.update(d.0);
+        }
+    }
+    h.finalize().into()
+}
+
+fn info<T: Tee>(state: &ApiState<T>) -> Result<serde_json::Value, ServiceError> {
+    use init_core::tee::events::names;
+
+    let snapshot = state.report().map_err(|source| ServiceError::Tee {
+        method: "Info",
+        source: Box::new(source),
+    })?;
+    let td = &snapshot.report.td_info;
+    let events = &snapshot.runtime_events;
+    let hex_of = |name: &str| {
+        system_event(events, name)
+            .map(hex::encode)
+            .unwrap_or_default()
+    };
+    let key_provider_info = system_event(events, names::KEY_PROVIDER)
+        .map(|p| String::from_utf8_lossy(p).into_owned())
+        .unwrap_or_default();
+    let workload = state.workload();
+    let mr_aggregated = hex::encode(mr_aggregated(td));
+    let compose_hash = hex_of(names::COMPOSE_HASH);
+    let os_image_hash = hex_of(names::OS_IMAGE_HASH);
+    let tcb_info = json!({
+        "mrtd": td.mr_td.to_string(),
+        "rtmr0": td.rtmrs.register(RtmrIndex::R0).to_string(),
+        "rtmr1": td.rtmrs.register(RtmrIndex::R1).to_string(),
+        "rtmr2": td.rtmrs.register(RtmrIndex::R2).to_string(),
+        "rtmr3": td.rtmrs.register(RtmrIndex::R3).to_string(),
+        "mr_aggregated": mr_aggregated,
+        "os_image_hash": os_image_hash,
+        "compose_hash": compose_hash,
+        "device_id": "",
+        "event_log": snapshot.event_log,
+        "app_compose": workload.app_compose,
+    });
+    Ok(json!({
+        "app_id": hex_of(names::APP_ID),
+        "instance_id": hex_of(names::INSTANCE_ID),
+        "app_cert": "",
+        "tcb_info": tcb_info.to_string(),
+        "app_name": workload.app_name,
+        "device_id": "",
+        "mr_aggregated": mr_aggregated,
+        "os_image_hash": os_image_hash,
+        "key_provider_info": key_provider_info,
+        "compose_hash": compose_hash,
+        "vm_config": workload.vm_config,
+        "cloud_vendor": workload.cloud_vendor,
+        "cloud_product": workload.cloud_product,
+    }))
+}

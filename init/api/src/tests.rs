@@ -1,0 +1,775 @@
+//! Handler tests over `UnixStream` pairs against the simulated TEE.
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use init_core::app_compose::StorageFs;
+use init_core::identity::{AppId, AppIdentity, ComposeHash, InstanceId};
+use init_core::tee::events::{
+    EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events, system_ready_events,
+};
+use init_core::tee::simulated::InsecureSimulatedTee;
+use init_core::tee::{BoxError, EventLogVersion, Rtmr, RtmrIndex, RuntimeEvent, Sha384Digest};
+use measure::dstack_event_log::parse_event_log;
+use measure::quote::Quote;
+use measure::rtmr::extend;
+use measure::runtime_event::replay_rtmr3;
+use serde_json::Value;
+use sha2::{Digest, Sha512};
+
+use super::*;
+use crate::state::{BoxSink, ResumeMode};
+
+/// A sink whose lines the test can read afterwards.
+#[derive(Debug, Clone, Default)]
+struct SharedSink(Arc<Mutex<Vec<String>>>);
+
+impl EventLogSink for SharedSink {
+    fn append_line(&mut self, line: &str) -> Result<(), BoxError> {
+        self.0.lock().unwrap().push(line.to_owned());
+        Ok(())
+    }
+}
+
+fn identity() -> AppIdentity {
+    AppIdentity {
+        compose_hash: ComposeHash([0xc0; 32]),
+        app_id: AppId([0xa1; 20]),
+        instance_id_seed: Vec::new(),
+        instance_id: Some(InstanceId([0x1d; 20])),
+    }
+}
+
+/// Boots like the init: the simulated TEE, both plan phases, the log text.
+fn booted(version: EventLogVersion) -> (InsecureSimulatedTee, String) {
+    let mut tee = InsecureSimulatedTee::new();
+    let sink = SharedSink::default();
+    let mut log = RuntimeEventLog::new(&mut tee, sink.clone()).unwrap();
+    log.emit_plan(app_info_events(&identity(), version))
+        .unwrap();
+    log.emit_plan(system_ready_events(
+        Some(&[0x05; 32]),
+        &KeyProviderInfo::none(),
+        StorageFs::Ext4,
+        version,
+    ))
+    .unwrap();
+    drop(log);
+    let text = sink.0.lock().unwrap().concat();
+    (tee, text)
+}
+
+fn workload() -> WorkloadInfo {
+    WorkloadInfo {
+        app_name: "demo".into(),
+        app_compose: r#"{"manifest_version":2,"name":"demo"}"#.into(),
+        vm_config: r#"{"cpu_count":1}"#.into(),
+        cloud_vendor: String::new(),
+        cloud_product: String::new(),
+    }
+}
+
+struct Fixture {
+    state: ApiState<InsecureSimulatedTee>,
+    appended: SharedSink,
+    rtmr3: Sha384Digest,
+}
+
+fn fixture() -> Fixture {
+    let (tee, text) = booted(EventLogVersion::V1);
+    let rtmr3 = *tee.rtmrs().register(RtmrIndex::R3);
+    let appended = SharedSink::default();
+    let sink: BoxSink = Box::new(appended.clone());
+    let state =
+        ApiState::resume(tee, ResumeMode::RegistersHoldLog, &text, sink, workload()).unwrap();
+    Fixture {
+        state,
+        appended,
+        rtmr3,
+    }
+}
+
+/// Sends `input` on one connection (then half-closes) and returns the raw reply bytes.
+fn exchange_with(
+    state: &ApiState<InsecureSimulatedTee>,
+    service: Service,
+    limits: &Limits,
+    input: &[u8],
+) -> (Vec<u8>, ConnectionOutcome) {
+    let (mut client, server) = UnixStream::pair().unwrap();
+    std::thread::scope(|s| {
+        // The handler owns the server end, so the client sees EOF when it returns.
+        let handler = s.spawn(move || handle_connection(state, service, &server, limits));
+        // The server may close early (e.g. on a head error); ignore a failed write.
+        let _ = client.write_all(input);
+        let _ = client.shutdown(Shutdown::Write);
+        (read_all(&mut client), handler.join().unwrap())
+    })
+}
+
+fn exchange(
+    state: &ApiState<InsecureSimulatedTee>,
+    service: Service,
+    input: &[u8],
+) -> Vec<(u16, Value)> {
+    responses(&exchange_with(state, service, &Limits::default(), input).0)
+}
+
+/// Reads until EOF, keeping what arrived before a reset.
+fn read_all(client: &mut UnixStream) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = client.read(&mut chunk) {
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+/// Splits our own responses (always Content-Length framed).
+fn responses(mut raw: &[u8]) -> Vec<(u16, Value)> {
+    let mut out = Vec::new();
+    while !raw.is_empty() {
+        let end = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+        let head = std::str::from_utf8(&raw[..end]).unwrap();
+        let status: u16 = head[9..12].parse().unwrap();
+        if status == 100 {
+            raw = &raw[end..];
+            continue;
+        }
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((
+            status,
+            serde_json::from_slice(&raw[end..end + len]).unwrap(),
+        ));
+        raw = &raw[end + len..];
+    }
+    out
+}
+
+fn post(path: &str, body: &str) -> Vec<u8> {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+fn quote_of(reply: &Value) -> Quote {
+    Quote::parse(&hex::decode(reply["quote"].as_str().unwrap()).unwrap()).unwrap()
+}
+
+#[test]
+fn info_reports_identity_and_registers() {
+    let f = fixture();
+    let replies = exchange(&f.state, Service::DstackGuest, &post("/Info", "{}"));
+    let [(200, info)] = replies.as_slice() else {
+        panic!("{replies:?}")
+    };
+    assert_eq!(info["app_id"], hex::encode([0xa1; 20]));
+    assert_eq!(info["instance_id"], hex::encode([0x1d; 20]));
+    assert_eq!(info["compose_hash"], hex::encode([0xc0; 32]));
+    assert_eq!(info["os_image_hash"], hex::encode([0x05; 32]));
+    assert_eq!(info["key_provider_info"], r#"{"name":"none","id":""}"#);
+    assert_eq!(info["app_name"], "demo");
+    assert_eq!(info["vm_config"], r#"{"cpu_count":1}"#);
+    let tcb: Value = serde_json::from_str(info["tcb_info"].as_str().unwrap()).unwrap();
+    assert_eq!(tcb["rtmr3"], f.rtmr3.to_string());
+    assert_eq!(tcb["app_compose"], workload().app_compose);
+    assert_eq!(tcb["mr_aggregated"], info["mr_aggregated"]);
+    // The log in tcb_info replays to RTMR3 (marker first, then the plan).
+    let events = parse_event_log(&tcb["event_log"].to_string()).unwrap();
+    let runtime: Vec<_> = events.iter().filter_map(|e| e.runtime_event()).collect();
+    assert_eq!(runtime[0].name, "insecure-simulated-tee");
+    assert_eq!(replay_rtmr3(&runtime), f.rtmr3);
+    // GET works too, on both sockets and all path spellings.
+    for (service, path) in [
+        (Service::DstackGuest, "/prpc/Info?json"),
+        (Service::DstackGuest, "/prpc/DstackGuest.Info"),
+        (Service::Tappd, "/prpc/Tappd.Info"),
+        (Service::Tappd, "/prpc/Info"),
+    ] {
+        let get = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
+        let replies = exchange(&f.state, service, get.as_bytes());
+        assert_eq!(replies[0].0, 200, "{path}");
+        assert_eq!(replies[0].1["app_id"], info["app_id"]);
+    }
+}
+
+#[test]
+fn mr_aggregated_matches_the_dstack_vector() {
+    // TDX-lite fixture values from `shared/vectors/dstack/crypto-and-appinfo-vectors.json`.
+    let vectors: Value =
+        serde_json::from_str(include_str!("../testdata/crypto-and-appinfo-vectors.json")).unwrap();
+    let fixture: Value =
+        serde_json::from_str(include_str!("../testdata/tdx-lite-getquote.json")).unwrap();
+    let quote = Quote::parse(&hex::decode(fixture["quote"].as_str().unwrap()).unwrap()).unwrap();
+    let td_info = measure::tdreport::TdInfo {
+        attributes: 0,
+        xfam: 0,
+        mr_td: quote.body.mr_td,
+        mr_config_id: quote.body.mr_config_id,
+        mr_owner: quote.body.mr_owner,
+        mr_owner_config: quote.body.mr_owner_config,
+        rtmrs: *quote.rtmrs(),
+        servtd_hash: Sha384Digest::ZERO,
+        reserved: [0; 64],
+    };
+    let want = vectors["tdx_lite_fixture_app_info"]["mr_aggregated_full_replay"]
+        .as_str()
+        .unwrap();
+    assert_eq!(hex::encode(service::mr_aggregated(&td_info)), want);
+}
+
+#[test]
+fn get_quote_binds_raw_report_data_and_returns_a_replayable_log() {
+    let f = fixture();
+    let replies = exchange(
+        &f.state,
+        Service::DstackGuest,
+        &post("/GetQuote", r#"{"report_data":"deadbeef"}"#),
+    );
+    let (200, reply) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let quote = quote_of(reply);
+    let mut want = [0u8; 64];
+    want[..4].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(quote.body.report_data.0, want);
+    assert_eq!(reply["report_data"], hex::encode(want));
+    assert_eq!(*quote.rtmrs().register(RtmrIndex::R3), f.rtmr3);
+    assert_eq!(reply["vm_config"], r#"{"cpu_count":1}"#);
+    let events = parse_event_log(reply["event_log"].as_str().unwrap()).unwrap();
+    let runtime: Vec<_> = events.iter().filter_map(|e| e.runtime_event()).collect();
+    assert_eq!(replay_rtmr3(&runtime), f.rtmr3);
+    // Recorded digests agree with the recomputed ones.
+    for e in &events {
+        assert_eq!(e.digest, Some(e.runtime_event().unwrap().digest()));
+    }
+    // Exactly 64 bytes is fine, as is nothing at all.
+    let full = post(
+        "/GetQuote",
+        &format!(r#"{{"report_data":"{}"}}"#, "ab".repeat(64)),
+    );
+    let replies = exchange(&f.state, Service::DstackGuest, &full);
+    assert_eq!(quote_of(&replies[0].1).body.report_data.0, [0xab; 64]);
+    let replies = exchange(&f.state, Service::DstackGuest, &post("/GetQuote", ""));
+    assert_eq!(quote_of(&replies[0].1).body.report_data.0, [0; 64]);
+}
+
+#[test]
+fn bad_requests_get_errors_and_the_connection_keeps_serving() {
+    let f = fixture();
+    let mut input = Vec::new();
+    let too_long = format!(r#"{{"report_data":"{}"}}"#, "00".repeat(65));
+    let cases: [(Vec<u8>, u16, &str); 9] = [
+        (post("/GetQuote", &too_long), 400, "at most 64"),
+        (
+            post("/GetQuote", r#"{"report_data":"xyz"}"#),
+            400,
+            "not hex",
+        ),
+        (
+            post("/GetQuote", "{not json"),
+            400,
+            "decode GetQuote arguments",
+        ),
+        (
+            post("/GetQuote", r#"{"report_data":7}"#),
+            400,
+            "decode GetQuote arguments",
+        ),
+        (post("/NoSuchMethod", "{}"), 404, "unknown method"),
+        (post("/GetKey", "{}"), 501, "KMS"),
+        (post("/GetTlsKey", "{}"), 501, "KMS"),
+        (post("/Attest", "{}"), 501, "not implemented"),
+        (post("/TdxQuote", "{}"), 404, "unknown method"),
+    ];
+    for (request, _, _) in &cases {
+        input.extend_from_slice(request);
+    }
+    input.extend_from_slice(&post("/GetQuote", r#"{"report_data":"01"}"#));
+    let replies = exchange(&f.state, Service::DstackGuest, &input);
+    assert_eq!(replies.len(), cases.len() + 1);
+    for ((_, status, text), (got_status, body)) in cases.iter().zip(&replies) {
+        assert_eq!(got_status, status, "{body}");
+        let message = body["error"].as_str().unwrap();
+        assert!(message.contains(text), "{message:?} lacks {text:?}");
+    }
+    let (200, last) = replies.last().unwrap() else {
+        panic!()
+    };
+    assert_eq!(quote_of(last).body.report_data.0[0], 1);
+}
+
+#[test]
+fn emit_event_follows_the_dstack_rules() {
+    let f = fixture();
+    let input = [
+        post("/EmitEvent", r#"{"event":"app-id","payload":"00"}"#),
+        post("/EmitEvent", r#"{"event":"system-ready","payload":""}"#),
+        post("/EmitEvent", r#"{"event":"","payload":"00"}"#),
+        post("/EmitEvent", r#"{"event":"x","payload":"zz"}"#),
+        post("/EmitEvent", r#"{"event":"my-event","payload":"0102"}"#),
+        post("/GetQuote", r#"{"report_data":""}"#),
+    ]
+    .concat();
+    let replies = exchange(&f.state, Service::DstackGuest, &input);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [403, 403, 400, 400, 200, 200]);
+    assert!(
+        replies[0].1["error"]
+            .as_str()
+            .unwrap()
+            .contains("reserved for the system")
+    );
+    let event = RuntimeEvent::new("my-event", vec![1, 2]);
+    let rtmr3 = extend(&f.rtmr3, &event.digest());
+    assert_eq!(
+        *quote_of(&replies[5].1).rtmrs().register(RtmrIndex::R3),
+        rtmr3
+    );
+    // Exactly one new line in the log file, in the dstack format.
+    assert_eq!(
+        *f.appended.0.lock().unwrap(),
+        ["{\"event\":\"my-event\",\"payload\":\"AQI=\"}\n"]
+    );
+    let events = parse_event_log(replies[5].1["event_log"].as_str().unwrap()).unwrap();
+    assert_eq!(events.last().unwrap().runtime_event(), Some(event));
+    // EmitEvent is not part of Tappd.
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.EmitEvent", "{}"),
+    );
+    assert_eq!(replies[0].0, 404);
+}
+
+#[test]
+fn app_events_use_the_logs_digest_version() {
+    let (tee, text) = booted(EventLogVersion::V2);
+    let sink = SharedSink::default();
+    let state = ApiState::resume(
+        tee,
+        ResumeMode::RegistersHoldLog,
+        &text,
+        Box::new(sink.clone()),
+        workload(),
+    )
+    .unwrap();
+    state.emit_event("v2-event", b"x").unwrap();
+    assert!(sink.0.lock().unwrap()[0].contains("\"version\":2"));
+}
+
+#[test]
+fn tappd_tdx_quote_hashes_like_dstack() {
+    let f = fixture();
+    let body = r#"{"report_data":"1234"}"#;
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.TdxQuote", body),
+    );
+    let (200, reply) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let want: [u8; 64] = Sha512::digest(b"app-data:\x12\x34").into();
+    assert_eq!(quote_of(reply).body.report_data.0, want);
+    assert_eq!(reply["hash_algorithm"], "sha512");
+    assert_eq!(reply["prefix"], "app-data");
+    assert_eq!(*quote_of(reply).rtmrs().register(RtmrIndex::R3), f.rtmr3);
+
+    let body = r#"{"report_data":"1234","hash_algorithm":"sha256","prefix":"mine"}"#;
+    let replies = exchange(&f.state, Service::Tappd, &post("/prpc/TdxQuote", body));
+    let got = quote_of(&replies[0].1).body.report_data.0;
+    assert_eq!(got[..32], *sha2::Sha256::digest(b"mine:\x12\x34"));
+    assert_eq!(got[32..], [0; 32]);
+
+    let raw = format!(
+        r#"{{"report_data":"{}","hash_algorithm":"raw"}}"#,
+        "07".repeat(64)
+    );
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.TdxQuote", &raw),
+    );
+    assert_eq!(quote_of(&replies[0].1).body.report_data.0, [7; 64]);
+    assert_eq!(replies[0].1["prefix"], "");
+    let raw_quote = format!(r#"{{"report_data":"{}"}}"#, "08".repeat(64));
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.RawQuote", &raw_quote),
+    );
+    assert_eq!(quote_of(&replies[0].1).body.report_data.0, [8; 64]);
+
+    for (body, text) in [
+        (
+            r#"{"report_data":"07","hash_algorithm":"raw"}"#,
+            "exactly 64",
+        ),
+        (
+            r#"{"report_data":"07","hash_algorithm":"keccak256"}"#,
+            "unsupported",
+        ),
+    ] {
+        let replies = exchange(
+            &f.state,
+            Service::Tappd,
+            &post("/prpc/Tappd.TdxQuote", body),
+        );
+        assert_eq!(replies[0].0, 400);
+        assert!(replies[0].1["error"].as_str().unwrap().contains(text));
+    }
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.GetQuote", "{}"),
+    );
+    assert_eq!(replies[0].0, 404);
+    let replies = exchange(
+        &f.state,
+        Service::Tappd,
+        &post("/prpc/Tappd.DeriveKey", "{}"),
+    );
+    assert_eq!(replies[0].0, 501);
+}
+
+#[test]
+fn framing_errors_answer_and_close() {
+    let f = fixture();
+    let limits = Limits {
+        max_head_bytes: 256,
+        max_body_bytes: 128,
+        ..Limits::default()
+    };
+    let huge_header = format!(
+        "GET /Info HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+        "a".repeat(300)
+    );
+    let cases: [(Vec<u8>, u16); 5] = [
+        (huge_header.into_bytes(), 431),
+        (post("/GetQuote", &"x".repeat(200)), 413),
+        (
+            b"POST /Info HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(),
+            501,
+        ),
+        (b"GET /Info HTTP/1.1\n\n".to_vec(), 400),
+        (b"PUT /Info HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), 405),
+    ];
+    for (mut input, status) in cases {
+        // Anything after the bad request is never answered: the connection closes.
+        input.extend_from_slice(&post("/Info", "{}"));
+        let (raw, outcome) = exchange_with(&f.state, Service::DstackGuest, &limits, &input);
+        let replies = responses(&raw);
+        assert_eq!(replies.len(), 1, "{replies:?}");
+        assert_eq!(replies[0].0, status);
+        assert!(matches!(outcome.end, ConnectionEnd::RequestFailed(_)));
+    }
+    // The state still serves.
+    assert_eq!(
+        exchange(&f.state, Service::DstackGuest, &post("/Info", ""))[0].0,
+        200
+    );
+}
+
+#[test]
+fn slow_clients_time_out() {
+    let f = fixture();
+    let limits = &Limits {
+        request_timeout: Duration::from_millis(200),
+        idle_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let state = &f.state;
+    let (mut client, server) = UnixStream::pair().unwrap();
+    std::thread::scope(|s| {
+        let handler =
+            s.spawn(move || handle_connection(state, Service::DstackGuest, &server, limits));
+        // Dribble a head and never finish it.
+        client
+            .write_all(b"POST /GetQuote HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = client.write_all(b"Content-Length: 10\r\n");
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        let replies = responses(&out);
+        assert_eq!(replies[0].0, 408);
+        let outcome = handler.join().unwrap();
+        assert!(matches!(
+            outcome.end,
+            ConnectionEnd::RequestFailed(http::HttpError::RequestTimeout { .. })
+        ));
+    });
+    // An idle keep-alive connection is closed quietly.
+    let (mut client, server) = UnixStream::pair().unwrap();
+    std::thread::scope(|s| {
+        let handler =
+            s.spawn(move || handle_connection(state, Service::DstackGuest, &server, limits));
+        client.write_all(&post("/Info", "")).unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        assert_eq!(responses(&out).len(), 1);
+        assert!(matches!(
+            handler.join().unwrap().end,
+            ConnectionEnd::ClientDone
+        ));
+    });
+}
+
+#[test]
+fn expect_continue_and_connection_close() {
+    let f = fixture();
+    let state = &f.state;
+    let (mut client, server) = UnixStream::pair().unwrap();
+    std::thread::scope(|s| {
+        let handler = s.spawn(move || {
+            handle_connection(state, Service::DstackGuest, &server, &Limits::default())
+        });
+        client
+            .write_all(b"POST /Info HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: 2\r\n\r\n")
+            .unwrap();
+        let mut interim = [0u8; 25];
+        client.read_exact(&mut interim).unwrap();
+        assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+        client.write_all(b"{}").unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200 OK\r\n"));
+        assert!(
+            String::from_utf8_lossy(&out).contains("Connection: close\r\n"),
+            "{out:?}"
+        );
+        let outcome = handler.join().unwrap();
+        assert_eq!(outcome.requests, 1);
+        assert!(matches!(outcome.end, ConnectionEnd::Closed));
+    });
+}
+
+#[test]
+fn handler_never_panics_on_truncated_or_garbage_input() {
+    let f = fixture();
+    let good = [
+        post("/GetQuote", r#"{"report_data":"abcd"}"#),
+        post("/prpc/Tappd.TdxQuote", r#"{"report_data":"abcd"}"#),
+        post("/EmitEvent", r#"{"event":"e","payload":"00"}"#),
+    ]
+    .concat();
+    let limits = Limits {
+        request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    for step in 0..300 {
+        let mut input = good.clone();
+        let cut = usize::try_from(next() % (input.len() as u64)).unwrap();
+        if step % 2 == 0 {
+            input.truncate(cut);
+        } else {
+            for _ in 0..4 {
+                let pos = usize::try_from(next() % (input.len() as u64)).unwrap();
+                input[pos] = next().to_le_bytes()[0];
+            }
+        }
+        for service in [Service::DstackGuest, Service::Tappd] {
+            let (raw, outcome) = exchange_with(&f.state, service, &limits, &input);
+            // Every answer is a well-formed response.
+            assert_eq!(responses(&raw).len(), outcome.requests);
+        }
+    }
+    // Still serving and consistent.
+    let replies = exchange(&f.state, Service::DstackGuest, &post("/GetQuote", ""));
+    let quote = quote_of(&replies[0].1);
+    let events = parse_event_log(replies[0].1["event_log"].as_str().unwrap()).unwrap();
+    let runtime: Vec<_> = events.iter().filter_map(|e| e.runtime_event()).collect();
+    assert_eq!(
+        replay_rtmr3(&runtime),
+        *quote.rtmrs().register(RtmrIndex::R3)
+    );
+}
+
+#[test]
+fn resume_checks_the_log_against_the_registers() {
+    let (tee, text) = booted(EventLogVersion::V1);
+    let sink = || -> BoxSink { Box::new(SharedSink::default()) };
+
+    // A fresh simulated TEE in "hardware" mode: RTMR3 holds only the marker.
+    let err = ApiState::resume(
+        InsecureSimulatedTee::new(),
+        ResumeMode::RegistersHoldLog,
+        &text,
+        sink(),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StateError::Rtmr3Mismatch { .. }), "{err:?}");
+
+    // The same fresh TEE rebuilt from the log: what the separate API process does.
+    let rebuilt = ApiState::resume(
+        InsecureSimulatedTee::new(),
+        ResumeMode::InsecureRebuildSimulator,
+        &text,
+        sink(),
+        workload(),
+    )
+    .unwrap();
+    let report = rebuilt.report().unwrap();
+    assert_eq!(report.report.td_info.rtmrs, *tee.rtmrs());
+
+    // Rebuilding real registers double-extends and is refused.
+    let err = ApiState::resume(
+        tee.clone(),
+        ResumeMode::InsecureRebuildSimulator,
+        &text,
+        sink(),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StateError::Rtmr3Mismatch { .. }), "{err:?}");
+
+    // A log without the simulator's marker cannot be rebuilt.
+    let without_marker: String = text.lines().skip(1).map(|l| format!("{l}\n")).collect();
+    let err = ApiState::resume(
+        InsecureSimulatedTee::new(),
+        ResumeMode::InsecureRebuildSimulator,
+        &without_marker,
+        sink(),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, StateError::LogLacksPreExtendedEvent { .. }),
+        "{err:?}"
+    );
+
+    // Before system-ready the init still owns the log.
+    let before_ready: String = text
+        .lines()
+        .filter(|l| !l.contains("system-ready"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let err = ApiState::resume(
+        tee.clone(),
+        ResumeMode::RegistersHoldLog,
+        &before_ready,
+        sink(),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StateError::LogNotSystemReady), "{err:?}");
+
+    // A log that already holds app events resumes (a restarted API process) ...
+    let mut tee_with_app = tee.clone();
+    let app = RuntimeEvent::new("app-event", b"1".to_vec());
+    tee_with_app
+        .extend_rtmr(RtmrIndex::R3, &app.digest())
+        .unwrap();
+    let with_app = format!("{text}{{\"event\":\"app-event\",\"payload\":\"MQ==\"}}\n");
+    ApiState::resume(
+        tee_with_app.clone(),
+        ResumeMode::RegistersHoldLog,
+        &with_app,
+        sink(),
+        workload(),
+    )
+    .unwrap();
+    // ... but not one where the workload used a system name after system-ready.
+    let forged = format!("{text}{{\"event\":\"app-id\",\"payload\":\"MQ==\"}}\n");
+    let err = ApiState::resume(
+        tee_with_app,
+        ResumeMode::RegistersHoldLog,
+        &forged,
+        sink(),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StateError::ReplayEvent { .. }), "{err:?}");
+
+    let err =
+        ApiState::resume(tee, ResumeMode::RegistersHoldLog, "{", sink(), workload()).unwrap_err();
+    assert!(matches!(err, StateError::DecodeEventLog { .. }), "{err:?}");
+}
+
+#[test]
+fn open_appends_to_the_log_file() {
+    let (tee, text) = booted(EventLogVersion::V1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("runtime_events.log");
+    std::fs::write(&path, &text).unwrap();
+    let state = ApiState::open(tee, ResumeMode::RegistersHoldLog, &path, workload()).unwrap();
+    state.emit_event("file-event", b"").unwrap();
+    let after = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        after,
+        format!("{text}{{\"event\":\"file-event\",\"payload\":\"\"}}\n")
+    );
+    let err = ApiState::open(
+        InsecureSimulatedTee::new(),
+        ResumeMode::RegistersHoldLog,
+        &dir.path().join("missing"),
+        workload(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, StateError::ReadEventLog { .. }));
+}
+
+#[test]
+fn parse_args_reads_the_init_command_line() {
+    let args = [
+        "--socket",
+        "/run/a.sock",
+        "--legacy-socket",
+        "/run/b.sock",
+        "--event-log",
+        "/run/log",
+        "--app-compose",
+        "/run/ac.json",
+    ]
+    .map(OsString::from);
+    let config = ServerConfig::parse_args(args).unwrap();
+    assert_eq!(config.socket, PathBuf::from("/run/a.sock"));
+    assert_eq!(config.legacy_socket, Some(PathBuf::from("/run/b.sock")));
+    assert_eq!(config.event_log, PathBuf::from("/run/log"));
+    assert_eq!(config.app_compose, Some(PathBuf::from("/run/ac.json")));
+    assert_eq!(config.sys_config, None);
+    let config = ServerConfig::parse_args(["--no-legacy-socket"].map(OsString::from)).unwrap();
+    assert_eq!(config.legacy_socket, None);
+    assert_eq!(config.socket, PathBuf::from(DEFAULT_SOCKET));
+    assert!(matches!(
+        ServerConfig::parse_args(["--socket"].map(OsString::from)),
+        Err(ApiError::ParseArgument { .. })
+    ));
+    assert!(matches!(
+        ServerConfig::parse_args(["--bogus", "x"].map(OsString::from)),
+        Err(ApiError::ParseArgument { .. })
+    ));
+}
+
+#[test]
+fn bind_replaces_stale_sockets_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    drop(bind(&path, 0o600).unwrap());
+    // The stale socket file stays behind and is replaced.
+    drop(bind(&path, 0o600).unwrap());
+    let file = dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    assert!(matches!(
+        bind(&file, 0o600),
+        Err(ApiError::SocketPathOccupied { .. })
+    ));
+}

@@ -1,0 +1,234 @@
+//! The real dstack client against the server: the Python `dstack-sdk` from PyPI (pinned in
+//! `tests/requirements.txt`) talks to `guest_api::serve` on sockets in a temp dir, backed by
+//! the simulated TEE exactly as the separate API process would run it (a fresh simulator
+//! rebuilt from the init's event log file).
+//!
+//! The interpreter comes from `CVM_SDK_PYTHON` (the venv `cargo xtask test` builds under
+//! `target/pyenv`). Without it the test fails loudly, unless `CVM_SKIP_SDK_TEST=1`.
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use guest_api::{ApiState, ResumeMode, ServerConfig, WorkloadInfo, serve};
+    use init_core::app_compose::StorageFs;
+    use init_core::identity::{AppId, AppIdentity, ComposeHash, InstanceId};
+    use init_core::tee::events::{
+        EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events, system_ready_events,
+    };
+    use init_core::tee::simulated::InsecureSimulatedTee;
+    use init_core::tee::{BoxError, EventLogVersion, RtmrIndex, RuntimeEvent, Sha384Digest};
+    use measure::quote::Quote;
+    use measure::rtmr::extend;
+    use serde_json::Value;
+    use sha2::{Digest, Sha512};
+
+    /// Appends to the log file the way PID 1 does.
+    struct FileAppend(std::fs::File);
+
+    impl EventLogSink for FileAppend {
+        fn append_line(&mut self, line: &str) -> Result<(), BoxError> {
+            self.0
+                .write_all(line.as_bytes())
+                .map_err(|e| Box::new(e) as BoxError)
+        }
+    }
+
+    /// The init's side: boot events into the simulated TEE and the log file. Returns RTMR3.
+    fn boot(log_path: &Path) -> (Sha384Digest, AppIdentity) {
+        let identity = AppIdentity {
+            compose_hash: ComposeHash([0x3c; 32]),
+            app_id: AppId([0xa9; 20]),
+            instance_id_seed: Vec::new(),
+            instance_id: Some(InstanceId([0x17; 20])),
+        };
+        let mut tee = InsecureSimulatedTee::new();
+        let file = std::fs::File::create(log_path).unwrap();
+        let mut log = RuntimeEventLog::new(&mut tee, FileAppend(file)).unwrap();
+        log.emit_plan(app_info_events(&identity, EventLogVersion::V1))
+            .unwrap();
+        log.emit_plan(system_ready_events(
+            None,
+            &KeyProviderInfo::none(),
+            StorageFs::Ext4,
+            EventLogVersion::V1,
+        ))
+        .unwrap();
+        drop(log);
+        (*tee.rtmrs().register(RtmrIndex::R3), identity)
+    }
+
+    fn wait_for(path: &Path) {
+        let start = Instant::now();
+        while !path.exists() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "{path:?} never appeared"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn raw_exchange(socket: &Path, bytes: &[u8]) -> String {
+        let mut stream = UnixStream::connect(socket).unwrap();
+        let _ = stream.write_all(bytes);
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let mut out = Vec::new();
+        stream.read_to_end(&mut out).unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    fn sdk_python() -> Option<PathBuf> {
+        if let Some(python) = std::env::var_os("CVM_SDK_PYTHON") {
+            return Some(PathBuf::from(python));
+        }
+        let banner = "!".repeat(78);
+        if std::env::var("CVM_SKIP_SDK_TEST").as_deref() == Ok("1") {
+            eprintln!(
+                "{banner}\n!! SKIPPING the dstack-sdk test: CVM_SKIP_SDK_TEST=1 and CVM_SDK_PYTHON unset\n{banner}"
+            );
+            return None;
+        }
+        panic!(
+            "{banner}\n!! CVM_SDK_PYTHON is not set: this test needs the Python venv with the pinned\n\
+             !! dstack-sdk (init/api/tests/requirements.txt). `cargo xtask test` creates it under\n\
+             !! target/pyenv; or set CVM_SKIP_SDK_TEST=1 to skip this test explicitly.\n{banner}"
+        );
+    }
+
+    fn quote(hex_text: &Value) -> Quote {
+        Quote::parse(&hex::decode(hex_text.as_str().unwrap()).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn dstack_sdk_gets_info_and_quotes() {
+        let Some(python) = sdk_python() else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let log_path = dir.path().join("runtime_events.log");
+        let (rtmr3, identity) = boot(&log_path);
+
+        // The API process: a fresh simulator rebuilt from the log file.
+        let workload = WorkloadInfo {
+            app_name: "sdk-demo".into(),
+            app_compose: r#"{"manifest_version":2,"name":"sdk-demo"}"#.into(),
+            vm_config: "{}".into(),
+            ..WorkloadInfo::default()
+        };
+        let state = ApiState::open(
+            InsecureSimulatedTee::new(),
+            ResumeMode::InsecureRebuildSimulator,
+            &log_path,
+            workload,
+        )
+        .unwrap();
+        let config = ServerConfig {
+            socket: dir.path().join("dstack.sock"),
+            legacy_socket: Some(dir.path().join("tappd.sock")),
+            event_log: log_path.clone(),
+            ..ServerConfig::default()
+        };
+        let server_config = config.clone();
+        std::thread::spawn(move || {
+            let err = serve(&server_config, state).unwrap_err();
+            panic!("serve failed: {err}");
+        });
+        let legacy = config.legacy_socket.clone().unwrap();
+        wait_for(&config.socket);
+        wait_for(&legacy);
+
+        // Garbage, truncated and oversized requests first: the server answers and keeps going.
+        let bad = raw_exchange(&config.socket, b"\x00\x01garbage\r\n\r\n");
+        assert!(bad.starts_with("HTTP/1.1 400 "), "{bad}");
+        let big = format!(
+            "POST /GetQuote HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            10 * 1024 * 1024
+        );
+        let big = raw_exchange(&config.socket, big.as_bytes());
+        assert!(big.starts_with("HTTP/1.1 413 "), "{big}");
+        let _ = raw_exchange(&config.socket, b"POST /GetQuote HTTP/1.1\r\nHost:");
+        let bad_json = raw_exchange(
+            &legacy,
+            b"POST /prpc/Tappd.TdxQuote HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n{{{",
+        );
+        assert!(bad_json.starts_with("HTTP/1.1 400 "), "{bad_json}");
+
+        let report_data = b"cvm-init sdk test nonce";
+        let output = Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk_client.py"))
+            .arg(&config.socket)
+            .arg(&legacy)
+            .arg(hex::encode(report_data))
+            .output()
+            .unwrap_or_else(|e| panic!("run {python:?}: {e}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "sdk_client.py failed:\n{stderr}");
+        let out: Value = serde_json::from_slice(&output.stdout)
+            .unwrap_or_else(|e| panic!("sdk_client.py output: {e}\n{stderr}"));
+
+        // Info.
+        let info = &out["info"];
+        assert_eq!(info["app_id"], hex::encode(identity.app_id.0));
+        assert_eq!(info["instance_id"], hex::encode([0x17; 20]));
+        assert_eq!(info["compose_hash"], hex::encode(identity.compose_hash.0));
+        assert_eq!(info["tcb_compose_hash"], info["compose_hash"]);
+        assert_eq!(info["app_name"], "sdk-demo");
+        assert_eq!(info["key_provider_info"], r#"{"name":"none","id":""}"#);
+        assert_eq!(info["rtmr3"], rtmr3.to_string());
+        // Marker + 8 system events.
+        assert_eq!(info["event_log_len"], 9);
+
+        // GetQuote: the report data landed in a quote the auditor's parser reads, and RTMR3 is
+        // the simulated TEE's (also as the SDK replays it from the returned event log).
+        let q = &out["quote"];
+        let parsed = quote(&q["quote"]);
+        let mut padded = [0u8; 64];
+        padded[..report_data.len()].copy_from_slice(report_data);
+        assert_eq!(parsed.body.report_data.0, padded);
+        assert_eq!(q["report_data"], hex::encode(padded));
+        assert_eq!(*parsed.rtmrs().register(RtmrIndex::R3), rtmr3);
+        assert_eq!(q["replayed_rtmr3"], rtmr3.to_string());
+        assert_eq!(q["events"][0], "insecure-simulated-tee");
+        assert_eq!(q["events"][8], "system-ready");
+
+        // Errors the SDK saw as HTTP errors.
+        assert_eq!(out["reserved_event"]["status"], 403);
+        assert_eq!(out["get_key"]["status"], 501);
+        assert_eq!(out["get_tls_key"]["status"], 501);
+        assert_eq!(out["oversize_get_quote"]["status"], 400);
+
+        // EmitEvent extended RTMR3 and the log.
+        let event = RuntimeEvent::new("sdk-test-event", b"hello from the sdk".to_vec());
+        let after_rtmr3 = extend(&rtmr3, &event.digest());
+        let after = &out["quote_after_event"];
+        assert_eq!(
+            *quote(&after["quote"]).rtmrs().register(RtmrIndex::R3),
+            after_rtmr3
+        );
+        assert_eq!(after["replayed_rtmr3"], after_rtmr3.to_string());
+        assert_eq!(after["events"][9], "sdk-test-event");
+        let log_text = std::fs::read_to_string(&log_path).unwrap();
+        assert!(
+            log_text.ends_with(
+                "{\"event\":\"sdk-test-event\",\"payload\":\"aGVsbG8gZnJvbSB0aGUgc2Rr\"}\n"
+            ),
+            "{log_text}"
+        );
+
+        // Legacy Tappd: SHA-512("app-data:" ‖ data), and raw (the SDK left-pads with zeros).
+        let tappd = &out["tappd"];
+        let sha512: [u8; 64] =
+            Sha512::digest([b"app-data:".as_slice(), report_data].concat()).into();
+        assert_eq!(quote(&tappd["sha512_quote"]).body.report_data.0, sha512);
+        let mut left_padded = [0u8; 64];
+        left_padded[64 - report_data.len()..].copy_from_slice(report_data);
+        assert_eq!(quote(&tappd["raw_quote"]).body.report_data.0, left_padded);
+        assert_eq!(tappd["info_app_id"], info["app_id"]);
+        assert_eq!(tappd["info_rtmr3"], after_rtmr3.to_string());
+    }
+}

@@ -1,0 +1,95 @@
+"""Drives the guest API with the real dstack SDK (dstack-sdk from PyPI) and prints one JSON
+object with what it got. Usage: sdk_client.py DSTACK_SOCKET TAPPD_SOCKET REPORT_DATA_HEX.
+
+Run by tests/sdk.rs, which checks the results; this script only records them, except that it
+fails loudly when a call that must succeed raises."""
+
+import json
+import sys
+import warnings
+
+import httpx
+from dstack_sdk import DstackClient, TappdClient
+
+
+def expect_http_error(call):
+    """Runs a call that must fail with an HTTP error; returns status and error text."""
+    try:
+        call()
+    except httpx.HTTPStatusError as e:
+        return {"status": e.response.status_code, "error": e.response.json().get("error", "")}
+    raise SystemExit("call unexpectedly succeeded")
+
+
+def main():
+    socket, legacy_socket, report_data_hex = sys.argv[1:4]
+    report_data = bytes.fromhex(report_data_hex)
+    client = DstackClient(socket)
+    out = {}
+
+    info = client.info()
+    out["info"] = {
+        "app_id": info.app_id,
+        "instance_id": info.instance_id,
+        "compose_hash": info.compose_hash,
+        "app_name": info.app_name,
+        "key_provider_info": info.key_provider_info,
+        "mr_aggregated": info.mr_aggregated,
+        "rtmr3": info.tcb_info.rtmr3,
+        "mrtd": info.tcb_info.mrtd,
+        "tcb_compose_hash": info.tcb_info.compose_hash,
+        "event_log_len": len(info.tcb_info.event_log),
+    }
+
+    quote = client.get_quote(report_data)
+    out["quote"] = {
+        "quote": quote.quote,
+        "report_data": quote.report_data,
+        "event_log": quote.event_log,
+        "vm_config": quote.vm_config,
+        "replayed_rtmr3": quote.replay_rtmrs()[3],
+        "events": [e.event for e in quote.decode_event_log()],
+    }
+
+    # Bad requests: each is an HTTP error, and the server keeps serving.
+    out["reserved_event"] = expect_http_error(lambda: client.emit_event("compose-hash", b"x"))
+    out["get_key"] = expect_http_error(lambda: client.get_key("some/path"))
+    out["get_tls_key"] = expect_http_error(lambda: client.get_tls_key(subject="x"))
+    # The SDK refuses more than 64 bytes itself, so send this one with plain httpx.
+    out["oversize_get_quote"] = expect_http_error(
+        lambda: raw_post(socket, "/GetQuote", {"report_data": "00" * 65})
+    )
+
+    client.emit_event("sdk-test-event", b"hello from the sdk")
+    after = client.get_quote(report_data)
+    out["quote_after_event"] = {
+        "quote": after.quote,
+        "replayed_rtmr3": after.replay_rtmrs()[3],
+        "events": [e.event for e in after.decode_event_log()],
+    }
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tappd = TappdClient(legacy_socket)
+        tappd_quote = tappd.tdx_quote(report_data, "sha512")
+        tappd_raw = tappd.tdx_quote(report_data, "raw")
+        tappd_info = tappd.info()
+    out["tappd"] = {
+        "sha512_quote": tappd_quote.quote,
+        "raw_quote": tappd_raw.quote,
+        "info_app_id": tappd_info.app_id,
+        "info_rtmr3": tappd_info.tcb_info.rtmr3,
+    }
+    print(json.dumps(out))
+
+
+def raw_post(socket, path, payload):
+    """A plain httpx POST over the socket, for a request the SDK itself refuses to send."""
+    with httpx.Client(transport=httpx.HTTPTransport(uds=socket), base_url="http://localhost") as c:
+        r = c.post(path, json=payload)
+        r.raise_for_status()
+        return r.json()
+
+
+if __name__ == "__main__":
+    main()
