@@ -65,6 +65,12 @@ pub enum ApiError {
         #[source]
         source: io::Error,
     },
+    /// Loading the workload files or taking over the event log failed.
+    #[error("prepare the API state")]
+    PrepareState {
+        #[source]
+        source: StateError,
+    },
     /// Starting the accept thread of a socket failed.
     #[error("start accept thread for {path}")]
     SpawnAcceptThread {
@@ -288,6 +294,7 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ApiError> {
 /// Accepts forever, one thread per connection, at most `max` at once.
 fn accept_loop<T: Tee + Send + 'static>(
     listener: &UnixListener,
+    path: &Path,
     service: Service,
     state: &Arc<ApiState<T>>,
     config: &ServerConfig,
@@ -298,7 +305,7 @@ fn accept_loop<T: Tee + Send + 'static>(
             Ok((stream, _)) => stream,
             Err(e) => {
                 // EMFILE, ECONNABORTED and the like pass; do not spin.
-                log::warn!("guest-api: accept on {:?}: {e}", config.socket);
+                log::warn!("guest-api: accept on {}: {e}", path.display());
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -358,14 +365,55 @@ pub fn serve<T: Tee + Send + 'static>(
             (Arc::clone(&state), config.clone(), Arc::clone(&active));
         std::thread::Builder::new()
             .name("guest-api-tappd".into())
-            .spawn(move || accept_loop(&legacy, Service::Tappd, &state, &config_copy, &active))
+            .spawn(move || {
+                let path = config_copy.legacy_socket.clone().unwrap_or_default();
+                accept_loop(
+                    &legacy,
+                    &path,
+                    Service::Tappd,
+                    &state,
+                    &config_copy,
+                    &active,
+                )
+            })
             .map_err(|source| ApiError::SpawnAcceptThread {
                 path: path.clone(),
                 source,
             })?;
     }
     log::info!("guest-api: serving on {}", config.socket.display());
-    accept_loop(&main, Service::DstackGuest, &state, config, &active)
+    accept_loop(
+        &main,
+        &config.socket,
+        Service::DstackGuest,
+        &state,
+        config,
+        &active,
+    )
+}
+
+/// Where the DMI vendor and product names are read from.
+pub const DMI_DIR: &str = "/sys/class/dmi/id";
+
+/// Everything the `guest-api` process does: loads the workload files named in `config`,
+/// takes over the event log at `config.event_log` with `tee`, and [`serve`]s forever.
+pub fn run<T: Tee + Send + 'static>(
+    config: &ServerConfig,
+    tee: T,
+    mode: ResumeMode,
+) -> Result<Infallible, ApiError> {
+    let prepare = |source| ApiError::PrepareState { source };
+    let workload = match &config.app_compose {
+        Some(app_compose) => WorkloadInfo::load(
+            app_compose,
+            config.sys_config.as_deref(),
+            Some(Path::new(DMI_DIR)),
+        )
+        .map_err(prepare)?,
+        None => WorkloadInfo::default(),
+    };
+    let state = ApiState::open(tee, mode, &config.event_log, workload).map_err(prepare)?;
+    serve(config, state)
 }
 
 #[cfg(test)]

@@ -773,3 +773,68 @@ fn bind_replaces_stale_sockets_only() {
         Err(ApiError::SocketPathOccupied { .. })
     ));
 }
+
+#[test]
+fn workload_info_loads_the_host_share_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let compose = br#"{"manifest_version":2,"name":"my-app","runner":"docker-compose"}"#;
+    let sys = serde_json::json!({
+        "kms_urls": [],
+        "vm_config": "{\"cpu_count\":2,\"os_image_hash\":\"ab\"}",
+    });
+    std::fs::write(dir.path().join("app-compose.json"), compose).unwrap();
+    std::fs::write(dir.path().join(".sys-config.json"), sys.to_string()).unwrap();
+    std::fs::create_dir(dir.path().join("dmi")).unwrap();
+    std::fs::write(dir.path().join("dmi/sys_vendor"), "QEMU\n").unwrap();
+    let info = WorkloadInfo::load(
+        &dir.path().join("app-compose.json"),
+        Some(&dir.path().join(".sys-config.json")),
+        Some(&dir.path().join("dmi")),
+    )
+    .unwrap();
+    assert_eq!(info.app_name, "my-app");
+    assert_eq!(info.app_compose.as_bytes(), compose);
+    assert_eq!(info.vm_config, "{\"cpu_count\":2,\"os_image_hash\":\"ab\"}");
+    assert_eq!(info.cloud_vendor, "QEMU");
+    assert_eq!(info.cloud_product, "");
+
+    std::fs::write(dir.path().join("bad.json"), b"{").unwrap();
+    let err = WorkloadInfo::load(&dir.path().join("bad.json"), None, None).unwrap_err();
+    assert!(
+        matches!(err, StateError::ParseWorkloadFile { .. }),
+        "{err:?}"
+    );
+    let err = WorkloadInfo::load(&dir.path().join("missing.json"), None, None).unwrap_err();
+    assert!(
+        matches!(err, StateError::ReadWorkloadFile { .. }),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn run_fails_cleanly_without_an_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = ServerConfig {
+        socket: dir.path().join("d.sock"),
+        legacy_socket: None,
+        event_log: dir.path().join("missing.log"),
+        ..ServerConfig::default()
+    };
+    let err = run(
+        &config,
+        InsecureSimulatedTee::new(),
+        ResumeMode::RegistersHoldLog,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            ApiError::PrepareState {
+                source: StateError::ReadEventLog { .. }
+            }
+        ),
+        "{err:?}"
+    );
+    // Nothing was bound.
+    assert!(!config.socket.exists());
+}
