@@ -221,6 +221,10 @@ pub fn handle_connection<T: Tee>(
             };
         }
         if !keep_alive {
+            if request.head.keep_alive {
+                // The client may have pipelined more; let it read this answer first.
+                linger_close(stream, limits);
+            }
             return ConnectionOutcome {
                 requests,
                 end: ConnectionEnd::Closed,

@@ -838,3 +838,20 @@ fn run_fails_cleanly_without_an_event_log() {
     // Nothing was bound.
     assert!(!config.socket.exists());
 }
+
+#[test]
+fn connections_close_after_the_request_limit() {
+    let f = fixture();
+    let limits = Limits {
+        max_requests_per_connection: 2,
+        ..Limits::default()
+    };
+    let input = [post("/Info", ""), post("/Info", ""), post("/Info", "")].concat();
+    let (raw, outcome) = exchange_with(&f.state, Service::DstackGuest, &limits, &input);
+    assert_eq!(responses(&raw).len(), 2);
+    assert_eq!(outcome.requests, 2);
+    assert!(matches!(outcome.end, ConnectionEnd::Closed));
+    let text = String::from_utf8_lossy(&raw);
+    assert_eq!(text.matches("Connection: keep-alive").count(), 1);
+    assert_eq!(text.matches("Connection: close").count(), 1);
+}
