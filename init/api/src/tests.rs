@@ -261,6 +261,13 @@ fn get_quote_binds_raw_report_data_and_returns_a_replayable_log() {
     assert_eq!(quote_of(&replies[0].1).body.report_data.0, [0xab; 64]);
     let replies = exchange(&f.state, Service::DstackGuest, &post("/GetQuote", ""));
     assert_eq!(quote_of(&replies[0].1).body.report_data.0, [0; 64]);
+    // The curl form from dstack's API docs: arguments in the query of a GET.
+    let get = b"GET /GetQuote?report_data=1234deadbeaf HTTP/1.1\r\nHost: dstack\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\n";
+    let replies = exchange(&f.state, Service::DstackGuest, get);
+    assert_eq!(
+        quote_of(&replies[0].1).body.report_data.0[..6],
+        [0x12, 0x34, 0xde, 0xad, 0xbe, 0xaf]
+    );
 }
 
 #[test]
