@@ -10,6 +10,7 @@
 
 mod dist;
 mod packages;
+mod sdk;
 mod tasks;
 
 use anyhow::{Result, bail};

@@ -13,6 +13,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "e2fsprogs",
     "swtpm",
     "swtpm-tools",
+    "python3",
+    "python3-venv",
 ];
 
 fn installed(pkg: &str) -> bool {

@@ -220,11 +220,13 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             "warnings",
         ]),
     )?;
+    let sdk_python = crate::sdk::sdk_venv(&root)?;
     run(
         "cargo test (host)",
         cargo()
             .current_dir(&root)
-            .args(["test", "--workspace", "--locked", "--target", TARGET]),
+            .args(["test", "--workspace", "--locked", "--target", TARGET])
+            .env("CVM_SDK_PYTHON", sdk_python),
     )?;
     let opts = DistOptions {
         out: root.join("dist"),
