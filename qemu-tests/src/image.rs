@@ -34,7 +34,7 @@ pub const COMPRESSION_ENV: &str = "QEMU_TESTS_COMPRESSION";
 /// The console line both the init and the baseline print once booted.
 pub const READY_MARKER: &str = "cvm-init: ready";
 /// Cargo feature of `cvm-init` that enables `cvm.test_fault` and `cvm.test_orphans`.
-pub const TEST_FEATURE: &str = "insecure-test-hooks";
+pub const TEST_FEATURE: &str = "insecure-test-hooks,insecure-simulated-tee";
 /// The only installable target.
 pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 

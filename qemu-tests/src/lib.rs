@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod cpio;
+pub mod host_share;
 pub mod image;
 pub mod paths;
 pub mod results;

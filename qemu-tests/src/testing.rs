@@ -4,6 +4,31 @@ use crate::artifacts::{ArtifactError, Artifacts};
 use crate::image::{self, ImageError, TestImage};
 use crate::vm::TestVm;
 
+/// Builds the sample host-share disk once per process (a unique file per process, so parallel
+/// test binaries never rewrite an image another QEMU has open).
+fn sample_host_share() -> Result<std::path::PathBuf, SetupError> {
+    use crate::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
+    static SHARE: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
+        std::sync::OnceLock::new();
+    let built = SHARE.get_or_init(|| {
+        let dir = crate::paths::build_dir().join(format!("host-share-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = dir.join("share.img");
+        sample_files()
+            .and_then(|files| {
+                build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)
+            })
+            .map(|()| image)
+            .map_err(|e| crate::image::chain(&e))
+    });
+    built.clone().map_err(|message| SetupError::BuildHostShare {
+        source: crate::host_share::HostShareError::Mkfs {
+            image: crate::paths::build_dir(),
+            stderr: message,
+        },
+    })
+}
+
 /// Errors of [`CvmSetup::new`].
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -11,6 +36,11 @@ pub enum SetupError {
     FetchArtifacts { source: ArtifactError },
     #[error("failed to build the cvm-init image")]
     BuildImage { source: ImageError },
+    #[error("failed to build the host-share disk")]
+    BuildHostShare {
+        #[source]
+        source: crate::host_share::HostShareError,
+    },
 }
 
 /// The pinned artifacts and the cvm-init image (built once per process).
@@ -18,6 +48,8 @@ pub enum SetupError {
 pub struct CvmSetup {
     pub artifacts: Artifacts,
     pub image: TestImage,
+    /// The sample host share (`testdata/host-share`) as a `DSTACKSHR` ext4 disk.
+    pub host_share: std::path::PathBuf,
 }
 
 impl CvmSetup {
@@ -27,14 +59,26 @@ impl CvmSetup {
             Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
         let image =
             image::test_image(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
-        Ok(Self { artifacts, image })
+        let host_share = sample_host_share()?;
+        Ok(Self {
+            artifacts,
+            image,
+            host_share,
+        })
     }
 
-    /// A VM named `name` booting the cvm-init image (SeaBIOS, 512M).
+    /// A VM named `name` booting the cvm-init image (SeaBIOS, 512M) with the sample host share.
     pub fn vm(&self, name: &str) -> TestVm<'_> {
+        self.vm_with_share(name, &self.host_share)
+    }
+
+    /// A VM booting the cvm-init image with `share` (an ext4 image) as its host-share disk.
+    pub fn vm_with_share(&self, name: &str, share: &std::path::Path) -> TestVm<'_> {
         TestVm::new(&self.artifacts)
             .with_name(name)
             .with_initrd(&self.image.initramfs)
+            .with_qemu_arg("-drive")
+            .with_qemu_arg(&crate::host_share::drive_arg(share))
     }
 
     /// The image's module list with one more line: a module file that does not exist.

@@ -36,6 +36,9 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::Modules,
     Stage::MountLate,
     Stage::Results,
+    Stage::HostShare,
+    Stage::Measure,
+    Stage::SystemReady,
     Stage::Ready,
 ];
 
@@ -171,6 +174,9 @@ mod tests {
                 "modules",
                 "mount-late",
                 "results",
+                "host-share",
+                "measure",
+                "system-ready",
                 "ready"
             ]
         );
