@@ -589,19 +589,34 @@ impl RunningVm {
 
     /// Waits for `needle` on the serial console and returns when the chunk containing it was
     /// read (for timing; tests should use the results channel instead).
-    pub fn wait_for_console(&self, needle: &str, timeout: Duration) -> Result<Instant, VmError> {
+    pub fn wait_for_console(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+    ) -> Result<Instant, VmError> {
+        let what = format!("console {needle:?}");
         match self.console.wait_for(needle, Instant::now() + timeout) {
             Ok(Some(at)) => Ok(at),
-            Ok(None) => self.fail(VmError::Timeout {
-                what: format!("console {needle:?}"),
-                after: timeout,
-                seen: self.seen(),
-            }),
-            Err(()) => self.fail(VmError::ExitedBefore {
-                what: format!("console {needle:?}"),
-                status: "console closed".to_owned(),
-                seen: self.seen(),
-            }),
+            Ok(None) => {
+                // Best effort: the records only make the message more useful.
+                let _ = self.results.poll();
+                let seen = self.seen();
+                self.fail(VmError::Timeout {
+                    what,
+                    after: timeout,
+                    seen,
+                })
+            }
+            Err(()) => {
+                // The console closes when QEMU exits; give it a moment to be reaped.
+                let status = self.wait_for_exit(Duration::from_secs(5)).map_or_else(
+                    |_| "console closed".to_owned(),
+                    |exit| exit.status.to_string(),
+                );
+                let _ = self.results.poll();
+                let seen = self.seen();
+                self.fail(VmError::ExitedBefore { what, status, seen })
+            }
         }
     }
 
