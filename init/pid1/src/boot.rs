@@ -267,6 +267,26 @@ impl Boot {
         Ok(())
     }
 
+    /// After a fatal error in a stage before `results`: load what modules still can be
+    /// (ignoring failures — the error being reported may be one of them) and open the results
+    /// port, so the failure reaches the channel and not only the console.
+    pub(crate) fn open_results_best_effort(&mut self) {
+        if self.results.is_open() {
+            return;
+        }
+        if let Ok(text) = std::fs::read_to_string(modules::LOAD_LIST_PATH)
+            && let Ok(paths) = modules::parse_load_list(&text)
+        {
+            for path in paths {
+                let _ = init_sys::kmod::load_module(Path::new(&path));
+            }
+        }
+        let name = self.config.results_port.clone();
+        if let Err(e) = self.results.open(&name) {
+            log::warn!("{}", init_core::error_chain::one_line(&e));
+        }
+    }
+
     fn load_modules(&self) -> Result<(), BootError> {
         let list_path = Path::new(modules::LOAD_LIST_PATH);
         if !list_path.exists() {

@@ -73,11 +73,7 @@ fn fatal(
 ) -> ! {
     let line = error_chain::one_line(error);
     log::error!("fatal: {stage}: {line}");
-    if !boot.results.is_open() {
-        // Best effort: the port may exist already (virtio_console loaded) even though the
-        // failing stage came before the results stage.
-        let _ = boot.results.open(&boot.config.results_port.clone());
-    }
+    boot.open_results_best_effort();
     boot.results.record(&Record::Fatal {
         stage: stage.into(),
         error: line,
