@@ -85,6 +85,19 @@ pub enum QuoteError {
         /// Offset of the inner certification data.
         offset: usize,
     },
+    /// QE report certification data is longer than its contents (bytes after the inner
+    /// certification data would be ignored by the parser and lost when re-encoding).
+    #[error(
+        "QE report certification data at offset {offset:#x} declares {declared} bytes, its contents use {used}"
+    )]
+    CheckQeReportCertificationSize {
+        /// Offset of the certification data.
+        offset: usize,
+        /// Size in its header.
+        declared: usize,
+        /// Bytes its contents use.
+        used: usize,
+    },
     /// A length does not fit the 16/32-bit field that encodes it.
     #[error("{field} of {len} bytes does not fit its length field")]
     EncodeLength {
@@ -417,6 +430,13 @@ impl CertificationData {
                 let auth_len = usize::from(inner.u16("qe auth data size")?);
                 let qe_auth_data = inner.take(auth_len, "qe auth data")?.to_vec();
                 let certification = Self::read(&mut inner, true)?;
+                if inner.remaining() != 0 {
+                    return Err(QuoteError::CheckQeReportCertificationSize {
+                        offset,
+                        declared: size,
+                        used: size - inner.remaining(),
+                    });
+                }
                 Ok(Self::QeReport(Box::new(QeReportCertificationData {
                     qe_report,
                     qe_report_signature,
@@ -885,6 +905,28 @@ mod tests {
             Quote::parse(&bytes),
             Err(QuoteError::CheckNestedCertification { .. })
         ));
+    }
+
+    /// Found by the `quote` fuzz target: bytes after the inner certification data of a type-6
+    /// block were silently dropped (the re-encoded quote differed from the input).
+    #[test]
+    fn oversized_qe_report_certification_is_rejected() {
+        // v4: signature data length at 0x278; type-6 header at 0x27C + 128.
+        let cert = 0x27C + 128;
+        let mut bad = DCAP_QVL_QUOTE.to_vec();
+        let size = u32::from_le_bytes(bad[cert + 2..cert + 6].try_into().unwrap());
+        let sig_len = u32::from_le_bytes(bad[0x278..0x27C].try_into().unwrap());
+        bad[cert + 2..cert + 6].copy_from_slice(&(size + 1).to_le_bytes());
+        bad[0x278..0x27C].copy_from_slice(&(sig_len + 1).to_le_bytes());
+        bad.insert(cert + 6 + size as usize, 0xAA);
+        assert_eq!(
+            Quote::parse(&bad),
+            Err(QuoteError::CheckQeReportCertificationSize {
+                offset: cert,
+                declared: size as usize + 1,
+                used: size as usize,
+            })
+        );
     }
 
     #[test]

@@ -1,0 +1,102 @@
+//! One function per cargo-fuzz target of `init-core`'s parsers of untrusted bytes: the kernel
+//! command line, the module load list, `/proc/self/mountinfo`, `/proc/<pid>/stat`, the host's
+//! app-compose.json / .sys-config.json / .instance-info and the block-device label probe. Each
+//! parses and checks the invariants that must hold for any input. A panic is a bug.
+//!
+//! The same functions run as plain tests over the seed corpus (`tests/seeds.rs`), so a stable
+//! toolchain still exercises them when `cargo +nightly fuzz` is not available.
+
+use init_core::app_compose::{AppComposeFile, InstanceInfo, SysConfig};
+use init_core::cmdline::{self, TestHooks};
+use init_core::{host_share, modules, mountinfo, procfs};
+
+/// Every target: (name, function). The names are the `fuzz_targets/<name>.rs` binaries.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("cmdline", cmdline),
+    ("modules_load", modules_load),
+    ("mountinfo", mountinfo),
+    ("procfs_stat", procfs_stat),
+    ("app_compose", app_compose),
+    ("sys_config", sys_config),
+    ("instance_info", instance_info),
+    ("host_share_label", host_share_label),
+];
+
+/// Kernel command line (`/proc/cmdline`): test hooks only ever widen what is accepted.
+pub fn cmdline(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = cmdline::split_words(&text);
+    let release = cmdline::parse(&text, TestHooks::Disabled);
+    let test = cmdline::parse(&text, TestHooks::Enabled);
+    if let Ok(config) = &release {
+        assert!(config.test_fault.is_none() && config.test_dump.is_empty());
+        assert!(
+            test.is_ok(),
+            "accepted without test hooks but not with them"
+        );
+    }
+}
+
+/// `/etc/cvm/modules.load`: every accepted entry is an absolute `.ko` path without `..`.
+pub fn modules_load(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(paths) = modules::parse_load_list(&text) else {
+        return;
+    };
+    for path in &paths {
+        assert!(path.starts_with('/') && path.ends_with(".ko"), "{path:?}");
+        assert!(!path.split('/').any(|part| part == ".."), "{path:?}");
+        let _ = modules::module_name(path);
+    }
+}
+
+/// `/proc/self/mountinfo`, then the unmount order computed from it.
+pub fn mountinfo(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(entries) = mountinfo::parse(&text) else {
+        return;
+    };
+    let order = mountinfo::unmount_order(&entries);
+    assert!(order.len() <= entries.len());
+}
+
+/// `/proc/<pid>/stat` and `/proc` directory names.
+pub fn procfs_stat(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let _ = procfs::parse_stat(&text);
+    let _ = procfs::is_pid_dir(&text);
+}
+
+/// app-compose.json from the host share (the compose-hash covers the exact bytes).
+pub fn app_compose(data: &[u8]) {
+    if let Ok(file) = AppComposeFile::parse(data.to_vec()) {
+        assert_eq!(file.bytes(), data, "app-compose bytes changed");
+        let compose = file.compose();
+        let _ = compose.manifest_version();
+        let _ = compose.init_scripts();
+        let _ = compose.key_provider_kind();
+        let _ = compose.event_log_version();
+        let _ = compose.storage_fs();
+        let _ = compose.runner();
+    }
+}
+
+/// .sys-config.json from the host share (with its nested vm_config string).
+pub fn sys_config(data: &[u8]) {
+    let _ = SysConfig::parse(data);
+}
+
+/// .instance-info from the host share.
+pub fn instance_info(data: &[u8]) {
+    let _ = InstanceInfo::parse(data);
+}
+
+/// The first bytes of a block device: filesystem type and label (ext2/3/4, FAT).
+pub fn host_share_label(data: &[u8]) {
+    let head = &data[..data.len().min(host_share::LABEL_PROBE_LEN)];
+    if let Some((_, label)) = host_share::filesystem_label(head) {
+        // At most 16 bytes on disk; invalid UTF-8 becomes U+FFFD, so count characters.
+        assert!(label.chars().count() <= 16, "{label:?}");
+    }
+    let _ = host_share::is_host_share_device(head);
+}

@@ -1,0 +1,155 @@
+//! One function per cargo-fuzz target of `measure`'s parsers of untrusted bytes. Each parses, and
+//! on success exercises what an auditor does next with the result (re-encoding, replay, hashing),
+//! asserting the invariants that must hold for any input. A panic is a bug.
+//!
+//! The same functions run as plain tests over the seed corpus (`tests/seeds.rs`), so a stable
+//! toolchain still exercises them when `cargo +nightly fuzz` is not available.
+
+use measure::ccel::CcelTable;
+use measure::dstack_event_log::{parse_event_log, parse_get_quote_response};
+use measure::event_log::EventLog;
+use measure::kernel::{self, DirectBootParams};
+use measure::quote::Quote;
+use measure::replay::Replay;
+use measure::runtime_event::{LogLineFormat, decode_log, decode_log_line};
+use measure::tdreport::TdReport;
+use measure::tdvf::{PageOrder, Tdvf};
+
+/// Every target: (name, function). The names are the `fuzz_targets/<name>.rs` binaries.
+pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+    ("quote", quote),
+    ("tdreport", tdreport),
+    ("ccel", ccel),
+    ("tcg_event_log", tcg_event_log),
+    ("dstack_event_log", dstack_event_log),
+    ("runtime_event_log", runtime_event_log),
+    ("tdvf", tdvf),
+    ("kernel_pe", kernel_pe),
+];
+
+/// Largest number of 4 KiB pages a target lets MRTD hash (metadata may declare terabytes).
+const MAX_MRTD_PAGES: u64 = 1 << 12;
+
+/// TDX quote v4/v5: a parsed quote re-encodes to exactly the bytes before its padding.
+pub fn quote(data: &[u8]) {
+    let Ok(quote) = Quote::parse(data) else {
+        return;
+    };
+    let declared = data.len() - quote.trailing_len;
+    if let Ok(bytes) = quote.to_bytes() {
+        assert_eq!(bytes.as_slice(), &data[..declared], "quote re-encoding");
+    }
+    assert!(quote.signed_len() <= declared);
+    let _ = quote.qe_report_certification();
+}
+
+/// TDREPORT (1024 bytes): re-encodes to the input.
+pub fn tdreport(data: &[u8]) {
+    let Ok(report) = TdReport::parse(data) else {
+        return;
+    };
+    assert_eq!(report.to_bytes().as_slice(), data, "TDREPORT re-encoding");
+    let _ = report.hashes_match();
+}
+
+/// The CCEL ACPI table.
+pub fn ccel(data: &[u8]) {
+    let _ = CcelTable::parse(data);
+}
+
+/// TCG crypto-agile event log (CCEL log area or a TPM's binary_bios_measurements), then replay.
+pub fn tcg_event_log(data: &[u8]) {
+    let Ok(log) = EventLog::parse(data) else {
+        return;
+    };
+    assert!(log.log_len(data.len()) <= data.len());
+    for event in &log.events {
+        let _ = event.sha384();
+        let _ = event.rtmr_index();
+    }
+    let _ = Replay::from_tcg_log(&log);
+}
+
+/// dstack's JSON event log (array) and guest-agent GetQuote response, then replay.
+pub fn dstack_event_log(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(events) = parse_event_log(&text) {
+        for event in &events {
+            let _ = event.runtime_event();
+        }
+        let _ = Replay::from_dstack_events(&events);
+    }
+    if let Ok(response) = parse_get_quote_response(&text) {
+        let _ = Replay::from_dstack_events(&response.event_log);
+        let _ = Quote::parse(&response.quote);
+    }
+}
+
+/// RTMR3 runtime event log lines (both formats): every decoded event written back as a current
+/// line decodes to the same event.
+pub fn runtime_event_log(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(lines) = decode_log(&text) else {
+        return;
+    };
+    for line in &lines {
+        let _ = line.recorded_digest_matches();
+        let _ = line.event.digest();
+        if let Ok(encoded) = line.event.to_log_line(LogLineFormat::Current) {
+            let decoded = decode_log_line(encoded.trim_end_matches('\n'));
+            assert_eq!(
+                decoded.ok().map(|d| d.event).as_ref(),
+                Some(&line.event),
+                "runtime event re-encoding"
+            );
+        }
+    }
+    let _ = Replay::from_runtime_events(lines.iter().map(|l| &l.event));
+}
+
+/// TDVF/OVMF image: TDX metadata, then MRTD (when small enough), TD HOB and section data.
+pub fn tdvf(data: &[u8]) {
+    let Ok(tdvf) = Tdvf::parse(data) else {
+        return;
+    };
+    for section in &tdvf.sections {
+        let _ = tdvf.section_data(section);
+    }
+    let pages = tdvf
+        .sections
+        .iter()
+        .fold(0u64, |sum, s| sum.saturating_add(s.pages()));
+    if pages <= MAX_MRTD_PAGES {
+        let _ = tdvf.mrtd(PageOrder::SinglePass);
+        let _ = tdvf.mrtd(PageOrder::TwoPass);
+    }
+    for memory in [0, 1 << 30, 0xB000_0000, 1 << 40, u64::MAX] {
+        let _ = tdvf.td_hob(memory);
+    }
+}
+
+/// Kernel bzImage / PE: QEMU's setup-header edits and the Authenticode hash.
+pub fn kernel_pe(data: &[u8]) {
+    let _ = kernel::authenticode_sha384(data);
+    let _ = kernel::authenticode_sha256(data);
+    let cmdline = data
+        .iter()
+        .position(|&b| b == 0)
+        .and_then(|end| std::str::from_utf8(&data[..end]).ok())
+        .unwrap_or("console=ttyS0 vga=0x317");
+    for (memory, initrd) in [
+        (512 << 20, Some(12_288)),
+        (0xC000_0000, Some(u64::from(u32::MAX))),
+        (1 << 20, None),
+    ] {
+        let params = DirectBootParams::q35(memory, initrd, cmdline);
+        if let Ok(patched) = kernel::patch_setup_header(data, &params) {
+            assert_eq!(
+                patched.len(),
+                data.len(),
+                "setup-header edits change the size"
+            );
+        }
+        let _ = kernel::kernel_measurement(data, &params);
+    }
+}

@@ -1,0 +1,110 @@
+//! Runs every fuzz target as a plain test over its seed corpus (`seeds/<target>/`): each seed, its
+//! prefixes, and deterministic byte mutations. Works on the stable toolchain, so CI exercises the
+//! targets even where `cargo +nightly fuzz` is unavailable.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+/// Deterministic xorshift64, so a failure reproduces exactly.
+fn next(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
+fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("seeds")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("seed directory {}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn run(target: &str, rounds: usize) {
+    let (_, function) = measure_fuzz::TARGETS
+        .iter()
+        .find(|(name, _)| *name == target)
+        .unwrap();
+    let seeds = seeds(target);
+    assert!(!seeds.is_empty(), "no seeds for {target}");
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for (path, seed) in &seeds {
+        eprintln!("{target}: {}", path.display());
+        function(seed);
+        // Prefixes: every length for short seeds, about 256 evenly spaced cuts otherwise.
+        let step = (seed.len() / 256).max(1);
+        for end in (0..seed.len()).step_by(step) {
+            function(&seed[..end]);
+        }
+        for _ in 0..rounds {
+            let mut bytes = seed.clone();
+            for _ in 0..=(next(&mut state) % 8) {
+                let i = usize::try_from(next(&mut state) % bytes.len() as u64).unwrap();
+                bytes[i] = u8::try_from(next(&mut state) & 0xFF).unwrap();
+            }
+            function(&bytes);
+        }
+    }
+}
+
+#[test]
+fn every_target_has_seeds() {
+    for (target, _) in measure_fuzz::TARGETS {
+        assert!(!seeds(target).is_empty(), "{target}");
+        let source = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz_targets")
+            .join(format!("{target}.rs"));
+        assert!(source.exists(), "{}", source.display());
+    }
+}
+
+#[test]
+fn quote() {
+    run("quote", 300);
+}
+
+#[test]
+fn tdreport() {
+    run("tdreport", 300);
+}
+
+#[test]
+fn ccel() {
+    run("ccel", 300);
+}
+
+#[test]
+fn tcg_event_log() {
+    run("tcg_event_log", 300);
+}
+
+#[test]
+fn dstack_event_log() {
+    run("dstack_event_log", 100);
+}
+
+#[test]
+fn runtime_event_log() {
+    run("runtime_event_log", 300);
+}
+
+#[test]
+fn tdvf() {
+    run("tdvf", 100);
+}
+
+#[test]
+fn kernel_pe() {
+    run("kernel_pe", 100);
+}
