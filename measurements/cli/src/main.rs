@@ -31,6 +31,8 @@ struct Cli {
 enum Command {
     /// Replay an event log into RTMR0-3; with a quote, exit non-zero unless they match.
     Replay(ReplayArgs),
+    /// Parse a TDX quote (v4/v5) and print its fields.
+    ParseQuote(ParseQuoteArgs),
     /// Inspect TDX quotes.
     #[command(subcommand)]
     Quote(QuoteCommand),
@@ -38,8 +40,11 @@ enum Command {
     RuntimeEvents(RuntimeEventsArgs),
     /// Compute MRTD from a TDVF/OVMF image's TDX metadata.
     Mrtd(MrtdArgs),
-    /// Compute the expected MRTD and RTMR0-2 of a direct kernel boot from its artifacts.
+    /// Compute the expected MRTD and RTMR0-2 of a direct kernel boot from its artifacts or a
+    /// build manifest.
     Expected(ExpectedArgs),
+    /// Compute one expected register (RTMR0, 1 or 2) of a direct kernel boot.
+    Rtmr(RtmrArgs),
     /// Run the verification checklist (platform, application, key management).
     Verify(VerifyArgs),
 }
@@ -81,7 +86,8 @@ struct VerifyArgs {
     json: bool,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum PageOrderArg {
     /// Per page: PAGE.ADD then its MR.EXTENDs (QEMU >= 9).
     Single,
@@ -113,24 +119,52 @@ struct MrtdArgs {
 
 #[derive(Debug, clap::Args)]
 struct ExpectedArgs {
-    /// OVMF/TDVF image with TDX metadata.
+    #[command(flatten)]
+    inputs: BootInputArgs,
+    /// Print JSON instead of a table.
     #[arg(long)]
-    firmware: PathBuf,
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct RtmrArgs {
+    /// Register: 0 (firmware, TD HOB, ACPI), 1 (kernel), 2 (command line, initrd).
+    #[arg(value_parser = clap::value_parser!(u8).range(0..=2))]
+    index: u8,
+    #[command(flatten)]
+    inputs: BootInputArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The inputs of a direct kernel boot, from flags or a build manifest (flags win).
+#[derive(Debug, Default, clap::Args, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BootInputArgs {
+    /// Build manifest (TOML: firmware, kernel, initrd, cmdline, memory, page_order, acpi_*;
+    /// paths relative to the manifest). Flags given as well override its entries.
+    #[arg(long)]
+    #[serde(skip)]
+    manifest: Option<PathBuf>,
+    /// OVMF/TDVF image (MRTD and RTMR0 need TDX metadata in it).
+    #[arg(long)]
+    firmware: Option<PathBuf>,
     /// bzImage passed with -kernel.
     #[arg(long)]
-    kernel: PathBuf,
-    /// Initrd passed with -initrd.
+    kernel: Option<PathBuf>,
+    /// Initrd passed with -initrd (the built initramfs image).
     #[arg(long)]
     initrd: Option<PathBuf>,
-    /// Command line passed with -append.
-    #[arg(long, default_value = "")]
-    cmdline: String,
+    /// Command line passed with -append (default: empty).
+    #[arg(long)]
+    cmdline: Option<String>,
     /// Guest RAM, e.g. 2G, 1536M or a byte count.
     #[arg(long)]
-    memory: String,
-    /// Page order of the VMM (single: QEMU >= 9; two: QEMU 8.x TDX).
-    #[arg(long, value_enum, default_value = "single")]
-    page_order: PageOrderArg,
+    memory: Option<String>,
+    /// Page order of the VMM (single: QEMU >= 9; two: QEMU 8.x TDX; default single).
+    #[arg(long, value_enum)]
+    page_order: Option<PageOrderArg>,
     /// fw_cfg etc/table-loader as served by QEMU (with --acpi-rsdp and --acpi-tables).
     #[arg(long, requires_all = ["acpi_rsdp", "acpi_tables"])]
     acpi_loader: Option<PathBuf>,
@@ -146,9 +180,52 @@ struct ExpectedArgs {
     /// Override the CFV digest (default: SHA-384 of the image's CFV section).
     #[arg(long)]
     cfv_digest: Option<Sha384Digest>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    json: bool,
+}
+
+impl BootInputArgs {
+    /// Fills the unset flags from `--manifest`, resolving its paths against its directory.
+    fn resolve(&self) -> Result<Self> {
+        let Some(path) = &self.manifest else {
+            return Ok(self.clone_flags());
+        };
+        let text = text(path, &read(path)?)?;
+        let manifest: Self = toml::from_str(&text)
+            .with_context(|| format!("parse build manifest {}", path.display()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rel = |p: Option<PathBuf>| p.map(|p| base.join(p));
+        let flags = self.clone_flags();
+        Ok(Self {
+            manifest: None,
+            firmware: flags.firmware.or(rel(manifest.firmware)),
+            kernel: flags.kernel.or(rel(manifest.kernel)),
+            initrd: flags.initrd.or(rel(manifest.initrd)),
+            cmdline: flags.cmdline.or(manifest.cmdline),
+            memory: flags.memory.or(manifest.memory),
+            page_order: flags.page_order.or(manifest.page_order),
+            acpi_loader: flags.acpi_loader.or(rel(manifest.acpi_loader)),
+            acpi_rsdp: flags.acpi_rsdp.or(rel(manifest.acpi_rsdp)),
+            acpi_tables: flags.acpi_tables.or(rel(manifest.acpi_tables)),
+            acpi_from_log: flags.acpi_from_log.or(rel(manifest.acpi_from_log)),
+            cfv_digest: flags.cfv_digest.or(manifest.cfv_digest),
+        })
+    }
+
+    fn clone_flags(&self) -> Self {
+        Self {
+            manifest: None,
+            firmware: self.firmware.clone(),
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            cmdline: self.cmdline.clone(),
+            memory: self.memory.clone(),
+            page_order: self.page_order,
+            acpi_loader: self.acpi_loader.clone(),
+            acpi_rsdp: self.acpi_rsdp.clone(),
+            acpi_tables: self.acpi_tables.clone(),
+            acpi_from_log: self.acpi_from_log.clone(),
+            cfv_digest: self.cfv_digest,
+        }
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -172,9 +249,18 @@ struct ReplayArgs {
     json: bool,
 }
 
+#[derive(Debug, clap::Args)]
+struct ParseQuoteArgs {
+    /// Quote: raw bytes, hex text, or a GetQuote response.
+    file: PathBuf,
+    /// Print all fields as JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, Subcommand)]
 enum QuoteCommand {
-    /// Print the parsed fields of a quote as JSON.
+    /// Print the parsed fields of a quote as JSON (same as `parse-quote --json`).
     Show {
         /// Quote: raw bytes, hex text, or a GetQuote response.
         file: PathBuf,
@@ -218,6 +304,8 @@ fn main() -> ExitCode {
     let mut stdout = String::new();
     let result = match cli.command {
         Command::Replay(args) => replay(&args, &mut stdout),
+        Command::ParseQuote(args) => parse_quote(&args, &mut stdout),
+        Command::Rtmr(args) => rtmr(&args, &mut stdout),
         Command::Quote(QuoteCommand::Show { file }) => quote_show(&file, &mut stdout),
         Command::Quote(QuoteCommand::Verify(args)) => quote_verify(&args, &mut stdout),
         Command::RuntimeEvents(args) => runtime_events(&args, &mut stdout),
@@ -479,6 +567,51 @@ fn quote_show(path: &Path, out: &mut String) -> Result<()> {
     Ok(())
 }
 
+fn parse_quote(args: &ParseQuoteArgs, out: &mut String) -> Result<()> {
+    let quote = load_quote(&args.file)?;
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&quote)?)?;
+        return Ok(());
+    }
+    let body = &quote.body;
+    let certification = &quote.signature_data.certification;
+    writeln!(
+        out,
+        "quote v{} (TEE type {:#x}, TD report {:?})",
+        quote.header.version, quote.header.tee_type, body.version
+    )?;
+    writeln!(out, "MRTD:          {}", body.mr_td)?;
+    for index in RtmrIndex::ALL {
+        writeln!(out, "{index}:         {}", body.rtmrs.register(index))?;
+    }
+    writeln!(out, "MRCONFIGID:    {}", body.mr_config_id)?;
+    writeln!(out, "MROWNER:       {}", body.mr_owner)?;
+    writeln!(out, "MROWNERCONFIG: {}", body.mr_owner_config)?;
+    writeln!(out, "MRSEAM:        {}", body.mr_seam)?;
+    writeln!(out, "TEE TCB SVN:   {}", hex::encode(body.tee_tcb_svn))?;
+    writeln!(out, "TD attributes: {:#018x}", body.td_attributes)?;
+    writeln!(out, "XFAM:          {:#018x}", body.xfam)?;
+    writeln!(out, "reportData:    {}", hex::encode(body.report_data.0))?;
+    writeln!(
+        out,
+        "certification: type {}{}",
+        certification.cert_type(),
+        if certification.pck_cert_chain_pem().is_some() {
+            ", with PCK certificate chain"
+        } else {
+            ""
+        }
+    )?;
+    if quote.trailing_len > 0 {
+        writeln!(
+            out,
+            "padding:       {} bytes after the quote",
+            quote.trailing_len
+        )?;
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 struct RuntimeEventOutput {
     name: String,
@@ -649,22 +782,17 @@ fn mrtd(args: &MrtdArgs, out: &mut String) -> Result<()> {
 struct ExpectedOutput {
     memory_size: u64,
     page_order: PageOrder,
-    mrtd: Sha384Digest,
+    mrtd: Option<Sha384Digest>,
     rtmr0: Option<ExpectedRegister>,
     rtmr1: ExpectedRegister,
     rtmr2: ExpectedRegister,
+    /// Why a register is missing (e.g. firmware without TDX metadata).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
-fn expected(args: &ExpectedArgs, out: &mut String) -> Result<()> {
-    let memory_size = parse_memory(&args.memory)?;
-    let firmware = read(&args.firmware)?;
-    let tdvf = Tdvf::parse(&firmware)
-        .with_context(|| format!("parse TDX metadata of {}", args.firmware.display()))?;
-    let kernel_image = read(&args.kernel)?;
-    let initrd = args.initrd.as_deref().map(read).transpose()?;
-    let page_order = PageOrder::from(args.page_order);
-
-    let acpi = if let Some(log) = &args.acpi_from_log {
+fn acpi_digests(inputs: &BootInputArgs) -> Result<Option<AcpiDigests>> {
+    if let Some(log) = &inputs.acpi_from_log {
         let replay = match load_log(log)? {
             LogInput::Tcg(log) => Replay::from_tcg_log(&log).context("replay ACPI log")?,
             LogInput::Dstack(events) | LogInput::GetQuote(events, _) => {
@@ -672,85 +800,165 @@ fn expected(args: &ExpectedArgs, out: &mut String) -> Result<()> {
             }
             LogInput::Runtime(_) => bail!("{} has no firmware events", log.display()),
         };
-        Some(AcpiDigests::from_replay(&replay).with_context(|| {
-            format!("{} does not have exactly three ACPI events", log.display())
-        })?)
-    } else if let (Some(loader), Some(rsdp), Some(tables)) =
-        (&args.acpi_loader, &args.acpi_rsdp, &args.acpi_tables)
-    {
-        Some(AcpiDigests::from_blobs(
+        return Ok(Some(AcpiDigests::from_replay(&replay).with_context(
+            || format!("{} does not have exactly three ACPI events", log.display()),
+        )?));
+    }
+    match (&inputs.acpi_loader, &inputs.acpi_rsdp, &inputs.acpi_tables) {
+        (Some(loader), Some(rsdp), Some(tables)) => Ok(Some(AcpiDigests::from_blobs(
             &read(loader)?,
             &read(rsdp)?,
             &read(tables)?,
-        ))
-    } else {
-        None
-    };
-    let rtmr0 = match acpi {
-        Some(acpi) => {
-            let td_hob = tdvf
-                .td_hob(memory_size)
-                .context("firmware metadata has no TD_HOB section")?;
-            let cfv = match args.cfv_digest {
-                Some(digest) => digest,
-                None => {
-                    let section = tdvf
-                        .section(SectionType::Cfv)
-                        .context("firmware metadata has no CFV section; pass --cfv-digest")?;
-                    Sha384Digest::of(tdvf.section_data(section))
-                }
-            };
-            Some(expected::rtmr0(&Rtmr0Inputs::direct_boot(
-                Sha384Digest::of(&td_hob),
-                cfv,
-                acpi,
-            )))
+        ))),
+        (None, None, None) => Ok(None),
+        _ => bail!("give all three of --acpi-loader, --acpi-rsdp and --acpi-tables"),
+    }
+}
+
+/// MRTD and RTMR0 from the firmware; `Err(note)` when they cannot be computed.
+fn firmware_registers(
+    inputs: &BootInputArgs,
+    firmware_path: &Path,
+    memory_size: u64,
+    page_order: PageOrder,
+) -> Result<(
+    Result<Sha384Digest, String>,
+    Result<ExpectedRegister, String>,
+)> {
+    let firmware = read(firmware_path)?;
+    let tdvf = match Tdvf::parse(&firmware) {
+        Ok(tdvf) => tdvf,
+        Err(error) => {
+            let note = format!(
+                "MRTD and RTMR0 not computed: {}: {error}",
+                firmware_path.display()
+            );
+            return Ok((Err(note.clone()), Err(note)));
         }
-        None => None,
     };
+    let mrtd = tdvf.mrtd(page_order);
+    let Some(acpi) = acpi_digests(inputs)? else {
+        let note =
+            "RTMR0 not computed: give --acpi-loader/--acpi-rsdp/--acpi-tables or --acpi-from-log"
+                .to_owned();
+        return Ok((Ok(mrtd), Err(note)));
+    };
+    let td_hob = tdvf
+        .td_hob(memory_size)
+        .context("firmware metadata has no TD_HOB section")?;
+    let cfv = match inputs.cfv_digest {
+        Some(digest) => digest,
+        None => {
+            let section = tdvf
+                .section(SectionType::Cfv)
+                .context("firmware metadata has no CFV section; pass --cfv-digest")?;
+            Sha384Digest::of(tdvf.section_data(section))
+        }
+    };
+    let rtmr0 = expected::rtmr0(&Rtmr0Inputs::direct_boot(
+        Sha384Digest::of(&td_hob),
+        cfv,
+        acpi,
+    ));
+    Ok((Ok(mrtd), Ok(rtmr0)))
+}
+
+fn required<'a, T>(value: Option<&'a T>, flag: &str, what: &str) -> Result<&'a T> {
+    value.with_context(|| format!("{what} needs {flag} (or the manifest entry)"))
+}
+
+fn rtmr1_register(inputs: &BootInputArgs, initrd_len: Option<u64>) -> Result<ExpectedRegister> {
+    let kernel_path = required(inputs.kernel.as_ref(), "--kernel", "RTMR1")?;
+    let memory = required(inputs.memory.as_ref(), "--memory", "RTMR1")?;
     let params = DirectBootParams::q35(
-        memory_size,
-        initrd.as_ref().map(|i| i.len() as u64),
-        args.cmdline.clone(),
+        parse_memory(memory)?,
+        initrd_len,
+        inputs.cmdline.clone().unwrap_or_default(),
     );
-    let kernel_digest = kernel::kernel_measurement(&kernel_image, &params)
-        .with_context(|| format!("measure kernel {}", args.kernel.display()))?;
+    let kernel_digest = kernel::kernel_measurement(&read(kernel_path)?, &params)
+        .with_context(|| format!("measure kernel {}", kernel_path.display()))?;
+    Ok(expected::rtmr1(kernel_digest))
+}
+
+fn write_register(out: &mut String, name: &str, register: &ExpectedRegister) -> Result<()> {
+    writeln!(out, "{name}: {}", register.value)?;
+    for event in &register.events {
+        writeln!(
+            out,
+            "    {:<34} {:<40} {}",
+            event.event_type_name.unwrap_or("?"),
+            truncate(&event.description, 40),
+            event.digest
+        )?;
+    }
+    Ok(())
+}
+
+fn expected(args: &ExpectedArgs, out: &mut String) -> Result<()> {
+    let inputs = args.inputs.resolve()?;
+    let firmware_path = required(inputs.firmware.as_ref(), "--firmware", "expected")?;
+    let memory_size = parse_memory(required(inputs.memory.as_ref(), "--memory", "expected")?)?;
+    let page_order = PageOrder::from(inputs.page_order.unwrap_or(PageOrderArg::Single));
+    let initrd = inputs.initrd.as_deref().map(read).transpose()?;
+    let cmdline = inputs.cmdline.clone().unwrap_or_default();
+    let (mrtd, rtmr0) = firmware_registers(&inputs, firmware_path, memory_size, page_order)?;
+    let mut notes = Vec::new();
+    for note in [mrtd.as_ref().err(), rtmr0.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
+        if !notes.contains(note) {
+            notes.push(note.clone());
+        }
+    }
     let output = ExpectedOutput {
         memory_size,
         page_order,
-        mrtd: tdvf.mrtd(page_order),
-        rtmr0,
-        rtmr1: expected::rtmr1(kernel_digest),
-        rtmr2: expected::rtmr2(args.cmdline.as_bytes(), initrd.as_deref()),
+        mrtd: mrtd.ok(),
+        rtmr0: rtmr0.ok(),
+        rtmr1: rtmr1_register(&inputs, initrd.as_ref().map(|i| i.len() as u64))?,
+        rtmr2: expected::rtmr2(cmdline.as_bytes(), initrd.as_deref()),
+        notes,
     };
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&output)?)?;
         return Ok(());
     }
-    writeln!(out, "MRTD ({page_order:?}): {}", output.mrtd)?;
-    let registers = [
-        ("RTMR0", output.rtmr0.as_ref()),
-        ("RTMR1", Some(&output.rtmr1)),
-        ("RTMR2", Some(&output.rtmr2)),
-    ];
-    for (name, register) in registers {
-        let Some(register) = register else {
-            writeln!(
-                out,
-                "{name}: not computed (give --acpi-loader/--acpi-rsdp/--acpi-tables or --acpi-from-log)"
-            )?;
-            continue;
-        };
-        writeln!(out, "{name}: {}", register.value)?;
-        for event in &register.events {
-            writeln!(
-                out,
-                "    {:<34} {:<40} {}",
-                event.event_type_name.unwrap_or("?"),
-                truncate(&event.description, 40),
-                event.digest
-            )?;
+    match &output.mrtd {
+        Some(mrtd) => writeln!(out, "MRTD ({page_order:?}): {mrtd}")?,
+        None => writeln!(out, "MRTD: not computed")?,
+    }
+    match &output.rtmr0 {
+        Some(register) => write_register(out, "RTMR0", register)?,
+        None => writeln!(out, "RTMR0: not computed")?,
+    }
+    write_register(out, "RTMR1", &output.rtmr1)?;
+    write_register(out, "RTMR2", &output.rtmr2)?;
+    for note in &output.notes {
+        writeln!(out, "note: {note}")?;
+    }
+    Ok(())
+}
+
+fn rtmr(args: &RtmrArgs, out: &mut String) -> Result<()> {
+    let inputs = args.inputs.resolve()?;
+    let initrd = inputs.initrd.as_deref().map(read).transpose()?;
+    let cmdline = inputs.cmdline.clone().unwrap_or_default();
+    let register = match args.index {
+        0 => {
+            let firmware_path = required(inputs.firmware.as_ref(), "--firmware", "RTMR0")?;
+            let memory = parse_memory(required(inputs.memory.as_ref(), "--memory", "RTMR0")?)?;
+            let order = PageOrder::from(inputs.page_order.unwrap_or(PageOrderArg::Single));
+            let (_, rtmr0) = firmware_registers(&inputs, firmware_path, memory, order)?;
+            rtmr0.map_err(anyhow::Error::msg)?
         }
+        1 => rtmr1_register(&inputs, initrd.as_ref().map(|i| i.len() as u64))?,
+        _ => expected::rtmr2(cmdline.as_bytes(), initrd.as_deref()),
+    };
+    if args.json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&register)?)?;
+    } else {
+        write_register(out, &format!("RTMR{}", args.index), &register)?;
     }
     Ok(())
 }

@@ -232,6 +232,146 @@ mod tests {
     }
 
     #[test]
+    fn expected_from_a_build_manifest_equals_the_golden_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let testdata = testdata("");
+        let manifest = dir.path().join("build.toml");
+        // Relative paths resolve against the manifest's directory.
+        std::os::unix::fs::symlink(&testdata, dir.path().join("td")).unwrap();
+        std::fs::write(
+            &manifest,
+            r#"firmware = "td/synthetic_tdvf.fd"
+kernel = "td/synthetic_bzImage"
+initrd = "td/synthetic_initrd"
+cmdline = "console=ttyS0 init=/init"
+memory = "2G"
+page_order = "single"
+acpi_from_log = "td/dstack-ccel.bin"
+"#,
+        )
+        .unwrap();
+        let output = run(&["expected", "--manifest", path_str(&manifest), "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let golden = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../testdata/expected/synthetic-q35-2g.json");
+        assert_eq!(stdout(&output), std::fs::read_to_string(golden).unwrap());
+
+        // A flag overrides the manifest; unknown keys are an error.
+        let output = run(&[
+            "expected",
+            "--manifest",
+            path_str(&manifest),
+            "--memory",
+            "1G",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["memory_size"], 1u64 << 30);
+        std::fs::write(&manifest, "kernal = \"x\"\n").unwrap();
+        let output = run(&["expected", "--manifest", path_str(&manifest)]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stderr(&output).contains("parse build manifest"));
+    }
+
+    #[test]
+    fn rtmr_computes_one_register() {
+        let golden: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(
+                PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                    .join("../testdata/expected/synthetic-q35-2g.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let initrd = testdata("synthetic_initrd");
+        let kernel = testdata("synthetic_bzImage");
+        let cmdline = "console=ttyS0 init=/init";
+        let output = run(&[
+            "rtmr",
+            "2",
+            "--initrd",
+            path_str(&initrd),
+            "--cmdline",
+            cmdline,
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json, golden["rtmr2"]);
+        let output = run(&[
+            "rtmr",
+            "1",
+            "--kernel",
+            path_str(&kernel),
+            "--initrd",
+            path_str(&initrd),
+            "--cmdline",
+            cmdline,
+            "--memory",
+            "2G",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let value = golden["rtmr1"]["value"].as_str().unwrap();
+        assert!(stdout(&output).starts_with(&format!("RTMR1: {value}\n")));
+        // RTMR1 without the kernel names the missing flag; RTMR4 does not exist.
+        let output = run(&["rtmr", "1", "--memory", "2G"]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(stderr(&output).contains("--kernel"), "{}", stderr(&output));
+        assert_eq!(run(&["rtmr", "4"]).status.code(), Some(2));
+    }
+
+    #[test]
+    fn expected_without_tdx_metadata_still_computes_rtmr1_and_rtmr2() {
+        // A PE kernel is not a TDVF image: MRTD and RTMR0 are null, with a note.
+        let kernel = testdata("synthetic_bzImage");
+        let output = run(&[
+            "expected",
+            "--firmware",
+            path_str(&kernel),
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "2G",
+            "--json",
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(json["mrtd"].is_null() && json["rtmr0"].is_null());
+        assert!(
+            json["notes"][0]
+                .as_str()
+                .unwrap()
+                .contains("MRTD and RTMR0 not computed")
+        );
+        assert_eq!(json["rtmr1"]["events"].as_array().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn parse_quote_summary_and_json() {
+        let quote = testdata("dcap-qvl-tdx_quote");
+        let output = run(&["parse-quote", path_str(&quote)]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        assert!(text.starts_with("quote v4 (TEE type 0x81"), "{text}");
+        assert!(text.contains("MRTD:          91eb2b44"), "{text}");
+        assert!(text.contains("certification: type 6, with PCK certificate chain"));
+        let output = run(&["parse-quote", path_str(&quote), "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let show = run(&["quote", "show", path_str(&quote)]);
+        assert_eq!(
+            json,
+            serde_json::from_slice::<serde_json::Value>(&show.stdout).unwrap()
+        );
+        let output = run(&["parse-quote", path_str(&testdata("synthetic_initrd"))]);
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stderr(&output).contains("parse quote"),
+            "{}",
+            stderr(&output)
+        );
+    }
+
+    #[test]
     fn mrtd_and_expected_from_synthetic_artifacts() {
         let firmware = testdata("synthetic_tdvf.fd");
         let output = run(&["mrtd", "--firmware", path_str(&firmware), "--json"]);
