@@ -81,6 +81,13 @@ struct VerifyArgs {
     /// Expected KMS identity: hex of the KMS root-CA SubjectPublicKeyInfo.
     #[arg(long)]
     kms_identity: Option<String>,
+    /// The KMS's own quote (raw, hex or GetQuote response); verified like the app's, and its
+    /// reportData must be SHA-512("kms-root-ca:" ‖ the --kms-identity SPKI).
+    #[arg(long, requires = "kms_identity")]
+    kms_quote: Option<PathBuf>,
+    /// Collateral for --kms-quote (default: --collateral).
+    #[arg(long)]
+    kms_collateral: Option<PathBuf>,
     /// Print JSON instead of the checklist.
     #[arg(long)]
     json: bool,
@@ -1339,9 +1346,20 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
                 }
             }),
     );
-    list.push("key management", "KMS attestation valid", None);
-    if let Some(line) = list.0.last_mut() {
-        line.reason = "not implemented: verify the KMS quote with `quote verify`".to_owned();
+    let kms = match &args.kms_quote {
+        Some(path) => Some(kms_attestation(
+            path,
+            args.kms_collateral.as_ref().or(args.collateral.as_ref()),
+            args.kms_identity.as_deref().unwrap_or_default(),
+            now,
+        )?),
+        None => None,
+    };
+    list.push("key management", "KMS attestation valid", kms);
+    if let Some(line) = list.0.last_mut()
+        && line.status == CheckStatus::Skipped
+    {
+        line.reason = "input not given (--kms-quote)".to_owned();
     }
 
     if args.json {
@@ -1372,6 +1390,55 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
     } else {
         bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
     }
+}
+
+/// The KMS's quote: signature and TCB with stored collateral, and reportData binding the
+/// expected KMS root-CA key (`kms-root-ca` content type, SHA-512).
+fn kms_attestation(
+    path: &Path,
+    collateral: Option<&PathBuf>,
+    identity_hex: &str,
+    now: u64,
+) -> Result<(bool, String)> {
+    use sha2::Digest as _;
+    let bytes = load_quote_bytes(path)?;
+    let quote =
+        Quote::parse(&bytes).with_context(|| format!("parse KMS quote {}", path.display()))?;
+    let spki = hex_arg("--kms-identity", identity_hex)?;
+    let mut hasher = sha2::Sha512::new();
+    hasher.update(b"kms-root-ca:");
+    hasher.update(&spki);
+    let want: [u8; 64] = hasher.finalize().into();
+    if quote.body.report_data.0 != want {
+        return Ok((
+            false,
+            format!(
+                "KMS quote reportData {} is not SHA-512(\"kms-root-ca:\" ‖ KMS identity)",
+                hex::encode(quote.body.report_data.0)
+            ),
+        ));
+    }
+    let Some(collateral) = collateral else {
+        return Ok((
+            false,
+            "KMS quote binds the KMS identity but was not verified: give --kms-collateral"
+                .to_owned(),
+        ));
+    };
+    let text = text(collateral, &read(collateral)?)?;
+    let collateral = Collateral::from_json(&text)
+        .with_context(|| format!("parse collateral {}", collateral.display()))?;
+    Ok(match quote_verify::verify_quote(&bytes, &collateral, now) {
+        QuoteVerdict::Verified { tcb_status, .. } => (
+            tcb_status == "UpToDate",
+            format!(
+                "KMS quote verified at {now}, TCB {tcb_status}, reportData binds the KMS identity"
+            ),
+        ),
+        QuoteVerdict::Rejected { reason, detail } => {
+            (false, format!("KMS quote rejected: {reason:?}: {detail}"))
+        }
+    })
 }
 
 fn sha2_256(bytes: &[u8]) -> [u8; 32] {

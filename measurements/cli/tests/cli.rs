@@ -603,6 +603,61 @@ acpi_from_log = "td/dstack-ccel.bin"
         assert!(err.contains("3 check(s) failed"), "{err}");
     }
 
+    /// The KMS's own quote: its reportData must bind the expected KMS identity, and it must
+    /// verify against stored collateral (here a re-signed-looking copy of the sample fails).
+    #[test]
+    fn verify_kms_attestation_line() {
+        use sha2::Digest as _;
+        let dir = tempfile::tempdir().unwrap();
+        let log = testdata("dstack-tdx-lite-getquote.json");
+        let sample = std::fs::read(testdata("dcap-qvl-tdx_quote")).unwrap();
+        let collateral = testdata("dcap-qvl-tdx_quote_collateral.json");
+        let kms_line = |quote: &std::path::Path| {
+            let output = run(&[
+                "verify",
+                "--event-log",
+                path_str(&log),
+                "--kms-identity",
+                KMS_ID,
+                "--kms-quote",
+                path_str(quote),
+                "--kms-collateral",
+                path_str(&collateral),
+                "--now",
+                "1750377600",
+                "--json",
+            ]);
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            let line = json
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|l| l["check"] == "KMS attestation valid")
+                .unwrap()
+                .clone();
+            (
+                line["status"].as_str().unwrap().to_owned(),
+                line["reason"].to_string(),
+            )
+        };
+        // The sample's reportData is not the KMS identity's.
+        let (status, reason) = kms_line(&testdata("dcap-qvl-tdx_quote"));
+        assert_eq!(status, "Fail");
+        assert!(reason.contains("is not SHA-512"), "{reason}");
+        // With reportData = SHA-512("kms-root-ca:" ‖ SPKI) the binding holds, but the body no
+        // longer matches the signature.
+        let mut quote = measure::quote::Quote::parse(&sample).unwrap();
+        let mut hasher = sha2::Sha512::new();
+        hasher.update(b"kms-root-ca:");
+        hasher.update(hex::decode(KMS_ID).unwrap());
+        quote.body.report_data.0 = hasher.finalize().into();
+        let forged = dir.path().join("kms-quote.bin");
+        std::fs::write(&forged, quote.to_bytes().unwrap()).unwrap();
+        let (status, reason) = kms_line(&forged);
+        assert_eq!(status, "Fail");
+        assert!(reason.contains("KMS quote rejected"), "{reason}");
+    }
+
     /// `measurements/testdata/expected/*.json` must equal what the tool computes today
     /// (regeneration commands in `measurements/testdata/README.md`).
     #[test]
