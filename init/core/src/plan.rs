@@ -24,6 +24,9 @@ pub enum Stage {
     Measure,
     /// Extend `key-provider`, `storage-fs`, `system-ready`; check a quote carries the RTMR3.
     SystemReady,
+    /// Start the guest API process (dstack.sock / tappd.sock), which owns the runtime event log
+    /// from now on, and wait until it answers `Info`.
+    GuestApi,
     /// Everything before succeeded; the VM is ready.
     Ready,
 }
@@ -39,6 +42,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::HostShare,
     Stage::Measure,
     Stage::SystemReady,
+    Stage::GuestApi,
     Stage::Ready,
 ];
 
@@ -55,6 +59,7 @@ impl Stage {
             Self::HostShare => "host-share",
             Self::Measure => "measure",
             Self::SystemReady => "system-ready",
+            Self::GuestApi => "guest-api",
             Self::Ready => "ready",
         }
     }
@@ -177,6 +182,7 @@ mod tests {
                 "host-share",
                 "measure",
                 "system-ready",
+                "guest-api",
                 "ready"
             ]
         );

@@ -58,6 +58,8 @@ pub(crate) enum BootError {
         stage: &'static str,
         needs: &'static str,
     },
+    #[error("guest API")]
+    GuestApi(#[source] crate::stages::guest_api::GuestApiStageError),
     #[error("get a quote to check RTMR3")]
     Quote(#[source] init_core::tee::TeeError),
     #[error("parse the TEE's quote")]
@@ -80,6 +82,7 @@ pub(crate) struct Boot {
     share: Option<HostShare>,
     identity: Option<AppIdentity>,
     event_log: Option<RuntimeEventLog<BoxedTee, FileSink>>,
+    pub(crate) guest_api: Option<std::process::Child>,
 }
 
 impl std::fmt::Debug for Boot {
@@ -107,6 +110,7 @@ impl Boot {
             share: None,
             identity: None,
             event_log: None,
+            guest_api: None,
         }
     }
 
@@ -175,6 +179,19 @@ impl Boot {
             }
             Stage::Measure => self.measure(),
             Stage::SystemReady => self.system_ready(),
+            Stage::GuestApi => {
+                // The API process owns the event log from here on: PID 1 writes no more events.
+                self.event_log = None;
+                let copy = HostShareOptions::default().copy_dir;
+                let child = crate::stages::guest_api::start(&copy).map_err(BootError::GuestApi)?;
+                log::info!(
+                    "guest API serving on {} (pid {})",
+                    crate::stages::guest_api::DSTACK_SOCKET,
+                    child.id()
+                );
+                self.guest_api = Some(child);
+                Ok(())
+            }
             Stage::Ready => self.test_hooks_before_ready(),
         }
     }

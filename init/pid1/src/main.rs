@@ -8,6 +8,7 @@ mod logger;
 mod results;
 mod shutdown;
 mod stages {
+    pub(crate) mod guest_api;
     pub(crate) mod host_share;
     pub(crate) mod measure;
 }
@@ -26,6 +27,13 @@ use crate::boot::Boot;
 use crate::shutdown::{Reason, shutdown};
 
 fn main() {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == stages::guest_api::SUBCOMMAND)
+    {
+        logger::install();
+        stages::guest_api::main(std::env::args_os().skip(2));
+    }
     install_panic_hook();
     logger::install();
     if std::process::id() != 1 {
@@ -53,6 +61,8 @@ fn main() {
     if let Err((stage, error)) = boot.run(BOOT_PLAN) {
         fatal(&mut boot, signals.as_mut(), stage.name(), &error);
     }
+    // Watch the power button before announcing `ready`, so a press right after it is not lost.
+    let buttons = open_power_buttons();
     let now = init_sys::clock::monotonic_us();
     boot.results.record(&Record::Ready { mono_us: now });
     let boot_ms = now.saturating_sub(boot.boot_started_us) / 1000;
@@ -60,7 +70,7 @@ fn main() {
 
     match boot.config.on_ready {
         OnReady::PowerOff => shutdown(&mut boot.results, signals.as_mut(), Reason::ReadyPowerOff),
-        OnReady::Wait => serve(&mut boot, signals),
+        OnReady::Wait => serve(&mut boot, signals, buttons),
     }
 }
 
@@ -84,18 +94,7 @@ fn fatal(
 }
 
 /// Wait for children, signals and the power button until a shutdown request.
-fn serve(boot: &mut Boot, mut signals: Option<Signals>) -> ! {
-    let mut buttons: Vec<PowerButton> =
-        find_power_buttons(Path::new("/sys/class/input"), Path::new("/dev/input"))
-            .iter()
-            .filter_map(|p| match PowerButton::open(p) {
-                Ok(b) => Some(b),
-                Err(e) => {
-                    log::warn!("open power button {}: {e}", p.display());
-                    None
-                }
-            })
-            .collect();
+fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerButton>) -> ! {
     log::info!("serving: {} power button(s) watched", buttons.len());
     loop {
         let reason = {
@@ -146,6 +145,20 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>) -> ! {
             shutdown(&mut boot.results, signals.as_mut(), reason);
         }
     }
+}
+
+/// Open every "Power Button" input device (ACPI button + evdev).
+fn open_power_buttons() -> Vec<PowerButton> {
+    find_power_buttons(Path::new("/sys/class/input"), Path::new("/dev/input"))
+        .iter()
+        .filter_map(|p| match PowerButton::open(p) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                log::warn!("open power button {}: {e}", p.display());
+                None
+            }
+        })
+        .collect()
 }
 
 /// A panic in PID 1 would be a kernel panic: print it and power off instead.

@@ -1,0 +1,120 @@
+//! The guest API process: PID 1 runs its own binary as `cvm-init guest-api ...` after
+//! `system-ready`. The child owns the runtime event log from then on (PID 1 drops its handle),
+//! so workload traffic never reaches PID 1.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use init_core::tee::events::RUNTIME_EVENT_LOG_PATH;
+
+/// The dstack guest-agent socket workloads get bind-mounted.
+pub(crate) const DSTACK_SOCKET: &str = "/var/run/dstack.sock";
+/// The legacy Tappd socket.
+pub(crate) const TAPPD_SOCKET: &str = "/var/run/tappd.sock";
+/// The argument that selects the API mode of the binary.
+pub(crate) const SUBCOMMAND: &str = "guest-api";
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GuestApiStageError {
+    #[error("create {}", path.display())]
+    CreateDirectory {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("start the guest API process")]
+    Spawn(#[source] std::io::Error),
+    #[error("guest API process exited during start-up with {status}")]
+    Exited { status: std::process::ExitStatus },
+    #[error("guest API did not answer Info on {} within {} s", socket.display(), READY_TIMEOUT.as_secs())]
+    NotReady {
+        socket: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest API answered Info with `{status_line}`")]
+    BadInfo { status_line: String },
+}
+
+/// Start the API process with the private host-share copies and wait until `Info` answers 200.
+pub(crate) fn start(host_share_copy: &Path) -> Result<Child, GuestApiStageError> {
+    let run = Path::new(DSTACK_SOCKET)
+        .parent()
+        .unwrap_or(Path::new("/var/run"));
+    std::fs::create_dir_all(run).map_err(|source| GuestApiStageError::CreateDirectory {
+        path: run.to_owned(),
+        source,
+    })?;
+    // std resets the signal mask and dispositions in the child, so PID 1's blocked signals do
+    // not leak into it.
+    let mut child = Command::new("/proc/self/exe")
+        .arg(SUBCOMMAND)
+        .args(["--socket", DSTACK_SOCKET, "--legacy-socket", TAPPD_SOCKET])
+        .args(["--event-log", RUNTIME_EVENT_LOG_PATH])
+        .arg("--app-compose")
+        .arg(host_share_copy.join("app-compose.json"))
+        .arg("--sys-config")
+        .arg(host_share_copy.join(".sys-config.json"))
+        .spawn()
+        .map_err(GuestApiStageError::Spawn)?;
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(GuestApiStageError::Exited { status });
+        }
+        match probe_info(Path::new(DSTACK_SOCKET)) {
+            Ok(status_line) if status_line.contains(" 200 ") => return Ok(child),
+            Ok(status_line) => return Err(GuestApiStageError::BadInfo { status_line }),
+            Err(source) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                return Err(GuestApiStageError::NotReady {
+                    socket: PathBuf::from(DSTACK_SOCKET),
+                    source,
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// One `GET /Info` over the socket; returns the HTTP status line.
+fn probe_info(socket: &Path) -> std::io::Result<String> {
+    let mut stream = UnixStream::connect(socket)?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /Info HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+    let mut buf = [0u8; 256];
+    let n = stream.read(&mut buf)?;
+    let head = String::from_utf8_lossy(buf.get(..n).unwrap_or_default()).into_owned();
+    Ok(head.lines().next().unwrap_or_default().to_owned())
+}
+
+/// The `guest-api` mode of the binary (not PID 1): serve until killed.
+pub(crate) fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ! {
+    let result = (|| -> Result<std::convert::Infallible, Box<dyn std::error::Error>> {
+        let config = guest_api::ServerConfig::parse_args(args)?;
+        let tee = crate::stages::measure::select_tee(&crate::stages::measure::TdxPaths::default())?;
+        let simulated = init_core::tee::Rtmr::pre_extended_events(&tee)
+            .iter()
+            .any(|e| e.name == "insecure-simulated-tee");
+        let mode = if simulated {
+            guest_api::ResumeMode::InsecureRebuildSimulator
+        } else {
+            guest_api::ResumeMode::RegistersHoldLog
+        };
+        Ok(guest_api::run(&config, tee, mode)?)
+    })();
+    let error = match result {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    log::error!(
+        "guest-api: {}",
+        init_core::error_chain::one_line(error.as_ref())
+    );
+    #[allow(clippy::exit)]
+    std::process::exit(1)
+}
