@@ -41,7 +41,10 @@ pub struct ShareFile {
 
 impl ShareFile {
     pub fn new(name: &str, contents: impl Into<Vec<u8>>) -> Self {
-        Self { name: name.to_owned(), contents: contents.into() }
+        Self {
+            name: name.to_owned(),
+            contents: contents.into(),
+        }
     }
 }
 
@@ -82,12 +85,25 @@ pub fn build_image(
         std::os::unix::fs::symlink(target, &path).map_err(write_err(&path))?;
     }
     let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-b", "4096", "-E", "root_owner=0:0", "-d"])
+        .args([
+            "-q",
+            "-F",
+            "-L",
+            label,
+            "-b",
+            "4096",
+            "-E",
+            "root_owner=0:0",
+            "-d",
+        ])
         .arg(staging)
         .arg(image)
         .arg("16M")
         .output()
-        .map_err(|source| HostShareError::RunMkfs { image: image.to_owned(), source })?;
+        .map_err(|source| HostShareError::RunMkfs {
+            image: image.to_owned(),
+            source,
+        })?;
     if !out.status.success() {
         return Err(HostShareError::Mkfs {
             image: image.to_owned(),
@@ -99,7 +115,10 @@ pub fn build_image(
 
 /// The `-drive` value that attaches `image` read-only as a virtio disk.
 pub fn drive_arg(image: &Path) -> String {
-    format!("file={},if=virtio,format=raw,readonly=on", image.display().to_string().replace(',', ",,"))
+    format!(
+        "file={},if=virtio,format=raw,readonly=on",
+        image.display().to_string().replace(',', ",,")
+    )
 }
 
 #[cfg(test)]
@@ -121,12 +140,21 @@ mod tests {
     fn builds_a_labelled_ext4_image() {
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("share.img");
-        build_image(&sample_files().unwrap(), &[], HOST_SHARE_LABEL, &dir.path().join("s"), &image)
-            .unwrap();
+        build_image(
+            &sample_files().unwrap(),
+            &[],
+            HOST_SHARE_LABEL,
+            &dir.path().join("s"),
+            &image,
+        )
+        .unwrap();
         let bytes = std::fs::read(&image).unwrap();
         // ext4 superblock at 1024: magic 0xEF53 at +56, volume name at +120.
         assert_eq!(&bytes[1024 + 56..1024 + 58], &[0x53, 0xEF]);
         assert_eq!(&bytes[1024 + 120..1024 + 129], HOST_SHARE_LABEL.as_bytes());
-        assert_eq!(drive_arg(Path::new("/a,b")), "file=/a,,b,if=virtio,format=raw,readonly=on");
+        assert_eq!(
+            drive_arg(Path::new("/a,b")),
+            "file=/a,,b,if=virtio,format=raw,readonly=on"
+        );
     }
 }
