@@ -23,7 +23,8 @@ const MEMORY: &str = "2G";
 const CMDLINE: &str = "console=ttyS0 panic=-1 cvm.on_ready=poweroff";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// Files under `dir` (recursively) whose name satisfies `pick`.
