@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use qemu_tests::artifacts::Artifacts;
+use qemu_tests::host_share;
 use qemu_tests::results::Record;
-use qemu_tests::vm::TestVm;
+use qemu_tests::vm::{ReportOnDrop, TestVm};
 
 use crate::dist::{DistOptions, TARGET, dist, source_date_epoch, workspace_root};
 use crate::packages;
@@ -113,62 +114,81 @@ pub(crate) fn repro(_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Build the release image and boot it in QEMU, printing the stage timeline.
+/// Build the image and boot it in QEMU with the sample dstack host share, printing the stage
+/// timeline and the measured identity. There is no TDX under QEMU, so the demo image is built
+/// with the INSECURE simulated TEE (its event log starts with a marker no verifier accepts); the
+/// release image in `dist/` has no simulator and refuses to boot without TDX.
 pub(crate) fn demo(_args: &[String]) -> Result<()> {
     packages::ensure(packages::TEST_PACKAGES)?;
     let root = workspace_root();
     let opts = DistOptions {
-        out: root.join("dist"),
+        out: root.join("target").join("demo"),
         target_dir: root.join("target").join("dist"),
-        root,
+        root: root.clone(),
         source_date_epoch: source_date_epoch(),
-        features: Vec::new(),
+        features: vec!["insecure-simulated-tee".into()],
         modules: true,
     };
     let out = dist(&opts)?;
     print!("{}", out.sums);
     let artifacts = Artifacts::fetch().context("fetch pinned kernel and firmware")?;
+    let share_dir = root.join("target").join("demo").join("host-share");
+    let _ = std::fs::remove_dir_all(&share_dir);
+    let share = share_dir.join("share.img");
+    let files = host_share::sample_files().context("read the sample host share")?;
+    host_share::build_image(
+        &files,
+        &[],
+        host_share::HOST_SHARE_LABEL,
+        &share_dir.join("files"),
+        &share,
+    )
+    .context("build the host-share disk")?;
     println!(
-        "booting {} with kernel {} under QEMU (TCG)...",
+        "booting {} (kernel {}, host share {}) under QEMU (TCG)...",
         out.initramfs.display(),
-        artifacts.kernel_release
+        artifacts.kernel_release,
+        share.display()
     );
     let mut vm = TestVm::new(&artifacts)
         .with_name("demo")
+        .with_report_on_drop(ReportOnDrop::OnFailure)
         .with_initrd(&out.initramfs)
         .with_cmdline("cvm.on_ready=poweroff")
+        .with_qemu_arg("-drive")
+        .with_qemu_arg(&host_share::drive_arg(&share))
         .boot()
         .context("boot QEMU")?;
     let exit = vm
         .wait_for_exit(Duration::from_secs(180))
         .context("wait for power-off")?;
     let records = vm.records().context("read results channel")?;
-    println!("\n{:<12} {:>12} {:>12}", "stage", "at (ms)", "took (ms)");
+    println!("\n{:<14} {:>12} {:>12}", "stage", "at (ms)", "took (ms)");
+    let ms = |us: u64| us as f64 / 1000.0;
     for r in &records {
         match r {
             Record::StageFinished {
                 stage,
                 mono_us,
                 duration_us,
-            } => println!(
-                "{stage:<12} {:>12.1} {:>12.3}",
-                *mono_us as f64 / 1000.0,
-                *duration_us as f64 / 1000.0
-            ),
-            Record::Ready { mono_us } => {
-                println!("{:<12} {:>12.1}", "READY", *mono_us as f64 / 1000.0)
+            } => {
+                println!(
+                    "{stage:<14} {:>12.1} {:>12.3}",
+                    ms(*mono_us),
+                    ms(*duration_us)
+                );
             }
+            Record::Ready { mono_us } => println!("{:<14} {:>12.1}", "READY", ms(*mono_us)),
             Record::Fatal { stage, error, .. } => println!("FATAL in {stage}: {error}"),
             Record::Shutdown { reason, mono_us } => {
                 println!(
-                    "{:<12} {:>12.1}   reason {reason}",
+                    "{:<14} {:>12.1}   reason {reason}",
                     "shutdown",
-                    *mono_us as f64 / 1000.0
+                    ms(*mono_us)
                 );
             }
-            Record::PowerOff { mono_us } => {
-                println!("{:<12} {:>12.1}", "power_off", *mono_us as f64 / 1000.0)
-            }
+            Record::PowerOff { mono_us } => println!("{:<14} {:>12.1}", "power_off", ms(*mono_us)),
+            Record::Other { event, line } if event == "measured" => println!("measured: {line}"),
             _ => {}
         }
     }

@@ -44,7 +44,13 @@ pub enum Event {
 
 fn handled() -> SigSet {
     let mut set = SigSet::empty();
-    for s in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGPWR, Signal::SIGHUP] {
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGPWR,
+        Signal::SIGHUP,
+    ] {
         set.add(s);
     }
     set
@@ -109,9 +115,15 @@ pub fn reap_exited() -> (Vec<Reaped>, ChildState) {
     let mut out = Vec::new();
     loop {
         match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => out.push(Reaped { pid: pid.as_raw(), code }),
+            Ok(WaitStatus::Exited(pid, code)) => out.push(Reaped {
+                pid: pid.as_raw(),
+                code,
+            }),
             Ok(WaitStatus::Signaled(pid, sig, _)) => {
-                out.push(Reaped { pid: pid.as_raw(), code: 128 + sig as i32 });
+                out.push(Reaped {
+                    pid: pid.as_raw(),
+                    code: 128 + sig as i32,
+                });
             }
             Ok(WaitStatus::StillAlive) => return (out, ChildState::Running),
             Err(Errno::EINTR) | Ok(_) => continue,
@@ -163,6 +175,25 @@ pub fn spawn_orphans(count: u8, linger_ms: u32) -> Result<(), SignalsError> {
                 unsafe { libc::_exit(0) };
             }
         }
+    }
+    Ok(())
+}
+
+/// In a process PID 1 started (e.g. the guest API): unblock every signal and restore the
+/// default action of the ones PID 1 handles, so SIGTERM at shutdown stops it.
+pub fn reset_inherited() -> Result<(), SignalsError> {
+    use nix::sys::signal::{SigHandler, SigmaskHow, signal, sigprocmask};
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+        .map_err(SignalsError::Block)?;
+    for s in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGPWR,
+    ] {
+        // SAFETY: installing SIG_DFL runs no handler code, so no async-signal-safety concern
+        // arises; it only replaces a disposition inherited from the parent.
+        unsafe { signal(s, SigHandler::SigDfl) }.map_err(SignalsError::Block)?;
     }
     Ok(())
 }

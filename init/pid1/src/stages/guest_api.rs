@@ -95,6 +95,7 @@ fn probe_info(socket: &Path) -> std::io::Result<String> {
 /// The `guest-api` mode of the binary (not PID 1): serve until killed.
 pub(crate) fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ! {
     let result = (|| -> Result<std::convert::Infallible, Box<dyn std::error::Error>> {
+        init_sys::signals::reset_inherited()?;
         let config = guest_api::ServerConfig::parse_args(args)?;
         let tee = crate::stages::measure::select_tee(&crate::stages::measure::TdxPaths::default())?;
         let simulated = init_core::tee::Rtmr::pre_extended_events(&tee)
