@@ -231,6 +231,13 @@ impl<'a> Tdvf<'a> {
             if !section.memory_data_size.is_multiple_of(PAGE_SIZE) {
                 return fail("memory size is not a page multiple");
             }
+            if section
+                .memory_address
+                .checked_add(section.memory_data_size)
+                .is_none()
+            {
+                return fail("memory range wraps past the end of the address space");
+            }
             if u64::from(section.raw_data_size) > section.memory_data_size {
                 return fail("raw data is larger than its memory");
             }
@@ -565,6 +572,16 @@ mod tests {
             Err(TdvfError::CheckSection {
                 index: 0,
                 reason: "memory address is not page aligned"
+            })
+        );
+        // An address range that wraps past 2^64 (MRTD's GPA arithmetic would overflow).
+        let mut image = SYNTHETIC.to_vec();
+        image[0xF010 + 8..0xF010 + 16].copy_from_slice(&0xFFFF_FFFF_FFFF_F000u64.to_le_bytes());
+        assert_eq!(
+            Tdvf::parse(&image),
+            Err(TdvfError::CheckSection {
+                index: 0,
+                reason: "memory range wraps past the end of the address space"
             })
         );
         // Huge memory size.
