@@ -10,8 +10,11 @@ use init_core::app_compose::{AppComposeFile, InstanceInfo, SysConfig};
 use init_core::cmdline::{self, TestHooks};
 use init_core::{host_share, modules, mountinfo, procfs};
 
+/// A fuzz target: any bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target: (name, function). The names are the `fuzz_targets/<name>.rs` binaries.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("cmdline", cmdline),
     ("modules_load", modules_load),
     ("mountinfo", mountinfo),

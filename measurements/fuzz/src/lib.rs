@@ -15,8 +15,11 @@ use measure::runtime_event::{LogLineFormat, decode_log, decode_log_line};
 use measure::tdreport::TdReport;
 use measure::tdvf::{PageOrder, Tdvf};
 
+/// A fuzz target: any bytes in, a panic on a bug.
+pub type Target = fn(&[u8]);
+
 /// Every target: (name, function). The names are the `fuzz_targets/<name>.rs` binaries.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("quote", quote),
     ("tdreport", tdreport),
     ("ccel", ccel),
