@@ -47,7 +47,13 @@ mod tests {
         ensure!(exit.success(), "QEMU exit {:?}", exit.status);
         let records = vm.records()?;
         let finished = finished_stages(&records);
-        for stage in ["host-share", "measure", "system-ready", "guest-api", "ready"] {
+        for stage in [
+            "host-share",
+            "measure",
+            "system-ready",
+            "guest-api",
+            "ready",
+        ] {
             ensure!(
                 finished.contains(&stage),
                 "stage {stage} missing: {finished:?}"

@@ -32,15 +32,23 @@ pub fn ensure_stdio(console: &Path) -> Result<bool, ConsoleError> {
     if missing.is_empty() {
         return Ok(false);
     }
-    let file = OpenOptions::new().read(true).write(true).open(console).map_err(|source| {
-        ConsoleError::Open { path: console.display().to_string(), source }
-    })?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(console)
+        .map_err(|source| ConsoleError::Open {
+            path: console.display().to_string(),
+            source,
+        })?;
     for fd in missing {
         // SAFETY: `file` is an open descriptor owned by this function for the whole call and
         // `fd` is one of 0-2, which we just saw closed: dup2 does not close anything we own.
         let rc = unsafe { libc::dup2(file.as_raw_fd(), fd) };
         if rc == -1 {
-            return Err(ConsoleError::Dup { fd, source: std::io::Error::last_os_error() });
+            return Err(ConsoleError::Dup {
+                fd,
+                source: std::io::Error::last_os_error(),
+            });
         }
     }
     Ok(true)

@@ -11,7 +11,9 @@ use init_core::input::{INPUT_EVENT_SIZE, POWER_BUTTON_NAME, contains_power_press
 
 /// Device nodes of every input device named "Power Button".
 pub fn find_power_buttons(sys_class_input: &Path, dev_input: &Path) -> Vec<PathBuf> {
-    let Ok(dir) = std::fs::read_dir(sys_class_input) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(sys_class_input) else {
+        return Vec::new();
+    };
     let mut out: Vec<PathBuf> = dir
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().starts_with("event"))
@@ -63,7 +65,11 @@ mod tests {
     #[test]
     fn finds_power_button_in_fake_sysfs() {
         let sys = tempfile::tempdir().unwrap();
-        for (ev, name) in [("event0", "Power Button\n"), ("event1", "AT Keyboard\n"), ("mouse0", "Power Button\n")] {
+        for (ev, name) in [
+            ("event0", "Power Button\n"),
+            ("event1", "AT Keyboard\n"),
+            ("mouse0", "Power Button\n"),
+        ] {
             std::fs::create_dir_all(sys.path().join(ev).join("device")).unwrap();
             std::fs::write(sys.path().join(ev).join("device/name"), name).unwrap();
         }

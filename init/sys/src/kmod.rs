@@ -32,12 +32,17 @@ pub enum LoadOutcome {
 
 /// Load the module file at `path` with no parameters.
 pub fn load_module(path: &Path) -> Result<LoadOutcome, KmodError> {
-    let file = File::open(path)
-        .map_err(|source| KmodError::OpenModule { path: path.to_owned(), source })?;
+    let file = File::open(path).map_err(|source| KmodError::OpenModule {
+        path: path.to_owned(),
+        source,
+    })?;
     match nix::kmod::finit_module(&file, c"", ModuleInitFlags::empty()) {
         Ok(()) => Ok(LoadOutcome::Loaded),
         Err(Errno::EEXIST) => Ok(LoadOutcome::AlreadyLoaded),
-        Err(source) => Err(KmodError::LoadModule { path: path.to_owned(), source }),
+        Err(source) => Err(KmodError::LoadModule {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -48,7 +53,9 @@ mod tests {
     #[test]
     fn missing_file_is_an_open_error_naming_it() {
         let err = load_module(Path::new("/nonexistent/cvm/x.ko")).unwrap_err();
-        assert!(matches!(&err, KmodError::OpenModule { path, .. } if path == Path::new("/nonexistent/cvm/x.ko")));
+        assert!(
+            matches!(&err, KmodError::OpenModule { path, .. } if path == Path::new("/nonexistent/cvm/x.ko"))
+        );
         assert_eq!(err.to_string(), "open module /nonexistent/cvm/x.ko");
     }
 }

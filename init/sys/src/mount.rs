@@ -45,18 +45,26 @@ pub fn mount(
     flags: MountFlags,
     data: &str,
 ) -> Result<(), MountError> {
-    std::fs::create_dir_all(target)
-        .map_err(|source| MountError::CreateMountPoint { path: target.to_owned(), source })?;
+    std::fs::create_dir_all(target).map_err(|source| MountError::CreateMountPoint {
+        path: target.to_owned(),
+        source,
+    })?;
     let data = (!data.is_empty()).then_some(data);
-    nix::mount::mount(Some(source), target, Some(fstype), ms_flags(flags), data).map_err(
-        |source| MountError::Mount { target: target.to_owned(), fstype: fstype.to_owned(), source },
-    )
+    nix::mount::mount(Some(source), target, Some(fstype), ms_flags(flags), data).map_err(|source| {
+        MountError::Mount {
+            target: target.to_owned(),
+            fstype: fstype.to_owned(),
+            source,
+        }
+    })
 }
 
 /// Detach `target` (lazy unmount: busy filesystems go away once their last user does).
 pub fn unmount_detach(target: &Path) -> Result<(), MountError> {
-    nix::mount::umount2(target, MntFlags::MNT_DETACH)
-        .map_err(|source| MountError::Unmount { target: target.to_owned(), source })
+    nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(|source| MountError::Unmount {
+        target: target.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -65,8 +73,15 @@ mod tests {
 
     #[test]
     fn flags_map_to_ms_bits() {
-        let all = ms_flags(MountFlags { nosuid: true, nodev: true, noexec: true });
-        assert_eq!(all, MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC);
+        let all = ms_flags(MountFlags {
+            nosuid: true,
+            nodev: true,
+            noexec: true,
+        });
+        assert_eq!(
+            all,
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC
+        );
         assert_eq!(ms_flags(MountFlags::default()), MsFlags::empty());
     }
 
@@ -77,10 +92,17 @@ mod tests {
         let err = mount("none", &dir, "cvm-no-such-fs", MountFlags::default(), "").unwrap_err();
         let _ = std::fs::remove_dir(&dir);
         match err {
-            MountError::Mount { target, fstype, source } => {
+            MountError::Mount {
+                target,
+                fstype,
+                source,
+            } => {
                 assert_eq!(target, dir);
                 assert_eq!(fstype, "cvm-no-such-fs");
-                assert!(source == Errno::ENODEV || source == Errno::EPERM, "{source}");
+                assert!(
+                    source == Errno::ENODEV || source == Errno::EPERM,
+                    "{source}"
+                );
             }
             other => panic!("unexpected {other:?}"),
         }

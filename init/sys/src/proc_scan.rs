@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use init_core::procfs::{ProcState, ProcStat, is_pid_dir, parse_stat};
+use init_core::procfs::{ProcStat, ProcState, is_pid_dir, parse_stat};
 
 /// Every process visible in `proc_root` except `exclude_pid` and kernel threads (children of
 /// kthreadd, pid 2, and kthreadd itself).
@@ -17,7 +17,9 @@ pub fn processes(proc_root: &Path, exclude_pid: u32) -> Vec<ProcStat> {
         if !is_pid_dir(name) {
             continue;
         }
-        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
         if let Some(stat) = parse_stat(&text)
             && stat.pid != exclude_pid
             && stat.pid != 2
@@ -32,7 +34,10 @@ pub fn processes(proc_root: &Path, exclude_pid: u32) -> Vec<ProcStat> {
 
 /// How many of `procs` are zombies.
 pub fn zombie_count(procs: &[ProcStat]) -> u32 {
-    let n = procs.iter().filter(|p| p.state == ProcState::Zombie).count();
+    let n = procs
+        .iter()
+        .filter(|p| p.state == ProcState::Zombie)
+        .count();
     u32::try_from(n).unwrap_or(u32::MAX)
 }
 
@@ -55,7 +60,10 @@ mod tests {
         }
         std::fs::create_dir(dir.path().join("self")).unwrap();
         let procs = processes(dir.path(), 1);
-        assert_eq!(procs.iter().map(|p| p.pid).collect::<Vec<_>>(), vec![40, 41]);
+        assert_eq!(
+            procs.iter().map(|p| p.pid).collect::<Vec<_>>(),
+            vec![40, 41]
+        );
         assert_eq!(zombie_count(&procs), 1);
         assert!(processes(Path::new("/nonexistent"), 1).is_empty());
     }

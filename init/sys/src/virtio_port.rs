@@ -46,15 +46,24 @@ impl VirtioPort {
             .write(true)
             .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
             .open(path)
-            .map_err(|source| VirtioPortError::Open { path: path.to_owned(), source })?;
-        Ok(Self { name: name.to_owned(), file })
+            .map_err(|source| VirtioPortError::Open {
+                path: path.to_owned(),
+                source,
+            })?;
+        Ok(Self {
+            name: name.to_owned(),
+            file,
+        })
     }
 
     pub fn write_line(&mut self, line: &str) -> Result<(), VirtioPortError> {
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .map_err(|source| VirtioPortError::Write { name: self.name.clone(), source })
+            .map_err(|source| VirtioPortError::Write {
+                name: self.name.clone(),
+                source,
+            })
     }
 }
 
@@ -66,7 +75,10 @@ mod tests {
     fn finds_port_by_name_in_fake_sysfs() {
         let sys = tempfile::tempdir().unwrap();
         let dev = tempfile::tempdir().unwrap();
-        for (port, name) in [("vport0p1", "org.qemu.guest_agent.0\n"), ("vport1p1", "cvm.results\n")] {
+        for (port, name) in [
+            ("vport0p1", "org.qemu.guest_agent.0\n"),
+            ("vport1p1", "cvm.results\n"),
+        ] {
             std::fs::create_dir(sys.path().join(port)).unwrap();
             std::fs::write(sys.path().join(port).join("name"), name).unwrap();
         }
@@ -74,11 +86,17 @@ mod tests {
         let found = find_port(sys.path(), dev.path(), "cvm.results").unwrap();
         assert_eq!(found, dev.path().join("vport1p1"));
         assert_eq!(find_port(sys.path(), dev.path(), "other"), None);
-        assert_eq!(find_port(Path::new("/nonexistent"), dev.path(), "cvm.results"), None);
+        assert_eq!(
+            find_port(Path::new("/nonexistent"), dev.path(), "cvm.results"),
+            None
+        );
 
         std::fs::write(&found, b"").unwrap();
         let mut port = VirtioPort::open(&found, "cvm.results").unwrap();
         port.write_line("{\"event\":\"ready\"}\n").unwrap();
-        assert_eq!(std::fs::read_to_string(&found).unwrap(), "{\"event\":\"ready\"}\n");
+        assert_eq!(
+            std::fs::read_to_string(&found).unwrap(),
+            "{\"event\":\"ready\"}\n"
+        );
     }
 }
