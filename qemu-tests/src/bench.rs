@@ -25,6 +25,11 @@ pub const RUNS_ENV: &str = "QEMU_BENCH_RUNS";
 pub enum BenchError {
     #[error("failed to fetch the artifacts")]
     FetchArtifacts { source: ArtifactError },
+    #[error("failed to build the host-share disk")]
+    HostShare {
+        #[source]
+        source: crate::host_share::HostShareError,
+    },
     #[error("failed to build the {variant} image")]
     BuildImage {
         variant: &'static str,
@@ -273,10 +278,16 @@ fn boot_once(
         run,
         source,
     };
+    // Both variants get the same devices: the sample host share (which the busybox baseline
+    // ignores) as a read-only virtio disk.
+    let share =
+        crate::host_share::sample_image().map_err(|source| BenchError::HostShare { source })?;
     let mut vm = TestVm::new(artifacts)
         .with_name(&format!("bench-{variant}"))
         .with_memory(&config.memory)
         .with_initrd(initrd)
+        .with_qemu_arg("-drive")
+        .with_qemu_arg(&crate::host_share::drive_arg(&share))
         .with_cmdline("cvm.on_ready=poweroff")
         .with_report_on_drop(ReportOnDrop::OnFailure)
         .boot()

@@ -113,6 +113,27 @@ pub fn build_image(
     Ok(())
 }
 
+/// The sample share as a disk image, built once per process (a unique file per process, so
+/// parallel test binaries never rewrite an image another QEMU has open).
+pub fn sample_image() -> Result<PathBuf, HostShareError> {
+    static SHARE: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = SHARE.get_or_init(|| {
+        let dir = crate::paths::build_dir().join(format!("host-share-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let image = dir.join("share.img");
+        sample_files()
+            .and_then(|files| {
+                build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)
+            })
+            .map(|()| image)
+            .map_err(|e| crate::image::chain(&e))
+    });
+    built.clone().map_err(|stderr| HostShareError::Mkfs {
+        image: crate::paths::build_dir(),
+        stderr,
+    })
+}
+
 /// The `-drive` value that attaches `image` read-only as a virtio disk.
 pub fn drive_arg(image: &Path) -> String {
     format!(

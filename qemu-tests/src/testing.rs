@@ -4,31 +4,6 @@ use crate::artifacts::{ArtifactError, Artifacts};
 use crate::image::{self, ImageError, TestImage};
 use crate::vm::TestVm;
 
-/// Builds the sample host-share disk once per process (a unique file per process, so parallel
-/// test binaries never rewrite an image another QEMU has open).
-fn sample_host_share() -> Result<std::path::PathBuf, SetupError> {
-    use crate::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
-    static SHARE: std::sync::OnceLock<Result<std::path::PathBuf, String>> =
-        std::sync::OnceLock::new();
-    let built = SHARE.get_or_init(|| {
-        let dir = crate::paths::build_dir().join(format!("host-share-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let image = dir.join("share.img");
-        sample_files()
-            .and_then(|files| {
-                build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)
-            })
-            .map(|()| image)
-            .map_err(|e| crate::image::chain(&e))
-    });
-    built.clone().map_err(|message| SetupError::BuildHostShare {
-        source: crate::host_share::HostShareError::Mkfs {
-            image: crate::paths::build_dir(),
-            stderr: message,
-        },
-    })
-}
-
 /// Errors of [`CvmSetup::new`].
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
@@ -59,7 +34,8 @@ impl CvmSetup {
             Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
         let image =
             image::test_image(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
-        let host_share = sample_host_share()?;
+        let host_share = crate::host_share::sample_image()
+            .map_err(|source| SetupError::BuildHostShare { source })?;
         Ok(Self {
             artifacts,
             image,
