@@ -248,6 +248,13 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             .args(["test", "--workspace", "--locked", "--target", TARGET])
             .env("CVM_SDK_PYTHON", sdk_python),
     )?;
+    // Every parser of untrusted bytes: a short cargo-fuzz run (or, without nightly, the seeds).
+    run(
+        "fuzz smoke",
+        Command::new("bash")
+            .arg(root.join(".ci/fuzz-smoke"))
+            .current_dir(&root),
+    )?;
     let opts = DistOptions {
         out: root.join("dist"),
         target_dir: root.join("target").join("dist"),
