@@ -47,6 +47,14 @@ pub(crate) fn source_date_epoch() -> u64 {
         .unwrap_or(0)
 }
 
+/// The static-link flags of `.cargo/config.toml` (environment rustflags replace the config's, so
+/// every build that sets its own must repeat them).
+pub(crate) const STATIC_RUSTFLAGS: [&str; 3] = [
+    "-Ctarget-feature=+crt-static",
+    "--cfg",
+    "getrandom_backend=\"linux_getrandom\"",
+];
+
 /// Flags that make the init bit-identical across checkouts, users and times.
 fn rustflags(root: &Path) -> Vec<String> {
     let cargo_home = std::env::var("CARGO_HOME")
@@ -54,14 +62,13 @@ fn rustflags(root: &Path) -> Vec<String> {
         .unwrap_or_else(|_| {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cargo")
         });
-    vec![
-        "-Ctarget-feature=+crt-static".into(),
-        "--cfg".into(),
-        "getrandom_backend=\"linux_getrandom\"".into(),
+    let mut flags: Vec<String> = STATIC_RUSTFLAGS.iter().map(|f| (*f).to_owned()).collect();
+    flags.extend([
         format!("--remap-path-prefix={}=/build", root.display()),
         format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
         "-Clink-arg=-Wl,--build-id=none".into(),
-    ]
+    ]);
+    flags
 }
 
 /// Build the static init binary; returns its path.

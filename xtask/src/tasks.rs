@@ -10,7 +10,7 @@ use qemu_tests::host_share;
 use qemu_tests::results::Record;
 use qemu_tests::vm::{ReportOnDrop, TestVm};
 
-use crate::dist::{DistOptions, TARGET, dist, source_date_epoch, workspace_root};
+use crate::dist::{DistOptions, STATIC_RUSTFLAGS, TARGET, dist, source_date_epoch, workspace_root};
 use crate::packages;
 
 fn cargo() -> Command {
@@ -206,14 +206,9 @@ pub(crate) fn demo(_args: &[String]) -> Result<()> {
 
 /// Rustflags for the QEMU test build: the static flags of .cargo/config.toml plus the cfg.
 fn qemu_rustflags() -> String {
-    [
-        "-Ctarget-feature=+crt-static",
-        "--cfg",
-        "getrandom_backend=\"linux_getrandom\"",
-        "--cfg",
-        "qemu_testenv",
-    ]
-    .join("\u{1f}")
+    let mut flags = STATIC_RUSTFLAGS.to_vec();
+    flags.extend(["--cfg", "qemu_testenv"]);
+    flags.join("\u{1f}")
 }
 
 /// Everything CI runs.

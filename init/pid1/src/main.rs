@@ -97,7 +97,7 @@ fn fatal(
 fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerButton>) -> ! {
     log::info!("serving: {} power button(s) watched", buttons.len());
     loop {
-        let reason = {
+        {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + buttons.len());
             if let Some(s) = signals.as_ref() {
                 fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
@@ -116,9 +116,8 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
             if let Err(e) = poll(&mut fds, timeout) {
                 log::debug!("poll: {e}");
             }
-            None::<Reason>
-        };
-        let mut reason = reason;
+        }
+        let mut reason: Option<Reason> = None;
         if let Some(s) = signals.as_mut() {
             match s.read_all() {
                 Ok(events) => {
