@@ -1,0 +1,3 @@
+//! Encrypted data disk: header, GPT, dm-integrity + dm-crypt AEAD tables, ext4 formatter
+
+#![forbid(unsafe_code)]

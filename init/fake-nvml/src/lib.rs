@@ -1,0 +1,3 @@
+//! Test-only NVML stand-in serving recorded evidence (never shipped)
+
+#![forbid(unsafe_code)]

@@ -1,0 +1,3 @@
+//! App keys: dstack KDF, encrypted environment, RA-TLS and the KMS protocol
+
+#![forbid(unsafe_code)]
