@@ -121,8 +121,28 @@ impl Artifacts {
         Self::fetch_from(&paths::artifacts_manifest(), &paths::artifact_cache())
     }
 
+    /// As [`Artifacts::fetch`], with the kernel of package key `kernel_key` (`kernel`, or
+    /// `kernel_9p` for the generic-flavour kernel that has 9p).
+    pub fn fetch_with_kernel(kernel_key: &str) -> Result<Self, ArtifactError> {
+        Self::fetch_from_with_kernel(
+            &paths::artifacts_manifest(),
+            &paths::artifact_cache(),
+            kernel_key,
+        )
+    }
+
     /// Fetches the artifacts pinned in `manifest` into `cache`.
     pub fn fetch_from(manifest: &Path, cache: &Path) -> Result<Self, ArtifactError> {
+        Self::fetch_from_with_kernel(manifest, cache, "kernel")
+    }
+
+    /// Fetches the artifacts pinned in `manifest` into `cache`, with the kernel of package key
+    /// `kernel_key`.
+    pub fn fetch_from_with_kernel(
+        manifest: &Path,
+        cache: &Path,
+        kernel_key: &str,
+    ) -> Result<Self, ArtifactError> {
         let text = fs::read_to_string(manifest).map_err(|source| ArtifactError::ReadManifest {
             path: manifest.to_owned(),
             source,
@@ -148,7 +168,7 @@ impl Artifacts {
             source,
         })?;
 
-        let kernel = Unpacked::ensure(&parsed, "kernel", cache)?;
+        let kernel = Unpacked::ensure(&parsed, kernel_key, cache)?;
         let ovmf = Unpacked::ensure(&parsed, "ovmf", cache)?;
         let busybox = Unpacked::ensure(&parsed, "busybox", cache)?;
         let module_tree = kernel.file("modules")?;
@@ -404,6 +424,11 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(files("kernel"), ["config", "modules", "vmlinuz"]);
+        assert_eq!(files("kernel_9p"), ["config", "modules", "vmlinuz"]);
+        assert_eq!(
+            manifest.packages["kernel"].version, manifest.packages["kernel_9p"].version,
+            "both kernel flavours come from the same source version"
+        );
         assert_eq!(files("ovmf"), ["code", "vars"]);
         assert_eq!(files("busybox"), ["busybox"]);
         for pin in manifest.packages.values() {

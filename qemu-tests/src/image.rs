@@ -169,10 +169,31 @@ pub fn test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
     IMAGE.get_or_init(|| build_test_image(artifacts)).clone()
 }
 
+/// Modules the 9p image adds to `initramfs/manifest.toml`'s list (their dependencies `9pnet`,
+/// `netfs` and `fscache` are resolved by `cvm_initramfs`).
+pub const NINE_P_MODULES: &[&str] = &["9pnet_virtio", "9p"];
+
+/// The cvm-init image for the generic-flavour kernel (`Artifacts::fetch_with_kernel
+/// ("kernel_9p")`) with [`NINE_P_MODULES`] added, for the 9p host-share test.
+pub fn test_image_9p(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
+    static IMAGE: OnceLock<Result<TestImage, ImageError>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| build_variant_image(artifacts, "cvm-9p", NINE_P_MODULES))
+        .clone()
+}
+
 fn build_test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
+    build_variant_image(artifacts, "cvm", &[])
+}
+
+fn build_variant_image(
+    artifacts: &Artifacts,
+    label: &str,
+    extra_modules: &[&str],
+) -> Result<TestImage, ImageError> {
     let init = init_binary()?;
     let compression = compression()?;
-    let initramfs = build_cached("cvm", &init, &[], artifacts, compression)?;
+    let initramfs = build_cached(label, &init, &[], extra_modules, artifacts, compression)?;
     let sidecar = modules_load_sidecar(&initramfs);
     let modules_load = fs::read_to_string(&sidecar).map_err(|error| ImageError::ReadManifest {
         path: sidecar.clone(),
@@ -226,7 +247,14 @@ pub fn baseline_image(artifacts: &Artifacts) -> Result<PathBuf, ImageError> {
                 source: FileSource::Path(artifacts.busybox.clone()),
                 mode: Some(0o755),
             };
-            build_cached("baseline", &script, &[busybox], artifacts, compression()?)
+            build_cached(
+                "baseline",
+                &script,
+                &[busybox],
+                &[],
+                artifacts,
+                compression()?,
+            )
         })
         .clone()
 }
@@ -236,6 +264,7 @@ fn build_cached(
     label: &str,
     init: &Path,
     extra: &[FileEntry],
+    extra_modules: &[&str],
     artifacts: &Artifacts,
     compression: Compression,
 ) -> Result<PathBuf, ImageError> {
@@ -248,6 +277,9 @@ fn build_cached(
             message: chain(&error),
         })?;
     manifest.files.extend(extra.iter().cloned());
+    manifest
+        .modules
+        .extend(extra_modules.iter().map(|m| (*m).to_owned()));
 
     // Key: everything the image depends on. The manifest's Debug form includes its host paths;
     // the contents of those files are hashed too.

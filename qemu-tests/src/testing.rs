@@ -43,6 +43,37 @@ impl CvmSetup {
         })
     }
 
+    /// As [`CvmSetup::new`] with the generic-flavour kernel and the 9p modules
+    /// ([`image::test_image_9p`]): the setup for host shares over 9p.
+    pub fn new_9p() -> Result<Self, SetupError> {
+        let artifacts = Artifacts::fetch_with_kernel("kernel_9p")
+            .map_err(|source| SetupError::FetchArtifacts { source })?;
+        let image =
+            image::test_image_9p(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
+        let host_share = crate::host_share::sample_image()
+            .map_err(|source| SetupError::BuildHostShare { source })?;
+        Ok(Self {
+            artifacts,
+            image,
+            host_share,
+        })
+    }
+
+    /// A VM booting the cvm-init image with the host directory `share` exported read-only over
+    /// virtio-9p with mount tag `host-shared` (as a dstack VMM does), and no share disk.
+    pub fn vm_with_9p_share(&self, name: &str, share: &std::path::Path) -> TestVm<'_> {
+        TestVm::new(&self.artifacts)
+            .with_name(name)
+            .with_initrd(&self.image.initramfs)
+            .with_qemu_arg("-fsdev")
+            .with_qemu_arg(&format!(
+                "local,id=hostshared,path={},security_model=none,readonly=on",
+                share.display()
+            ))
+            .with_qemu_arg("-device")
+            .with_qemu_arg("virtio-9p-pci,fsdev=hostshared,mount_tag=host-shared")
+    }
+
     /// A VM named `name` booting the cvm-init image (SeaBIOS, 512M) with the sample host share.
     pub fn vm(&self, name: &str) -> TestVm<'_> {
         self.vm_with_share(name, &self.host_share)

@@ -3,8 +3,8 @@
 //!
 //! Sources, in dstack's order (`shared/specs/dstack-guest.md` §1.5): a block device whose
 //! ext2/3/4 or FAT label is `DSTACKSHR` (found by reading superblocks, there is no udev/blkid),
-//! else the 9p tag `host-shared` (the Debian test kernel has no 9p, so the disk path is what the
-//! QEMU tests use). Rules (file names, caps, required files) live in `init_core::host_share`.
+//! else the 9p tag `host-shared` (the Debian cloud kernel of most QEMU tests has no 9p; the 9p
+//! tests boot the generic flavour of the same kernel version). Rules (file names, caps, required files) live in `init_core::host_share`.
 //!
 //! Entry point: [`load_host_share`] with [`HostShareOptions::default`].
 
