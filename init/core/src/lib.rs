@@ -10,6 +10,7 @@ pub mod identity;
 pub mod input;
 pub mod modules;
 pub mod mountinfo;
+pub mod net;
 pub mod plan;
 pub mod procfs;
 pub mod results;
