@@ -1,3 +1,10 @@
-//! Workloads: compose subset, digest-pinned OCI pull, safe layer unpack, OCI runtime spec
+//! Workloads: compose subset, digest-pinned OCI pull, safe layer unpack, OCI runtime spec.
+//!
+//! Everything here is either pure (compose model, runtime-spec generation, supervisor state
+//! machine) or plain file/HTTP I/O without `unsafe` (pull, unpack). Launching containers is the
+//! job of the libcontainer adapter in `init/pid1`.
 
 #![forbid(unsafe_code)]
+
+pub mod compose;
+pub mod digest;

@@ -1,0 +1,619 @@
+use super::*;
+
+const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
+
+fn env() -> BTreeMap<String, String> {
+    [("TOKEN", "s3cret"), ("PORT", "8080")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn parse_ok(yaml: &str) -> App {
+    parse(None, yaml, &env(), &ComposePolicy::default()).unwrap()
+}
+
+fn parse_err(yaml: &str) -> ComposeError {
+    parse(None, yaml, &env(), &ComposePolicy::default()).unwrap_err()
+}
+
+fn full() -> String {
+    format!(
+        r#"
+version: "3"
+x-common: &common
+  restart: on-failure:3
+services:
+  web:
+    <<: *common
+    image: 127.0.0.1:5000/test/web@{D}
+    command: ["/bin/httpd", "-f", "-p", "${{PORT}}"]
+    environment:
+      - TOKEN
+      - GREETING=hi $${{literal}}
+      - MISSING_FROM_ENV
+    volumes:
+      - /var/run/dstack.sock:/var/run/dstack.sock
+      - data:/data
+      - type: bind
+        source: /var/run/tappd.sock
+        target: /var/run/tappd.sock
+    ports: ["8080:8080", "9000/udp"]
+    network_mode: host
+    depends_on:
+      db:
+        condition: service_healthy
+    healthcheck:
+      test: ["CMD", "wget", "-q", "http://localhost:8080/"]
+      interval: 2s
+      timeout: 1s
+      retries: 5
+      start_period: 10s
+    configs:
+      - source: site
+        target: /etc/site.conf
+        mode: 0440
+    user: "1000:1000"
+    working_dir: /srv
+    ulimits:
+      nofile: {{soft: 1024, hard: 4096}}
+      nproc: 512
+    mem_limit: 256m
+    cpus: "0.5"
+    stop_signal: SIGINT
+    stop_grace_period: 1m30s
+    x-note: ignored
+  db:
+    image: busybox@{D}
+    entrypoint: /bin/sh -c 'sleep 1000'
+    environment:
+      LEVEL: 3
+      TOKEN: ${{TOKEN:-none}}
+    restart: unless-stopped
+    privileged: true
+    devices: ["/dev/fuse"]
+    deploy:
+      resources:
+        limits: {{cpus: "2", memory: 1g, pids: 100}}
+        reservations:
+          devices:
+            - driver: nvidia
+              count: all
+              capabilities: [gpu]
+volumes:
+  data: {{}}
+configs:
+  site:
+    content: |
+      port=${{PORT}}
+"#
+    )
+}
+
+#[test]
+fn parses_the_full_subset() {
+    let app = parse_ok(&full());
+    let names: Vec<&str> = app.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["db", "web"], "dependencies start first");
+    let web = app.service("web").unwrap();
+    assert_eq!(web.image.registry, "127.0.0.1:5000");
+    assert_eq!(
+        web.restart,
+        RestartPolicy::OnFailure {
+            max_retries: Some(3)
+        }
+    );
+    assert_eq!(web.command.as_deref().unwrap()[3], "8080");
+    assert_eq!(web.environment["TOKEN"], "s3cret");
+    assert_eq!(web.environment["GREETING"], "hi ${literal}");
+    assert!(!web.environment.contains_key("MISSING_FROM_ENV"));
+    assert_eq!(
+        web.volumes,
+        vec![
+            VolumeMount::Bind {
+                source: "/var/run/dstack.sock".into(),
+                target: "/var/run/dstack.sock".into(),
+                read_only: false
+            },
+            VolumeMount::Named {
+                name: "data".into(),
+                target: "/data".into(),
+                read_only: false
+            },
+            VolumeMount::Bind {
+                source: "/var/run/tappd.sock".into(),
+                target: "/var/run/tappd.sock".into(),
+                read_only: false
+            },
+        ]
+    );
+    assert_eq!(
+        web.ports,
+        vec![
+            Port {
+                port: 8080,
+                protocol: Protocol::Tcp
+            },
+            Port {
+                port: 9000,
+                protocol: Protocol::Udp
+            }
+        ]
+    );
+    assert_eq!(
+        web.depends_on,
+        vec![Dependency {
+            service: "db".into(),
+            condition: DependencyCondition::Healthy,
+            required: true
+        }]
+    );
+    let hc = web.healthcheck.as_ref().unwrap();
+    assert_eq!(
+        hc.test,
+        HealthTest::Exec(vec![
+            "wget".into(),
+            "-q".into(),
+            "http://localhost:8080/".into()
+        ])
+    );
+    assert_eq!(
+        (hc.interval, hc.timeout, hc.retries),
+        (Duration::from_secs(2), Duration::from_secs(1), 5)
+    );
+    assert_eq!(hc.start_period, Duration::from_secs(10));
+    assert_eq!(web.configs[0].target, "/etc/site.conf");
+    assert_eq!(web.configs[0].mode, 0o440);
+    assert_eq!(app.configs["site"], "port=8080\n");
+    assert_eq!(web.user.as_deref(), Some("1000:1000"));
+    assert_eq!(web.working_dir.as_deref(), Some("/srv"));
+    assert_eq!(
+        web.ulimits,
+        vec![
+            Ulimit {
+                name: "RLIMIT_NOFILE".into(),
+                soft: 1024,
+                hard: 4096
+            },
+            Ulimit {
+                name: "RLIMIT_NPROC".into(),
+                soft: 512,
+                hard: 512
+            }
+        ]
+    );
+    assert_eq!(web.resources.memory_bytes, Some(256 << 20));
+    assert_eq!(web.resources.cpus, Some(0.5));
+    assert_eq!(web.stop_signal, "SIGINT");
+    assert_eq!(web.stop_grace_period, Duration::from_secs(90));
+
+    let db = app.service("db").unwrap();
+    assert_eq!(
+        db.entrypoint.as_deref().unwrap(),
+        ["/bin/sh", "-c", "sleep 1000"]
+    );
+    assert_eq!(db.environment["LEVEL"], "3");
+    assert_eq!(db.environment["TOKEN"], "s3cret");
+    assert_eq!(db.restart, RestartPolicy::UnlessStopped);
+    assert!(db.privileged);
+    assert_eq!(db.devices[0].container, "/dev/fuse");
+    assert_eq!(db.resources.cpus, Some(2.0));
+    assert_eq!(db.resources.memory_bytes, Some(1 << 30));
+    assert_eq!(db.resources.pids, Some(100));
+    assert_eq!(db.resources.gpus, Some(GpuRequest::All));
+    assert_eq!(db.stop_signal, "SIGTERM");
+    assert_eq!(db.stop_grace_period, Duration::from_secs(10));
+    assert!(app.volumes.contains("data"));
+}
+
+fn svc(body: &str) -> String {
+    format!("services:\n  a:\n    image: busybox@{D}\n{body}")
+}
+
+#[test]
+fn refusals() {
+    // (name, yaml, predicate on the error, text the message must contain)
+    type Check = fn(&ComposeError) -> bool;
+    let two = |a: &str, b: &str| {
+        format!("services:\n  a:\n    image: busybox@{D}\n{a}  b:\n    image: busybox@{D}\n{b}")
+    };
+    let cases: Vec<(&str, String, Check, &str)> = vec![
+        (
+            "tag-only image",
+            "services:\n  a:\n    image: busybox:latest\n".into(),
+            |e| {
+                matches!(
+                    e,
+                    ComposeError::ParseImage {
+                        source: DigestError::MissingDigest { .. },
+                        ..
+                    }
+                )
+            },
+            "not pinned by digest",
+        ),
+        (
+            "unknown service key",
+            svc("    tty: true\n"),
+            |e| matches!(e, ComposeError::UnknownKey { key, .. } if key == "tty"),
+            "services.a: unknown key \"tty\"",
+        ),
+        (
+            "unknown top-level key",
+            format!("{}secrets: {{}}\n", svc("")),
+            |e| matches!(e, ComposeError::UnknownKey { key, .. } if key == "secrets"),
+            "unknown key \"secrets\"",
+        ),
+        (
+            "unknown healthcheck key",
+            svc("    healthcheck:\n      test: true\n      foo: 1\n"),
+            |e| matches!(e, ComposeError::UnknownKey { path, key } if path == "services.a.healthcheck" && key == "foo"),
+            "foo",
+        ),
+        (
+            "env_file",
+            svc("    env_file: .env\n"),
+            |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.env_file"),
+            "env_file is refused",
+        ),
+        (
+            "build",
+            svc("    build: .\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "building images is not supported",
+        ),
+        (
+            "host bind",
+            svc("    volumes: [\"/etc:/etc\"]\n"),
+            |e| matches!(e, ComposeError::RefuseHostBind { source_path, .. } if source_path == "/etc"),
+            "host bind of \"/etc\"",
+        ),
+        (
+            "docker socket",
+            svc("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"),
+            |e| matches!(e, ComposeError::RefuseHostBind { .. }),
+            "docker.sock",
+        ),
+        (
+            "relative bind",
+            svc("    volumes: [\"./data:/data\"]\n"),
+            |e| matches!(e, ComposeError::RefuseHostBind { .. }),
+            "./data",
+        ),
+        (
+            "undeclared volume",
+            svc("    volumes: [\"data:/data\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "not declared",
+        ),
+        (
+            "anonymous volume",
+            svc("    volumes: [\"/data\"]\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "anonymous",
+        ),
+        (
+            "mount target with ..",
+            format!(
+                "{}volumes:\n  d: {{}}\n",
+                svc("    volumes: [\"d:/a/../b\"]\n")
+            ),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "without `..`",
+        ),
+        (
+            "port remap",
+            svc("    ports: [\"8888:80\"]\n"),
+            |e| {
+                matches!(
+                    e,
+                    ComposeError::RefusePortRemap {
+                        published: 8888,
+                        target: 80,
+                        ..
+                    }
+                )
+            },
+            "8888:80 remaps",
+        ),
+        (
+            "port remap long",
+            svc("    ports:\n      - target: 80\n        published: 81\n"),
+            |e| matches!(e, ComposeError::RefusePortRemap { .. }),
+            "remaps",
+        ),
+        (
+            "port clash",
+            two("    ports: [\"80:80\"]\n", "    ports: [\"80\"]\n"),
+            |e| matches!(e, ComposeError::RefusePortClash { port: 80, first, second, .. } if first == "a" && second == "b"),
+            "port 80/tcp is published by both a and b",
+        ),
+        (
+            "bridge network mode",
+            svc("    network_mode: bridge\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "network_mode: host",
+        ),
+        (
+            "networks",
+            format!("{}networks:\n  n: {{}}\n", svc("")),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "host networking",
+        ),
+        (
+            "unknown dependency",
+            svc("    depends_on: [ghost]\n"),
+            |e| matches!(e, ComposeError::ResolveDependency { dependency, .. } if dependency == "ghost"),
+            "ghost",
+        ),
+        (
+            "cycle",
+            two("    depends_on: [b]\n", "    depends_on: [a]\n"),
+            |e| matches!(e, ComposeError::OrderServices { cycle } if cycle.len() == 3),
+            "a -> b -> a",
+        ),
+        (
+            "self cycle",
+            svc("    depends_on: [a]\n"),
+            |e| matches!(e, ComposeError::OrderServices { .. }),
+            "a -> a",
+        ),
+        (
+            "bad condition",
+            svc("    depends_on:\n      a:\n        condition: service_ready\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "service_ready",
+        ),
+        (
+            "bad restart",
+            svc("    restart: sometimes\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "sometimes",
+        ),
+        (
+            "bad on-failure count",
+            svc("    restart: on-failure:x\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "on-failure:<count>",
+        ),
+        (
+            "file config",
+            format!("{}configs:\n  c:\n    file: ./c\n", svc("")),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "inline `content`",
+        ),
+        (
+            "undeclared config",
+            svc("    configs: [c]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "not declared",
+        ),
+        (
+            "relative working_dir",
+            svc("    working_dir: srv\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "absolute",
+        ),
+        (
+            "device outside /dev",
+            svc("    devices: [\"/etc/shadow\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "under /dev",
+        ),
+        (
+            "unknown ulimit",
+            svc("    ulimits:\n      bogus: 1\n"),
+            |e| matches!(e, ComposeError::UnknownKey { key, .. } if key == "bogus"),
+            "bogus",
+        ),
+        (
+            "soft above hard",
+            svc("    ulimits:\n      nofile: {soft: 10, hard: 5}\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "soft limit above hard",
+        ),
+        (
+            "bad mem_limit",
+            svc("    mem_limit: lots\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "byte size",
+        ),
+        (
+            "bad cpus",
+            svc("    cpus: -1\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "cpus",
+        ),
+        (
+            "amd gpu",
+            svc(
+                "    deploy:\n      resources:\n        reservations:\n          devices:\n            - driver: amd\n              capabilities: [gpu]\n",
+            ),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "nvidia",
+        ),
+        (
+            "deploy replicas",
+            svc("    deploy:\n      replicas: 2\n"),
+            |e| matches!(e, ComposeError::UnknownKey { key, .. } if key == "replicas"),
+            "replicas",
+        ),
+        (
+            "bad signal",
+            svc("    stop_signal: SIGFOO\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "SIGFOO",
+        ),
+        (
+            "bad grace period",
+            svc("    stop_grace_period: 10\n"),
+            |e| matches!(e, ComposeError::WrongType { .. }),
+            "duration",
+        ),
+        (
+            "platform arm",
+            svc("    platform: linux/arm64\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "linux/amd64",
+        ),
+        (
+            "unterminated interpolation",
+            svc("    command: echo ${A\n"),
+            |e| matches!(e, ComposeError::Interpolate { path, .. } if path == "services.a.command"),
+            "interpolate services.a.command",
+        ),
+        (
+            "required variable",
+            svc("    command: echo ${NOPE:?must be set}\n"),
+            |e| {
+                matches!(
+                    e,
+                    ComposeError::Interpolate {
+                        source: InterpolateError::RequiredMissing { .. },
+                        ..
+                    }
+                )
+            },
+            "interpolate",
+        ),
+        (
+            "not yaml",
+            "services: [\n".into(),
+            |e| matches!(e, ComposeError::ParseYaml(_)),
+            "YAML",
+        ),
+        (
+            "no services",
+            "services: {}\n".into(),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "no services",
+        ),
+        (
+            "services not a mapping",
+            "services: [a]\n".into(),
+            |e| matches!(e, ComposeError::WrongType { .. }),
+            "mapping",
+        ),
+        (
+            "bad service name",
+            format!("services:\n  \"../x\":\n    image: busybox@{D}\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "service names",
+        ),
+        (
+            "healthcheck test shape",
+            svc("    healthcheck:\n      test: [\"CMD\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "CMD-SHELL",
+        ),
+        (
+            "external volume",
+            format!("{}volumes:\n  d:\n    external: true\n", svc("")),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "external",
+        ),
+    ];
+    for (name, yaml, check, text) in cases {
+        let err = parse_err(&yaml);
+        assert!(check(&err), "{name}: unexpected error variant {err:?}");
+        let chain = error_chain(&err);
+        assert!(chain.contains(text), "{name}: {chain:?} lacks {text:?}");
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        cur = e.source();
+    }
+    out
+}
+
+#[test]
+fn bash_runner_is_refused() {
+    let err = parse(Some("bash"), &svc(""), &env(), &ComposePolicy::default()).unwrap_err();
+    assert!(matches!(err, ComposeError::RefuseRunner { ref runner } if runner == "bash"));
+    assert!(err.to_string().contains("not supported"));
+    parse(
+        Some("nerdctl-compose"),
+        &svc(""),
+        &env(),
+        &ComposePolicy::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn host_binds_only_with_policy() {
+    let yaml = svc("    volumes: [\"/srv/data:/data:ro\"]\n");
+    let policy = ComposePolicy {
+        allow_host_binds: true,
+    };
+    let app = parse(None, &yaml, &env(), &policy).unwrap();
+    assert_eq!(
+        app.services[0].volumes,
+        vec![VolumeMount::Bind {
+            source: "/srv/data".into(),
+            target: "/data".into(),
+            read_only: true
+        }]
+    );
+    let yaml = svc("    volumes: [\"/srv/../etc:/data\"]\n");
+    assert!(matches!(
+        parse(None, &yaml, &env(), &policy),
+        Err(ComposeError::RefuseHostBind { .. })
+    ));
+}
+
+#[test]
+fn restart_forms_and_other_shapes() {
+    for (text, want) in [
+        ("\"no\"", RestartPolicy::No),
+        ("false", RestartPolicy::No),
+        ("always", RestartPolicy::Always),
+        ("on-failure", RestartPolicy::OnFailure { max_retries: None }),
+        (
+            "on-failure:3",
+            RestartPolicy::OnFailure {
+                max_retries: Some(3),
+            },
+        ),
+    ] {
+        let app = parse_ok(&svc(&format!("    restart: {text}\n")));
+        assert_eq!(app.services[0].restart, want, "{text}");
+    }
+    let app = parse_ok(&svc(
+        "    healthcheck:\n      test: curl -f localhost\n    gpus: all\n    stop_signal: \"9\"\n",
+    ));
+    let s = &app.services[0];
+    assert_eq!(
+        s.healthcheck.as_ref().unwrap().test,
+        HealthTest::Shell("curl -f localhost".into())
+    );
+    assert_eq!(s.resources.gpus, Some(GpuRequest::All));
+    assert_eq!(s.stop_signal, "SIGKILL");
+    let app = parse_ok(&svc(
+        "    healthcheck:\n      test: [\"NONE\"]\n    ports: [\"127.0.0.1:8000-8001:8000-8001\"]\n",
+    ));
+    assert_eq!(app.services[0].healthcheck, None);
+    assert_eq!(app.services[0].ports.len(), 2);
+    let app = parse_ok(&svc(
+        "    volumes: [\"/run/dstack.sock:/var/run/dstack.sock\"]\n",
+    ));
+    assert!(
+        matches!(&app.services[0].volumes[0], VolumeMount::Bind { source, .. } if source == "/var/run/dstack.sock")
+    );
+}
+
+#[test]
+fn start_order_is_topological_and_stable() {
+    let yaml = format!(
+        "services:\n  c:\n    image: x@{D}\n    depends_on: [b]\n  a:\n    image: x@{D}\n  b:\n    image: x@{D}\n    depends_on: [a]\n  d:\n    image: x@{D}\n"
+    );
+    let app = parse_ok(&yaml);
+    let names: Vec<&str> = app.services.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["a", "b", "c", "d"]);
+}
