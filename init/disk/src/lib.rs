@@ -1,3 +1,7 @@
 //! Encrypted data disk: header, GPT, dm-integrity + dm-crypt AEAD tables, ext4 formatter
 
 #![forbid(unsafe_code)]
+
+pub mod ext4;
+pub mod header;
+pub mod keys;
