@@ -2,5 +2,6 @@
 
 #![forbid(unsafe_code)]
 
+pub mod env;
 pub mod kdf;
 pub mod secret;
