@@ -8,6 +8,7 @@ pub mod error_chain;
 pub mod host_share;
 pub mod identity;
 pub mod input;
+pub mod kernel_contract;
 pub mod modules;
 pub mod mountinfo;
 pub mod net;

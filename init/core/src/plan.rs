@@ -17,6 +17,9 @@ pub enum Stage {
     MountLate,
     /// Open the results port and flush the records buffered so far.
     Results,
+    /// Check the running kernel against `kernel_contract::FEATURES` (from /proc/config.gz, else
+    /// by probing), now that the modules are loaded; stop naming every missing feature.
+    KernelContract,
     /// Copy the host-shared configuration (app-compose.json, .sys-config.json, ...) into a
     /// private tmpfs and validate it.
     HostShare,
@@ -39,6 +42,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::Modules,
     Stage::MountLate,
     Stage::Results,
+    Stage::KernelContract,
     Stage::HostShare,
     Stage::Measure,
     Stage::SystemReady,
@@ -56,6 +60,7 @@ impl Stage {
             Self::Modules => "modules",
             Self::MountLate => "mount-late",
             Self::Results => "results",
+            Self::KernelContract => "kernel-contract",
             Self::HostShare => "host-share",
             Self::Measure => "measure",
             Self::SystemReady => "system-ready",
@@ -179,6 +184,7 @@ mod tests {
                 "modules",
                 "mount-late",
                 "results",
+                "kernel-contract",
                 "host-share",
                 "measure",
                 "system-ready",

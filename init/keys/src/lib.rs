@@ -4,4 +4,5 @@
 
 pub mod env;
 pub mod kdf;
+pub mod provider;
 pub mod secret;

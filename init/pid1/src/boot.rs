@@ -49,6 +49,8 @@ pub(crate) enum BootError {
     },
     #[error("open results channel")]
     ResultsPort(#[source] init_sys::virtio_port::VirtioPortError),
+    #[error("kernel contract")]
+    KernelContract(#[source] crate::stages::kernel_contract::KernelContractStageError),
     #[error("host share")]
     HostShare(#[source] HostShareStageError),
     #[error("measure")]
@@ -170,6 +172,9 @@ impl Boot {
                 }
                 Ok(())
             }
+            Stage::KernelContract => crate::stages::kernel_contract::run()
+                .map(drop)
+                .map_err(BootError::KernelContract),
             Stage::HostShare => {
                 let (share, source) =
                     load_host_share(&HostShareOptions::default()).map_err(BootError::HostShare)?;

@@ -10,6 +10,7 @@ mod shutdown;
 mod stages {
     pub(crate) mod guest_api;
     pub(crate) mod host_share;
+    pub(crate) mod kernel_contract;
     pub(crate) mod measure;
 }
 
