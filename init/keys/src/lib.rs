@@ -5,4 +5,5 @@
 pub mod env;
 pub mod kdf;
 pub mod provider;
+pub mod ratls;
 pub mod secret;

@@ -160,11 +160,7 @@ fn three() -> u8 {
     3
 }
 
-fn field_matches(
-    field: &'static str,
-    hex_text: &str,
-    local: &[u8],
-) -> Result<(), ProviderError> {
+fn field_matches(field: &'static str, hex_text: &str, local: &[u8]) -> Result<(), ProviderError> {
     match hex::decode(hex_text) {
         Ok(bytes) if bytes == local => Ok(()),
         _ => Err(ProviderError::MrConfigFieldMismatch { field }),
@@ -185,7 +181,11 @@ fn check_v3_document(document: &str, local: &LocalConfig<'_>) -> Result<(), Prov
         });
     }
     if !doc.key_provider_id.is_empty() {
-        field_matches("key_provider_id", &doc.key_provider_id, local.key_provider_id)?;
+        field_matches(
+            "key_provider_id",
+            &doc.key_provider_id,
+            local.key_provider_id,
+        )?;
     }
     if !doc.instance_id.is_empty() {
         field_matches("instance_id", &doc.instance_id, local.instance_id)?;
@@ -257,10 +257,8 @@ mod tests {
     #[test]
     fn v1_matches_the_tdx_lite_fixture() {
         // The fixture quote's MRCONFIGID (vectors/dstack/README.md): 01 ‖ compose_hash ‖ 00×15.
-        let quote: serde_json::Value = serde_json::from_str(include_str!(
-            "../testdata/tdx-lite-getquote.json"
-        ))
-        .unwrap();
+        let quote: serde_json::Value =
+            serde_json::from_str(include_str!("../testdata/tdx-lite-getquote.json")).unwrap();
         let bytes = hex::decode(quote["quote"].as_str().unwrap()).unwrap();
         let id: [u8; 48] = bytes[48 + 184..48 + 232].try_into().unwrap();
         assert_eq!(check_mr_config_id(&id, &local()), Ok(1));
