@@ -4,6 +4,19 @@
 
 pub mod env;
 pub mod kdf;
+pub mod kms;
 pub mod provider;
 pub mod ratls;
 pub mod secret;
+
+/// An error and its sources on one line, `outer: inner: …` (secrets are never in errors).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut source = error.source();
+    while let Some(err) = source {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        source = err.source();
+    }
+    out
+}
