@@ -25,6 +25,9 @@ pub enum Stage {
     HostShare,
     /// Pick the TEE and extend the app identity into RTMR3 (`system-preparing` .. `boot-mr-done`).
     Measure,
+    /// `lo` and the first Ethernet interface up, DHCP, `/etc/resolv.conf`; required when
+    /// `kms_urls` is set, otherwise best effort.
+    Network,
     /// Extend `key-provider`, `storage-fs`, `system-ready`; check a quote carries the RTMR3.
     SystemReady,
     /// Start the guest API process (dstack.sock / tappd.sock), which owns the runtime event log
@@ -45,6 +48,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::KernelContract,
     Stage::HostShare,
     Stage::Measure,
+    Stage::Network,
     Stage::SystemReady,
     Stage::GuestApi,
     Stage::Ready,
@@ -63,6 +67,7 @@ impl Stage {
             Self::KernelContract => "kernel-contract",
             Self::HostShare => "host-share",
             Self::Measure => "measure",
+            Self::Network => "network",
             Self::SystemReady => "system-ready",
             Self::GuestApi => "guest-api",
             Self::Ready => "ready",
@@ -187,6 +192,7 @@ mod tests {
                 "kernel-contract",
                 "host-share",
                 "measure",
+                "network",
                 "system-ready",
                 "guest-api",
                 "ready"

@@ -32,6 +32,15 @@ pub enum Record {
         events: u32,
         mono_us: u64,
     },
+    /// The network stage's outcome: the lease applied to `interface` (`address` is
+    /// `a.b.c.d/len`), or `interface` = "none" when the VM has no Ethernet interface.
+    Network {
+        interface: String,
+        address: String,
+        gateway: String,
+        dns: Vec<String>,
+        mono_us: u64,
+    },
     Ready {
         mono_us: u64,
     },

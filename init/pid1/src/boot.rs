@@ -60,6 +60,10 @@ pub(crate) enum BootError {
         stage: &'static str,
         needs: &'static str,
     },
+    #[error("network")]
+    Network(#[source] crate::stages::network::NetworkStageError),
+    #[error("no network interface, but kms_urls needs the network")]
+    NetworkRequired,
     #[error("guest API")]
     GuestApi(#[source] crate::stages::guest_api::GuestApiStageError),
     #[error("get a quote to check RTMR3")]
@@ -85,6 +89,7 @@ pub(crate) struct Boot {
     identity: Option<AppIdentity>,
     event_log: Option<RuntimeEventLog<BoxedTee, FileSink>>,
     pub(crate) guest_api: Option<std::process::Child>,
+    pub(crate) network: Option<crate::stages::network::Network>,
 }
 
 impl std::fmt::Debug for Boot {
@@ -113,6 +118,7 @@ impl Boot {
             identity: None,
             event_log: None,
             guest_api: None,
+            network: None,
         }
     }
 
@@ -183,6 +189,7 @@ impl Boot {
                 Ok(())
             }
             Stage::Measure => self.measure(),
+            Stage::Network => self.network(),
             Stage::SystemReady => self.system_ready(),
             Stage::GuestApi => {
                 // The API process owns the event log from here on: PID 1 writes no more events.
@@ -198,6 +205,59 @@ impl Boot {
                 Ok(())
             }
             Stage::Ready => self.test_hooks_before_ready(),
+        }
+    }
+
+    fn network(&mut self) -> Result<(), BootError> {
+        use crate::stages::network::{NetworkOptions, bring_up};
+        let share = self.share.as_ref().ok_or(BootError::StageOrder {
+            stage: "network",
+            needs: "host-share",
+        })?;
+        let required = !share.sys_config.kms_urls.is_empty();
+        let mono_us = init_sys::clock::monotonic_us;
+        match bring_up(&NetworkOptions::default()) {
+            Ok(Some(network)) => {
+                let config = &network.config;
+                log::info!(
+                    "network: {} {}/{} via {:?}, dns {:?}, lease {} s",
+                    network.interface,
+                    config.address,
+                    config.prefix_len,
+                    config.gateway,
+                    config.dns_servers,
+                    config.lease_secs
+                );
+                self.results.record(&Record::Network {
+                    interface: network.interface.clone(),
+                    address: format!("{}/{}", config.address, config.prefix_len),
+                    gateway: config.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                    dns: config.dns_servers.iter().map(ToString::to_string).collect(),
+                    mono_us: mono_us(),
+                });
+                self.network = Some(network);
+                Ok(())
+            }
+            Ok(None) if required => Err(BootError::NetworkRequired),
+            Ok(None) => {
+                log::info!("network: no Ethernet interface; offline");
+                self.results.record(&Record::Network {
+                    interface: "none".into(),
+                    address: String::new(),
+                    gateway: String::new(),
+                    dns: Vec::new(),
+                    mono_us: mono_us(),
+                });
+                Ok(())
+            }
+            Err(e) if required => Err(BootError::Network(e)),
+            Err(e) => {
+                log::warn!(
+                    "network: {} (offline; nothing in the configuration needs it)",
+                    init_core::error_chain::one_line(&e)
+                );
+                Ok(())
+            }
         }
     }
 

@@ -9,6 +9,7 @@ pub mod input;
 pub mod kmod;
 pub mod kmsg;
 pub mod mount;
+pub mod net;
 pub mod power;
 pub mod proc_scan;
 pub mod signals;

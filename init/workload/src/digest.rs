@@ -78,6 +78,19 @@ impl fmt::Debug for Sha256Digest {
     }
 }
 
+impl serde::Serialize for Sha256Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sha256Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The default registry of unqualified names, as Docker resolves them.
 pub const DEFAULT_REGISTRY: &str = "registry-1.docker.io";
 

@@ -8,3 +8,6 @@
 
 pub mod compose;
 pub mod digest;
+pub mod oci;
+pub mod pull;
+pub mod registry;

@@ -357,7 +357,7 @@ fn single_address(code: u8, value: &[u8]) -> Result<Ipv4Addr, DhcpError> {
 }
 
 fn address_list(code: u8, value: &[u8]) -> Result<Vec<Ipv4Addr>, DhcpError> {
-    if value.is_empty() || value.len() % 4 != 0 {
+    if value.is_empty() || !value.len().is_multiple_of(4) {
         return Err(DhcpError::OptionLength {
             code,
             len: value.len(),
