@@ -81,7 +81,7 @@ fn has_super(group: u64) -> bool {
     }
     [3u64, 5, 7].iter().any(|&base| {
         let mut n = group;
-        while n % base == 0 {
+        while n.is_multiple_of(base) {
             n /= base;
         }
         n == 1

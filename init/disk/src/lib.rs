@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod ext4;
+pub mod gpt;
 pub mod header;
 pub mod keys;
+pub mod tables;
