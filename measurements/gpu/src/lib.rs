@@ -26,7 +26,7 @@ mod xml;
 
 pub use verify::{
     Arch, CertStatus, Failure, FixedRims, GpuClaims, GpuEvidence, GpuVerdict, MeasurementResult,
-    OcspMode, OcspStatus, RimKind, RimSource, VerifyOptions, verify_gpu,
+    OcspMode, OcspStatus, RimBundle, RimKind, RimSource, VerifyOptions, verify_gpu,
 };
 pub use xml::XmlError;
 

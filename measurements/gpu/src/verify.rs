@@ -125,6 +125,30 @@ impl RimSource for FixedRims {
     }
 }
 
+/// RIMs keyed by RIM service id (e.g. an offline bundle `<dir>/<RIM_ID>.xml` the caller read).
+#[derive(Debug, Clone, Default)]
+pub struct RimBundle {
+    rims: std::collections::BTreeMap<String, Vec<u8>>,
+}
+
+impl RimBundle {
+    /// Adds a RIM under its id.
+    pub fn insert(&mut self, id: impl Into<String>, rim: Vec<u8>) {
+        self.rims.insert(id.into(), rim);
+    }
+
+    /// Ids present.
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.rims.keys().map(String::as_str)
+    }
+}
+
+impl RimSource for RimBundle {
+    fn rim(&self, _kind: RimKind, id: &str) -> Option<Vec<u8>> {
+        self.rims.get(id).cloned()
+    }
+}
+
 /// The evidence NVML returns for one GPU.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuEvidence {

@@ -5,11 +5,12 @@
 #[cfg(test)]
 mod tests {
     use nv_verify::certs::{self, ChainError};
+    use nv_verify::policy::{CcState, GateDecision, GateFailure, GateInput, GpuPolicy};
     use nv_verify::report::{AttestationReport, OpaqueError, ReportError};
     use nv_verify::rim::{Rim, RimError};
     use nv_verify::{
         CertStatus, Failure, FixedRims, GpuEvidence, MeasurementResult, OcspMode, OcspStatus,
-        RimKind, UnixTime, VerifyOptions, verify_gpu,
+        RimBundle, RimKind, UnixTime, VerifyOptions, verify_gpu,
     };
 
     /// 2024-06-01: inside every 2023/2024 RIM signer window.
@@ -805,5 +806,86 @@ mod tests {
             r[i] ^= 0x5a;
             let _ = AttestationReport::parse(&r);
         }
+    }
+
+    // ---- the gate over all GPUs (policy)
+
+    fn cc_on() -> CcState {
+        CcState {
+            environment: 2,
+            cc_feature: 1,
+            devtools_mode: 0,
+            multi_gpu_mode: 0,
+        }
+    }
+
+    #[test]
+    fn gate_opens_for_the_passing_vector_and_closes_on_cc_off() {
+        let mut bundle = RimBundle::default();
+        bundle.insert("NV_GPU_DRIVER_GH100_545.00", data(DRIVER_545));
+        bundle.insert(
+            "NV_GPU_VBIOS_1010_0200_882_96005E0001",
+            data(VBIOS_545_TEST),
+        );
+        let verdict = verify_gpu(
+            &evidence("hopper_2023_545"),
+            &bundle,
+            &options(NONCE_545, T_2024_06),
+        );
+        let input = GateInput {
+            pci_gpu_count: 1,
+            foreign_display_devices: vec![],
+            cc_state: Some(cc_on()),
+        };
+        let gate = GpuPolicy::strict().evaluate(&input, std::slice::from_ref(&verdict));
+        assert_eq!(gate.decision, GateDecision::Ready);
+        assert!(gate.failures.is_empty());
+        let off = GateInput {
+            cc_state: Some(CcState {
+                cc_feature: 0,
+                ..cc_on()
+            }),
+            ..input
+        };
+        let gate = GpuPolicy::strict().evaluate(&off, &[verdict]);
+        assert_eq!(
+            gate.failures,
+            vec![GateFailure::CheckCcMode { cc_feature: 0 }]
+        );
+    }
+
+    #[test]
+    fn gate_refuses_ppcie_evidence_and_mismatched_measurements() {
+        let entry = &nv_verify::evidence::parse_nvat_json(&data(
+            "nvat_serialized_evidence/hopper_evidence.json",
+        ))
+        .unwrap()[0];
+        let ppcie = verify_gpu(
+            &entry.evidence,
+            &FixedRims::default(),
+            &VerifyOptions {
+                nonce: entry.nonce,
+                now: UnixTime(T_2026_01),
+                ocsp: OcspMode::Skip,
+            },
+        );
+        let input = GateInput {
+            pci_gpu_count: 1,
+            foreign_display_devices: vec![],
+            cc_state: Some(cc_on()),
+        };
+        let gate = GpuPolicy::strict().evaluate(&input, &[ppcie]);
+        assert_eq!(gate.decision, GateDecision::Refuse);
+        assert_eq!(gate.failures[0], GateFailure::CheckPpcie);
+        let prod = verify_gpu(
+            &evidence("hopper_2023_545"),
+            &rims(Some(DRIVER_545), Some(VBIOS_545_PROD)),
+            &options(NONCE_545, T_2024_06),
+        );
+        let gate = GpuPolicy::strict().evaluate(&input, &[prod]);
+        let codes: Vec<String> = gate.failures.iter().map(ToString::to_string).collect();
+        assert_eq!(gate.failures.len(), 6, "{codes:?}");
+        assert_eq!(gate.failures[4], GateFailure::CheckSecureBoot { index: 0 });
+        assert_eq!(gate.failures[5], GateFailure::CheckDebug { index: 0 });
     }
 }
