@@ -1136,8 +1136,8 @@ mod tests {
         // A plan that stops before host-share does not need ext4.
         let mut kernel = without(everything(), &fs("ext4"));
         let early = &BOOT_PLAN[..3];
-        let report = check(early, TeeExpectation::Tdx, None, &mut kernel)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let report =
+            check(early, TeeExpectation::Tdx, None, &mut kernel).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.absent_unenforced(), ["CONFIG_EXT4_FS (host-share)"]);
     }
 
