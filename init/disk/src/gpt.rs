@@ -186,16 +186,24 @@ fn protective_mbr(g: &Geometry) -> Vec<u8> {
     m
 }
 
-/// Every write of a full GPT with `entries` (the whole 128-entry array).
+/// The two writes of a full GPT with `entries` (the whole 128-entry array): the backup
+/// (entries then header, contiguous at the end), then the primary (protective MBR, header,
+/// entries, contiguous at the start). Each is one write, so a cut leaves the primary either
+/// old (or absent) or complete.
 fn table_writes(g: &Geometry, disk_guid: &[u8; 16], entries: &[u8]) -> Vec<(u64, Vec<u8>)> {
     let crc = crc32(entries);
-    vec![
-        (0, protective_mbr(g)),
-        (g.lbs, header_bytes(g, disk_guid, false, crc)),
-        (2 * g.lbs, entries.to_vec()),
-        ((g.last_lba - g.entry_lbas) * g.lbs, entries.to_vec()),
-        (g.last_lba * g.lbs, header_bytes(g, disk_guid, true, crc)),
-    ]
+    let lbs = usize::try_from(g.lbs).unwrap_or(512);
+    let mut backup = entries.to_vec();
+    let mut header = header_bytes(g, disk_guid, true, crc);
+    header.resize(lbs, 0);
+    backup.extend_from_slice(&header);
+    let mut primary = protective_mbr(g);
+    primary.resize(lbs, 0);
+    let mut header = header_bytes(g, disk_guid, false, crc);
+    header.resize(lbs, 0);
+    primary.extend_from_slice(&header);
+    primary.extend_from_slice(entries);
+    vec![((g.last_lba - g.entry_lbas) * g.lbs, backup), (0, primary)]
 }
 
 /// A new GPT with one `dstack-data` partition.

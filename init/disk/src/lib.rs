@@ -7,3 +7,4 @@ pub mod gpt;
 pub mod header;
 pub mod keys;
 pub mod tables;
+pub mod volume;

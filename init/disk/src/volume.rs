@@ -1,0 +1,690 @@
+//! The first-boot state machine and the open path, over narrow kernel traits (a block device
+//! and device-mapper), so host tests drive it with fakes and cut the power at every step.
+//!
+//! ```text
+//! disk zero?            -> write GPT (one `dstack-data` partition)
+//! header area (read once, verified in memory):
+//!   blank / formatting  -> header "formatting" (slot A, sync, slot B, sync)
+//!                          zero the dm-integrity superblock, let the kernel format it
+//!                          (8-sector table), read provided_data_sectors back
+//!                          integrity (direct) + crypt; write zeros over the whole volume
+//!                          (initialises every tag); ext4; sync; remove both
+//!                          header "ready" (slot A, sync, slot B, sync)
+//!   ready               -> integrity (journal) + crypt, from the verified header only
+//!   does not verify     -> stop: nothing written
+//! ```
+//! A power cut anywhere before the "ready" header leaves a "formatting" (or blank) header, so
+//! the next boot formats again from the start; a half-formatted volume is never opened.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::ext4::{self, BlockWriter, Ext4Error, Ext4Params};
+use crate::gpt::{self, GptError, Partition};
+use crate::header::{
+    Found, HEADER_AREA_LEN, Header, HeaderError, INTEGRITY_OFFSET_SECTORS, SLOT_LEN, VolumeState,
+    inspect,
+};
+use crate::keys::DiskKey;
+use crate::tables::{
+    DevNumber, DmTarget, INTEGRITY_FORMAT_SECTORS, IntegrityMode, IntegritySuperblock,
+    IntegritySuperblockError, crypt_target, integrity_target,
+};
+
+/// DM name of the integrity device.
+pub const INTEGRITY_NAME: &str = "cvm-data-integrity";
+/// DM name of the decrypted volume.
+pub const CRYPT_NAME: &str = "cvm-data";
+/// Filesystem the volume carries (the `storage-fs` event payload).
+pub const STORAGE_FS: &str = "ext4";
+const WIPE_CHUNK: usize = 1 << 20;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// A block device: the data disk or a DM device.
+pub trait BlockDev {
+    fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()>;
+    fn sync(&mut self) -> io::Result<()>;
+    fn size(&mut self) -> io::Result<u64>;
+    fn number(&self) -> DevNumber;
+}
+
+/// A DM device the kernel created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mapped {
+    pub number: DevNumber,
+    pub path: PathBuf,
+}
+
+/// Device-mapper and opening block devices.
+pub trait Kernel {
+    type Block: BlockDev;
+    /// Create `name` with one target, load and resume it.
+    fn create_device(&mut self, name: &str, target: &DmTarget) -> Result<Mapped, BoxError>;
+    fn remove_device(&mut self, name: &str) -> Result<(), BoxError>;
+    fn open(&mut self, path: &Path) -> io::Result<Self::Block>;
+}
+
+/// Random inputs of a format (from the kernel's RNG in the init).
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub salt: [u8; 32],
+    pub fs_uuid: [u8; 16],
+    pub hash_seed: [u8; 16],
+    pub disk_guid: [u8; 16],
+    pub partition_guid: [u8; 16],
+    /// Seconds since the epoch, for the ext4 timestamps.
+    pub now: u32,
+}
+
+/// The opened volume.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The decrypted volume's device node (`/dev/dm-N`).
+    pub device: PathBuf,
+    /// Whether this boot formatted it.
+    pub formatted: bool,
+    pub partition: Partition,
+    pub data_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    #[error("read the data disk at byte {offset}")]
+    ReadDisk {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("write the data disk at byte {offset}")]
+    WriteDisk {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flush the data disk")]
+    SyncDisk(#[source] io::Error),
+    #[error("size of the data disk")]
+    DiskSize(#[source] io::Error),
+    #[error("partition table")]
+    Gpt(#[source] GptError),
+    #[error("volume header")]
+    Header(#[source] HeaderError),
+    #[error("create DM device {name}")]
+    CreateDevice {
+        name: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("remove DM device {name}")]
+    RemoveDevice {
+        name: &'static str,
+        #[source]
+        source: BoxError,
+    },
+    #[error("open {path}")]
+    OpenDevice {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("dm-integrity superblock the kernel formatted")]
+    IntegritySuperblock(#[source] IntegritySuperblockError),
+    #[error("the header records {header} data sectors but the partition holds at most {fits}")]
+    DataSectors { header: u64, fits: u64 },
+    #[error("initialise the integrity tags (write zeros at byte {offset} of the volume)")]
+    Wipe {
+        offset: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("flush the volume")]
+    SyncVolume(#[source] io::Error),
+    #[error("create the ext4 filesystem")]
+    Format(#[source] Ext4Error),
+}
+
+struct Writer<'a, B: BlockDev>(&'a mut B);
+
+impl<B: BlockDev> BlockWriter for Writer<'_, B> {
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.0.write_at(offset, data)
+    }
+}
+
+fn read<B: BlockDev>(disk: &mut B, offset: u64, len: usize) -> Result<Vec<u8>, VolumeError> {
+    let mut buf = vec![0u8; len];
+    disk.read_at(offset, &mut buf)
+        .map_err(|source| VolumeError::ReadDisk { offset, source })?;
+    Ok(buf)
+}
+
+fn write<B: BlockDev>(disk: &mut B, offset: u64, data: &[u8]) -> Result<(), VolumeError> {
+    disk.write_at(offset, data)
+        .map_err(|source| VolumeError::WriteDisk { offset, source })
+}
+
+fn sync<B: BlockDev>(disk: &mut B) -> Result<(), VolumeError> {
+    disk.sync().map_err(VolumeError::SyncDisk)
+}
+
+/// Find (or create, on an all-zero disk) the data partition; grow it when the disk grew.
+pub fn partition<B: BlockDev>(
+    disk: &mut B,
+    logical_block_size: u64,
+    fresh: &Fresh,
+) -> Result<Partition, VolumeError> {
+    let size = disk.size().map_err(VolumeError::DiskSize)?;
+    let area = read(disk, 0, gpt::PRIMARY_AREA_LEN)?;
+    let plan = if area.iter().all(|&b| b == 0) {
+        log::info!(
+            "disk: empty disk, writing a GPT with one {} partition",
+            gpt::PARTITION_NAME
+        );
+        gpt::create(
+            size,
+            logical_block_size,
+            fresh.disk_guid,
+            fresh.partition_guid,
+        )
+    } else {
+        gpt::find(&area, size, logical_block_size)
+    }
+    .map_err(VolumeError::Gpt)?;
+    if !plan.writes.is_empty() {
+        // Backup table first, primary last: a cut leaves the old primary in charge.
+        for (offset, data) in &plan.writes {
+            write(disk, *offset, data)?;
+        }
+        sync(disk)?;
+    }
+    Ok(plan.partition)
+}
+
+fn write_header<B: BlockDev>(
+    disk: &mut B,
+    part: Partition,
+    header: &Header,
+    key: &DiskKey,
+) -> Result<(), VolumeError> {
+    let slot = header.encode(key);
+    for i in 0..2u64 {
+        write(disk, part.offset + i * SLOT_LEN as u64, &slot)?;
+        sync(disk)?;
+    }
+    Ok(())
+}
+
+fn create<K: Kernel>(
+    kernel: &mut K,
+    name: &'static str,
+    target: &DmTarget,
+) -> Result<Mapped, VolumeError> {
+    kernel
+        .create_device(name, target)
+        .map_err(|source| VolumeError::CreateDevice { name, source })
+}
+
+fn remove<K: Kernel>(kernel: &mut K, name: &'static str) -> Result<(), VolumeError> {
+    kernel
+        .remove_device(name)
+        .map_err(|source| VolumeError::RemoveDevice { name, source })
+}
+
+/// Map the volume: integrity then crypt, both from the verified `header`.
+fn map<K: Kernel>(
+    kernel: &mut K,
+    disk: DevNumber,
+    part: Partition,
+    header: &Header,
+    key: &DiskKey,
+    mode: IntegrityMode,
+) -> Result<Mapped, VolumeError> {
+    let sectors = header.provided_data_sectors;
+    let fits = (part.length / 512).saturating_sub(INTEGRITY_OFFSET_SECTORS);
+    if sectors == 0 || sectors > fits {
+        return Err(VolumeError::DataSectors {
+            header: sectors,
+            fits,
+        });
+    }
+    let start = part.offset / 512;
+    let integrity = create(
+        kernel,
+        INTEGRITY_NAME,
+        &integrity_target(disk, start, sectors, mode, key, &header.salt),
+    )?;
+    match create(
+        kernel,
+        CRYPT_NAME,
+        &crypt_target(integrity.number, sectors, key, &header.salt),
+    ) {
+        Ok(m) => Ok(m),
+        Err(e) => {
+            let _ = kernel.remove_device(INTEGRITY_NAME);
+            Err(e)
+        }
+    }
+}
+
+/// Remove both DM devices (crypt first). Used at shutdown and after the format.
+pub fn close<K: Kernel>(kernel: &mut K) -> Result<(), VolumeError> {
+    remove(kernel, CRYPT_NAME)?;
+    remove(kernel, INTEGRITY_NAME)
+}
+
+fn format<K: Kernel>(
+    kernel: &mut K,
+    disk: &mut K::Block,
+    part: Partition,
+    header: &Header,
+    key: &DiskKey,
+    fresh: &Fresh,
+) -> Result<Header, VolumeError> {
+    write_header(disk, part, header, key)?;
+    // A zero superblock makes the kernel format dm-integrity afresh (also after a cut).
+    let sb_offset = part.offset + INTEGRITY_OFFSET_SECTORS * 512;
+    write(disk, sb_offset, &[0u8; 64 * 1024])?;
+    sync(disk)?;
+    let number = disk.number();
+    let start = part.offset / 512;
+    let probe = integrity_target(
+        number,
+        start,
+        INTEGRITY_FORMAT_SECTORS,
+        IntegrityMode::Journal,
+        key,
+        &header.salt,
+    );
+    create(kernel, INTEGRITY_NAME, &probe)?;
+    remove(kernel, INTEGRITY_NAME)?;
+    let sb = read(disk, sb_offset, 32)?;
+    let mut first = [0u8; 32];
+    first.copy_from_slice(&sb);
+    let sb = IntegritySuperblock::parse(&first).map_err(VolumeError::IntegritySuperblock)?;
+    let ready = header.ready(sb.provided_data_sectors);
+    log::info!(
+        "disk: dm-integrity formatted, {} MiB of data",
+        sb.provided_data_sectors / 2048
+    );
+    let mapped = map(kernel, number, part, &ready, key, IntegrityMode::Direct)?;
+    let result = fill(
+        kernel,
+        &mapped,
+        sb.provided_data_sectors * 512,
+        header,
+        fresh,
+    );
+    close(kernel)?;
+    result?;
+    write_header(disk, part, &ready, key)?;
+    Ok(ready)
+}
+
+/// Zeros over the whole volume (initialises every integrity tag), then ext4.
+fn fill<K: Kernel>(
+    kernel: &mut K,
+    mapped: &Mapped,
+    bytes: u64,
+    header: &Header,
+    fresh: &Fresh,
+) -> Result<(), VolumeError> {
+    let mut volume = kernel
+        .open(&mapped.path)
+        .map_err(|source| VolumeError::OpenDevice {
+            path: mapped.path.clone(),
+            source,
+        })?;
+    let zeros = vec![0u8; WIPE_CHUNK];
+    let mut offset = 0u64;
+    while offset < bytes {
+        let n = usize::try_from(bytes - offset)
+            .unwrap_or(WIPE_CHUNK)
+            .min(WIPE_CHUNK);
+        volume
+            .write_at(offset, &zeros[..n])
+            .map_err(|source| VolumeError::Wipe { offset, source })?;
+        offset += n as u64;
+    }
+    let params = Ext4Params {
+        uuid: header.fs_uuid,
+        hash_seed: fresh.hash_seed,
+        label: gpt::PARTITION_NAME,
+        now: fresh.now,
+    };
+    ext4::format(&mut Writer(&mut volume), bytes, &params).map_err(VolumeError::Format)?;
+    volume.sync().map_err(VolumeError::SyncVolume)
+}
+
+/// Open the volume on the data partition, formatting it first when it is new or a format was
+/// cut short. The header area is read once; a header that does not verify stops here with
+/// nothing written.
+pub fn open_or_format<K: Kernel>(
+    kernel: &mut K,
+    disk: &mut K::Block,
+    logical_block_size: u64,
+    key: &DiskKey,
+    fresh: &Fresh,
+) -> Result<Opened, VolumeError> {
+    // Verify the header before anything is written (also before a GPT grow).
+    let size = disk.size().map_err(VolumeError::DiskSize)?;
+    let area = read(disk, 0, gpt::PRIMARY_AREA_LEN)?;
+    if !area.iter().all(|&b| b == 0) {
+        let current = gpt::find(&area, size, logical_block_size).map_err(VolumeError::Gpt)?;
+        let header_area = read(disk, current.partition.offset, HEADER_AREA_LEN)?;
+        inspect(&header_area, key).map_err(VolumeError::Header)?;
+    }
+    let part = partition(disk, logical_block_size, fresh)?;
+    let header_area = read(disk, part.offset, HEADER_AREA_LEN)?;
+    let found = inspect(&header_area, key).map_err(VolumeError::Header)?;
+    let (header, formatted) = match found {
+        Found::Volume(h) if h.state == VolumeState::Ready => (h, false),
+        Found::Volume(h) => {
+            log::warn!("disk: a format was interrupted; formatting again");
+            (format(kernel, disk, part, &h, key, fresh)?, true)
+        }
+        Found::Blank => {
+            log::info!("disk: blank volume, formatting");
+            let h = Header::formatting(fresh.salt, fresh.fs_uuid);
+            (format(kernel, disk, part, &h, key, fresh)?, true)
+        }
+    };
+    let mapped = map(
+        kernel,
+        disk.number(),
+        part,
+        &header,
+        key,
+        IntegrityMode::Journal,
+    )?;
+    Ok(Opened {
+        device: mapped.path,
+        formatted,
+        partition: part,
+        data_bytes: header.provided_data_sectors * 512,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) mod tests {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+    use std::rc::Rc;
+
+    use super::*;
+    use crate::tables::redact;
+
+    const DISK: usize = 16 << 20;
+
+    /// What survives a power cut: the disk bytes and the plaintext the fake dm-crypt holds.
+    #[derive(Default, Clone)]
+    pub(crate) struct State {
+        disk: Vec<u8>,
+        volume: Vec<u8>,
+    }
+
+    #[derive(Clone)]
+    struct Shared {
+        state: Rc<RefCell<State>>,
+        /// Operations left before the power goes (None: never).
+        budget: Rc<RefCell<Option<usize>>>,
+        log: Rc<RefCell<Vec<String>>>,
+    }
+
+    impl Shared {
+        fn tick(&self) -> io::Result<()> {
+            let mut b = self.budget.borrow_mut();
+            match b.as_mut() {
+                Some(0) => Err(io::Error::other("power cut")),
+                Some(n) => {
+                    *n -= 1;
+                    Ok(())
+                }
+                None => Ok(()),
+            }
+        }
+    }
+
+    struct FakeBlock {
+        shared: Shared,
+        volume: bool,
+        number: DevNumber,
+    }
+
+    impl FakeBlock {
+        fn with<R>(&self, f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+            let mut s = self.shared.state.borrow_mut();
+            f(if self.volume {
+                &mut s.volume
+            } else {
+                &mut s.disk
+            })
+        }
+    }
+
+    impl BlockDev for FakeBlock {
+        fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+            self.with(|d| {
+                let o = offset as usize;
+                buf.copy_from_slice(&d[o..o + buf.len()]);
+            });
+            Ok(())
+        }
+        fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
+            self.shared.tick()?;
+            self.with(|d| {
+                let o = offset as usize;
+                d[o..o + data.len()].copy_from_slice(data);
+            });
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            self.shared.tick()
+        }
+        fn size(&mut self) -> io::Result<u64> {
+            Ok(self.with(|d| d.len() as u64))
+        }
+        fn number(&self) -> DevNumber {
+            self.number
+        }
+    }
+
+    struct FakeKernel {
+        shared: Shared,
+        devices: BTreeMap<String, u64>,
+    }
+
+    impl Kernel for FakeKernel {
+        type Block = FakeBlock;
+        fn create_device(&mut self, name: &str, target: &DmTarget) -> Result<Mapped, BoxError> {
+            self.shared.tick()?;
+            self.shared.log.borrow_mut().push(format!(
+                "create {name} {} {}",
+                target.length,
+                redact(&target.params)
+            ));
+            if target.target_type == "integrity" {
+                // The kernel formats a zeroed superblock: 90% of the partition for data.
+                let offset: usize = target.params.split(' ').nth(1).unwrap().parse().unwrap();
+                let mut s = self.shared.state.borrow_mut();
+                let sb = &mut s.disk[offset * 512..offset * 512 + 4096];
+                if sb.iter().all(|&b| b == 0) {
+                    sb[..8].copy_from_slice(b"integrt\0");
+                    sb[10..12].copy_from_slice(&48u16.to_le_bytes());
+                    sb[16..24].copy_from_slice(&(12u64 << 11).to_le_bytes());
+                    sb[28] = 3;
+                }
+                let provided = u64::from_le_bytes(sb[16..24].try_into().unwrap());
+                if target.length > provided {
+                    return Err("device too small".into());
+                }
+                if s.volume.len() < (provided * 512) as usize {
+                    s.volume = vec![0xEE; (provided * 512) as usize];
+                }
+            }
+            let minor = self.devices.len() as u32;
+            self.devices.insert(name.to_owned(), target.length);
+            Ok(Mapped {
+                number: DevNumber { major: 253, minor },
+                path: PathBuf::from(format!("/dev/dm-{minor}")),
+            })
+        }
+        fn remove_device(&mut self, name: &str) -> Result<(), BoxError> {
+            self.shared.log.borrow_mut().push(format!("remove {name}"));
+            self.devices.remove(name).ok_or("no such device")?;
+            Ok(())
+        }
+        fn open(&mut self, _path: &Path) -> io::Result<FakeBlock> {
+            Ok(FakeBlock {
+                shared: self.shared.clone(),
+                volume: true,
+                number: DevNumber {
+                    major: 253,
+                    minor: 9,
+                },
+            })
+        }
+    }
+
+    fn fresh() -> Fresh {
+        Fresh {
+            salt: [1; 32],
+            fs_uuid: [2; 16],
+            hash_seed: [3; 16],
+            disk_guid: [4; 16],
+            partition_guid: [5; 16],
+            now: 1_700_000_000,
+        }
+    }
+
+    fn boot(
+        state: State,
+        key: u8,
+        budget: Option<usize>,
+    ) -> (Result<Opened, VolumeError>, State, Vec<String>) {
+        let shared = Shared {
+            state: Rc::new(RefCell::new(state)),
+            budget: Rc::new(RefCell::new(budget)),
+            log: Rc::default(),
+        };
+        let mut kernel = FakeKernel {
+            shared: shared.clone(),
+            devices: BTreeMap::new(),
+        };
+        let mut disk = FakeBlock {
+            shared: shared.clone(),
+            volume: false,
+            number: DevNumber {
+                major: 254,
+                minor: 16,
+            },
+        };
+        let result = open_or_format(
+            &mut kernel,
+            &mut disk,
+            512,
+            &DiskKey::from_bytes([key; 32]),
+            &fresh(),
+        );
+        let log = shared.log.borrow().clone();
+        if result.is_err() {
+            // A failed boot leaves no device behind.
+            let _ = close(&mut kernel);
+            assert!(
+                kernel.devices.is_empty() || budget.is_some(),
+                "{:?}",
+                kernel.devices
+            );
+        }
+        let state = shared.state.borrow().clone();
+        (result, state, log)
+    }
+
+    fn blank() -> State {
+        State {
+            disk: vec![0; DISK],
+            volume: Vec::new(),
+        }
+    }
+
+    fn assert_ext4(state: &State) {
+        assert_eq!(&state.volume[1024 + 56..1024 + 58], &[0x53, 0xEF]);
+        // The wipe reached the end of the volume.
+        assert!(
+            state.volume[state.volume.len() - 4096..]
+                .iter()
+                .all(|&b| b == 0)
+        );
+    }
+
+    #[test]
+    fn first_boot_formats_then_second_boot_opens() {
+        let (r, state, log) = boot(blank(), 1, None);
+        let opened = r.unwrap();
+        assert!(opened.formatted);
+        assert_eq!(opened.partition.offset, 1 << 20);
+        assert_eq!(opened.data_bytes, 12 << 20);
+        assert_ext4(&state);
+        assert_eq!(
+            log,
+            [
+                "create cvm-data-integrity 8 254:16 4096 48 J 4 block_size:4096 fix_padding fix_hmac journal_mac:hmac(sha256):<key>",
+                "remove cvm-data-integrity",
+                "create cvm-data-integrity 24576 254:16 4096 48 D 4 block_size:4096 fix_padding fix_hmac journal_mac:hmac(sha256):<key>",
+                "create cvm-data 24576 capi:authenc(hmac(sha256),xts(aes))-random <key> 0 253:0 0 2 integrity:48:aead sector_size:4096",
+                "remove cvm-data",
+                "remove cvm-data-integrity",
+                "create cvm-data-integrity 24576 254:16 4096 48 J 4 block_size:4096 fix_padding fix_hmac journal_mac:hmac(sha256):<key>",
+                "create cvm-data 24576 capi:authenc(hmac(sha256),xts(aes))-random <key> 0 253:0 0 2 integrity:48:aead sector_size:4096",
+            ]
+        );
+        let (r, again, log) = boot(state.clone(), 1, None);
+        assert!(!r.unwrap().formatted);
+        assert_eq!(log.len(), 2);
+        assert_eq!(again.disk, state.disk, "an open writes nothing to the disk");
+    }
+
+    #[test]
+    fn wrong_key_writes_nothing() {
+        let (r, state, _) = boot(blank(), 1, None);
+        r.unwrap();
+        let (r, after, log) = boot(state.clone(), 2, None);
+        assert!(matches!(
+            r.unwrap_err(),
+            VolumeError::Header(HeaderError::VerifyMac)
+        ));
+        assert!(log.is_empty(), "{log:?}");
+        assert!(after.disk == state.disk);
+    }
+
+    #[test]
+    fn foreign_disk_is_refused() {
+        let mut s = blank();
+        s.disk[0x438] = 0x53;
+        let (r, after, _) = boot(s.clone(), 1, None);
+        assert!(matches!(r.unwrap_err(), VolumeError::Gpt(GptError::NotGpt)));
+        assert!(after.disk == s.disk);
+    }
+
+    #[test]
+    fn power_cut_at_every_step_then_reboot_gives_a_clean_volume() {
+        // Count the operations of a full first boot.
+        let mut steps = 0;
+        loop {
+            let (r, state, _) = boot(blank(), 1, Some(steps));
+            if r.is_ok() {
+                break;
+            }
+            // The boot after the cut finishes (restarting the format) and opens a full ext4.
+            let (r2, after, _) = boot(state, 1, None);
+            let opened = r2.unwrap_or_else(|e| panic!("cut at step {steps}: {e:?}"));
+            assert!(opened.formatted || steps > 0, "cut at step {steps}");
+            assert_ext4(&after);
+            steps += 1;
+            assert!(steps < 2000);
+        }
+        assert!(steps > 20, "only {steps} steps");
+    }
+}
