@@ -11,3 +11,4 @@ pub mod digest;
 pub mod oci;
 pub mod pull;
 pub mod registry;
+pub mod unpack;
