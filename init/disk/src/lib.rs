@@ -5,6 +5,7 @@
 pub mod ext4;
 pub mod gpt;
 pub mod header;
+pub mod kernel;
 pub mod keys;
 pub mod tables;
 pub mod volume;
