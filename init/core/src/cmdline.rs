@@ -56,6 +56,36 @@ pub struct Config {
     pub test_fault: Option<TestFault>,
     pub test_orphans: u8,
     pub test_dump: Vec<TestDump>,
+    /// `cvm.data_device`: the data disk (or a partition of it), instead of looking for a
+    /// `dstack-data` partition or the only writable virtio disk.
+    pub data_device: Option<String>,
+    /// Test builds only (`cvm.test_disk_key`): the data disk key, until the KMS supplies it.
+    pub test_disk_key: Option<TestDiskKey>,
+    /// Test builds only (`cvm.test_disk`): probes run on the mounted data disk.
+    pub test_disk: Vec<TestDiskOp>,
+    /// Test builds only (`cvm.test_disk_plain`): an unencrypted disk for the benchmark.
+    pub test_disk_plain: Option<String>,
+}
+
+/// A data-disk key given on the command line by a test (64 hex digits). Debug is redacted.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TestDiskKey(pub String);
+
+impl fmt::Debug for TestDiskKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TestDiskKey(<redacted>)")
+    }
+}
+
+/// What a test build does on the mounted data disk before `ready` (`cvm.test_disk`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDiskOp {
+    /// Write the probe file and fsync it.
+    Write,
+    /// Read the probe file back and report its hash (or the I/O error).
+    Read,
+    /// Sequential write/read throughput: encrypted volume vs `cvm.test_disk_plain`.
+    Bench,
 }
 
 /// A file a test build copies onto the results channel before `ready` (test hooks only).
@@ -93,6 +123,10 @@ impl Default for Config {
             test_fault: None,
             test_orphans: 0,
             test_dump: Vec::new(),
+            data_device: None,
+            test_disk_key: None,
+            test_disk: Vec::new(),
+            test_disk_plain: None,
         }
     }
 }
@@ -112,6 +146,10 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cvm.test_fault",
     "cvm.test_orphans",
     "cvm.test_dump",
+    "cvm.data_device",
+    "cvm.test_disk_key",
+    "cvm.test_disk",
+    "cvm.test_disk_plain",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -268,11 +306,54 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                     }
                 }
             }
+            "cvm.data_device" => {
+                config.data_device =
+                    Some(device_path(&value).ok_or_else(|| invalid("a device path /dev/NAME"))?);
+            }
+            "cvm.test_disk_plain" => {
+                require_hooks(hooks, &key)?;
+                config.test_disk_plain =
+                    Some(device_path(&value).ok_or_else(|| invalid("a device path /dev/NAME"))?);
+            }
+            "cvm.test_disk_key" => {
+                require_hooks(hooks, &key)?;
+                if value.len() != 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(CmdlineError::InvalidValue {
+                        key: key.clone(),
+                        value: "<redacted>".into(),
+                        expected: "64 hex digits",
+                    });
+                }
+                config.test_disk_key = Some(TestDiskKey(value.clone()));
+            }
+            "cvm.test_disk" => {
+                require_hooks(hooks, &key)?;
+                for item in value.split(',') {
+                    let op = match item {
+                        "write" => TestDiskOp::Write,
+                        "read" => TestDiskOp::Read,
+                        "bench" => TestDiskOp::Bench,
+                        _ => return Err(invalid("a list of `write`, `read`, `bench`")),
+                    };
+                    config.test_disk.push(op);
+                }
+            }
             _ => return Err(CmdlineError::UnknownKey { key }),
         }
         seen.push(key);
     }
     Ok(config)
+}
+
+/// `/dev/NAME` with a plain name (no `..`, no further slashes).
+fn device_path(value: &str) -> Option<String> {
+    let name = value.strip_prefix("/dev/")?;
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-".contains(&b));
+    ok.then(|| value.to_owned())
 }
 
 fn require_hooks(hooks: TestHooks, key: &str) -> Result<(), CmdlineError> {
@@ -388,6 +469,32 @@ mod tests {
             }
         );
         parse("cvm.test_dump=/etc/shadow", TestHooks::Enabled).unwrap_err();
+    }
+
+    #[test]
+    fn data_disk_keys() {
+        let c = parse("cvm.data_device=/dev/vdb", TestHooks::Disabled).unwrap();
+        assert_eq!(c.data_device.as_deref(), Some("/dev/vdb"));
+        parse("cvm.data_device=/dev/../etc", TestHooks::Disabled).unwrap_err();
+        parse("cvm.data_device=vdb", TestHooks::Disabled).unwrap_err();
+        let key = "ab".repeat(32);
+        let line = format!(
+            "cvm.test_disk_key={key} cvm.test_disk=write,read cvm.test_disk_plain=/dev/vdc"
+        );
+        assert_eq!(
+            parse(&line, TestHooks::Disabled).unwrap_err(),
+            CmdlineError::TestHookInRelease {
+                key: "cvm.test_disk_key".into()
+            }
+        );
+        let c = parse(&line, TestHooks::Enabled).unwrap();
+        assert_eq!(c.test_disk_key, Some(TestDiskKey(key.clone())));
+        assert!(!format!("{c:?}").contains(&key));
+        assert_eq!(c.test_disk, vec![TestDiskOp::Write, TestDiskOp::Read]);
+        assert_eq!(c.test_disk_plain.as_deref(), Some("/dev/vdc"));
+        let err = parse("cvm.test_disk_key=12", TestHooks::Enabled).unwrap_err();
+        assert!(matches!(err, CmdlineError::InvalidValue { .. }));
+        parse("cvm.test_disk=erase", TestHooks::Enabled).unwrap_err();
     }
 
     #[test]

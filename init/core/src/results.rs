@@ -41,6 +41,23 @@ pub enum Record {
         dns: Vec<String>,
         mono_us: u64,
     },
+    /// The data disk stage's outcome: the decrypted volume mounted at `mount_point`, or
+    /// `device` = "none" when the VM has no data disk.
+    Disk {
+        device: String,
+        mount_point: String,
+        formatted: bool,
+        data_bytes: u64,
+        mono_us: u64,
+    },
+    /// Test builds only (`cvm.test_disk`): one probe on the mounted data disk; `error` is
+    /// empty on success.
+    TestDisk {
+        op: String,
+        detail: String,
+        error: String,
+        mono_us: u64,
+    },
     Ready {
         mono_us: u64,
     },
