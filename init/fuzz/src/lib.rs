@@ -23,7 +23,42 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("sys_config", sys_config),
     ("instance_info", instance_info),
     ("host_share_label", host_share_label),
+    ("dhcp_reply", dhcp_reply),
+    ("dns_response", dns_response),
+    ("endpoint", endpoint),
 ];
+
+/// A DHCP reply from the host network, as the client of transaction 0x01020304 on
+/// 52:54:00:12:34:56 parses it; an accepted lease is a usable unicast address.
+pub fn dhcp_reply(data: &[u8]) {
+    use init_core::net::dhcp::Client;
+    let client = Client::new([0x52, 0x54, 0, 0x12, 0x34, 0x56], 0x0102_0304);
+    if let Ok(reply) = client.parse_reply(data) {
+        let _ = client.request(&reply);
+        if let Ok(config) = reply.to_config() {
+            assert!(!config.address.is_unspecified() && !config.address.is_broadcast());
+            assert!(config.prefix_len <= 32);
+        }
+    }
+}
+
+/// A DNS response to the A query (id 0x1234) for `kms.example.com`.
+pub fn dns_response(data: &[u8]) {
+    use init_core::net::dns;
+    if let Ok(addresses) = dns::parse_response(data, 0x1234, "kms.example.com") {
+        assert!(!addresses.is_empty());
+    }
+}
+
+/// A `kms_urls` / registry URL from `.sys-config.json`.
+pub fn endpoint(data: &[u8]) {
+    use init_core::net::endpoint::Endpoint;
+    let text = String::from_utf8_lossy(data);
+    if let Ok(endpoint) = Endpoint::parse(&text) {
+        assert_ne!(endpoint.port, 0);
+        assert!(!endpoint.path.ends_with('/'));
+    }
+}
 
 /// Kernel command line (`/proc/cmdline`): test hooks only ever widen what is accepted.
 pub fn cmdline(data: &[u8]) {

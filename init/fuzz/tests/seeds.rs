@@ -108,3 +108,18 @@ fn instance_info() {
 fn host_share_label() {
     run("host_share_label", 300);
 }
+
+#[test]
+fn dhcp_reply() {
+    run("dhcp_reply", 300);
+}
+
+#[test]
+fn dns_response() {
+    run("dns_response", 300);
+}
+
+#[test]
+fn endpoint() {
+    run("endpoint", 300);
+}
