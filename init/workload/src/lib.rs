@@ -11,4 +11,5 @@ pub mod digest;
 pub mod oci;
 pub mod pull;
 pub mod registry;
+pub mod spec;
 pub mod unpack;

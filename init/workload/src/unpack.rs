@@ -293,6 +293,17 @@ pub fn apply_tar(
     applier.finish()
 }
 
+/// Creates directory `container_path` (absolute, as the container sees it) inside `root`,
+/// resolving symlinks inside the root; returns the host path. Used for the working directory,
+/// which libcontainer does not create.
+pub fn create_dir_in_root(root: &Path, container_path: &str) -> Result<PathBuf, UnpackError> {
+    let mut applier = Applier::new(root, Sha256Digest([0; 32]), UnpackOptions::default());
+    let components = applier.clean(container_path.as_bytes())?;
+    let dir = applier.resolve_dir(&components)?;
+    applier.ensure_dir(&dir)?;
+    Ok(dir)
+}
+
 struct Applier<'a> {
     root: &'a Path,
     layer: Sha256Digest,

@@ -293,3 +293,17 @@ fn unpacks_image_atomically_and_reverifies() {
             .exists()
     );
 }
+
+#[test]
+fn working_dir_is_created_inside_the_root() {
+    let (dir, root) = setup();
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let tar = Layer::new().symlink("srv", outside.to_str().unwrap()).tar();
+    apply(&root, &tar).unwrap();
+    let made = cvm_workload::unpack::create_dir_in_root(&root, "/srv/app").unwrap();
+    assert!(made.starts_with(&root), "{}", made.display());
+    assert!(made.is_dir());
+    assert!(!outside.join("app").exists());
+    cvm_workload::unpack::create_dir_in_root(&root, "/../x").unwrap_err();
+}

@@ -1,0 +1,627 @@
+//! OCI runtime spec generation: image config + compose service → `config.json`.
+//!
+//! Pure code: the result is the spec plus the small files the launcher must write before it
+//! creates the container (generated `/etc/hosts`, `/etc/hostname`, config files) and the
+//! directories it must create inside the rootfs (the working directory; libcontainer does not
+//! create it). The JSON is built directly and then parsed into `oci_spec::runtime::Spec`, so
+//! it is checked against the types libcontainer 0.7 reads.
+//!
+//! Fixed choices: host networking (no network namespace), new pid/ipc/uts/mount/cgroup
+//! namespaces, Docker's default capability set (all capabilities when `privileged`), Docker's
+//! masked and read-only paths (none when privileged), an absolute `cgroupsPath`
+//! (`<cgroup_parent>/<service>`), no seccomp profile (see the crate README: a profile is never
+//! emitted, so nothing is silently dropped by a runtime built without libseccomp).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+
+use crate::compose::{App, DeviceMapping, GpuRequest, Service, VolumeMount};
+use crate::oci::ImageConfig;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// Neither the service nor the image gives a command.
+    #[error("service {service}: no command (neither entrypoint/command nor image Entrypoint/Cmd)")]
+    ResolveCommand {
+        /// Service.
+        service: String,
+    },
+    /// `user` names an unknown user or group.
+    #[error("service {service}: cannot resolve user {user:?}: {reason}")]
+    ResolveUser {
+        /// Service.
+        service: String,
+        /// The user spec.
+        user: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A device the service maps is not present on the host.
+    #[error("service {service}: device {path} is not present")]
+    ResolveDevice {
+        /// Service.
+        service: String,
+        /// Host path.
+        path: String,
+    },
+    /// GPUs requested but the GPU gate admitted none (or too few).
+    #[error("service {service}: requests GPUs but {available} passed attestation")]
+    GrantGpu {
+        /// Service.
+        service: String,
+        /// GPUs available.
+        available: usize,
+    },
+    /// The generated JSON is not a valid runtime spec (a bug).
+    #[error("build runtime spec for {service}")]
+    BuildSpec {
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A device node on the host, as the launcher found it (`stat`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostDevice {
+    /// Host path, e.g. `/dev/nvidia0`.
+    pub path: String,
+    /// `c` or `b`.
+    pub kind: char,
+    /// Major number.
+    pub major: i64,
+    /// Minor number.
+    pub minor: i64,
+    /// Mode bits.
+    pub mode: u32,
+}
+
+/// GPU devices the GPU gate admitted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GpuGrant {
+    /// Per-GPU nodes (`/dev/nvidia0`, …) in index order.
+    pub gpus: Vec<HostDevice>,
+    /// Shared nodes (`/dev/nvidiactl`, `/dev/nvidia-uvm`, `/dev/nvidia-uvm-tools`).
+    pub control: Vec<HostDevice>,
+}
+
+/// Host-side locations for one service.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Absolute path of this container's root filesystem (prepared by the launcher).
+    pub rootfs: PathBuf,
+    /// Directory holding named volumes (`<volumes>/<name>`), on the encrypted disk.
+    pub volumes: PathBuf,
+    /// Directory where the launcher writes this service's generated files.
+    pub generated: PathBuf,
+    /// The CVM's resolv.conf, bind-mounted read-only.
+    pub resolv_conf: PathBuf,
+    /// Parent of every container's cgroup, absolute (e.g. `/cvm`).
+    pub cgroup_parent: String,
+    /// Host name inside the container.
+    pub hostname: String,
+}
+
+/// A file the launcher writes before creating the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GeneratedFile {
+    /// Host path.
+    pub path: PathBuf,
+    /// Contents.
+    pub contents: Vec<u8>,
+    /// Mode.
+    pub mode: u32,
+    /// Owner uid/gid.
+    pub owner: (u32, u32),
+}
+
+/// Everything needed to create one container.
+#[derive(Debug, Clone)]
+pub struct ContainerPlan {
+    /// The runtime spec (write it as `<bundle>/config.json`).
+    pub spec: oci_spec::runtime::Spec,
+    /// The same spec as JSON.
+    pub json: Value,
+    /// Files to write first.
+    pub files: Vec<GeneratedFile>,
+    /// Directories to create inside the rootfs (container paths, resolved inside the root).
+    pub rootfs_dirs: Vec<String>,
+    /// Stop signal (service, else image `StopSignal`, else SIGTERM).
+    pub stop_signal: String,
+}
+
+/// Inputs that come from the image's root filesystem.
+#[derive(Debug, Clone, Default)]
+pub struct ImageFiles {
+    /// `/etc/passwd` of the image, if any.
+    pub passwd: Option<String>,
+    /// `/etc/group` of the image, if any.
+    pub group: Option<String>,
+}
+
+/// `/etc/hosts` for every container of `app`: all service names (and container names) on
+/// loopback, since every service shares the CVM's network.
+pub fn hosts_file(app: &App) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for s in &app.services {
+        names.push(&s.name);
+        if let Some(c) = &s.container_name {
+            names.push(c);
+        }
+    }
+    format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{}\n",
+        names.join(" ")
+    )
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Docker's default capabilities.
+const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+    "CAP_PERFMON",
+    "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+];
+
+const MASKED_PATHS: &[&str] = &[
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+const READONLY_PATHS: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+fn parse_id(text: &str) -> Option<u32> {
+    text.parse().ok()
+}
+
+/// Looks up `name` (or a numeric id) in a passwd/group style file; returns (id, gid field).
+fn lookup(file: Option<&str>, name: &str) -> Option<(u32, Option<u32>)> {
+    if let Some(id) = parse_id(name) {
+        let gid = file.and_then(|f| {
+            f.lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.len() > 3 && f[2] == name)
+                .and_then(|f| parse_id(f[3]))
+        });
+        return Some((id, gid));
+    }
+    file?.lines().find_map(|line| {
+        let f: Vec<&str> = line.split(':').collect();
+        (f.len() > 2 && f[0] == name)
+            .then(|| parse_id(f[2]).map(|id| (id, f.get(3).and_then(|g| parse_id(g)))))
+            .flatten()
+    })
+}
+
+/// Resolves `user` (`uid`, `uid:gid`, `name`, `name:group`) against the image's files.
+/// Returns (uid, gid, additional gids).
+pub fn resolve_user(
+    service: &str,
+    user: &str,
+    files: &ImageFiles,
+) -> Result<(u32, u32, Vec<u32>), SpecError> {
+    let err = |reason| SpecError::ResolveUser {
+        service: service.to_owned(),
+        user: user.to_owned(),
+        reason,
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    if u.is_empty() {
+        return Err(err("empty user"));
+    }
+    let (uid, passwd_gid) =
+        lookup(files.passwd.as_deref(), u).ok_or_else(|| err("no such user in /etc/passwd"))?;
+    let gid = match g {
+        Some(g) => lookup(files.group.as_deref(), g)
+            .map(|(id, _)| id)
+            .ok_or_else(|| err("no such group in /etc/group"))?,
+        None => passwd_gid.unwrap_or(0),
+    };
+    // Supplementary groups: groups listing the user by name.
+    let mut extra = Vec::new();
+    if let (Some(group), false) = (files.group.as_deref(), parse_id(u).is_some()) {
+        for line in group.lines() {
+            let f: Vec<&str> = line.split(':').collect();
+            if f.len() > 3
+                && f[3].split(',').any(|m| m == u)
+                && let Some(id) = parse_id(f[2])
+                && id != gid
+                && !extra.contains(&id)
+            {
+                extra.push(id);
+            }
+        }
+    }
+    Ok((uid, gid, extra))
+}
+
+fn bind(destination: &str, source: &Path, read_only: bool) -> Value {
+    let mut options = vec!["rbind", "rprivate", "nosuid", "nodev"];
+    if read_only {
+        options.push("ro");
+    }
+    json!({"destination": destination, "type": "bind", "source": source, "options": options})
+}
+
+fn device_json(container_path: &str, dev: &HostDevice) -> Value {
+    json!({"path": container_path, "type": dev.kind.to_string(), "major": dev.major, "minor": dev.minor,
+           "fileMode": dev.mode & 0o777, "uid": 0, "gid": 0})
+}
+
+fn device_rule(dev: &HostDevice, access: &str) -> Value {
+    json!({"allow": true, "type": dev.kind.to_string(), "major": dev.major, "minor": dev.minor, "access": access})
+}
+
+/// Builds the container plan for `service`.
+#[allow(clippy::too_many_arguments)]
+pub fn container_plan(
+    app: &App,
+    service: &Service,
+    image: &ImageConfig,
+    files: &ImageFiles,
+    layout: &Layout,
+    host_devices: &BTreeMap<String, HostDevice>,
+    gpus: &GpuGrant,
+) -> Result<ContainerPlan, SpecError> {
+    let name = &service.name;
+    // Docker semantics: an entrypoint override resets the image's Cmd.
+    let entrypoint = service
+        .entrypoint
+        .clone()
+        .or_else(|| image.entrypoint.clone())
+        .unwrap_or_default();
+    let cmd = match (&service.command, &service.entrypoint) {
+        (Some(c), _) => c.clone(),
+        (None, Some(_)) => Vec::new(),
+        (None, None) => image.cmd.clone().unwrap_or_default(),
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() {
+        return Err(SpecError::ResolveCommand {
+            service: name.clone(),
+        });
+    }
+
+    // Environment: the image's, overlaid by the service's (in name order), PATH guaranteed.
+    let mut env: Vec<String> = Vec::new();
+    let mut seen = BTreeMap::new();
+    for kv in &image.env {
+        let key = kv
+            .split_once('=')
+            .map_or(kv.as_str(), |(k, _)| k)
+            .to_owned();
+        let value = match service.environment.get(&key) {
+            Some(v) => format!("{key}={v}"),
+            None => kv.clone(),
+        };
+        if let Some(&i) = seen.get(&key) {
+            env[i] = value;
+        } else {
+            seen.insert(key, env.len());
+            env.push(value);
+        }
+    }
+    for (k, v) in &service.environment {
+        if !seen.contains_key(k) {
+            env.push(format!("{k}={v}"));
+        }
+    }
+    if !env.iter().any(|e| e.starts_with("PATH=")) {
+        env.insert(0, DEFAULT_PATH.to_owned());
+    }
+    env.push(format!("HOSTNAME={}", layout.hostname));
+
+    let cwd = service
+        .working_dir
+        .clone()
+        .or_else(|| image.working_dir.clone())
+        .map(|w| {
+            if w.starts_with('/') {
+                w
+            } else {
+                format!("/{w}")
+            }
+        })
+        .unwrap_or_else(|| "/".to_owned());
+
+    let (uid, gid, additional) = match service.user.as_deref().or(image.user.as_deref()) {
+        Some(user) => resolve_user(name, user, files)?,
+        None => (0, 0, Vec::new()),
+    };
+
+    let caps: Vec<&str> = if service.privileged {
+        ALL_CAPS.to_vec()
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
+    let rlimits: Vec<Value> = if service.ulimits.is_empty() {
+        vec![json!({"type": "RLIMIT_NOFILE", "soft": 1_048_576u64, "hard": 1_048_576u64})]
+    } else {
+        service
+            .ulimits
+            .iter()
+            .map(|u| json!({"type": u.name, "soft": u.soft, "hard": u.hard}))
+            .collect()
+    };
+
+    // Mounts: the runtime basics, then generated files, then the service's.
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": if service.privileged { vec!["nosuid", "noexec", "nodev"] } else { vec!["nosuid", "noexec", "nodev", "ro"] }}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": if service.privileged { vec!["nosuid", "noexec", "nodev", "relatime"] } else { vec!["nosuid", "noexec", "nodev", "relatime", "ro"] }}),
+    ];
+    let hosts_path = layout.generated.join("hosts");
+    let hostname_path = layout.generated.join("hostname");
+    let mut out_files = vec![
+        GeneratedFile {
+            path: hosts_path.clone(),
+            contents: hosts_file(app).into_bytes(),
+            mode: 0o644,
+            owner: (0, 0),
+        },
+        GeneratedFile {
+            path: hostname_path.clone(),
+            contents: format!("{}\n", layout.hostname).into_bytes(),
+            mode: 0o644,
+            owner: (0, 0),
+        },
+    ];
+    mounts.push(bind("/etc/hosts", &hosts_path, true));
+    mounts.push(bind("/etc/hostname", &hostname_path, true));
+    mounts.push(bind("/etc/resolv.conf", &layout.resolv_conf, true));
+    for v in &service.volumes {
+        mounts.push(match v {
+            VolumeMount::Named {
+                name: vol,
+                target,
+                read_only,
+            } => bind(target, &layout.volumes.join(vol), *read_only),
+            VolumeMount::Bind {
+                source,
+                target,
+                read_only,
+            } => bind(target, Path::new(source), *read_only),
+            VolumeMount::Tmpfs { target } => json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+        });
+    }
+    for c in &service.configs {
+        let path = layout.generated.join("configs").join(&c.source);
+        out_files.push(GeneratedFile {
+            path: path.clone(),
+            contents: app
+                .configs
+                .get(&c.source)
+                .cloned()
+                .unwrap_or_default()
+                .into_bytes(),
+            mode: c.mode,
+            owner: (c.uid, c.gid),
+        });
+        mounts.push(bind(&c.target, &path, true));
+    }
+
+    // Devices: explicit mappings, then GPUs.
+    let mut devices = Vec::new();
+    let mut rules = vec![json!({"allow": false, "access": "rwm"})];
+    for DeviceMapping {
+        host,
+        container,
+        permissions,
+    } in &service.devices
+    {
+        let dev = host_devices
+            .get(host)
+            .ok_or_else(|| SpecError::ResolveDevice {
+                service: name.clone(),
+                path: host.clone(),
+            })?;
+        devices.push(device_json(container, dev));
+        rules.push(device_rule(dev, permissions));
+    }
+    if let Some(request) = &service.resources.gpus {
+        let chosen: Vec<&HostDevice> = match request {
+            GpuRequest::All => gpus.gpus.iter().collect(),
+            GpuRequest::Count(n) => gpus.gpus.iter().take(*n as usize).collect(),
+            GpuRequest::Ids(ids) => ids
+                .iter()
+                .filter_map(|id| id.parse::<usize>().ok().and_then(|i| gpus.gpus.get(i)))
+                .collect(),
+        };
+        let wanted = match request {
+            GpuRequest::All => 1,
+            GpuRequest::Count(n) => *n as usize,
+            GpuRequest::Ids(ids) => ids.len(),
+        };
+        if chosen.is_empty() || chosen.len() < wanted {
+            return Err(SpecError::GrantGpu {
+                service: name.clone(),
+                available: gpus.gpus.len(),
+            });
+        }
+        for dev in chosen.into_iter().chain(&gpus.control) {
+            devices.push(device_json(&dev.path, dev));
+            rules.push(device_rule(dev, "rwm"));
+        }
+    }
+    if service.privileged {
+        rules = vec![json!({"allow": true, "access": "rwm"})];
+    }
+    // The standard character devices every container gets.
+    for (path, major, minor) in [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ] {
+        let dev = HostDevice {
+            path: path.to_owned(),
+            kind: 'c',
+            major,
+            minor,
+            mode: 0o666,
+        };
+        devices.push(device_json(path, &dev));
+        rules.push(device_rule(&dev, "rwm"));
+    }
+    rules.push(json!({"allow": true, "type": "c", "major": 136, "access": "rwm"}));
+    rules.push(json!({"allow": true, "type": "c", "major": 5, "minor": 2, "access": "rwm"}));
+
+    let mut resources = json!({"devices": rules});
+    if let Some(bytes) = service.resources.memory_bytes {
+        resources["memory"] = json!({"limit": bytes});
+    }
+    if let Some(cpus) = service.resources.cpus {
+        let period = 100_000u64;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let quota = (cpus * period as f64).round() as i64;
+        resources["cpu"] = json!({"quota": quota, "period": period});
+    }
+    if let Some(pids) = service.resources.pids {
+        resources["pids"] = json!({"limit": pids});
+    }
+
+    let namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
+        .iter()
+        .map(|t| json!({"type": t}))
+        .collect();
+    let mut linux = json!({
+        "namespaces": namespaces,
+        "cgroupsPath": format!("{}/{}", layout.cgroup_parent.trim_end_matches('/'), name),
+        "resources": resources,
+        "devices": devices,
+    });
+    if !service.privileged {
+        linux["maskedPaths"] = json!(MASKED_PATHS);
+        linux["readonlyPaths"] = json!(READONLY_PATHS);
+    }
+    let mut user = json!({"uid": uid, "gid": gid});
+    if !additional.is_empty() {
+        user["additionalGids"] = json!(additional);
+    }
+    let json = json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": layout.rootfs, "readonly": false},
+        "hostname": layout.hostname,
+        "mounts": mounts,
+        "process": {
+            "terminal": false,
+            "user": user,
+            "args": args,
+            "env": env,
+            "cwd": cwd,
+            "noNewPrivileges": false,
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": rlimits,
+        },
+        "linux": linux,
+    });
+    let spec: oci_spec::runtime::Spec =
+        serde_json::from_value(json.clone()).map_err(|source| SpecError::BuildSpec {
+            service: name.clone(),
+            source,
+        })?;
+    let stop_signal = if service.stop_signal != "SIGTERM" {
+        service.stop_signal.clone()
+    } else {
+        image
+            .stop_signal
+            .clone()
+            .filter(|s| crate::compose::SIGNALS.iter().any(|(n, _)| n == s))
+            .unwrap_or_else(|| "SIGTERM".to_owned())
+    };
+    Ok(ContainerPlan {
+        spec,
+        json,
+        files: out_files,
+        rootfs_dirs: vec![cwd],
+        stop_signal,
+    })
+}
+
+#[cfg(test)]
+mod tests;

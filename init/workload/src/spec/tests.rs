@@ -1,0 +1,291 @@
+use super::*;
+use crate::compose::{ComposePolicy, parse};
+
+const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
+
+fn app(body: &str) -> App {
+    let yaml = format!(
+        "services:\n  web:\n    image: busybox@{D}\n{body}  db:\n    image: busybox@{D}\n    container_name: database\nvolumes:\n  data: {{}}\nconfigs:\n  site:\n    content: hello\n"
+    );
+    parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap()
+}
+
+fn layout() -> Layout {
+    Layout {
+        rootfs: "/run/cvm/containers/web/rootfs".into(),
+        volumes: "/data/volumes".into(),
+        generated: "/run/cvm/containers/web/etc".into(),
+        resolv_conf: "/etc/resolv.conf".into(),
+        cgroup_parent: "/cvm".into(),
+        hostname: "cvm".into(),
+    }
+}
+
+fn image() -> ImageConfig {
+    ImageConfig {
+        user: None,
+        env: vec!["PATH=/bin".into(), "GREETING=image".into(), "KEEP=1".into()],
+        entrypoint: Some(vec!["/bin/sh".into()]),
+        cmd: Some(vec!["-c".into(), "echo hi".into()]),
+        working_dir: Some("/srv".into()),
+        stop_signal: Some("SIGQUIT".into()),
+        diff_ids: vec![],
+    }
+}
+
+fn files() -> ImageFiles {
+    ImageFiles {
+        passwd: Some("root:x:0:0:root:/root:/bin/sh\napp:x:1000:1001::/home/app:/bin/sh\n".into()),
+        group: Some("root:x:0:\napp:x:1001:\nvideo:x:44:app\n".into()),
+    }
+}
+
+fn plan(body: &str, gpus: &GpuGrant) -> Result<ContainerPlan, SpecError> {
+    let app = app(body);
+    let web = app.service("web").unwrap().clone();
+    container_plan(
+        &app,
+        &web,
+        &image(),
+        &files(),
+        &layout(),
+        &BTreeMap::new(),
+        gpus,
+    )
+}
+
+#[test]
+fn image_defaults_and_overrides() {
+    let p = plan(
+        "    environment:\n      GREETING: compose\n      EXTRA: x\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    let proc = &p.json["process"];
+    assert_eq!(proc["args"], json!(["/bin/sh", "-c", "echo hi"]));
+    assert_eq!(
+        proc["env"],
+        json!([
+            "PATH=/bin",
+            "GREETING=compose",
+            "KEEP=1",
+            "EXTRA=x",
+            "HOSTNAME=cvm"
+        ])
+    );
+    assert_eq!(proc["cwd"], "/srv");
+    assert_eq!(proc["user"], json!({"uid": 0, "gid": 0}));
+    assert_eq!(p.rootfs_dirs, ["/srv"]);
+    assert_eq!(p.stop_signal, "SIGQUIT");
+    assert_eq!(p.json["linux"]["cgroupsPath"], "/cvm/web");
+    let ns: Vec<&str> = p.json["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert!(!ns.contains(&"network"), "host networking");
+    assert!(ns.contains(&"pid") && ns.contains(&"mount"));
+    assert!(p.json["linux"].get("seccomp").is_none());
+    assert_eq!(p.spec.version(), "1.0.2");
+    let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
+    assert!(hosts.contains("127.0.0.1\tweb db database\n"), "{hosts}");
+    let dests: Vec<&str> = p.json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap())
+        .collect();
+    for d in [
+        "/proc",
+        "/dev",
+        "/etc/hosts",
+        "/etc/resolv.conf",
+        "/etc/hostname",
+    ] {
+        assert!(dests.contains(&d), "{d} in {dests:?}");
+    }
+}
+
+#[test]
+fn entrypoint_override_resets_cmd_and_user_resolves() {
+    let p = plan(
+        "    entrypoint: [\"/bin/echo\"]\n    user: app\n    working_dir: /w\n    stop_signal: SIGINT\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    assert_eq!(p.json["process"]["args"], json!(["/bin/echo"]));
+    assert_eq!(
+        p.json["process"]["user"],
+        json!({"uid": 1000, "gid": 1001, "additionalGids": [44]})
+    );
+    assert_eq!(p.json["process"]["cwd"], "/w");
+    assert_eq!(p.stop_signal, "SIGINT");
+    let p = plan(
+        "    command: [\"x\"]\n    user: \"5:app\"\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    assert_eq!(p.json["process"]["args"], json!(["/bin/sh", "x"]));
+    assert_eq!(p.json["process"]["user"], json!({"uid": 5, "gid": 1001}));
+    assert!(matches!(
+        plan("    user: nobody\n", &GpuGrant::default()),
+        Err(SpecError::ResolveUser { .. })
+    ));
+    assert!(matches!(
+        plan("    entrypoint: []\n", &GpuGrant::default()),
+        Err(SpecError::ResolveCommand { .. })
+    ));
+}
+
+#[test]
+fn mounts_limits_and_sockets() {
+    let p = plan(
+        "    volumes:\n      - data:/var/lib/data\n      - /var/run/dstack.sock:/var/run/dstack.sock\n    configs:\n      - source: site\n        target: /etc/site.conf\n    mem_limit: 64m\n    cpus: 1.5\n    pids_limit: 50\n    ulimits:\n      nofile: 4096\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    let mounts = p.json["mounts"].as_array().unwrap();
+    let find = |d: &str| {
+        mounts
+            .iter()
+            .find(|m| m["destination"] == d)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("/var/lib/data")["source"], "/data/volumes/data");
+    assert_eq!(
+        find("/var/run/dstack.sock")["source"],
+        "/var/run/dstack.sock"
+    );
+    assert_eq!(
+        find("/etc/site.conf")["source"],
+        "/run/cvm/containers/web/etc/configs/site"
+    );
+    assert!(
+        find("/etc/site.conf")["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro"))
+    );
+    assert!(
+        p.files
+            .iter()
+            .any(|f| f.contents == b"hello" && f.mode == 0o444)
+    );
+    let r = &p.json["linux"]["resources"];
+    assert_eq!(r["memory"]["limit"], 64 << 20);
+    assert_eq!(r["cpu"], json!({"quota": 150_000, "period": 100_000}));
+    assert_eq!(r["pids"]["limit"], 50);
+    assert_eq!(r["devices"][0], json!({"allow": false, "access": "rwm"}));
+    assert_eq!(
+        p.json["process"]["rlimits"],
+        json!([{"type": "RLIMIT_NOFILE", "soft": 4096, "hard": 4096}])
+    );
+    assert_eq!(
+        p.json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        DEFAULT_CAPS.len()
+    );
+    assert!(p.json["linux"]["maskedPaths"].is_array());
+}
+
+fn gpu(path: &str, minor: i64) -> HostDevice {
+    HostDevice {
+        path: path.into(),
+        kind: 'c',
+        major: 195,
+        minor,
+        mode: 0o666,
+    }
+}
+
+#[test]
+fn gpus_only_when_granted() {
+    let body = "    deploy:\n      resources:\n        reservations:\n          devices:\n            - driver: nvidia\n              count: 1\n              capabilities: [gpu]\n";
+    let err = plan(body, &GpuGrant::default()).unwrap_err();
+    assert!(matches!(err, SpecError::GrantGpu { available: 0, .. }));
+    let grant = GpuGrant {
+        gpus: vec![gpu("/dev/nvidia0", 0), gpu("/dev/nvidia1", 1)],
+        control: vec![gpu("/dev/nvidiactl", 255)],
+    };
+    let p = plan(body, &grant).unwrap();
+    let paths: Vec<&str> = p.json["linux"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"/dev/nvidia0") && paths.contains(&"/dev/nvidiactl"));
+    assert!(!paths.contains(&"/dev/nvidia1"), "count: 1");
+    let rules = p.json["linux"]["resources"]["devices"].as_array().unwrap();
+    assert!(
+        rules.contains(
+            &json!({"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"})
+        )
+    );
+}
+
+#[test]
+fn privileged_gets_all_caps_and_no_masks() {
+    let p = plan("    privileged: true\n", &GpuGrant::default()).unwrap();
+    assert_eq!(
+        p.json["process"]["capabilities"]["bounding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        ALL_CAPS.len()
+    );
+    assert!(p.json["linux"].get("maskedPaths").is_none());
+    assert_eq!(
+        p.json["linux"]["resources"]["devices"][0],
+        json!({"allow": true, "access": "rwm"})
+    );
+}
+
+#[test]
+fn device_mappings_need_host_nodes() {
+    let app = app("    devices: [\"/dev/fuse\"]\n");
+    let web = app.service("web").unwrap();
+    let err = container_plan(
+        &app,
+        web,
+        &image(),
+        &files(),
+        &layout(),
+        &BTreeMap::new(),
+        &GpuGrant::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, SpecError::ResolveDevice { .. }));
+    let mut devs = BTreeMap::new();
+    devs.insert(
+        "/dev/fuse".to_owned(),
+        HostDevice {
+            path: "/dev/fuse".into(),
+            kind: 'c',
+            major: 10,
+            minor: 229,
+            mode: 0o666,
+        },
+    );
+    let p = container_plan(
+        &app,
+        web,
+        &image(),
+        &files(),
+        &layout(),
+        &devs,
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    assert!(
+        p.json["linux"]["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["major"] == 10 && d["minor"] == 229)
+    );
+}
