@@ -74,7 +74,7 @@ pub enum KmsError {
     KeyProviderPin {
         url: String,
         #[source]
-        source: ProviderError,
+        source: Box<ProviderError>,
     },
     /// The root CA of `GetAppKey` differs from the one of `GetTempCaCert`.
     #[error("KMS at {url} changed its root CA between calls")]
@@ -84,7 +84,7 @@ pub enum KmsError {
     ClientCertificate {
         url: String,
         #[source]
-        source: RaTlsError,
+        source: Box<RaTlsError>,
     },
     /// Every KMS failed; one entry per attempt, in order.
     #[error("no KMS gave app keys after {} attempts: {}", failures.len(), summary(failures))]
@@ -519,12 +519,12 @@ pub fn request_from(
     check_key_provider_pin(request.key_provider_id, &root_spki).map_err(|source| {
         KmsError::KeyProviderPin {
             url: url.url.clone(),
-            source,
+            source: Box::new(source),
         }
     })?;
     let client_err = |source| KmsError::ClientCertificate {
         url: url.url.clone(),
-        source,
+        source: Box::new(source),
     };
     let temp_ca = CaSigner::from_pem("temporary", &temp.temp_ca_cert, temp_ca_key_pem.expose())
         .map_err(client_err)?;

@@ -295,10 +295,16 @@ mod tests {
         assert_eq!(check_mr_config_id(&id, &local()), Ok(2));
         let mut other = local();
         other.key_provider = KeyProviderKind::None;
-        assert!(check_mr_config_id(&id, &other).is_err());
+        assert!(matches!(
+            check_mr_config_id(&id, &other),
+            Err(ProviderError::MrConfigIdMismatch { version: 2, .. })
+        ));
         let mut other = local();
         other.key_provider_id = &[0x34; 32];
-        assert!(check_mr_config_id(&id, &other).is_err());
+        assert!(matches!(
+            check_mr_config_id(&id, &other),
+            Err(ProviderError::MrConfigIdMismatch { version: 2, .. })
+        ));
     }
 
     #[test]

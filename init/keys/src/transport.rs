@@ -400,9 +400,16 @@ impl ServerCertVerifier for KmsServerVerifier {
 }
 
 /// The server certificate lacks the `kms:rpc` usage extension.
-#[derive(Debug, thiserror::Error)]
+#[derive(thiserror::Error)]
 #[error("server certificate lacks the dstack usage kms:rpc")]
 pub struct MissingKmsRpcUsage;
+
+// rustls prints the inner error with `Debug`: make that the message too.
+impl std::fmt::Debug for MissingKmsRpcUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("server certificate lacks the dstack usage kms:rpc")
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,409 @@
+//! cvm-keys' KMS client against the test KMS on loopback: success and every refusal.
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use cvm_keys::env::{DisallowedEnv, EnvError, LaunchTokenError};
+    use cvm_keys::kms::{KeyRequest, KmsError, RetryPolicy, Sleeper, request_app_keys};
+    use cvm_keys::transport::TlsTransport;
+    use init_core::tee::simulated::InsecureSimulatedTee;
+    use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
+    use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust};
+
+    const COMPOSE_HASH: [u8; 32] = [0xC0; 32];
+    const APP_ID: [u8; 20] = [0xA1; 20];
+    const INSTANCE_ID: [u8; 20] = [0x1D; 20];
+
+    #[derive(Default)]
+    struct RecordingSleeper(Vec<Duration>);
+
+    impl Sleeper for RecordingSleeper {
+        fn sleep(&mut self, duration: Duration) {
+            self.0.push(duration);
+        }
+    }
+
+    /// A simulated TEE with dstack's events up to `boot-mr-done` extended and logged.
+    fn booted_tee() -> (InsecureSimulatedTee, Vec<RuntimeEvent>) {
+        let mut tee = InsecureSimulatedTee::try_new().unwrap();
+        let mut events = tee.pre_extended_events();
+        for (name, payload) in [
+            ("system-preparing", vec![]),
+            ("app-id", APP_ID.to_vec()),
+            ("compose-hash", COMPOSE_HASH.to_vec()),
+            ("instance-id", INSTANCE_ID.to_vec()),
+            ("boot-mr-done", vec![]),
+        ] {
+            let event = RuntimeEvent::new(name, payload);
+            tee.extend_rtmr(RtmrIndex::R3, &event.digest()).unwrap();
+            events.push(event);
+        }
+        (tee, events)
+    }
+
+    fn kms(
+        tee: &InsecureSimulatedTee,
+        allowed: Option<Vec<[u8; 32]>>,
+    ) -> (Arc<KmsKeys>, KmsHandle) {
+        let keys = Arc::new(KmsKeys::generate(&["127.0.0.1".into()]).unwrap());
+        let policy = Policy {
+            allowed_compose_hashes: allowed,
+            trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
+            os_image_hash: Some(vec![0x05; 32]),
+            gateway_app_id: "gw".into(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let handle = test_kms::start(Arc::clone(&keys), policy, listener).unwrap();
+        (keys, handle)
+    }
+
+    fn request<'a>(urls: &'a [String], pin: &'a str) -> KeyRequest<'a> {
+        KeyRequest {
+            kms_urls: urls,
+            vm_config: r#"{"os_image_hash":"0707070707070707070707070707070707070707070707070707070707070707"}"#,
+            key_provider_id: pin,
+            now_unix: 1_800_000_000,
+            retry: RetryPolicy {
+                rounds: 3,
+                initial_backoff: Duration::from_millis(100),
+                max_backoff: Duration::from_millis(150),
+            },
+        }
+    }
+
+    fn methods(handle: &KmsHandle) -> Vec<(String, u16)> {
+        handle
+            .requests()
+            .into_iter()
+            .map(|r| (r.method, r.status))
+            .collect()
+    }
+
+    #[test]
+    fn guest_gets_dstack_keys_and_decrypts_its_env() {
+        let (mut tee, events) = booted_tee();
+        let (keys, handle) = kms(&tee, Some(vec![COMPOSE_HASH]));
+        let urls = vec![handle.url()];
+        let pin = keys.key_provider_id();
+        let mut sleeper = RecordingSleeper::default();
+        let app = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, &pin),
+            &mut sleeper,
+        )
+        .unwrap();
+        assert!(sleeper.0.is_empty());
+        assert_eq!(
+            methods(&handle),
+            [
+                ("GetTempCaCert".to_owned(), 200),
+                ("GetAppKey".to_owned(), 200)
+            ]
+        );
+        assert_eq!(app.root_spki_der, keys.root_spki_der());
+        assert_eq!(app.os_image_hash, vec![0x05; 32]);
+        assert_eq!(app.gateway_app_id, "gw");
+        // The env key is the app's: its public key is what the KMS publishes for this app-id.
+        let env_key = app.env_crypt_key.as_ref().unwrap();
+        assert_eq!(
+            cvm_keys::kdf::env_public_key(env_key),
+            keys.env_public_key(&APP_ID).unwrap()
+        );
+        // The k256 app key is signed by the KMS's k256 root.
+        let app_public = cvm_keys::kdf::k256_public_key(app.k256_key.expose()).unwrap();
+        let signer = cvm_keys::kdf::recover_keccak256_signer(
+            &cvm_keys::kdf::kms_signed_message(b"dstack-kms-issued", &APP_ID, &app_public),
+            &app.k256_signature,
+        )
+        .unwrap();
+        assert_eq!(signer, keys.k256_public_key().unwrap());
+        // key-provider event carries the root key id; os-image-hash comes first.
+        let post = app.key_events(Default::default());
+        assert_eq!(post[0].name, "os-image-hash");
+        assert_eq!(
+            post[1].payload,
+            format!(r#"{{"name":"kms","id":"{pin}"}}"#).into_bytes()
+        );
+        // An env encrypted by a client with a fresh X25519 key decrypts.
+        let plaintext = cvm_keys::env::env_plaintext(&[("TOKEN", "abc"), ("MODE", "prod")]);
+        let blob =
+            cvm_keys::env::encrypt_blob(&keys.env_public_key(&APP_ID).unwrap(), plaintext.expose())
+                .unwrap();
+        let allowed = vec!["TOKEN".to_owned(), "MODE".to_owned()];
+        let env = cvm_keys::env::decrypt_env(env_key, Some(&blob), &allowed, DisallowedEnv::Reject)
+            .unwrap();
+        assert_eq!(env.names(), ["TOKEN", "MODE"]);
+        // Tampered blob.
+        let mut tampered = blob.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 0x80;
+        assert_eq!(
+            cvm_keys::env::decrypt_env(env_key, Some(&tampered), &allowed, DisallowedEnv::Reject),
+            Err(EnvError::DecryptEnv)
+        );
+        // A name outside allowed_envs.
+        assert_eq!(
+            cvm_keys::env::decrypt_env(env_key, Some(&blob), &allowed[..1], DisallowedEnv::Reject),
+            Err(EnvError::NameNotAllowed {
+                name: "MODE".into()
+            })
+        );
+        // Secrets never show in Debug.
+        let debug = format!("{app:?}");
+        assert!(!debug.contains(&hex::encode(app.disk_crypt_key.expose())));
+        assert!(!debug.contains(&hex::encode(env_key.expose())));
+        // A second boot of the same app and instance gets the same disk key.
+        let (mut tee2, events2) = booted_tee();
+        drop(handle);
+        let (_, handle2) = {
+            let policy = Policy {
+                allowed_compose_hashes: None,
+                trust: QuoteTrust::Root(tee2.insecure_root_certificate_der().unwrap().to_vec()),
+                os_image_hash: None,
+                gateway_app_id: String::new(),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            (
+                (),
+                test_kms::start(Arc::clone(&keys), policy, listener).unwrap(),
+            )
+        };
+        let urls2 = vec![handle2.url()];
+        let again = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee2,
+            &events2,
+            &request(&urls2, ""),
+            &mut sleeper,
+        )
+        .unwrap();
+        assert_eq!(again.disk_crypt_key.expose(), app.disk_crypt_key.expose());
+        // os_image_hash from vm_config when the KMS has none configured.
+        assert_eq!(again.os_image_hash, vec![7; 32]);
+    }
+
+    #[test]
+    fn compose_hash_not_allowed_is_refused_once() {
+        let (mut tee, events) = booted_tee();
+        let (_, handle) = kms(&tee, Some(vec![[0; 32]]));
+        let urls = vec![handle.url()];
+        let mut sleeper = RecordingSleeper::default();
+        let err = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, ""),
+            &mut sleeper,
+        )
+        .unwrap_err();
+        let KmsError::AllKmsFailed { failures } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(failures.len(), 1, "a refusal is not retried: {err}");
+        match &failures[0] {
+            KmsError::Refused {
+                method, message, ..
+            } => {
+                assert_eq!(*method, "GetAppKey");
+                assert!(message.contains("compose hash c0c0"), "{message}");
+                assert!(message.contains("not allowed"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(sleeper.0.is_empty());
+        assert_eq!(methods(&handle)[1], ("GetAppKey".to_owned(), 400));
+    }
+
+    #[test]
+    fn kms_root_other_than_pinned_key_provider_id_is_refused_before_quoting() {
+        let (mut tee, events) = booted_tee();
+        let (_, handle) = kms(&tee, None);
+        let other = KmsKeys::generate(&[]).unwrap();
+        let urls = vec![handle.url()];
+        let pin = other.key_provider_id();
+        let err = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, &pin),
+            &mut RecordingSleeper::default(),
+        )
+        .unwrap_err();
+        let KmsError::AllKmsFailed { failures } = &err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            matches!(
+                &failures[..],
+                [KmsError::KeyProviderPin { source, .. }]
+                    if matches!(**source, cvm_keys::provider::ProviderError::KeyProviderMismatch { .. })
+            ),
+            "{err}"
+        );
+        // The guest never sent its attestation.
+        assert_eq!(methods(&handle), [("GetTempCaCert".to_owned(), 200)]);
+    }
+
+    #[test]
+    fn kms_down_is_retried_with_backoff_then_fails() {
+        let (mut tee, events) = booted_tee();
+        let port = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let urls = vec![format!("https://127.0.0.1:{port}")];
+        let mut sleeper = RecordingSleeper::default();
+        let err = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, ""),
+            &mut sleeper,
+        )
+        .unwrap_err();
+        let KmsError::AllKmsFailed { failures } = &err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(failures.len(), 3);
+        for failure in failures {
+            assert!(
+                matches!(
+                    failure,
+                    KmsError::Transport {
+                        method: "GetTempCaCert",
+                        source: cvm_keys::kms::TransportError::Connect { .. },
+                        ..
+                    }
+                ),
+                "{failure:?}"
+            );
+        }
+        assert_eq!(
+            sleeper.0,
+            [Duration::from_millis(100), Duration::from_millis(150)]
+        );
+        let text = err.to_string();
+        assert!(text.contains("after 3 attempts"), "{text}");
+        assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+    }
+
+    #[test]
+    fn second_url_serves_when_first_is_down() {
+        let (mut tee, events) = booted_tee();
+        let (_, handle) = kms(&tee, None);
+        let down = {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let urls = vec![format!("https://127.0.0.1:{down}"), handle.url()];
+        let keys = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, ""),
+            &mut RecordingSleeper::default(),
+        )
+        .unwrap();
+        assert_eq!(keys.kms_url, handle.url());
+    }
+
+    #[test]
+    fn quote_from_an_untrusted_simulated_root_is_refused() {
+        let (mut tee, events) = booted_tee();
+        let other = InsecureSimulatedTee::try_new().unwrap();
+        let (_, handle) = kms(&other, None);
+        let urls = vec![handle.url()];
+        let err = request_app_keys(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &request(&urls, ""),
+            &mut RecordingSleeper::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("quote rejected"), "{err}");
+    }
+
+    #[test]
+    fn server_without_kms_rpc_usage_or_from_another_root_is_not_trusted() {
+        use cvm_keys::kms::{KmsTransport as _, KmsUrl, TlsMode};
+        let (tee, _) = booted_tee();
+        let (_, handle) = kms(&tee, None);
+        let url = KmsUrl::parse(&handle.url()).unwrap();
+        // The server's chain does not lead to this other root: the handshake fails.
+        let other = KmsKeys::generate(&[]).unwrap();
+        let other_root = cvm_keys::kms::pem_block(&other.root_ca_pem, "CERTIFICATE").unwrap();
+        let client = cvm_keys::ratls::CertSpec {
+            subject: "c",
+            ..Default::default()
+        }
+        .self_signed()
+        .unwrap();
+        let key = client.key_der().unwrap();
+        let err = TlsTransport::default()
+            .post(
+                &url,
+                "/prpc/KMS.GetAppKey?json",
+                b"{}",
+                TlsMode::Mutual {
+                    root_ca_der: &other_root,
+                    client_cert_der: &client.cert_der,
+                    client_key_der: &key,
+                },
+            )
+            .unwrap_err();
+        assert!(
+            matches!(err, cvm_keys::kms::TransportError::Tls { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn server_certificate_without_kms_rpc_usage_is_refused() {
+        let (mut tee, events) = booted_tee();
+        for usage in [None, Some("app:ca")] {
+            let keys =
+                Arc::new(KmsKeys::generate_with_rpc_usage(&["127.0.0.1".into()], usage).unwrap());
+            let policy = Policy {
+                allowed_compose_hashes: None,
+                trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
+                os_image_hash: None,
+                gateway_app_id: String::new(),
+            };
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let handle = test_kms::start(keys, policy, listener).unwrap();
+            let urls = vec![handle.url()];
+            let mut req = request(&urls, "");
+            req.retry.rounds = 1;
+            let err = request_app_keys(
+                &mut TlsTransport::default(),
+                &mut tee,
+                &events,
+                &req,
+                &mut RecordingSleeper::default(),
+            )
+            .unwrap_err();
+            let chain = cvm_keys::error_chain(&err);
+            assert!(chain.contains("kms:rpc"), "{chain}");
+            // The server never saw a GetAppKey request completed.
+            assert_eq!(methods(&handle), [("GetTempCaCert".to_owned(), 200)]);
+        }
+    }
+
+    #[test]
+    fn wrong_launch_token_stops_before_keys() {
+        let hash = hex::encode(cvm_keys::env::launch_token_hash(
+            b"right-token-0123456789abcdef0123456789",
+        ));
+        let config = br#"{"dstack":{"launch_token":"wrong-token-0123456789abcdef0123456789"}}"#;
+        assert_eq!(
+            cvm_keys::env::check_launch_token(Some(&hash), Some(config)),
+            Err(LaunchTokenError::Mismatch)
+        );
+    }
+}
