@@ -20,6 +20,8 @@ use measure::runtime_event::{self, DecodedLogLine, LogLineFormat, RuntimeEvent};
 use measure::tdvf::{PageOrder, SectionType, Tdvf, TdvfSection};
 use serde::Serialize;
 
+mod gpu;
+
 #[derive(Debug, Parser)]
 #[command(name = "cvm-measure", version, about = "TDX measurement auditor")]
 struct Cli {
@@ -47,6 +49,8 @@ enum Command {
     Rtmr(RtmrArgs),
     /// Run the verification checklist (platform, application, key management).
     Verify(VerifyArgs),
+    /// Verify NVIDIA confidential-GPU evidence against driver/VBIOS RIMs at a given time.
+    Gpu(gpu::GpuArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -319,6 +323,7 @@ fn main() -> ExitCode {
         Command::Mrtd(args) => mrtd(&args, &mut stdout),
         Command::Expected(args) => expected(&args, &mut stdout),
         Command::Verify(args) => verify(&args, &mut stdout),
+        Command::Gpu(args) => gpu::gpu(&args, &mut stdout),
     };
     print!("{stdout}");
     match result {

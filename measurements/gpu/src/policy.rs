@@ -232,10 +232,12 @@ pub enum GateFailure {
         failure: Failure,
     },
     /// `secboot` false and not allowed.
-    #[error("GPU {index}: secure boot not established (measurements did not match)")]
+    #[error("GPU {index}: secure boot not established (measurements not verified as matching)")]
     CheckSecureBoot { index: usize },
     /// `dbgstat` not disabled and not allowed.
-    #[error("GPU {index}: debug status not disabled (measurements did not match)")]
+    #[error(
+        "GPU {index}: debug status not established as disabled (measurements not verified as matching)"
+    )]
     CheckDebug { index: usize },
     /// An evidence entry uses a different nonce than the batch.
     #[error("GPU {index}: report nonce differs from the other GPUs'")]
