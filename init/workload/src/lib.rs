@@ -12,4 +12,5 @@ pub mod oci;
 pub mod pull;
 pub mod registry;
 pub mod spec;
+pub mod supervisor;
 pub mod unpack;
