@@ -685,9 +685,101 @@ mod tests {
     }
 
     #[test]
+    fn appkeys_json_round_trip() {
+        let keys = AppKeys {
+            kms_url: "https://k".into(),
+            ca_cert_pem: "PEM".into(),
+            root_spki_der: vec![1, 2],
+            disk_crypt_key: Secret::new([1; 32]),
+            env_crypt_key: Some(Secret::new([2; 32])),
+            k256_key: Secret::new([3; 32]),
+            k256_signature: vec![4; 65],
+            gateway_app_id: String::new(),
+            os_image_hash: vec![],
+            temp_ca_cert_pem: "T".into(),
+            temp_ca_key_pem: Secret::new("K".into()),
+        };
+        let json = keys.to_appkeys_json();
+        let v: serde_json::Value = serde_json::from_str(json.expose()).unwrap();
+        assert_eq!(v["key_provider"]["Kms"]["pubkey"], "0102");
+        assert_eq!(v["disk_crypt_key"], "01".repeat(32));
+        let back = GuestKeys::from_appkeys_json(json.expose().as_bytes()).unwrap();
+        assert_eq!(back.k256_key.expose(), &[3; 32]);
+        assert_eq!(back.k256_signature, vec![4; 65]);
+        assert_eq!(back.ca_cert_pem, "PEM");
+        assert!(!format!("{back:?}").contains("0303"));
+        assert_eq!(
+            GuestKeys::from_appkeys_json(br#"{"k256_key":"00"}"#).unwrap_err(),
+            GuestKeysError::InvalidField { field: "k256_key" }
+        );
+        assert_eq!(
+            GuestKeys::from_appkeys_json(b"[]").unwrap_err(),
+            GuestKeysError::Parse
+        );
+    }
+
+    #[test]
     fn app_key_response_debug_is_redacted() {
         let mut r = AppKeyResponse::default();
         r.disk_crypt_key = "aa".repeat(32);
         assert!(!format!("{r:?}").contains("aaaa"));
+    }
+}
+
+/// The keys the guest API needs, read back from [`AppKeys::to_appkeys_json`] (dstack's
+/// `.appkeys.json`).
+#[derive(Debug)]
+pub struct GuestKeys {
+    /// secp256k1 app key.
+    pub k256_key: SecretKey32,
+    /// The KMS's signature over the k256 app public key.
+    pub k256_signature: Vec<u8>,
+    /// The KMS root CA (PEM).
+    pub ca_cert_pem: String,
+}
+
+/// Errors of reading `.appkeys.json`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GuestKeysError {
+    /// The file is not JSON with the expected fields (the parser's text is not kept: it could
+    /// quote key bytes).
+    #[error(".appkeys.json is not dstack AppKeys JSON")]
+    Parse,
+    /// A key field is not 32 bytes of hex.
+    #[error(".appkeys.json field {field} is malformed")]
+    InvalidField { field: &'static str },
+}
+
+#[derive(Deserialize)]
+struct RawGuestKeys {
+    k256_key: String,
+    #[serde(default)]
+    k256_signature: String,
+    #[serde(default)]
+    ca_cert: String,
+}
+
+impl Drop for RawGuestKeys {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.k256_key);
+    }
+}
+
+impl GuestKeys {
+    /// Parses `.appkeys.json`.
+    pub fn from_appkeys_json(bytes: &[u8]) -> Result<Self, GuestKeysError> {
+        let raw: RawGuestKeys = serde_json::from_slice(bytes).map_err(|_| GuestKeysError::Parse)?;
+        let mut k256_key = Secret::new([0u8; 32]);
+        hex::decode_to_slice(&raw.k256_key, k256_key.expose_mut())
+            .map_err(|_| GuestKeysError::InvalidField { field: "k256_key" })?;
+        let k256_signature =
+            hex::decode(&raw.k256_signature).map_err(|_| GuestKeysError::InvalidField {
+                field: "k256_signature",
+            })?;
+        Ok(Self {
+            k256_key,
+            k256_signature,
+            ca_cert_pem: raw.ca_cert.clone(),
+        })
     }
 }
