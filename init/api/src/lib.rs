@@ -71,6 +71,13 @@ pub enum ApiError {
         #[source]
         source: StateError,
     },
+    /// Reading or parsing the app keys file failed.
+    #[error("load app keys from {path}")]
+    LoadAppKeys {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// Starting the accept thread of a socket failed.
     #[error("start accept thread for {path}")]
     SpawnAcceptThread {
@@ -93,6 +100,8 @@ pub struct ServerConfig {
     pub app_compose: Option<PathBuf>,
     /// .sys-config.json (private copy of the host share).
     pub sys_config: Option<PathBuf>,
+    /// dstack's `.appkeys.json` (private, 0600), which enables `GetKey`.
+    pub app_keys: Option<PathBuf>,
     /// Socket file mode (workloads connect through bind mounts).
     pub socket_mode: u32,
     /// Connections served at once; more are answered 503 and closed.
@@ -109,6 +118,7 @@ impl Default for ServerConfig {
             event_log: PathBuf::from(RUNTIME_EVENT_LOG_PATH),
             app_compose: None,
             sys_config: None,
+            app_keys: None,
             socket_mode: 0o666,
             max_connections: 64,
             limits: Limits::default(),
@@ -118,7 +128,7 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Parses `--socket P`, `--legacy-socket P` (or `--no-legacy-socket`), `--event-log P`,
-    /// `--app-compose P`, `--sys-config P` (the arguments after the `guest-api` word) over
+    /// `--app-compose P`, `--sys-config P`, `--app-keys P` (the arguments after the `guest-api` word) over
     /// the defaults.
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Self, ApiError> {
         let mut config = Self::default();
@@ -131,7 +141,7 @@ impl ServerConfig {
             }
             let slot = match flag.as_str() {
                 "--socket" | "--legacy-socket" | "--event-log" | "--app-compose"
-                | "--sys-config" => flag.clone(),
+                | "--sys-config" | "--app-keys" => flag.clone(),
                 _ => return Err(ApiError::ParseArgument { argument: flag }),
             };
             let value = PathBuf::from(
@@ -143,6 +153,7 @@ impl ServerConfig {
                 "--legacy-socket" => config.legacy_socket = Some(value),
                 "--event-log" => config.event_log = value,
                 "--app-compose" => config.app_compose = Some(value),
+                "--app-keys" => config.app_keys = Some(value),
                 _ => config.sys_config = Some(value),
             }
         }
@@ -416,7 +427,17 @@ pub fn run<T: Tee + Send + 'static>(
         .map_err(prepare)?,
         None => WorkloadInfo::default(),
     };
-    let state = ApiState::open(tee, mode, &config.event_log, workload).map_err(prepare)?;
+    let mut state = ApiState::open(tee, mode, &config.event_log, workload).map_err(prepare)?;
+    if let Some(path) = &config.app_keys {
+        let load = |source: Box<dyn std::error::Error + Send + Sync>| ApiError::LoadAppKeys {
+            path: path.clone(),
+            source,
+        };
+        let bytes = zeroize::Zeroizing::new(std::fs::read(path).map_err(|e| load(Box::new(e)))?);
+        let keys =
+            cvm_keys::kms::GuestKeys::from_appkeys_json(&bytes).map_err(|e| load(Box::new(e)))?;
+        state = state.with_app_keys(keys);
+    }
     serve(config, state)
 }
 

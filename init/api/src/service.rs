@@ -5,8 +5,11 @@
 //!   `/prpc/DstackGuest.<Method>`): `Info`, `GetQuote`, `EmitEvent`, `Version`.
 //! * `Tappd` (`tappd.sock`, paths `/prpc/Tappd.<Method>`, `/prpc/<Method>`, `/<Method>`):
 //!   `Info`, `TdxQuote`, `RawQuote`, `Version`.
-//! * Key methods (`GetKey`, `GetTlsKey`, `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key`) and
-//!   `Attest` answer 501 until the KMS integration lands.
+//! * `GetKey` (with app keys from the key provider, `--app-keys`): HKDF-SHA256 (salt `RATLS`) of
+//!   the k256 app key with the path, and the chain [app key's recoverable signature over
+//!   Keccak-256(`purpose:hex(pubkey)`), KMS signature over the app key] (`cvm_keys::kdf::get_key`).
+//! * `GetTlsKey`, `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key` and `Attest` answer 501
+//!   (`GetTlsKey` needs the KMS `SignCert` call, not implemented yet).
 //!
 //! Arguments come as a JSON object in a POST body (empty body = `{}`) or as GET query pairs;
 //! byte fields are hex; missing fields take protobuf defaults; unknown fields are ignored.
@@ -37,9 +40,12 @@ pub enum ServiceError {
     /// No such method on this socket.
     #[error("unknown method {path:?}")]
     UnknownMethod { path: String },
-    /// The method exists in dstack but needs app keys, which arrive with the KMS integration.
-    #[error("{method} is not available: app keys arrive with the KMS integration")]
+    /// The method needs app keys and this boot has none from a KMS.
+    #[error("{method} is not available: this boot has no app keys from a KMS")]
     KeysNotAvailable { method: &'static str },
+    /// `GetTlsKey` needs the KMS `SignCert` call.
+    #[error("GetTlsKey needs the KMS SignCert call, which is not implemented")]
+    NeedsSignCert,
     /// The method exists in dstack but is not implemented here.
     #[error("{method} is not implemented")]
     NotImplemented { method: &'static str },
@@ -76,6 +82,12 @@ pub enum ServiceError {
         #[source]
         source: EventLogError,
     },
+    /// `GetKey` could not derive the key (unknown algorithm, bad app key).
+    #[error("derive the key")]
+    DeriveKey {
+        #[source]
+        source: cvm_keys::kdf::KdfError,
+    },
     /// The TEE failed.
     #[error("{method}")]
     Tee {
@@ -90,12 +102,18 @@ impl ServiceError {
     pub fn status(&self) -> Status {
         match self {
             Self::UnknownMethod { .. } => Status::NotFound,
-            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } => Status::NotImplemented,
+            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } | Self::NeedsSignCert => {
+                Status::NotImplemented
+            }
             Self::DecodeQuery
             | Self::DecodeArguments { .. }
             | Self::DecodeHex { .. }
             | Self::BuildReportData { .. }
             | Self::EmptyEventName => Status::BadRequest,
+            Self::DeriveKey { source } => match source {
+                cvm_keys::kdf::KdfError::UnsupportedAlgorithm { .. } => Status::BadRequest,
+                _ => Status::InternalServerError,
+            },
             Self::EmitEvent { source, .. } => match source {
                 EventLogError::ReservedEventName { .. } => Status::Forbidden,
                 EventLogError::AppEventBeforeSystemReady { .. } => Status::Conflict,
@@ -215,6 +233,16 @@ struct TdxQuoteArgs {
 }
 
 #[derive(Deserialize)]
+struct GetKeyArgs {
+    #[serde(default)]
+    path: String,
+    #[serde(default)]
+    purpose: String,
+    #[serde(default)]
+    algorithm: String,
+}
+
+#[derive(Deserialize)]
 struct EmitEventArgs {
     #[serde(default)]
     event: String,
@@ -284,6 +312,28 @@ fn call<T: Tee>(
             log::info!("guest-api: RTMR3 app event {} digest {digest}", args.event);
             Ok(json!({}))
         }
+        Call::Keys("GetKey") => {
+            let keys = state
+                .app_keys()
+                .ok_or(ServiceError::KeysNotAvailable { method: "GetKey" })?;
+            let args: GetKeyArgs = arguments("GetKey", request)?;
+            let algorithm = cvm_keys::kdf::KeyAlgorithm::parse(&args.algorithm)
+                .map_err(|source| ServiceError::DeriveKey { source })?;
+            let derived = cvm_keys::kdf::get_key(
+                &keys.k256_key,
+                &keys.k256_signature,
+                &args.path,
+                &args.purpose,
+                algorithm,
+            )
+            .map_err(|source| ServiceError::DeriveKey { source })?;
+            let key = zeroize::Zeroizing::new(hex::encode(derived.key.expose()));
+            Ok(json!({
+                "key": key.as_str(),
+                "signature_chain": derived.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
+            }))
+        }
+        Call::Keys("GetTlsKey") => Err(ServiceError::NeedsSignCert),
         Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
         Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
     }

@@ -365,6 +365,8 @@ pub struct ApiState<T> {
     boot_events: Vec<ExposedEvent>,
     app_event_version: EventLogVersion,
     workload: WorkloadInfo,
+    /// App keys from the key provider (`None` until the init passes `.appkeys.json`).
+    keys: Option<cvm_keys::kms::GuestKeys>,
 }
 
 impl<T> std::fmt::Debug for ApiState<T> {
@@ -373,6 +375,7 @@ impl<T> std::fmt::Debug for ApiState<T> {
             .field("boot_events", &self.boot_events.len())
             .field("app_event_version", &self.app_event_version)
             .field("workload", &self.workload)
+            .field("keys", &self.keys)
             .finish_non_exhaustive()
     }
 }
@@ -459,6 +462,7 @@ impl<T: Tee> ApiState<T> {
             boot_events,
             app_event_version,
             workload,
+            keys: None,
         };
         let report = state.report()?;
         let actual = *report.report.td_info.rtmrs.register(RtmrIndex::R3);
@@ -522,6 +526,17 @@ impl<T: Tee> ApiState<T> {
     pub fn emit_event(&self, name: &str, payload: &[u8]) -> Result<Sha384Digest, EventLogError> {
         let event = RuntimeEvent::new(name, payload).with_version(self.app_event_version);
         self.lock().log.emit_app_event(event)
+    }
+
+    /// The app keys, if the key provider gave any.
+    pub fn app_keys(&self) -> Option<&cvm_keys::kms::GuestKeys> {
+        self.keys.as_ref()
+    }
+
+    /// Gives the API the app keys (enables `GetKey`).
+    pub fn with_app_keys(mut self, keys: cvm_keys::kms::GuestKeys) -> Self {
+        self.keys = Some(keys);
+        self
     }
 
     /// The workload's descriptive data.

@@ -316,6 +316,64 @@ fn bad_requests_get_errors_and_the_connection_keeps_serving() {
 }
 
 #[test]
+fn get_key_derives_and_signs_with_the_app_key() {
+    let (app_key, kms_signature) = cvm_keys::kdf::app_k256_key(&[9; 32], &[0xA1; 20]).unwrap();
+    let app_public = cvm_keys::kdf::k256_public_key(app_key.expose()).unwrap();
+    let keys = cvm_keys::kms::GuestKeys {
+        k256_key: app_key,
+        k256_signature: kms_signature.to_vec(),
+        ca_cert_pem: String::new(),
+    };
+    let state = fixture().state.with_app_keys(keys);
+    let mut input = post("/GetKey", r#"{"path":"wallet/1","purpose":"signing"}"#);
+    input.extend_from_slice(&post(
+        "/GetKey",
+        r#"{"path":"wallet/1","algorithm":"ed448"}"#,
+    ));
+    input.extend_from_slice(&post(
+        "/GetKey",
+        r#"{"path":"wallet/2","algorithm":"k256"}"#,
+    ));
+    let replies = exchange(&state, Service::DstackGuest, &input);
+    let (200, body) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let key: [u8; 32] = hex::decode(body["key"].as_str().unwrap())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let public = cvm_keys::kdf::k256_public_key(&key).unwrap();
+    let chain: Vec<Vec<u8>> = body["signature_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| hex::decode(s.as_str().unwrap()).unwrap())
+        .collect();
+    // Link 1: the app key signed "signing:<hex pubkey>".
+    let message = format!("signing:{}", hex::encode(public));
+    assert_eq!(
+        cvm_keys::kdf::recover_keccak256_signer(message.as_bytes(), &chain[0]).unwrap(),
+        app_public
+    );
+    // Link 2: the KMS root signed the app key.
+    assert_eq!(chain[1], kms_signature.to_vec());
+    assert_eq!(
+        cvm_keys::kdf::recover_keccak256_signer(
+            &cvm_keys::kdf::kms_signed_message(b"dstack-kms-issued", &[0xA1; 20], &app_public),
+            &chain[1]
+        )
+        .unwrap(),
+        cvm_keys::kdf::k256_public_key(&[9; 32]).unwrap()
+    );
+    assert_eq!(replies[1].0, 400);
+    assert!(replies[1].1["error"].as_str().unwrap().contains("ed448"));
+    let (200, other) = &replies[2] else {
+        panic!("{replies:?}")
+    };
+    assert_ne!(other["key"], body["key"]);
+}
+
+#[test]
 fn emit_event_follows_the_dstack_rules() {
     let f = fixture();
     let input = [

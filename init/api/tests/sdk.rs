@@ -127,6 +127,14 @@ mod tests {
             workload,
         )
         .unwrap();
+        // App keys as the KMS would hand them out (k256 root 0x09…, app-id 0xA1…).
+        let (app_key, kms_signature) = cvm_keys::kdf::app_k256_key(&[9; 32], &[0xA1; 20]).unwrap();
+        let app_public = cvm_keys::kdf::k256_public_key(app_key.expose()).unwrap();
+        let state = state.with_app_keys(cvm_keys::kms::GuestKeys {
+            k256_key: app_key,
+            k256_signature: kms_signature.to_vec(),
+            ca_cert_pem: String::new(),
+        });
         let config = ServerConfig {
             socket: dir.path().join("dstack.sock"),
             legacy_socket: Some(dir.path().join("tappd.sock")),
@@ -198,8 +206,29 @@ mod tests {
 
         // Errors the SDK saw as HTTP errors.
         assert_eq!(out["reserved_event"]["status"], 403);
-        assert_eq!(out["get_key"]["status"], 501);
         assert_eq!(out["get_tls_key"]["status"], 501);
+
+        // GetKey through the SDK: a 32-byte key and the two-link signature chain.
+        let key = &out["get_key"];
+        let derived: [u8; 32] = hex::decode(key["key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let chain: Vec<Vec<u8>> = key["signature_chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| hex::decode(s.as_str().unwrap()).unwrap())
+            .collect();
+        let message = format!(
+            "sdk-test:{}",
+            hex::encode(cvm_keys::kdf::k256_public_key(&derived).unwrap())
+        );
+        assert_eq!(
+            cvm_keys::kdf::recover_keccak256_signer(message.as_bytes(), &chain[0]).unwrap(),
+            app_public
+        );
+        assert_eq!(chain[1], kms_signature.to_vec());
         assert_eq!(out["oversize_get_quote"]["status"], 400);
 
         // EmitEvent extended RTMR3 and the log.

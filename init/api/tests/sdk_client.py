@@ -53,7 +53,11 @@ def main():
 
     # Bad requests: each is an HTTP error, and the server keeps serving.
     out["reserved_event"] = expect_http_error(lambda: client.emit_event("compose-hash", b"x"))
-    out["get_key"] = expect_http_error(lambda: client.get_key("some/path"))
+    key = client.get_key("some/path", "sdk-test")
+    out["get_key"] = {
+        "key": key.decode_key().hex(),
+        "signature_chain": [s.hex() for s in key.decode_signature_chain()],
+    }
     out["get_tls_key"] = expect_http_error(lambda: client.get_tls_key(subject="x"))
     # The SDK refuses more than 64 bytes itself, so send this one with plain httpx.
     out["oversize_get_quote"] = expect_http_error(
