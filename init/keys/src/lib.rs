@@ -8,6 +8,7 @@ pub mod kms;
 pub mod provider;
 pub mod ratls;
 pub mod secret;
+pub mod stage;
 pub mod transport;
 
 /// An error and its sources on one line, `outer: inner: …` (secrets are never in errors).
