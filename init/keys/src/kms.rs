@@ -222,13 +222,29 @@ pub enum TlsMode<'a> {
     },
 }
 
-/// An HTTP response.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An HTTP response. The body (which carries key material for `GetAppKey`) is zeroized on
+/// drop and not shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
 pub struct HttpResponse {
     /// Status code.
     pub status: u16,
     /// Body.
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for HttpResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpResponse")
+            .field("status", &self.status)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+impl Drop for HttpResponse {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.body);
+    }
 }
 
 /// One HTTPS POST with a JSON body.

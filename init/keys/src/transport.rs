@@ -179,10 +179,10 @@ impl KmsTransport for TlsTransport {
         stream.write_all(head.as_bytes()).map_err(tls_err)?;
         stream.write_all(body).map_err(tls_err)?;
         stream.flush().map_err(tls_err)?;
-        let mut raw = Vec::new();
+        let mut raw = zeroize::Zeroizing::new(Vec::new());
         let mut limited =
             (&mut stream).take(u64::try_from(MAX_RESPONSE_LEN + 16 * 1024).unwrap_or(u64::MAX));
-        match limited.read_to_end(&mut raw) {
+        match limited.read_to_end(&mut *raw) {
             Ok(_) => {}
             // A peer that closes without close_notify after a complete response is tolerated;
             // parse_response checks the framing.
