@@ -182,7 +182,7 @@ impl KmsTransport for TlsTransport {
         let mut raw = zeroize::Zeroizing::new(Vec::new());
         let mut limited =
             (&mut stream).take(u64::try_from(MAX_RESPONSE_LEN + 16 * 1024).unwrap_or(u64::MAX));
-        match limited.read_to_end(&mut *raw) {
+        match limited.read_to_end(&mut raw) {
             Ok(_) => {}
             // A peer that closes without close_notify after a complete response is tolerated;
             // parse_response checks the framing.
