@@ -7,11 +7,14 @@
 //! * `demo` — `dist`, then boots it in QEMU and prints the stage timeline.
 //! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, repro.
 //! * `bench` — boot-time benchmark against a busybox baseline.
+//! * `yocto-crates`, `yocto-fragment`, `yocto-check` — regenerate and check the Yocto layer's
+//!   crate list and kernel fragment, lint the layer (`yocto/README.md`).
 
 mod dist;
 mod packages;
 mod sdk;
 mod tasks;
+mod yocto;
 
 use anyhow::{Result, bail};
 
@@ -26,6 +29,9 @@ fn main() -> Result<()> {
         "demo" => tasks::demo(rest),
         "test" => tasks::test(rest),
         "bench" => tasks::bench(rest),
+        "yocto-crates" => yocto::crates_cmd(rest),
+        "yocto-fragment" => yocto::fragment_cmd(rest),
+        "yocto-check" => yocto::check_cmd(rest),
         other => bail!("unknown task `{other}`: expected dist, repro, demo, test or bench"),
     }
 }
