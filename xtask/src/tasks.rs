@@ -243,6 +243,9 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             .args(["test", "--workspace", "--locked", "--target", TARGET])
             .env("CVM_SDK_PYTHON", sdk_python),
     )?;
+    // The Yocto layer: generated files current, initramfs entries match, oelint-adv clean.
+    eprintln!("xtask: == yocto layer");
+    crate::yocto::check_cmd(&[])?;
     // Every parser of untrusted bytes: a short cargo-fuzz run (or, without nightly, the seeds).
     run(
         "fuzz smoke",
