@@ -28,6 +28,9 @@ pub enum Stage {
     /// `lo` and the first Ethernet interface up, DHCP, `/etc/resolv.conf`; required when
     /// `kms_urls` is set, otherwise best effort.
     Network,
+    /// The encrypted data disk (dm-integrity + dm-crypt AEAD, `cvm-disk`): select it, format it
+    /// on first boot, verify its header and open it, mount it; skipped without a data disk.
+    Disk,
     /// Extend `key-provider`, `storage-fs`, `system-ready`; check a quote carries the RTMR3.
     SystemReady,
     /// Start the guest API process (dstack.sock / tappd.sock), which owns the runtime event log
@@ -49,6 +52,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::HostShare,
     Stage::Measure,
     Stage::Network,
+    Stage::Disk,
     Stage::SystemReady,
     Stage::GuestApi,
     Stage::Ready,
@@ -68,6 +72,7 @@ impl Stage {
             Self::HostShare => "host-share",
             Self::Measure => "measure",
             Self::Network => "network",
+            Self::Disk => "disk",
             Self::SystemReady => "system-ready",
             Self::GuestApi => "guest-api",
             Self::Ready => "ready",
@@ -193,6 +198,7 @@ mod tests {
                 "host-share",
                 "measure",
                 "network",
+                "disk",
                 "system-ready",
                 "guest-api",
                 "ready"

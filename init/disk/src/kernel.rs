@@ -25,10 +25,7 @@ pub struct BlockFile {
 
 impl BlockFile {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)?;
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
         let meta = file.metadata()?;
         Ok(Self {
             number: DevNumber::from_rdev(meta.rdev()),

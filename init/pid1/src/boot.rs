@@ -15,6 +15,7 @@ use crate::stages::measure::{
     BoxedTee, FileSink, MeasureStageError, TdxPaths, event_log_version, measure_app_info,
     measure_system_ready, open_event_log, random_seed, select_tee,
 };
+use init_core::app_compose::StorageFs;
 use init_core::host_share::HostShare;
 use init_core::identity::AppIdentity;
 use init_core::tee::events::{KeyProviderInfo, RUNTIME_EVENT_LOG_PATH, RuntimeEventLog};
@@ -64,6 +65,8 @@ pub(crate) enum BootError {
     Network(#[source] crate::stages::network::NetworkStageError),
     #[error("no network interface, but kms_urls needs the network")]
     NetworkRequired,
+    #[error("data disk")]
+    Disk(#[source] crate::stages::disk::DiskStageError),
     #[error("guest API")]
     GuestApi(#[source] crate::stages::guest_api::GuestApiStageError),
     #[error("get a quote to check RTMR3")]
@@ -90,6 +93,8 @@ pub(crate) struct Boot {
     event_log: Option<RuntimeEventLog<BoxedTee, FileSink>>,
     pub(crate) guest_api: Option<std::process::Child>,
     pub(crate) network: Option<crate::stages::network::Network>,
+    /// The mounted data volume (None: no data disk, or before the disk stage).
+    disk: Option<crate::stages::disk::Mounted>,
 }
 
 impl std::fmt::Debug for Boot {
@@ -119,6 +124,7 @@ impl Boot {
             event_log: None,
             guest_api: None,
             network: None,
+            disk: None,
         }
     }
 
@@ -190,6 +196,7 @@ impl Boot {
             }
             Stage::Measure => self.measure(),
             Stage::Network => self.network(),
+            Stage::Disk => self.disk(),
             Stage::SystemReady => self.system_ready(),
             Stage::GuestApi => {
                 // The API process owns the event log from here on: PID 1 writes no more events.
@@ -282,11 +289,46 @@ impl Boot {
             stage: "system-ready",
             needs,
         };
+    fn disk(&mut self) -> Result<(), BootError> {
+        let mounted = crate::stages::disk::run(&self.config).map_err(BootError::Disk)?;
+        self.results.record(&Record::Disk {
+            device: mounted
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), |m| m.disk.display().to_string()),
+            mount_point: mounted
+                .as_ref()
+                .map(|_| crate::stages::disk::MOUNT_POINT.to_owned())
+                .unwrap_or_default(),
+            formatted: mounted.as_ref().is_some_and(|m| m.opened.formatted),
+            data_bytes: mounted.as_ref().map_or(0, |m| m.opened.data_bytes),
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+        #[cfg(feature = "insecure-test-hooks")]
+        if mounted.is_some() {
+            crate::stages::disk::test_hooks::run(&self.config, &mut self.results);
+        }
+        self.disk = mounted;
+        Ok(())
+    }
+
         let share = self.share.as_ref().ok_or(needs("host-share"))?;
         let identity = self.identity.as_ref().ok_or(needs("measure"))?;
         let log = self.event_log.as_mut().ok_or(needs("measure"))?;
         // Keys (the KMS issue) will supply os-image-hash and the real key provider.
-        measure_system_ready(log, share, None, &KeyProviderInfo::none())
+        // storage-fs names the filesystem actually mounted: the data volume is always ext4.
+        let asked = share.app_compose.compose().storage_fs();
+        let storage_fs = if self.disk.is_some() {
+            if asked != StorageFs::Ext4 {
+                log::warn!(
+                    "app-compose asks for storage_fs {}: the data disk is ext4",
+                    asked.as_str()
+                );
+            }
+            StorageFs::Ext4
+        } else {
+            asked
+        };
+        measure_system_ready(log, share, None, &KeyProviderInfo::none(), storage_fs)
             .map_err(BootError::Measure)?;
         let replayed = measure::runtime_event::replay_rtmr3(log.events());
         // A fresh quote must carry what the log replays to: proves the TEE saw every extend.

@@ -8,6 +8,7 @@ mod logger;
 mod results;
 mod shutdown;
 mod stages {
+    pub(crate) mod disk;
     pub(crate) mod guest_api;
     pub(crate) mod host_share;
     pub(crate) mod kernel_contract;

@@ -60,6 +60,7 @@ pub(crate) fn shutdown(
     }
 
     init_sys::power::sync();
+    crate::stages::disk::close_at_shutdown();
     unmount_all();
     init_sys::power::sync();
     log::info!("power off");

@@ -9,6 +9,7 @@
 pub mod compose;
 pub mod digest;
 pub mod oci;
+pub mod prepare;
 pub mod pull;
 pub mod registry;
 pub mod spec;

@@ -304,6 +304,30 @@ pub fn create_dir_in_root(root: &Path, container_path: &str) -> Result<PathBuf, 
     Ok(dir)
 }
 
+/// Reads a small file at `container_path` inside `root` (symlinks resolved inside the root),
+/// at most `cap` bytes; `Ok(None)` if it does not exist or is not a regular file.
+pub fn read_file_in_root(
+    root: &Path,
+    container_path: &str,
+    cap: u64,
+) -> Result<Option<Vec<u8>>, UnpackError> {
+    let applier = Applier::new(root, Sha256Digest([0; 32]), UnpackOptions::default());
+    let components = applier.clean(container_path.as_bytes())?;
+    // Every component, the last included, is followed inside the root.
+    let path = applier.resolve_dir(&components)?;
+    match fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() => {
+            let file = File::open(&path).map_err(apply_err("open", &path))?;
+            let mut out = Vec::new();
+            file.take(cap)
+                .read_to_end(&mut out)
+                .map_err(apply_err("read", &path))?;
+            Ok(Some(out))
+        }
+        _ => Ok(None),
+    }
+}
+
 struct Applier<'a> {
     root: &'a Path,
     layer: Sha256Digest,

@@ -200,3 +200,143 @@ fn refuses_size_mismatch_and_unknown_digest() {
         "{text}"
     );
 }
+
+#[test]
+fn retries_server_errors_with_backoff() {
+    let (routes, md) = fake_image("r/app");
+    let fake = FakeRegistry::start(FakeConfig {
+        routes,
+        fail_first: 2,
+        bearer: None,
+    });
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let img = ImageRef::parse(&format!("{}/r/app@{md}", fake.addr)).unwrap();
+    let client = RegistryClient::new(RegistryConfig {
+        plain_http_hosts: vec![fake.addr.clone()],
+        attempts: 3,
+        backoff: std::time::Duration::from_millis(20),
+        ..RegistryConfig::default()
+    });
+    let t = std::time::Instant::now();
+    let pulled = pull(&store, &client, &img).unwrap();
+    assert!(
+        t.elapsed() >= std::time::Duration::from_millis(60),
+        "backoff 20 + 40 ms"
+    );
+    assert_eq!(pulled.layers.len(), 1);
+    // 2 failures + manifest + config + layer.
+    assert_eq!(fake.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
+
+    // With fewer attempts than failures the pull fails, naming the status.
+    let (routes, md) = fake_image("r/app");
+    let fake = FakeRegistry::start(FakeConfig {
+        routes,
+        fail_first: 5,
+        bearer: None,
+    });
+    let client = RegistryClient::new(RegistryConfig {
+        plain_http_hosts: vec![fake.addr.clone()],
+        attempts: 2,
+        backoff: std::time::Duration::from_millis(1),
+        ..RegistryConfig::default()
+    });
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let img = ImageRef::parse(&format!("{}/r/app@{md}", fake.addr)).unwrap();
+    let err = pull(&store, &client, &img).unwrap_err();
+    let mut chain = err.to_string();
+    let mut cur = std::error::Error::source(&err);
+    while let Some(e) = cur {
+        chain.push_str(&format!(": {e}"));
+        cur = e.source();
+    }
+    assert!(chain.contains("HTTP 503"), "{chain}");
+}
+
+#[test]
+fn bearer_token_auth_with_credentials() {
+    use cvm_workload::registry::{Credentials, SecretString};
+    let (routes, md) = fake_image("private/app");
+    // base64("user:pass")
+    let fake = FakeRegistry::start(FakeConfig {
+        routes,
+        fail_first: 0,
+        bearer: Some(("dXNlcjpwYXNz".into(), "tok123".into())),
+    });
+    let img = ImageRef::parse(&format!("{}/private/app@{md}", fake.addr)).unwrap();
+    let mut credentials = std::collections::BTreeMap::new();
+    credentials.insert(
+        fake.addr.clone(),
+        Credentials {
+            username: "user".into(),
+            password: SecretString::new("pass".into()),
+        },
+    );
+    let client = RegistryClient::new(RegistryConfig {
+        plain_http_hosts: vec![fake.addr.clone()],
+        credentials,
+        attempts: 1,
+        ..RegistryConfig::default()
+    });
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let pulled = pull(&store, &client, &img).unwrap();
+    assert_eq!(pulled.manifest, md);
+    // Without credentials the token endpoint refuses.
+    let anon = RegistryClient::new(RegistryConfig {
+        plain_http_hosts: vec![fake.addr.clone()],
+        attempts: 1,
+        ..RegistryConfig::default()
+    });
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    assert!(matches!(
+        pull(&store, &anon, &img),
+        Err(PullError::Fetch {
+            what: "manifest",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn prepares_every_image_of_an_app_once() {
+    use cvm_workload::compose::{ComposePolicy, parse};
+    use cvm_workload::prepare::prepare_images;
+    use cvm_workload::unpack::UnpackOptions;
+    let Some(reg) = Registry::start() else { return };
+    let base = Layer::new()
+        .dir("etc")
+        .file(
+            "etc/passwd",
+            0o644,
+            b"root:x:0:0::/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+        )
+        .file("etc/group", 0o644, b"root:x:0:\napp:x:1000:\n")
+        .tar();
+    let (a, _) = push_image(&reg, "app/a", "amd64", &[gzip_layer(&base)], "{}");
+    let other = Layer::new().file("hello", 0o644, b"b").tar();
+    let (b, _) = push_image(&reg, "app/b", "amd64", &[zstd_layer(&other)], "{}");
+    let yaml = format!(
+        "services:\n  one:\n    image: {r}/app/a@{a}\n  two:\n    image: {r}/app/a@{a}\n  three:\n    image: {r}/app/b@{b}\n",
+        r = reg.addr
+    );
+    let app = parse(None, &yaml, &Default::default(), &ComposePolicy::default()).unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = Store::open(store_dir.path()).unwrap();
+    let opts = UnpackOptions {
+        preserve_ownership: false,
+    };
+    let images = prepare_images(&store, &client(&reg), &app, opts).unwrap();
+    assert_eq!(images.len(), 2, "one pull per distinct image");
+    let pa = &images[&a];
+    assert!(pa.files.passwd.as_deref().unwrap().contains("app:x:1000"));
+    assert!(images[&b].files.passwd.is_none());
+    assert_eq!(
+        std::fs::read(images[&b].rootfs.join("hello")).unwrap(),
+        b"b"
+    );
+    let uid = cvm_workload::spec::resolve_user("one", "app", &pa.files).unwrap();
+    assert_eq!(uid, (1000, 1000, vec![]));
+}

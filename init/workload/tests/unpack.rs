@@ -307,3 +307,36 @@ fn working_dir_is_created_inside_the_root() {
     assert!(!outside.join("app").exists());
     cvm_workload::unpack::create_dir_in_root(&root, "/../x").unwrap_err();
 }
+
+#[test]
+fn reads_image_files_through_in_root_symlinks() {
+    let (dir, root) = setup();
+    fs::write(dir.path().join("passwd"), b"host:x:0:0").unwrap();
+    let tar = Layer::new()
+        .dir("real")
+        .file("real/passwd", 0o644, b"app:x:1000:1000")
+        .symlink("etc", "/real")
+        .symlink("hostpw", dir.path().join("passwd").to_str().unwrap())
+        .tar();
+    apply(&root, &tar).unwrap();
+    use cvm_workload::unpack::read_file_in_root;
+    assert_eq!(
+        read_file_in_root(&root, "/etc/passwd", 1024)
+            .unwrap()
+            .unwrap(),
+        b"app:x:1000:1000"
+    );
+    assert_eq!(
+        read_file_in_root(&root, "/hostpw", 1024).unwrap(),
+        None,
+        "not the host file"
+    );
+    assert_eq!(
+        read_file_in_root(&root, "/etc/missing", 1024).unwrap(),
+        None
+    );
+    assert_eq!(
+        read_file_in_root(&root, "/etc/passwd", 3).unwrap().unwrap(),
+        b"app"
+    );
+}

@@ -334,9 +334,9 @@ pub(crate) fn measure_system_ready<R: Rtmr, S: EventLogSink>(
     share: &HostShare,
     os_image_hash: Option<&[u8; 32]>,
     key_provider: &KeyProviderInfo,
+    storage_fs: StorageFs,
 ) -> Result<(), MeasureStageError> {
     let version = event_log_version(share)?;
-    let storage_fs: StorageFs = share.app_compose.compose().storage_fs();
     log.emit_plan(system_ready_events(
         os_image_hash,
         key_provider,
@@ -376,7 +376,14 @@ mod tests {
         let mut tee = FakeTee::default();
         let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
         let identity = measure_app_info(&mut log, &share, [3; 20]).unwrap();
-        measure_system_ready(&mut log, &share, None, &KeyProviderInfo::none()).unwrap();
+        measure_system_ready(
+            &mut log,
+            &share,
+            None,
+            &KeyProviderInfo::none(),
+            StorageFs::Ext4,
+        )
+        .unwrap();
         assert!(log.is_system_ready());
         drop(log);
         let text = fs::read_to_string(&path).unwrap();

@@ -402,3 +402,148 @@ pub fn read_all(mut r: impl Read) -> Vec<u8> {
     r.read_to_end(&mut v).unwrap();
     v
 }
+
+/// A minimal in-process registry: serves fixed paths, can fail the first N requests with 503
+/// and can demand a bearer token (fetched from its own `/token` with basic auth).
+pub struct FakeRegistry {
+    pub addr: String,
+    pub requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+pub struct FakeConfig {
+    pub routes: std::collections::BTreeMap<String, (String, Vec<u8>)>,
+    pub fail_first: usize,
+    /// (basic credentials "user:pass" base64, token)
+    pub bearer: Option<(String, String)>,
+}
+
+impl FakeRegistry {
+    pub fn start(config: FakeConfig) -> Self {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        listener.set_nonblocking(true).unwrap();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (req2, stop2, addr2) = (requests.clone(), stop.clone(), addr.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                let (mut conn, _) = match listener.accept() {
+                    Ok(c) => c,
+                    Err(_) => {
+                        std::thread::sleep(Duration::from_millis(2));
+                        continue;
+                    }
+                };
+                conn.set_nonblocking(false).unwrap();
+                let n = req2.fetch_add(1, Ordering::SeqCst);
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let auth = head
+                    .lines()
+                    .find_map(|l| {
+                        let (k, v) = l.split_once(':')?;
+                        k.eq_ignore_ascii_case("authorization")
+                            .then(|| v.trim().to_owned())
+                    })
+                    .unwrap_or_default();
+                let reply = |status: &str, headers: &str, body: &[u8]| {
+                    let mut out = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
+                        body.len()
+                    )
+                    .into_bytes();
+                    out.extend_from_slice(body);
+                    out
+                };
+                let response = if n < config.fail_first {
+                    reply("503 Service Unavailable", "", b"")
+                } else if let (Some((basic, token)), true) =
+                    (&config.bearer, path.starts_with("/token"))
+                {
+                    if auth == format!("Basic {basic}") {
+                        reply(
+                            "200 OK",
+                            "Content-Type: application/json\r\n",
+                            format!("{{\"token\":\"{token}\"}}").as_bytes(),
+                        )
+                    } else {
+                        reply("401 Unauthorized", "", b"")
+                    }
+                } else if config
+                    .bearer
+                    .as_ref()
+                    .is_some_and(|(_, t)| auth != format!("Bearer {t}"))
+                {
+                    reply(
+                        "401 Unauthorized",
+                        &format!(
+                            "WWW-Authenticate: Bearer realm=\"http://{addr2}/token\",service=\"fake\"\r\n"
+                        ),
+                        b"",
+                    )
+                } else if let Some((ct, body)) = config.routes.get(&path) {
+                    reply("200 OK", &format!("Content-Type: {ct}\r\n"), body)
+                } else {
+                    reply(
+                        "404 Not Found",
+                        "",
+                        b"{\"errors\":[{\"code\":\"NOT_FOUND\"}]}",
+                    )
+                };
+                let _ = conn.write_all(&response);
+            }
+        });
+        Self {
+            addr,
+            requests,
+            stop,
+        }
+    }
+}
+
+impl Drop for FakeRegistry {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Routes for a one-layer image in repository `repo`; returns (routes, manifest digest).
+pub fn fake_image(
+    repo: &str,
+) -> (
+    std::collections::BTreeMap<String, (String, Vec<u8>)>,
+    Sha256Digest,
+) {
+    let tar = Layer::new().file("hello", 0o644, b"world").tar();
+    let layer = gzip_layer(&tar);
+    let ld = Sha256Digest::of(&layer.blob);
+    let config = config_json("amd64", &[layer.diff_id], "{}");
+    let cd = Sha256Digest::of(&config);
+    let manifest = manifest_json(
+        (&cd, config.len()),
+        &[(ld, layer.blob.len(), media::OCI_LAYER_GZIP)],
+    );
+    let md = Sha256Digest::of(&manifest);
+    let mut routes = std::collections::BTreeMap::new();
+    routes.insert(
+        format!("/v2/{repo}/manifests/{md}"),
+        (media::OCI_MANIFEST.to_owned(), manifest),
+    );
+    routes.insert(
+        format!("/v2/{repo}/blobs/{cd}"),
+        ("application/octet-stream".to_owned(), config),
+    );
+    routes.insert(
+        format!("/v2/{repo}/blobs/{ld}"),
+        ("application/octet-stream".to_owned(), layer.blob),
+    );
+    (routes, md)
+}

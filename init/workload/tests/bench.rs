@@ -1,0 +1,268 @@
+//! Benchmark (ignored by default): pull + unpack of a generated multi-layer image of at least
+//! 200 MB from the loopback registry, against `skopeo copy` + `umoci unpack` of the same image.
+//!
+//! ```sh
+//! cargo test --release -p cvm-workload --test bench -- --ignored --nocapture bench_pull_unpack
+//! ```
+//! Needs `/usr/bin/docker-registry`, `/usr/bin/time`, and for the comparison `skopeo` and
+//! `umoci` (Debian packages of the same names).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::tests_outside_test_module
+)]
+
+mod common;
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use common::*;
+use cvm_workload::digest::{ImageRef, Sha256Digest};
+use cvm_workload::oci::media;
+use cvm_workload::pull::{Store, pull};
+use cvm_workload::registry::{RegistryClient, RegistryConfig};
+use cvm_workload::unpack::{UnpackOptions, unpack_image};
+use sha2::Digest as _;
+
+const LAYERS: usize = 8;
+const FILES_PER_LAYER: usize = 300;
+const FILE_SIZE: usize = 100 * 1024;
+
+struct HashingWriter<W: Write> {
+    inner: W,
+    hasher: sha2::Sha256,
+    bytes: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one gzip layer to `path`; returns (blob digest, blob size, diff_id, tar size).
+fn write_layer(
+    path: &Path,
+    layer: usize,
+    seed: &mut u64,
+) -> (Sha256Digest, u64, Sha256Digest, u64) {
+    let blob = HashingWriter {
+        inner: BufWriter::new(File::create(path).unwrap()),
+        hasher: sha2::Sha256::new(),
+        bytes: 0,
+    };
+    let gz = flate2::write::GzEncoder::new(blob, flate2::Compression::fast());
+    let tar_out = HashingWriter {
+        inner: gz,
+        hasher: sha2::Sha256::new(),
+        bytes: 0,
+    };
+    let mut builder = tar::Builder::new(tar_out);
+    let mut data = vec![0u8; FILE_SIZE];
+    let dir = format!("data/layer{layer}");
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Directory);
+    h.set_mode(0o755);
+    h.set_size(0);
+    builder
+        .append_data(&mut h, "data", std::io::empty())
+        .unwrap();
+    builder.append_data(&mut h, &dir, std::io::empty()).unwrap();
+    for f in 0..FILES_PER_LAYER {
+        // Half incompressible (xorshift), half text: roughly what binaries + assets look like.
+        for chunk in data[..FILE_SIZE / 2].chunks_mut(8) {
+            *seed ^= *seed << 13;
+            *seed ^= *seed >> 7;
+            *seed ^= *seed << 17;
+            chunk.copy_from_slice(&seed.to_le_bytes()[..chunk.len()]);
+        }
+        for (i, b) in data[FILE_SIZE / 2..].iter_mut().enumerate() {
+            *b = b"lorem ipsum dolor sit amet\n"[(i + f) % 27];
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(FILE_SIZE as u64);
+        h.set_mtime(1_700_000_000);
+        builder
+            .append_data(&mut h, format!("{dir}/file{f:04}"), &data[..])
+            .unwrap();
+    }
+    let tar_out = builder.into_inner().unwrap();
+    let diff_id = Sha256Digest(tar_out.hasher.finalize().into());
+    let tar_size = tar_out.bytes;
+    let mut blob = tar_out.inner.finish().unwrap();
+    blob.flush().unwrap();
+    (
+        Sha256Digest(blob.hasher.finalize().into()),
+        blob.bytes,
+        diff_id,
+        tar_size,
+    )
+}
+
+fn timed(cmd: &mut Command) -> (f64, u64) {
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{cmd:?} failed: {stderr}");
+    // `/usr/bin/time -f "%e %M"` prints its line last.
+    let last = stderr.lines().last().unwrap();
+    let mut parts = last.split_whitespace();
+    let secs: f64 = parts.next().unwrap().parse().unwrap();
+    let kib: u64 = parts.next().unwrap().parse().unwrap();
+    (secs, kib)
+}
+
+#[test]
+#[ignore = "benchmark: run explicitly with --ignored (release build)"]
+fn bench_pull_unpack() {
+    let Some(reg) = Registry::start() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut descs = Vec::new();
+    let mut diff_ids = Vec::new();
+    let mut total_tar = 0;
+    let mut total_blob = 0;
+    let t = Instant::now();
+    for l in 0..LAYERS {
+        let path = work.path().join(format!("layer{l}.tar.gz"));
+        let (digest, size, diff_id, tar_size) = write_layer(&path, l, &mut seed);
+        reg.push_blob_file("bench/big", &path, digest);
+        std::fs::remove_file(&path).unwrap();
+        descs.push((
+            digest,
+            usize::try_from(size).unwrap(),
+            media::OCI_LAYER_GZIP,
+        ));
+        diff_ids.push(diff_id);
+        total_tar += tar_size;
+        total_blob += size;
+    }
+    let config = config_json("amd64", &diff_ids, r#"{"Cmd":["/bin/sh"]}"#);
+    let cd = reg.push_blob("bench/big", &config);
+    let manifest = manifest_json((&cd, config.len()), &descs);
+    let md = reg.push_manifest("bench/big", "latest", media::OCI_MANIFEST, &manifest);
+    eprintln!(
+        "image: {LAYERS} layers, {:.1} MB uncompressed, {:.1} MB gzip (generated + pushed in {:.1} s)",
+        total_tar as f64 / 1e6,
+        total_blob as f64 / 1e6,
+        t.elapsed().as_secs_f64()
+    );
+    assert!(total_tar >= 200_000_000);
+    let reference = format!("{}/bench/big@{md}", reg.addr);
+
+    // Ours, in a child process so that its peak RSS is only the pull's.
+    let store = work.path().join("ours");
+    let (ours_s, ours_kib) = timed(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%e %M"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "bench_child",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("BENCH_REF", &reference)
+            .env("BENCH_STORE", &store)
+            .env("BENCH_HOST", &reg.addr),
+    );
+    eprintln!(
+        "ours: pull+unpack {ours_s:.2} s, peak RSS {:.1} MB",
+        ours_kib as f64 / 1024.0
+    );
+
+    if Command::new("skopeo").arg("--version").output().is_err()
+        || Command::new("umoci").arg("--version").output().is_err()
+    {
+        eprintln!("skopeo/umoci not installed: no comparison (apt-get install skopeo umoci)");
+        return;
+    }
+    let layout = work.path().join("layout");
+    let (copy_s, copy_kib) = timed(
+        Command::new("/usr/bin/time")
+            .args([
+                "-f",
+                "%e %M",
+                "skopeo",
+                "copy",
+                "--quiet",
+                "--src-tls-verify=false",
+            ])
+            .arg(format!("docker://{reference}"))
+            .arg(format!("oci:{}:bench", layout.display())),
+    );
+    let (unpack_s, unpack_kib) = timed(
+        Command::new("/usr/bin/time")
+            .args(["-f", "%e %M", "umoci", "unpack", "--image"])
+            .arg(format!("{}:bench", layout.display()))
+            .arg(work.path().join("bundle")),
+    );
+    let theirs = copy_s + unpack_s;
+    eprintln!(
+        "skopeo copy {copy_s:.2} s (peak {:.1} MB) + umoci unpack {unpack_s:.2} s (peak {:.1} MB) = {theirs:.2} s",
+        copy_kib as f64 / 1024.0,
+        unpack_kib as f64 / 1024.0
+    );
+    eprintln!(
+        "ratio ours/theirs: time {:.2}, peak RSS {:.2} (vs the larger of the two)",
+        ours_s / theirs,
+        ours_kib as f64 / copy_kib.max(unpack_kib) as f64
+    );
+    // Same content on disk.
+    let a = std::fs::read(
+        store
+            .join("rootfs")
+            .join(md.hex())
+            .join("data/layer3/file0007"),
+    )
+    .unwrap();
+    let b = std::fs::read(work.path().join("bundle/rootfs/data/layer3/file0007")).unwrap();
+    assert_eq!(a, b);
+}
+
+/// The measured child of `bench_pull_unpack`.
+#[test]
+#[ignore = "child process of bench_pull_unpack"]
+fn bench_child() {
+    let (Ok(reference), Ok(store), Ok(host)) = (
+        std::env::var("BENCH_REF"),
+        std::env::var("BENCH_STORE"),
+        std::env::var("BENCH_HOST"),
+    ) else {
+        return;
+    };
+    let image = ImageRef::parse(&reference).unwrap();
+    let client = RegistryClient::new(RegistryConfig {
+        plain_http_hosts: vec![host],
+        ..RegistryConfig::default()
+    });
+    let store = Store::open(Path::new(&store)).unwrap();
+    let t = Instant::now();
+    let pulled = pull(&store, &client, &image).unwrap();
+    let pull_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let root = unpack_image(&store, &pulled, UnpackOptions::default()).unwrap();
+    eprintln!(
+        "ours: pull {pull_s:.2} s ({} MB), unpack {:.2} s into {}",
+        pulled.downloaded_bytes / 1_000_000,
+        t.elapsed().as_secs_f64(),
+        root.display()
+    );
+    let mut f = File::open(root.join("data/layer0/file0000")).unwrap();
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).unwrap();
+    assert_eq!(buf.len(), FILE_SIZE);
+}
