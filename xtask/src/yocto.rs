@@ -292,21 +292,61 @@ const LINT_SUPPRESS: &[&str] = &[
     "oelint.vars.homepageping",
 ];
 
-/// `oelint-adv` over the layer; fails on any finding.
-pub(crate) fn lint(root: &Path) -> Result<()> {
-    let tool = lint_venv(root)?;
-    let files = layer_files(root)?;
-    let mut cmd = Command::new(&tool);
-    cmd.current_dir(root)
-        .args(["--quiet", "--relpaths", "--release", YOCTO_RELEASE]);
+/// Runs `oelint-adv` on `files`; true when it reports nothing.
+fn lint_clean(tool: &Path, root: &Path, files: &[PathBuf], quiet: bool) -> Result<bool> {
+    let mut cmd = Command::new(tool);
+    cmd.current_dir(root).args([
+        "--quiet",
+        "--relpaths",
+        "--mode",
+        "all",
+        "--release",
+        YOCTO_RELEASE,
+    ]);
     for rule in LINT_SUPPRESS {
         cmd.args(["--suppress", rule]);
     }
-    let status = cmd.args(&files).status().context("run oelint-adv")?;
-    if !status.success() {
-        bail!("oelint-adv found problems in {LAYER} ({status})");
+    if quiet {
+        cmd.stderr(std::process::Stdio::null());
+    }
+    let status = cmd.args(files).status().context("run oelint-adv")?;
+    Ok(status.success())
+}
+
+/// `oelint-adv` over the layer; fails on any finding. Then a deliberately broken copy of the
+/// PID 1 recipe (no LICENSE) must fail, so a linter that passes everything is caught too.
+pub(crate) fn lint(root: &Path) -> Result<()> {
+    let tool = lint_venv(root)?;
+    let files = layer_files(root)?;
+    if !lint_clean(&tool, root, &files, false)? {
+        bail!("oelint-adv found problems in {LAYER}");
+    }
+    let recipe = root
+        .join(LAYER)
+        .join("recipes-core/cvm-init/cvm-init_0.1.0.bb");
+    let text = fs::read_to_string(&recipe).with_context(|| format!("read {}", recipe.display()))?;
+    let scratch = tempfile_dir(root)?;
+    let broken = scratch.join("cvm-init-broken_0.1.0.bb");
+    let without_summary: String = text
+        .lines()
+        .filter(|l| !l.starts_with("SUMMARY") && !l.starts_with("require"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    fs::write(&broken, without_summary).with_context(|| format!("write {}", broken.display()))?;
+    let caught = !lint_clean(&tool, root, &[broken], true)?;
+    let _ = fs::remove_dir_all(&scratch);
+    if !caught {
+        bail!("oelint-adv passed a recipe without SUMMARY and LICENSE: the linter is not working");
     }
     Ok(())
+}
+
+/// A fresh scratch directory under target/.
+fn tempfile_dir(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target").join("yocto-lint-scratch");
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    Ok(dir)
 }
 
 fn write(root: &Path, rel: &str, text: &str) -> Result<()> {
