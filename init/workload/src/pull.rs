@@ -229,6 +229,54 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Removes every blob, unpacked root and temp file not belonging to `keep` (what
+    /// `docker image prune -a` does after `compose up`); returns how many entries went.
+    pub fn retain(&self, keep: &[&PulledImage]) -> Result<usize, PullError> {
+        let mut blobs = std::collections::BTreeSet::new();
+        let mut roots = std::collections::BTreeSet::new();
+        for image in keep {
+            blobs.insert(image.pinned.hex());
+            blobs.insert(image.manifest.hex());
+            blobs.insert(image.config_digest.hex());
+            blobs.extend(image.layers.iter().map(|l| l.digest.hex()));
+            roots.insert(image.manifest.hex());
+        }
+        let mut removed = 0;
+        for (dir, wanted) in [
+            (self.root.join("blobs/sha256"), Some(&blobs)),
+            (self.root.join("rootfs"), Some(&roots)),
+            (self.root.join("tmp"), None),
+        ] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(PullError::ReadStore { path: dir, source }),
+            };
+            for entry in entries {
+                let entry = entry.map_err(|source| PullError::ReadStore {
+                    path: dir.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if wanted.is_some_and(|w| w.contains(&name)) {
+                    continue;
+                }
+                let path = entry.path();
+                let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+                if is_dir {
+                    fs::remove_dir_all(&path)
+                } else {
+                    fs::remove_file(&path)
+                }
+                .map_err(write_err(&path))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
 /// One verified layer in the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PulledLayer {

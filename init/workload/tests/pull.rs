@@ -339,4 +339,17 @@ fn prepares_every_image_of_an_app_once() {
     );
     let uid = cvm_workload::spec::resolve_user("one", "app", &pa.files).unwrap();
     assert_eq!(uid, (1000, 1000, vec![]));
+
+    // Keeping only image a removes b's blobs and root, and nothing of a.
+    let pb = images[&b].clone();
+    let removed = store.retain(&[&pa.pulled]).unwrap();
+    assert!(
+        removed >= 4,
+        "b's manifest, config, layer and root: {removed}"
+    );
+    assert!(!pb.rootfs.exists());
+    assert!(!store.blob_path(&pb.pulled.layers[0].digest).exists());
+    assert!(pa.rootfs.join("etc/passwd").exists());
+    assert!(store.blob_path(&pa.pulled.layers[0].digest).exists());
+    assert_eq!(store.retain(&[&pa.pulled]).unwrap(), 0);
 }
