@@ -888,4 +888,23 @@ mod tests {
         assert_eq!(gate.failures[4], GateFailure::CheckSecureBoot { index: 0 });
         assert_eq!(gate.failures[5], GateFailure::CheckDebug { index: 0 });
     }
+
+    #[test]
+    fn rim_prefixes_and_byte_flips_never_panic_and_never_verify() {
+        let root = certs::parse_pem_cert(certs::CORIM_SIGNING_ROOT_PEM).unwrap();
+        let rim = data(DRIVER_545);
+        for len in (0..rim.len()).step_by(97) {
+            assert!(Rim::parse(&rim[..len]).is_err(), "prefix {len}");
+        }
+        // Every byte before <ds:Signature> is covered by the document digest.
+        let signed_end = String::from_utf8_lossy(&rim).find("<ds:Signature").unwrap();
+        for i in (0..signed_end).step_by(113) {
+            let mut flipped = rim.clone();
+            flipped[i] ^= 0x01;
+            if let Ok(parsed) = Rim::parse(&flipped) {
+                let result = parsed.verify(&root, UnixTime(T_2024_06));
+                assert!(!result.failures.is_empty(), "offset {i}");
+            }
+        }
+    }
 }
