@@ -125,4 +125,34 @@ mod tests {
         );
         Ok(())
     }
+
+    /// The guest API process is supervised: killed after `ready`, PID 1 restarts it with
+    /// backoff (records `restarting` then `restarted` with a new pid), and an ACPI power-off
+    /// still shuts down cleanly.
+    #[test]
+    fn killed_guest_api_is_restarted() -> Result<()> {
+        let setup = CvmSetup::new()?;
+        let mut vm = setup
+            .vm("guest-api-restart")
+            .with_cmdline("cvm.on_ready=wait cvm.test_fault=kill-guest-api")
+            .boot()?;
+        let restarting = vm.wait_for_event("restarting", BOOT_TIMEOUT)?;
+        let restarted = vm.wait_for_event("restarted", Duration::from_secs(30))?;
+        let (Record::Other { line: before, .. }, Record::Other { line: after, .. }) =
+            (&restarting, &restarted)
+        else {
+            anyhow::bail!("unexpected records {restarting:?} {restarted:?}");
+        };
+        let before: serde_json::Value = serde_json::from_str(before)?;
+        let after: serde_json::Value = serde_json::from_str(after)?;
+        ensure!(before["service"] == "guest-api" && before["status"] == 137, "{before}");
+        ensure!(before["restarts"] == 1 && before["delay_ms"] == 1000, "{before}");
+        ensure!(after["service"] == "guest-api", "{after}");
+        ensure!(after["pid"] != before["pid"], "same pid: {before} {after}");
+        vm.system_powerdown()?;
+        vm.wait_for_event("power_off", BOOT_TIMEOUT)?;
+        let exit = vm.wait_for_exit(BOOT_TIMEOUT)?;
+        ensure!(exit.success(), "QEMU exit {:?}", exit.status);
+        Ok(())
+    }
 }

@@ -27,6 +27,8 @@ pub enum LogLevel {
 pub enum TestFault {
     /// Mount this target with a filesystem type that does not exist.
     Mount { target: String },
+    /// Once PID 1 serves, SIGKILL the guest API process (its restart is under test).
+    KillGuestApi,
 }
 
 /// Whether the binary was built with `insecure-test-hooks`.
@@ -277,12 +279,16 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
             }
             "cvm.test_fault" => {
                 require_hooks(hooks, &key)?;
-                let target = value
-                    .strip_prefix("mount:")
-                    .filter(|t| t.starts_with('/'))
-                    .ok_or_else(|| invalid("`mount:<absolute target>`"))?;
-                config.test_fault = Some(TestFault::Mount {
-                    target: target.to_owned(),
+                config.test_fault = Some(if value == "kill-guest-api" {
+                    TestFault::KillGuestApi
+                } else {
+                    let target = value
+                        .strip_prefix("mount:")
+                        .filter(|t| t.starts_with('/'))
+                        .ok_or_else(|| invalid("`mount:<absolute target>` or `kill-guest-api`"))?;
+                    TestFault::Mount {
+                        target: target.to_owned(),
+                    }
                 });
             }
             "cvm.test_orphans" => {
@@ -453,6 +459,13 @@ mod tests {
         assert_eq!(c.test_orphans, 5);
         parse("cvm.test_orphans=65", TestHooks::Enabled).unwrap_err();
         parse("cvm.test_fault=mount:relative", TestHooks::Enabled).unwrap_err();
+        assert_eq!(
+            parse("cvm.test_fault=kill-guest-api", TestHooks::Enabled)
+                .unwrap()
+                .test_fault,
+            Some(TestFault::KillGuestApi)
+        );
+        parse("cvm.test_fault=kill-guest-api", TestHooks::Disabled).unwrap_err();
         let d = parse(
             "cvm.test_dump=tpm-event-log,runtime-event-log",
             TestHooks::Enabled,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app_compose;
+pub mod backoff;
 pub mod cmdline;
 pub mod error_chain;
 pub mod host_share;

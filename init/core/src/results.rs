@@ -61,6 +61,21 @@ pub enum Record {
     Ready {
         mono_us: u64,
     },
+    /// A supervised process of PID 1 (the guest API) exited and is restarted after `delay_ms`.
+    Restarting {
+        service: String,
+        pid: i32,
+        status: i32,
+        restarts: u32,
+        delay_ms: u64,
+        mono_us: u64,
+    },
+    /// A supervised process was started again.
+    Restarted {
+        service: String,
+        pid: u32,
+        mono_us: u64,
+    },
     /// Test builds only (`cvm.test_dump`): a file copied out of the guest, hex-encoded.
     TestDump {
         name: String,

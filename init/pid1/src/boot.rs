@@ -215,6 +215,11 @@ impl Boot {
         }
     }
 
+    /// Where the host-share stage copied the share (the guest API reads it).
+    pub(crate) fn host_share_copy_dir(&self) -> PathBuf {
+        HostShareOptions::default().copy_dir
+    }
+
     fn network(&mut self) -> Result<(), BootError> {
         use crate::stages::network::{NetworkOptions, bring_up};
         let share = self.share.as_ref().ok_or(BootError::StageOrder {
@@ -284,11 +289,6 @@ impl Boot {
         Ok(())
     }
 
-    fn system_ready(&mut self) -> Result<(), BootError> {
-        let needs = |needs| BootError::StageOrder {
-            stage: "system-ready",
-            needs,
-        };
     fn disk(&mut self) -> Result<(), BootError> {
         let mounted = crate::stages::disk::run(&self.config).map_err(BootError::Disk)?;
         self.results.record(&Record::Disk {
@@ -311,6 +311,11 @@ impl Boot {
         Ok(())
     }
 
+    fn system_ready(&mut self) -> Result<(), BootError> {
+        let needs = |needs| BootError::StageOrder {
+            stage: "system-ready",
+            needs,
+        };
         let share = self.share.as_ref().ok_or(needs("host-share"))?;
         let identity = self.identity.as_ref().ok_or(needs("measure"))?;
         let log = self.event_log.as_mut().ok_or(needs("measure"))?;

@@ -17,6 +17,9 @@ mod stages {
 }
 
 use std::path::Path;
+use std::time::{Duration, Instant};
+
+use init_core::backoff::Backoff;
 
 use init_core::cmdline::OnReady;
 use init_core::error_chain;
@@ -96,9 +99,29 @@ fn fatal(
     shutdown(&mut boot.results, signals, Reason::Fatal)
 }
 
-/// Wait for children, signals and the power button until a shutdown request.
+/// The guest API process's restart policy (dstack runs its agent with `Restart=always`).
+fn guest_api_backoff() -> Backoff {
+    Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        Duration::from_secs(60),
+    )
+}
+
+/// Wait for children, signals and the power button until a shutdown request. The guest API
+/// process is restarted with backoff when it dies.
 fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerButton>) -> ! {
     log::info!("serving: {} power button(s) watched", buttons.len());
+    let mut api_backoff = guest_api_backoff();
+    let mut api_started = Instant::now();
+    let mut api_restart_at: Option<Instant> = None;
+    #[cfg(feature = "insecure-test-hooks")]
+    if boot.config.test_fault == Some(init_core::cmdline::TestFault::KillGuestApi)
+        && let Some(child) = boot.guest_api.as_mut()
+    {
+        log::warn!("test fault: SIGKILL the guest API (pid {})", child.id());
+        let _ = child.kill();
+    }
     loop {
         {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + buttons.len());
@@ -110,12 +133,17 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
                     .iter()
                     .map(|b| PollFd::new(b.fd(), PollFlags::POLLIN)),
             );
-            // Without a signalfd (never expected), fall back to periodic reaping.
-            let timeout = if signals.is_some() {
-                PollTimeout::NONE
-            } else {
-                PollTimeout::from(1000u16)
-            };
+            // Without a signalfd (never expected), fall back to periodic reaping; a pending
+            // restart bounds the wait too.
+            let mut wait: Option<Duration> = signals.is_none().then(|| Duration::from_secs(1));
+            if let Some(at) = api_restart_at {
+                let left = at.saturating_duration_since(Instant::now());
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            let timeout = wait.map_or(PollTimeout::NONE, |w| {
+                let ms = u16::try_from(w.as_millis().max(1)).unwrap_or(u16::MAX);
+                PollTimeout::from(ms)
+            });
             if let Err(e) = poll(&mut fds, timeout) {
                 log::debug!("poll: {e}");
             }
@@ -137,8 +165,53 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
             }
         }
         let (reaped, _) = init_sys::signals::reap_exited();
+        let api_pid = boot.guest_api.as_ref().map(std::process::Child::id);
         for child in reaped {
             log::debug!("reaped pid {} (status {})", child.pid, child.code);
+            if api_pid.is_some_and(|pid| u32::try_from(child.pid).ok() == Some(pid)) {
+                boot.guest_api = None;
+                let delay = api_backoff.on_exit(api_started.elapsed());
+                log::warn!(
+                    "guest API (pid {}) exited with status {}; restart {} in {} ms",
+                    child.pid,
+                    child.code,
+                    api_backoff.restarts(),
+                    delay.as_millis()
+                );
+                api_restart_at = Some(Instant::now() + delay);
+                boot.results.record(&Record::Restarting {
+                    service: "guest-api".into(),
+                    pid: child.pid,
+                    status: child.code,
+                    restarts: api_backoff.restarts(),
+                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    mono_us: init_sys::clock::monotonic_us(),
+                });
+            }
+        }
+        if api_restart_at.is_some_and(|at| Instant::now() >= at) && reason.is_none() {
+            api_restart_at = None;
+            api_started = Instant::now();
+            match stages::guest_api::start(&boot.host_share_copy_dir()) {
+                Ok(child) => {
+                    log::info!("guest API restarted (pid {})", child.id());
+                    boot.results.record(&Record::Restarted {
+                        service: "guest-api".into(),
+                        pid: child.id(),
+                        mono_us: init_sys::clock::monotonic_us(),
+                    });
+                    boot.guest_api = Some(child);
+                }
+                Err(e) => {
+                    let delay = api_backoff.on_exit(Duration::ZERO);
+                    log::warn!(
+                        "guest API restart failed: {}; next try in {} ms",
+                        error_chain::one_line(&e),
+                        delay.as_millis()
+                    );
+                    api_restart_at = Some(Instant::now() + delay);
+                }
+            }
         }
         if buttons.iter_mut().any(PowerButton::pressed) {
             reason = reason.or(Some(Reason::PowerButton));
