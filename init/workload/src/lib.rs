@@ -8,6 +8,7 @@
 
 pub mod compose;
 pub mod digest;
+pub mod logs;
 pub mod oci;
 pub mod prepare;
 pub mod pull;
