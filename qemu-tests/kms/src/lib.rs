@@ -273,6 +273,25 @@ impl KmsKeys {
         })
     }
 
+    /// The secrets this KMS hands to `app_id`/`instance_id` (disk key, env key, k256 app key),
+    /// so a test can scan console and results output for them.
+    pub fn app_secrets(
+        &self,
+        app_id: &[u8],
+        instance_id: &[u8],
+    ) -> Result<Vec<Secret<Vec<u8>>>, KmsServerError> {
+        let derive = |what| move |source| KmsServerError::Derive { what, source };
+        let disk =
+            kdf::app_disk_key(&self.root_key, app_id, instance_id).map_err(derive("disk key"))?;
+        let env = kdf::app_env_key(&self.root_key, app_id).map_err(derive("env key"))?;
+        let (k256, _) =
+            kdf::app_k256_key(self.k256_root.expose(), app_id).map_err(derive("k256 key"))?;
+        Ok([disk, env, k256]
+            .iter()
+            .map(|k| Secret::new(k.expose().to_vec()))
+            .collect())
+    }
+
     /// The app's env-encryption public key (what `GetAppEnvEncryptPubKey` returns).
     pub fn env_public_key(&self, app_id: &[u8]) -> Result<[u8; 32], KmsServerError> {
         let key =
@@ -282,6 +301,28 @@ impl KmsKeys {
             })?;
         Ok(kdf::env_public_key(&key))
     }
+}
+
+/// The spellings of `secret` a leak scan looks for: lowercase and uppercase hex, standard and
+/// URL-safe base64 (with and without padding).
+pub fn leak_needles(secret: &[u8]) -> Vec<String> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+    let mut out = vec![hex::encode(secret), hex::encode_upper(secret)];
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        out.push(engine.encode(secret));
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// True when `haystack` contains any spelling of any of `secrets` ([`leak_needles`]).
+pub fn leaks_any(haystack: &str, secrets: &[Secret<Vec<u8>>]) -> bool {
+    secrets
+        .iter()
+        .flat_map(|s| leak_needles(s.expose()))
+        .any(|needle| haystack.contains(&needle))
 }
 
 fn fill_random(buf: &mut [u8]) -> Result<(), KmsServerError> {
@@ -337,6 +378,12 @@ impl KmsHandle {
     /// `https://<addr>`.
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
+    }
+
+    /// The URL a QEMU guest with user networking uses: `https://10.0.2.2:<port>` (slirp maps
+    /// 10.0.2.2 to the host's loopback).
+    pub fn guest_url(&self) -> String {
+        format!("https://10.0.2.2:{}", self.addr.port())
     }
 
     /// Stops accepting and joins the accept thread.
@@ -505,7 +552,8 @@ fn serve_connection(shared: &Shared, config: Arc<ServerConfig>, tcp: TcpStream) 
             path.clone(),
         ),
     };
-    log::info!("{method}: {status} {detail}");
+    // One line per request on stderr (the QEMU tests keep it with their artifacts).
+    eprintln!("test-kms: {method} {status} {detail}");
     if let Ok(mut records) = shared.records.lock() {
         records.push(RequestRecord {
             method,

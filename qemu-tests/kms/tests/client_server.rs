@@ -153,7 +153,17 @@ mod tests {
                 name: "MODE".into()
             })
         );
-        // Secrets never show in Debug.
+        // The KMS's own view of this app's secrets is what the guest got.
+        let secrets = keys.app_secrets(&APP_ID, &INSTANCE_ID).unwrap();
+        assert_eq!(secrets[0].expose(), &app.disk_crypt_key.expose().to_vec());
+        assert_eq!(secrets[1].expose(), &env_key.expose().to_vec());
+        assert_eq!(secrets[2].expose(), &app.k256_key.expose().to_vec());
+        assert!(test_kms::leaks_any(
+            &format!("x {} y", hex::encode_upper(app.k256_key.expose())),
+            &secrets
+        ));
+        // Secrets never show in Debug (nor in any error text of the failures above).
+        assert!(!test_kms::leaks_any(&format!("{app:?} {env:?}"), &secrets));
         let debug = format!("{app:?}");
         assert!(!debug.contains(&hex::encode(app.disk_crypt_key.expose())));
         assert!(!debug.contains(&hex::encode(env_key.expose())));
