@@ -10,7 +10,7 @@ use nv_verify::evidence::{self, DecodedEvidence};
 use nv_verify::policy::{self, CcState, GateDecision, GateInput, GpuPolicy};
 use nv_verify::{
     FixedRims, GpuEvidence, GpuVerdict, OcspMode, RimBundle, RimKind, RimSource, UnixTime,
-    VerifyOptions, verify_gpu,
+    VerifyOptions, verify_gpu_with_ocsp,
 };
 use serde::Serialize;
 
@@ -20,8 +20,12 @@ use crate::{read, text};
 pub(crate) enum OcspArg {
     /// Do not check revocation (offline); shown as `ocsp: skipped` in the claims.
     Skip,
-    /// Require revocation status (fails: stapled responses are not implemented yet).
+    /// Require online revocation status (this offline tool cannot fetch: always fails).
     Require,
+    /// Stapled / cached DER OCSP responses given with --ocsp-response must say "good" for
+    /// every non-root certificate of the device chain and of both RIM chains (nonce not
+    /// required).
+    Stapled,
 }
 
 #[derive(Debug, clap::Args)]
@@ -58,6 +62,12 @@ pub(crate) struct GpuArgs {
     /// Revocation checking. `skip` is the explicit offline mode.
     #[arg(long, value_enum, default_value = "require")]
     ocsp: OcspArg,
+    /// A DER OCSPResponse for --ocsp stapled (repeat for each certificate).
+    #[arg(long)]
+    ocsp_response: Vec<PathBuf>,
+    /// With --ocsp stapled: tolerate revocation reason certificateHold.
+    #[arg(long)]
+    allow_hold: bool,
     /// Also apply the GPU gate: the NVML CC state as
     /// `environment,ccFeature,devToolsMode,multiGpuMode` (e.g. `2,1,0,0` = production, CC on).
     #[arg(long)]
@@ -162,7 +172,15 @@ pub(crate) fn gpu(args: &GpuArgs, out: &mut String) -> Result<()> {
     let ocsp = match args.ocsp {
         OcspArg::Skip => OcspMode::Skip,
         OcspArg::Require => OcspMode::Require,
+        OcspArg::Stapled => OcspMode::Stapled {
+            allow_hold: args.allow_hold,
+        },
     };
+    let staples = args
+        .ocsp_response
+        .iter()
+        .map(|p| read(p))
+        .collect::<Result<Vec<_>>>()?;
     let fixed;
     let bundle;
     let rims: &dyn RimSource = match &args.rim_dir {
@@ -181,7 +199,7 @@ pub(crate) fn gpu(args: &GpuArgs, out: &mut String) -> Result<()> {
     let verdicts: Vec<GpuVerdict> = entries
         .iter()
         .map(|entry| {
-            verify_gpu(
+            verify_gpu_with_ocsp(
                 &entry.evidence,
                 rims,
                 &VerifyOptions {
@@ -189,6 +207,7 @@ pub(crate) fn gpu(args: &GpuArgs, out: &mut String) -> Result<()> {
                     now: UnixTime(now),
                     ocsp,
                 },
+                &staples,
             )
         })
         .collect();

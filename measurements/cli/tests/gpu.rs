@@ -178,4 +178,18 @@ mod tests {
         assert!(stdout.contains("unsupported architecture LS10"), "{stdout}");
         assert!(stdout.contains("WARNING: no --nonce given"), "{stdout}");
     }
+
+    #[test]
+    fn stapled_mode_without_good_responses_fails_per_certificate() {
+        let out = run(&strs(&args_545(
+            VBIOS_TEST,
+            &["--ocsp", "stapled", "--json"],
+        )));
+        assert_eq!(out.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let failures = json["gpus"][0]["failures"].as_array().unwrap();
+        assert_eq!(failures.len(), 9);
+        assert!(failures.iter().all(|f| f["code"] == "VerifyRevocation"));
+        assert_eq!(json["gpus"][0]["claims"]["ocsp"], "failed");
+    }
 }

@@ -236,6 +236,13 @@ impl ParsedCert {
     }
 }
 
+/// True when `cert`'s signature verifies under `authority`'s P-384 key.
+pub(crate) fn signed_by(cert: &ParsedCert, authority: &ParsedCert) -> bool {
+    authority
+        .p384_key(1)
+        .is_ok_and(|key| cert.verify_signed_by(&key, 0).is_ok())
+}
+
 /// The bytes of the TBSCertificate inside a certificate's DER (the signed part), taken as
 /// they are rather than re-encoded.
 fn tbs_bytes(der: &[u8]) -> Option<&[u8]> {

@@ -23,14 +23,20 @@ pub(crate) fn header(bytes: &[u8]) -> Option<(usize, usize)> {
     Some((2 + count, len))
 }
 
-/// Splits `bytes` into its TLV children: `(tag, content)`.
-fn children(bytes: &[u8]) -> Option<Vec<(u8, &[u8])>> {
+/// One TLV: `(tag, content, whole TLV)`.
+pub(crate) type Tlv<'a> = (u8, &'a [u8], &'a [u8]);
+
+/// Splits `bytes` into its TLV children (single-byte tags only).
+pub(crate) fn children(bytes: &[u8]) -> Option<Vec<Tlv<'_>>> {
     let mut out = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
         let tag = rest[0];
+        if tag & 0x1f == 0x1f {
+            return None;
+        }
         let (h, len) = header(rest)?;
-        out.push((tag, rest.get(h..h + len)?));
+        out.push((tag, rest.get(h..h + len)?, rest.get(..h + len)?));
         rest = rest.get(h + len..)?;
     }
     Some(out)
@@ -39,26 +45,28 @@ fn children(bytes: &[u8]) -> Option<Vec<(u8, &[u8])>> {
 /// The first FWID digest (48 bytes) of a TcbInfo value whose fwids list is `[6]`.
 pub(crate) fn blackwell_fwid(value: &[u8]) -> Option<[u8; 48]> {
     let top = children(value)?;
-    let (tag, seq) = top.first()?;
+    let (tag, seq, _) = top.first()?;
     if *tag != 0x30 || top.len() != 1 {
         return None;
     }
-    let (_, fwids) = children(seq)?.into_iter().find(|(tag, _)| *tag == 0xA6)?;
+    let (_, fwids, _) = children(seq)?
+        .into_iter()
+        .find(|(tag, _, _)| *tag == 0xA6)?;
     let mut list = children(fwids)?;
     // IMPLICIT tagging puts the FWID SEQUENCEs directly inside [6]; accept an explicit
     // SEQUENCE OF wrapper too.
-    if let Some((0x30, inner)) = list.first().copied()
-        && children(inner)?.first().is_some_and(|(t, _)| *t == 0x30)
+    if let Some((0x30, inner, _)) = list.first().copied()
+        && children(inner)?.first().is_some_and(|(t, _, _)| *t == 0x30)
     {
         list = children(inner)?;
     }
-    let (tag, fwid) = list.first()?;
+    let (tag, fwid, _) = list.first()?;
     if *tag != 0x30 {
         return None;
     }
     let parts = children(fwid)?;
     match parts.as_slice() {
-        [(0x06, _), (0x04, digest)] => <[u8; 48]>::try_from(*digest).ok(),
+        [(0x06, _, _), (0x04, digest, _)] => <[u8; 48]>::try_from(*digest).ok(),
         _ => None,
     }
 }

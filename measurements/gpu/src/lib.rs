@@ -8,6 +8,7 @@
 //! - [`rim`]: driver / VBIOS RIMs with their XML-DSig signature (C14N, ECDSA-P384-SHA384);
 //! - [`verify`]: one GPU's verdict with typed claims and every failing reason;
 //! - [`evidence`]: the NVAT JSON evidence format;
+//! - [`ocsp`]: stapled / cached OCSP responses;
 //! - [`pci`]: the independent GPU count from PCI display-class functions;
 //! - [`policy`]: dstack's `gpu_policy`, the system verdict over all GPUs, and the RTMR3
 //!   `gpu-policy-hash` / `gpu-attestation` event payloads.
@@ -19,6 +20,7 @@
 pub mod certs;
 mod der_util;
 pub mod evidence;
+pub mod ocsp;
 pub mod pci;
 pub mod policy;
 pub mod report;
@@ -27,8 +29,9 @@ pub mod verify;
 mod xml;
 
 pub use verify::{
-    Arch, CertStatus, Failure, FixedRims, GpuClaims, GpuEvidence, GpuVerdict, MeasurementResult,
-    OcspMode, OcspStatus, RimBundle, RimKind, RimSource, VerifyOptions, verify_gpu,
+    Arch, CertStatus, ChainKind, Failure, FixedRims, GpuClaims, GpuEvidence, GpuVerdict,
+    MeasurementResult, OcspMode, OcspStatus, RimBundle, RimKind, RimSource, VerifyOptions,
+    verify_gpu, verify_gpu_with_ocsp,
 };
 pub use xml::XmlError;
 

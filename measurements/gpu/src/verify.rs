@@ -86,9 +86,17 @@ pub enum OcspMode {
     /// Explicitly skipped (offline). Visible in the claims and in the measured event; the
     /// verdict is "valid, revocation not checked".
     Skip,
-    /// Required. This library does no I/O, and stapled responses are not implemented yet, so
-    /// this mode always fails with [`Failure::CheckRevocation`].
+    /// Required online. This library does no I/O, so this mode always fails with
+    /// [`Failure::CheckRevocation`]; fetch responses and pass them as `Stapled`.
     Require,
+    /// Stapled / cached DER responses (passed to [`verify_gpu_with_ocsp`]) must show "good"
+    /// for every device-chain certificate except leaf and root, and for every RIM-chain
+    /// certificate except the root. The responder, signature and validity window are checked;
+    /// the OCSP nonce is not (responses were fetched without the guest's nonce).
+    Stapled {
+        /// Tolerate revocation reason certificateHold (explicit opt-in).
+        allow_hold: bool,
+    },
 }
 
 /// The revocation claim.
@@ -99,6 +107,34 @@ pub enum OcspStatus {
     Skipped,
     /// Required but no usable response.
     Unavailable,
+    /// Every checked certificate has a verified "good" stapled response.
+    Good,
+    /// As `Good`, but at least one certificate is on hold (tolerated by choice).
+    GoodWithHold,
+    /// Some certificate is revoked, unknown, or lacks a verifying response.
+    Failed,
+}
+
+/// Which chain a revocation failure is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ChainKind {
+    /// The GPU's device chain.
+    Device,
+    /// The driver RIM's signing chain.
+    DriverRim,
+    /// The VBIOS RIM's signing chain.
+    VbiosRim,
+}
+
+impl std::fmt::Display for ChainKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Device => "device",
+            Self::DriverRim => "driver RIM",
+            Self::VbiosRim => "VBIOS RIM",
+        })
+    }
 }
 
 /// Where RIMs come from: a bundle keyed by RIM id, or fixed files.
@@ -205,6 +241,14 @@ pub enum Failure {
     /// Revocation was required and could not be established.
     #[error("certificate revocation could not be checked (OCSP required, no response)")]
     CheckRevocation,
+    /// A stapled OCSP check failed for one certificate.
+    #[error("{chain} chain certificate {index}: revocation")]
+    VerifyRevocation {
+        chain: ChainKind,
+        index: usize,
+        #[source]
+        error: crate::ocsp::OcspError,
+    },
     /// The RIM source has no RIM for this id.
     #[error("{kind} RIM {id} not found")]
     FindRim { kind: RimKind, id: String },
@@ -263,6 +307,7 @@ impl Failure {
             Self::CheckFwid { .. } => "CheckFwid",
             Self::FindCertificateFwid => "FindCertificateFwid",
             Self::CheckRevocation => "CheckRevocation",
+            Self::VerifyRevocation { .. } => "VerifyRevocation",
             Self::FindRim { .. } => "FindRim",
             Self::VerifyRim { .. } => "VerifyRim",
             Self::CheckRimVersion { .. } => "CheckRimVersion",
@@ -469,11 +514,89 @@ pub fn verify_report_signature(report: &[u8], leaf: &ParsedCert) -> bool {
 }
 
 /// Verifies one GPU's evidence. Every check that can run does run; the verdict lists each
-/// failure. Pass = no failures.
+/// failure. Pass = no failures. (No stapled OCSP responses: see [`verify_gpu_with_ocsp`].)
 pub fn verify_gpu(
     evidence: &GpuEvidence,
     rims: &dyn RimSource,
     options: &VerifyOptions,
+) -> GpuVerdict {
+    verify_gpu_with_ocsp(evidence, rims, options, &[])
+}
+
+/// Checks stapled responses for `chain` (leaf first, ending in the pinned root) at the given
+/// indexes; returns false if any failed.
+fn check_stapled(
+    kind: ChainKind,
+    chain: &[ParsedCert],
+    indexes: std::ops::Range<usize>,
+    staples: &[Vec<u8>],
+    options: &VerifyOptions,
+    failures: &mut Vec<Failure>,
+) -> (bool, bool) {
+    let OcspMode::Stapled { allow_hold } = options.ocsp else {
+        return (true, false);
+    };
+    let mut all_good = true;
+    let mut any_hold = false;
+    for index in indexes {
+        let (Some(subject), Some(issuer)) = (chain.get(index), chain.get(index + 1)) else {
+            continue;
+        };
+        let above = &chain[index + 1..];
+        let mut outcome = Err(crate::ocsp::OcspError::FindResponse);
+        for staple in staples {
+            let result = crate::ocsp::check_response(
+                staple,
+                subject,
+                issuer,
+                above,
+                options.now,
+                None,
+                allow_hold,
+            );
+            match result {
+                Ok(good) => {
+                    outcome = Ok(good);
+                    break;
+                }
+                Err(crate::ocsp::OcspError::FindResponse) => {}
+                // A response for another certificate may not even parse as ours; keep the
+                // most specific error for a response that did name this certificate.
+                Err(crate::ocsp::OcspError::ParseResponse { .. }) => {}
+                Err(error) => outcome = Err(error),
+            }
+        }
+        match outcome {
+            Ok(crate::ocsp::OcspGood::Good) => {}
+            Ok(crate::ocsp::OcspGood::OnHold) => any_hold = true,
+            Err(error) => {
+                all_good = false;
+                failures.push(Failure::VerifyRevocation {
+                    chain: kind,
+                    index,
+                    error,
+                });
+            }
+        }
+    }
+    (all_good, any_hold)
+}
+
+fn ocsp_claim(current: OcspStatus, (good, hold): (bool, bool)) -> OcspStatus {
+    match (current, good, hold) {
+        (OcspStatus::Failed, _, _) | (_, false, _) => OcspStatus::Failed,
+        (OcspStatus::GoodWithHold, _, _) | (_, true, true) => OcspStatus::GoodWithHold,
+        (other, true, false) => other,
+    }
+}
+
+/// [`verify_gpu`] with stapled / cached OCSP responses (DER `OCSPResponse`s, any order) for
+/// [`OcspMode::Stapled`].
+pub fn verify_gpu_with_ocsp(
+    evidence: &GpuEvidence,
+    rims: &dyn RimSource,
+    options: &VerifyOptions,
+    staples: &[Vec<u8>],
 ) -> GpuVerdict {
     let mut failures = Vec::new();
     let mut claims = GpuClaims {
@@ -488,6 +611,7 @@ pub fn verify_gpu(
         ocsp: match options.ocsp {
             OcspMode::Skip => OcspStatus::Skipped,
             OcspMode::Require => OcspStatus::Unavailable,
+            OcspMode::Stapled { .. } => OcspStatus::Good,
         },
         driver_version: None,
         vbios_version: None,
@@ -520,6 +644,17 @@ pub fn verify_gpu(
         claims.cert_chain = cert_status(Some(&result));
         if let Err(error) = result {
             failures.push(Failure::VerifyDeviceChain(error));
+        } else {
+            // NVAT's rule: every certificate except the leaf and the root.
+            let checked = check_stapled(
+                ChainKind::Device,
+                chain,
+                1..chain.len().saturating_sub(1),
+                staples,
+                options,
+                &mut failures,
+            );
+            claims.ocsp = ocsp_claim(claims.ocsp, checked);
         }
         claims.hwmodel = chain.get(1).and_then(ParsedCert::common_name);
     }
@@ -607,12 +742,13 @@ pub fn verify_gpu(
     let arch = claims.arch.unwrap_or(Arch::Hopper);
     let driver_id = driver_rim_id(arch, &report);
     let vbios_id = report.opaque.vbios_rim_id();
+    let mut revocation = claims.ocsp;
     let driver = load_rim(
         rims,
         RimKind::Driver,
         &driver_id,
         &report.opaque.driver_version,
-        options.now,
+        (options, staples, &mut revocation),
         &mut claims.driver_rim,
         &mut failures,
     );
@@ -621,10 +757,11 @@ pub fn verify_gpu(
         RimKind::Vbios,
         &vbios_id,
         &report.opaque.vbios_version,
-        options.now,
+        (options, staples, &mut revocation),
         &mut claims.vbios_rim,
         &mut failures,
     );
+    claims.ocsp = revocation;
     claims.oemid = driver
         .as_ref()
         .and_then(|r| r.firmware_manufacturer_id.clone());
@@ -663,10 +800,11 @@ fn load_rim(
     kind: RimKind,
     id: &str,
     report_version: &str,
-    now: UnixTime,
+    (options, staples, revocation): (&VerifyOptions, &[Vec<u8>], &mut OcspStatus),
     claims: &mut RimClaims,
     failures: &mut Vec<Failure>,
 ) -> Option<Rim> {
+    let now = options.now;
     claims.id = Some(id.to_owned());
     let Some(bytes) = rims.rim(kind, id) else {
         failures.push(Failure::FindRim {
@@ -716,6 +854,27 @@ fn load_rim(
     claims.version_match = rim.version.eq_ignore_ascii_case(report_version);
     claims.active_measurements = rim.active().count();
     let mut ok = verification.failures.is_empty();
+    if verification.chain.is_some() {
+        let mut chain = rim.certificates().to_vec();
+        if chain.last().is_none_or(|c| c.der != root.der) {
+            chain.push(root.clone());
+        }
+        let chain_kind = match kind {
+            RimKind::Driver => ChainKind::DriverRim,
+            RimKind::Vbios => ChainKind::VbiosRim,
+        };
+        let before = failures.len();
+        let checked = check_stapled(
+            chain_kind,
+            &chain,
+            0..chain.len().saturating_sub(1),
+            staples,
+            options,
+            failures,
+        );
+        *revocation = ocsp_claim(*revocation, checked);
+        ok &= failures.len() == before;
+    }
     for error in verification.failures {
         failures.push(Failure::VerifyRim {
             kind,

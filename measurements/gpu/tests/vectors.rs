@@ -9,8 +9,8 @@ mod tests {
     use nv_verify::report::{AttestationReport, OpaqueError, ReportError};
     use nv_verify::rim::{Rim, RimError};
     use nv_verify::{
-        CertStatus, Failure, FixedRims, GpuEvidence, MeasurementResult, OcspMode, OcspStatus,
-        RimBundle, RimKind, UnixTime, VerifyOptions, verify_gpu,
+        CertStatus, ChainKind, Failure, FixedRims, GpuEvidence, MeasurementResult, OcspMode,
+        OcspStatus, RimBundle, RimKind, UnixTime, VerifyOptions, verify_gpu,
     };
 
     /// 2024-06-01: inside every 2023/2024 RIM signer window.
@@ -906,5 +906,49 @@ mod tests {
                 assert!(!result.failures.is_empty(), "offset {i}");
             }
         }
+    }
+
+    #[test]
+    fn stapled_mode_needs_a_good_response_for_every_non_root_certificate() {
+        let verdict = nv_verify::verify_gpu_with_ocsp(
+            &evidence("hopper_2023_545"),
+            &rims(Some(DRIVER_545), Some(VBIOS_545_TEST)),
+            &VerifyOptions {
+                ocsp: OcspMode::Stapled { allow_hold: false },
+                ..options(NONCE_545, T_2024_06)
+            },
+            &[b"not an OCSP response".to_vec()],
+        );
+        let expected: Vec<(ChainKind, usize)> = [
+            (ChainKind::Device, 1),
+            (ChainKind::Device, 2),
+            (ChainKind::Device, 3),
+            (ChainKind::DriverRim, 0),
+            (ChainKind::DriverRim, 1),
+            (ChainKind::DriverRim, 2),
+            (ChainKind::VbiosRim, 0),
+            (ChainKind::VbiosRim, 1),
+            (ChainKind::VbiosRim, 2),
+        ]
+        .to_vec();
+        let actual: Vec<(ChainKind, usize)> = verdict
+            .failures
+            .iter()
+            .map(|f| match f {
+                Failure::VerifyRevocation {
+                    chain,
+                    index,
+                    error: nv_verify::ocsp::OcspError::FindResponse,
+                } => (*chain, *index),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(actual, expected);
+        assert_eq!(verdict.claims.ocsp, OcspStatus::Failed);
+        // RIMs without revocation status are not used for the comparison.
+        assert_eq!(
+            verdict.claims.measurement_result,
+            MeasurementResult::NotEvaluated
+        );
     }
 }
