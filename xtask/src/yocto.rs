@@ -189,9 +189,21 @@ pub(crate) fn recipe_entries(recipe: &str) -> Result<Vec<String>> {
     Ok(out)
 }
 
-/// The recipe's entries must be the manifest's.
+/// The recipe's entries must be the manifest's, and every module the manifest loads must be an
+/// option the production fragment builds in (the image carries no modules).
 pub(crate) fn check_image_entries(manifest_text: &str, recipe: &str) -> Result<()> {
     let manifest = Manifest::from_toml_str(manifest_text).context("parse the manifest")?;
+    let unmapped: Vec<&String> = manifest
+        .modules
+        .iter()
+        .filter(|m| init_core::kernel_contract::module_option(m).is_none())
+        .collect();
+    if !unmapped.is_empty() {
+        bail!(
+            "{MANIFEST} loads modules the kernel contract does not map to a built-in option: \
+             {unmapped:?}; add them to init_core::kernel_contract::MODULE_OPTIONS and FEATURES"
+        );
+    }
     let wanted = manifest_entries(&manifest)?;
     let have = recipe_entries(recipe)?;
     if wanted != have {
@@ -521,6 +533,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("symlink:/bin/sh:/init"), "{error}");
+        let module = manifest.replace("\"evdev\",", "\"evdev\", \"cvm_unknown_module\",");
+        assert_ne!(module, manifest);
+        let error = check_image_entries(&module, &recipe)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("cvm_unknown_module"), "{error}");
         let inline = format!("{manifest}\n[[file]]\ndest = \"/etc/x\"\ncontent = \"x\"\n");
         check_image_entries(&inline, &recipe).unwrap_err();
     }

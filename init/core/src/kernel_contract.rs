@@ -126,9 +126,49 @@ pub struct Feature {
     pub probes: &'static [Probe],
 }
 
-/// Stages that later issues add (keys, disk, network, GPU, workloads). Their features are in the
-/// fragment now and become required as soon as a stage of that name is in the boot plan.
-pub const LATER_STAGES: &[&str] = &["keys", "network", "disk", "gpu", "workloads"];
+/// Stages that later issues add (keys, disk, GPU, workloads). Their features are in the fragment
+/// now and become required as soon as a stage of that name is in the boot plan.
+pub const LATER_STAGES: &[&str] = &["keys", "disk", "gpu", "workloads"];
+
+/// The option behind each kernel module the test image loads (`initramfs/manifest.toml`): the
+/// production kernel builds these in instead. `cargo xtask yocto-check` requires an entry for
+/// every module of the manifest, and every option here is in [`FEATURES`].
+pub const MODULE_OPTIONS: &[(&str, &str)] = &[
+    ("virtio_pci", "CONFIG_VIRTIO_PCI"),
+    ("virtio_console", "CONFIG_VIRTIO_CONSOLE"),
+    ("virtio_blk", "CONFIG_VIRTIO_BLK"),
+    ("virtio_net", "CONFIG_VIRTIO_NET"),
+    ("dm_mod", "CONFIG_BLK_DEV_DM"),
+    ("dm_crypt", "CONFIG_DM_CRYPT"),
+    ("dm_integrity", "CONFIG_DM_INTEGRITY"),
+    ("configfs", "CONFIG_CONFIGFS_FS"),
+    ("ctr", "CONFIG_CRYPTO_CTR"),
+    ("ghash_generic", "CONFIG_CRYPTO_GHASH"),
+    ("ghash_clmulni_intel", "CONFIG_CRYPTO_GHASH_CLMUL_NI_INTEL"),
+    ("aesni_intel", "CONFIG_CRYPTO_AES_NI_INTEL"),
+    ("gcm", "CONFIG_CRYPTO_GCM"),
+    ("xts", "CONFIG_CRYPTO_XTS"),
+    ("button", "CONFIG_ACPI_BUTTON"),
+    ("evdev", "CONFIG_INPUT_EVDEV"),
+    ("9pnet_virtio", "CONFIG_NET_9P_VIRTIO"),
+    ("9p", "CONFIG_9P_FS"),
+    ("9pnet", "CONFIG_NET_9P"),
+    ("overlay", "CONFIG_OVERLAY_FS"),
+    ("vfat", "CONFIG_VFAT_FS"),
+    ("vsock", "CONFIG_VSOCKETS"),
+    ("vmw_vsock_virtio_transport", "CONFIG_VIRTIO_VSOCKETS"),
+    ("authenc", "CONFIG_CRYPTO_AUTHENC"),
+    ("seqiv", "CONFIG_CRYPTO_SEQIV"),
+];
+
+/// The option of a module name (`-` and `_` alike), if the contract knows it.
+pub fn module_option(module: &str) -> Option<&'static str> {
+    let name = module.replace('-', "_");
+    MODULE_OPTIONS
+        .iter()
+        .find(|(m, _)| *m == name)
+        .map(|(_, option)| *option)
+}
 
 /// The stage name of the check itself (its own features: the config it reads).
 pub const CONTRACT_STAGE: &str = "kernel-contract";
@@ -1067,6 +1107,18 @@ mod tests {
     }
 
     #[test]
+    fn every_module_maps_to_a_feature() {
+        for (module, option) in MODULE_OPTIONS {
+            assert!(
+                FEATURES.iter().any(|f| f.option == *option),
+                "{module} maps to {option}, which is not in FEATURES"
+            );
+        }
+        assert_eq!(module_option("dm-crypt"), Some("CONFIG_DM_CRYPT"));
+        assert_eq!(module_option("no_such_module"), None);
+    }
+
+    #[test]
     fn options_are_unique() {
         let mut seen = BTreeSet::new();
         for feature in FEATURES {
@@ -1128,11 +1180,22 @@ mod tests {
     #[test]
     fn only_stages_in_the_plan_are_enforced() {
         // dm-crypt belongs to the disk stage, which is not in this plan.
+        let without_disk: Vec<Stage> = BOOT_PLAN
+            .iter()
+            .copied()
+            .filter(|s| s.name() != "disk")
+            .collect();
         let mut kernel = without(everything(), &Probe::Module("dm_crypt"));
-        let report = check(BOOT_PLAN, TeeExpectation::Tdx, None, &mut kernel)
+        let report = check(&without_disk, TeeExpectation::Tdx, None, &mut kernel)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(report.absent_for_later_stages(), ["CONFIG_DM_CRYPT"]);
         assert_eq!(report.absent_unenforced(), ["CONFIG_DM_CRYPT (disk)"]);
+        // With the disk stage in the plan it is required.
+        let with_disk: Vec<Stage> = BOOT_PLAN.to_vec();
+        if with_disk.iter().any(|s| s.name() == "disk") {
+            let missing = missing_of(check(&with_disk, TeeExpectation::Tdx, None, &mut kernel));
+            assert_eq!(missing, ["CONFIG_DM_CRYPT"]);
+        }
         // A plan that stops before host-share does not need ext4.
         let mut kernel = without(everything(), &fs("ext4"));
         let early = &BOOT_PLAN[..3];
