@@ -561,3 +561,120 @@ mod tests {
         );
     }
 }
+
+/// Everything the init needs from one GPU attestation round, computed in one call by
+/// [`attest_system`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SystemAttestation {
+    /// `gpu-policy-hash` payload (extend always, first).
+    #[serde(serialize_with = "hex_bytes")]
+    pub policy_hash: [u8; 32],
+    /// Per-GPU verdicts in evidence order.
+    pub verdicts: Vec<GpuVerdict>,
+    /// The gate.
+    pub gate: GateVerdict,
+    /// `gpu-attestation` payload, present only when `gate.decision == Ready` (extend it, then
+    /// ask the helper to `set_ready`).
+    #[serde(serialize_with = "optional_text")]
+    pub attestation_payload: Option<Vec<u8>>,
+}
+
+fn hex_bytes<S: serde::Serializer>(bytes: &[u8; 32], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&hex::encode(bytes))
+}
+
+fn optional_text<S: serde::Serializer>(
+    bytes: &Option<Vec<u8>>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match bytes {
+        Some(b) => serializer.serialize_str(&String::from_utf8_lossy(b)),
+        None => serializer.serialize_none(),
+    }
+}
+
+/// Inputs of [`attest_system`].
+#[derive(Debug, Clone)]
+pub struct SystemInput<'a> {
+    /// The raw `requirements.gpu_policy` value (`None` = absent).
+    pub gpu_policy: Option<&'a Value>,
+    /// The NVAT-format evidence array exactly as collected (hashed into the event).
+    pub evidence_document: &'a [u8],
+    /// The nonce the init generated and gave the helper.
+    pub nonce: [u8; 32],
+    /// NVML CC state from the helper.
+    pub cc_state: Option<CcState>,
+    /// The PCI inventory (the init's own or the helper's).
+    pub pci: &'a crate::pci::PciInventory,
+    /// Verification time and revocation mode.
+    pub now: crate::UnixTime,
+    /// Revocation mode.
+    pub ocsp: crate::OcspMode,
+    /// Stapled OCSP responses for [`crate::OcspMode::Stapled`].
+    pub ocsp_responses: &'a [Vec<u8>],
+}
+
+/// Why [`attest_system`] could not even evaluate (the gate stays closed either way).
+#[derive(Debug, Error)]
+pub enum AttestError {
+    /// The policy is refused.
+    #[error("gpu_policy")]
+    ParsePolicy(#[source] PolicyError),
+    /// The evidence document does not parse.
+    #[error("GPU evidence document")]
+    ParseEvidence(#[source] crate::evidence::EvidenceError),
+}
+
+/// One call for the init: policy hash, per-GPU verification, gate, and (on `Ready`) the
+/// `gpu-attestation` payload. With no NVIDIA GPU on the bus the evidence is not parsed and the
+/// decision is `NoGpus`.
+pub fn attest_system(
+    input: &SystemInput<'_>,
+    rims: &dyn crate::RimSource,
+) -> Result<SystemAttestation, AttestError> {
+    let policy_hash = gpu_policy_hash(input.gpu_policy);
+    let policy = GpuPolicy::from_value(input.gpu_policy).map_err(AttestError::ParsePolicy)?;
+    let gate_input = GateInput {
+        pci_gpu_count: input.pci.nvidia.len(),
+        foreign_display_devices: input.pci.refused(),
+        cc_state: input.cc_state,
+    };
+    let verdicts: Vec<GpuVerdict> = if gate_input.pci_gpu_count == 0 || !policy.attest_gpu {
+        Vec::new()
+    } else {
+        crate::evidence::parse_nvat_json(input.evidence_document)
+            .map_err(AttestError::ParseEvidence)?
+            .iter()
+            .map(|entry| {
+                crate::verify::verify_gpu_with_ocsp(
+                    &entry.evidence,
+                    rims,
+                    &crate::VerifyOptions {
+                        nonce: input.nonce,
+                        now: input.now,
+                        ocsp: input.ocsp,
+                    },
+                    input.ocsp_responses,
+                )
+            })
+            .collect()
+    };
+    let gate = policy.evaluate(&gate_input, &verdicts);
+    let attestation_payload = (gate.decision == GateDecision::Ready).then(|| {
+        let ocsp = verdicts
+            .first()
+            .map_or(OcspStatus::Skipped, |v| v.claims.ocsp);
+        gpu_attestation_payload(
+            verdicts.len(),
+            input.cc_state.is_some_and(|s| s.devtools_mode != 0),
+            ocsp,
+            input.evidence_document,
+        )
+    });
+    Ok(SystemAttestation {
+        policy_hash,
+        verdicts,
+        gate,
+        attestation_payload,
+    })
+}

@@ -951,4 +951,133 @@ mod tests {
             MeasurementResult::NotEvaluated
         );
     }
+
+    #[test]
+    fn attest_system_gives_the_init_everything_in_one_call() {
+        use nv_verify::evidence::SerializedEvidence;
+        use nv_verify::pci::PciInventory;
+        use nv_verify::policy::{SystemInput, attest_system};
+
+        let nonce = nonce(NONCE_545);
+        let entry = SerializedEvidence::new(
+            "HOPPER",
+            &nonce,
+            &data("hopper_2023_545/attestation_report.bin"),
+            &data("hopper_2023_545/cert_chain.pem"),
+        );
+        let document = serde_json::to_vec(&[entry]).unwrap();
+        let pci = PciInventory::from_devices([("0000:41:00.0", "0x10de", "0x030200")]);
+        let mut bundle = RimBundle::default();
+        bundle.insert("NV_GPU_DRIVER_GH100_545.00", data(DRIVER_545));
+        bundle.insert(
+            "NV_GPU_VBIOS_1010_0200_882_96005E0001",
+            data(VBIOS_545_TEST),
+        );
+        let policy = serde_json::json!({"attest_gpu": true});
+        let input = SystemInput {
+            gpu_policy: Some(&policy),
+            evidence_document: &document,
+            nonce,
+            cc_state: Some(cc_on()),
+            pci: &pci,
+            now: UnixTime(T_2024_06),
+            ocsp: OcspMode::Skip,
+            ocsp_responses: &[],
+        };
+        let result = attest_system(&input, &bundle).unwrap();
+        assert_eq!(result.gate.decision, GateDecision::Ready);
+        assert_eq!(
+            result.policy_hash,
+            nv_verify::policy::gpu_policy_hash(Some(&policy))
+        );
+        let payload = String::from_utf8(result.attestation_payload.unwrap()).unwrap();
+        let sha = {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(&document))
+        };
+        assert_eq!(
+            payload,
+            format!(
+                "{{\"version\":2,\"provider\":\"nvidia\",\"devices\":1,\"cc_mode\":\"on\",\
+                 \"devtools\":false,\"evidence_sha256\":\"{sha}\",\"ocsp\":\"skipped\"}}"
+            )
+        );
+        // A replayed report (another nonce) closes the gate and yields no payload.
+        let replay = attest_system(
+            &SystemInput {
+                nonce: [9; 32],
+                ..input.clone()
+            },
+            &bundle,
+        )
+        .unwrap();
+        assert_eq!(replay.gate.decision, GateDecision::Refuse);
+        assert_eq!(replay.attestation_payload, None);
+        // No GPU on the bus: nothing to verify, policy hash still computed.
+        let empty = PciInventory::default();
+        let none = attest_system(
+            &SystemInput {
+                pci: &empty,
+                gpu_policy: None,
+                ..input
+            },
+            &bundle,
+        )
+        .unwrap();
+        assert_eq!(none.gate.decision, GateDecision::NoGpus);
+        assert_eq!(
+            hex::encode(none.policy_hash),
+            "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+    }
+
+    #[test]
+    fn dstack_nvattest_output_names_the_claims_this_verifier_mirrors() {
+        // The dstack fixture is nvattest's unsigned (alg "none") claims output: no evidence to
+        // verify. Check that every gate-relevant claim it carries has a counterpart here.
+        let json: serde_json::Value =
+            serde_json::from_slice(&data("dstack/nvattest_output_h100_580.json")).unwrap();
+        let claims = &json["claims"][0];
+        let verdict = verify_gpu(
+            &evidence("hopper_2023_545"),
+            &FixedRims::default(),
+            &options(NONCE_545, T_2024_06),
+        );
+        let ours_json = serde_json::to_value(&verdict.claims).unwrap();
+        for (nvattest, ours) in [
+            ("measres", "measurement_result"),
+            ("secboot", "secure_boot"),
+            ("dbgstat", "debug_disabled"),
+            ("hwmodel", "hwmodel"),
+            ("ueid", "ueid"),
+            ("oemid", "oemid"),
+            ("x-nvidia-gpu-arch-check", "arch"),
+            ("x-nvidia-gpu-attestation-report-parsed", "report_parsed"),
+            ("x-nvidia-gpu-attestation-report-nonce-match", "nonce_match"),
+            (
+                "x-nvidia-gpu-attestation-report-signature-verified",
+                "signature_verified",
+            ),
+            (
+                "x-nvidia-gpu-attestation-report-cert-chain-fwid-match",
+                "fwid_match",
+            ),
+            ("x-nvidia-gpu-attestation-report-cert-chain", "cert_chain"),
+            ("x-nvidia-gpu-driver-rim-cert-chain", "driver_rim"),
+            (
+                "x-nvidia-gpu-vbios-index-no-conflict",
+                "vbios_index_no_conflict",
+            ),
+            ("x-nvidia-gpu-driver-version", "driver_version"),
+            ("x-nvidia-gpu-vbios-version", "vbios_version"),
+        ] {
+            assert!(
+                !claims[nvattest].is_null(),
+                "{nvattest} missing in the fixture"
+            );
+            assert!(ours_json.get(ours).is_some(), "{ours} missing in GpuClaims");
+        }
+        assert_eq!(claims["measres"], "success");
+        assert_eq!(json["result_code"], 0);
+    }
 }
