@@ -193,7 +193,42 @@ use Need::{Recommended, Required, Tdx};
 
 /// Every kernel feature the init needs, grouped by the stage that needs it, in boot order.
 pub const FEATURES: &[Feature] = &[
-    // early: /proc, /sys, /dev before anything else.
+    // early: the kernel unpacked the initramfs and runs /init; /proc, /sys, /dev first.
+    feature(
+        "CONFIG_BLK_DEV_INITRD",
+        "initramfs support (cvm-init is its /init)",
+        "early",
+        Required,
+        &[Probe::Exists("/init")],
+    ),
+    feature(
+        "CONFIG_RD_GZIP",
+        "gzip initramfs (the compression of cargo xtask dist)",
+        "early",
+        Required,
+        &[Probe::Exists("/init")],
+    ),
+    feature(
+        "CONFIG_RD_ZSTD",
+        "zstd initramfs (cvm-initramfs --compression zstd)",
+        "early",
+        Recommended,
+        &[],
+    ),
+    feature(
+        "CONFIG_EFI",
+        "UEFI runtime (TDVF boots the kernel through its EFI stub)",
+        "early",
+        Tdx,
+        &[Probe::Exists("/sys/firmware/efi")],
+    ),
+    feature(
+        "CONFIG_EFI_STUB",
+        "EFI stub: direct kernel boot from TDVF, measured into RTMR1/RTMR2",
+        "early",
+        Tdx,
+        &[Probe::Exists("/sys/firmware/efi")],
+    ),
     feature("CONFIG_PROC_FS", "/proc", "early", Required, &[fs("proc")]),
     feature("CONFIG_SYSFS", "/sys", "early", Required, &[fs("sysfs")]),
     feature(
@@ -342,6 +377,34 @@ pub const FEATURES: &[Feature] = &[
         &[fs("9p")],
     ),
     // measure: the TDX guest interfaces.
+    feature(
+        "CONFIG_HYPERVISOR_GUEST",
+        "dependency of INTEL_TDX_GUEST",
+        "measure",
+        Recommended,
+        &[],
+    ),
+    feature(
+        "CONFIG_PARAVIRT",
+        "dependency of INTEL_TDX_GUEST",
+        "measure",
+        Recommended,
+        &[],
+    ),
+    feature(
+        "CONFIG_X86_X2APIC",
+        "dependency of INTEL_TDX_GUEST",
+        "measure",
+        Recommended,
+        &[],
+    ),
+    feature(
+        "CONFIG_VIRT_DRIVERS",
+        "menu of TDX_GUEST_DRIVER",
+        "measure",
+        Recommended,
+        &[],
+    ),
     feature(
         "CONFIG_INTEL_TDX_GUEST",
         "run as an Intel TDX guest",
@@ -1145,7 +1208,9 @@ mod tests {
         let mut kernel = everything();
         let report = check(BOOT_PLAN, TeeExpectation::Tdx, None, &mut kernel)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(report.present(), FEATURES.len() - 2); // VIRTIO_MENU and MD have no probe
+        let unprobed = FEATURES.iter().filter(|f| f.probes.is_empty()).count();
+        assert_eq!(unprobed, 7); // menus and hidden dependencies
+        assert_eq!(report.present(), FEATURES.len() - unprobed);
         assert!(!report.from_config);
         assert!(report.absent_for_later_stages().is_empty());
     }
