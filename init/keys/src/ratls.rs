@@ -133,6 +133,10 @@ pub enum RaTlsError {
     /// The certificate carries no event log.
     #[error("certificate carries no event log")]
     MissingEventLog,
+    /// A runtime event's recorded digest differs from the one recomputed from its name and
+    /// payload (two verifiers could see two different logs).
+    #[error("event {index} records a digest that its name and payload do not produce")]
+    EventDigestMismatch { index: usize },
     /// The event log does not replay to the quote's RTMR3.
     #[error("event log replays to RTMR3 {replayed}, the quote has {quoted}")]
     Rtmr3Mismatch { replayed: String, quoted: String },
@@ -164,8 +168,10 @@ pub fn ratls_report_data(spki_der: &[u8]) -> [u8; REPORT_DATA_LEN] {
     hashed("ratls-cert", spki_der, ReportDataHash::Sha512).unwrap_or([0; REPORT_DATA_LEN])
 }
 
-/// The exposed TdxEvent JSON array of runtime events (`imr` 3, type 0x08000001, empty digest,
-/// hex payload, `"version":2` for V2 events), as the legacy event-log extension carries it.
+/// The TdxEvent JSON array of runtime events (`imr` 3, type 0x08000001, the event's digest in
+/// hex, hex payload, `"version":2` for V2 events), as the legacy event-log extension carries it.
+/// The digest is filled in (dstack's `GetQuote` leaves it empty) so that verifiers that replay
+/// recorded digests and verifiers that recompute them from name and payload both accept it.
 pub fn event_log_json(events: &[RuntimeEvent]) -> String {
     let entries: Vec<serde_json::Value> = events
         .iter()
@@ -173,7 +179,7 @@ pub fn event_log_json(events: &[RuntimeEvent]) -> String {
             let mut entry = serde_json::json!({
                 "imr": 3,
                 "event_type": RUNTIME_EVENT_TYPE,
-                "digest": "",
+                "digest": hex::encode(event.digest().0),
                 "event": event.name,
                 "event_payload": hex::encode(&event.payload),
             });
@@ -519,11 +525,18 @@ impl RaTlsCert {
             .as_deref()
             .ok_or(RaTlsError::MissingEventLog)?;
         let text = String::from_utf8_lossy(log);
-        let events: Vec<RuntimeEvent> = measure::dstack_event_log::parse_event_log(&text)
-            .map_err(|source| RaTlsError::ParseEventLog { source })?
-            .iter()
-            .filter_map(measure::dstack_event_log::DstackEvent::runtime_event)
-            .collect();
+        let entries = measure::dstack_event_log::parse_event_log(&text)
+            .map_err(|source| RaTlsError::ParseEventLog { source })?;
+        let mut events = Vec::with_capacity(entries.len());
+        for (index, entry) in entries.iter().enumerate() {
+            let Some(event) = entry.runtime_event() else {
+                continue;
+            };
+            if entry.digest.is_some_and(|d| d != event.digest()) {
+                return Err(RaTlsError::EventDigestMismatch { index });
+            }
+            events.push(event);
+        }
         let replayed = replay_rtmr3(&events);
         let quoted = *quote.rtmrs().register(measure::rtmr::RtmrIndex::R3);
         if replayed != quoted {
@@ -645,6 +658,26 @@ mod tests {
             RaTlsCert::parse(&cert.cert_der).unwrap().verify_binding(),
             Err(RaTlsError::Rtmr3Mismatch { .. })
         ));
+        // A recorded digest that the name and payload do not produce.
+        let key = fresh_key().unwrap();
+        let quote = tee
+            .quote(&ratls_report_data(&key.subject_public_key_info()))
+            .unwrap();
+        let mut entries: serde_json::Value =
+            serde_json::from_str(&event_log_json(&events)).unwrap();
+        entries[1]["digest"] = serde_json::json!("00".repeat(48));
+        let forged = entries.to_string();
+        let spec = CertSpec {
+            subject: CLIENT_CERT_SUBJECT,
+            quote: Some(&quote),
+            event_log: Some(forged.as_bytes()),
+            ..CertSpec::default()
+        };
+        let cert = spec.signed_by_with(&key, &ca).unwrap();
+        assert!(matches!(
+            RaTlsCert::parse(&cert.cert_der).unwrap().verify_binding(),
+            Err(RaTlsError::EventDigestMismatch { index: 1 })
+        ));
         // No quote at all.
         let plain = CertSpec {
             subject: "x",
@@ -676,5 +709,9 @@ mod tests {
         let parsed = measure::dstack_event_log::parse_event_log(&text).unwrap();
         let back: Vec<RuntimeEvent> = parsed.iter().filter_map(|e| e.runtime_event()).collect();
         assert_eq!(back, events);
+        // Recorded digests equal the recomputed ones.
+        for (entry, event) in parsed.iter().zip(&events) {
+            assert_eq!(entry.digest, Some(event.digest()));
+        }
     }
 }
