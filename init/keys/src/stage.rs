@@ -19,6 +19,9 @@ use crate::provider::{LocalConfig, ProviderError, check_mr_config_id};
 /// Errors of the keys stage.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyStageError {
+    /// app-compose selects another key provider than the KMS.
+    #[error("app-compose selects key provider {kind}, not kms")]
+    NotKmsProvider { kind: &'static str },
     /// The launch token is missing or wrong.
     #[error("check the launch token")]
     LaunchToken {
@@ -115,6 +118,12 @@ pub fn kms_stage<T: QuoteSource + ?Sized>(
     sleeper: &mut dyn Sleeper,
 ) -> Result<KmsStageOutput, KeyStageError> {
     let compose = input.compose.compose();
+    let kind = compose.key_provider_kind();
+    if kind != init_core::app_compose::KeyProviderKind::Kms {
+        return Err(KeyStageError::NotKmsProvider {
+            kind: kind.as_str(),
+        });
+    }
     check_launch_token_for(input.compose, input.user_config)?;
     let key_provider_id =
         hex::decode(&compose.key_provider_id).map_err(|_| KeyStageError::DecodeKeyProviderId)?;

@@ -219,4 +219,27 @@ mod tests {
             "{chain}"
         );
     }
+
+    #[test]
+    fn other_key_providers_are_not_sent_to_a_kms() {
+        let (mut tee, mut b) = boot("");
+        let compose =
+            serde_json::json!({"manifest_version": 2, "name": "x", "key_provider": "none"});
+        b.compose = AppComposeFile::parse(compose.to_string().into_bytes()).unwrap();
+        let sys = sys_config("https://127.0.0.1:1");
+        let uc = user_config(TOKEN);
+        let events = b.events.clone();
+        let err = kms_stage(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &input(&b, &sys, &uc, None),
+            &mut NoSleep,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, KeyStageError::NotKmsProvider { kind: "none" }),
+            "{err:?}"
+        );
+    }
 }
