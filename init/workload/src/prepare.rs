@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::compose::App;
 use crate::digest::Sha256Digest;
-use crate::pull::{PullError, PulledImage, Store, pull};
+use crate::pull::{PullError, PullOptions, PulledImage, Store, pull_with_options};
 use crate::registry::RegistryClient;
 use crate::spec::ImageFiles;
 use crate::unpack::{UnpackError, UnpackOptions, read_file_in_root, unpack_image};
@@ -58,10 +58,18 @@ pub fn prepare_images(
         if out.contains_key(&service.image.digest) {
             continue;
         }
-        let pulled = pull(store, client, &service.image).map_err(|source| PrepareError::Pull {
-            service: service.name.clone(),
-            source: Box::new(source),
-        })?;
+        // diff_ids are checked by the unpacker before the root is renamed into place, so
+        // each layer is decompressed once.
+        let pull_options = PullOptions {
+            verify_diff_ids: false,
+        };
+        let pulled =
+            pull_with_options(store, client, &service.image, pull_options).map_err(|source| {
+                PrepareError::Pull {
+                    service: service.name.clone(),
+                    source: Box::new(source),
+                }
+            })?;
         let unpack_err = |source| PrepareError::Unpack {
             service: service.name.clone(),
             source: Box::new(source),

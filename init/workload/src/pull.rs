@@ -309,11 +309,38 @@ pub struct PulledImage {
     pub downloaded_bytes: u64,
 }
 
-/// Pulls `image` into `store`, verifying everything on the way.
+/// Pull options.
+#[derive(Debug, Clone, Copy)]
+pub struct PullOptions {
+    /// Decompress layers while downloading to check `diff_id`s. The unpacker checks them
+    /// again before a root becomes visible, so a caller that always unpacks right after
+    /// pulling (`prepare_images`) may turn this off and decompress once instead of twice.
+    pub verify_diff_ids: bool,
+}
+
+impl Default for PullOptions {
+    fn default() -> Self {
+        Self {
+            verify_diff_ids: true,
+        }
+    }
+}
+
+/// Pulls `image` into `store`, verifying everything on the way (including `diff_id`s).
 pub fn pull(
     store: &Store,
     client: &RegistryClient,
     image: &ImageRef,
+) -> Result<PulledImage, PullError> {
+    pull_with_options(store, client, image, PullOptions::default())
+}
+
+/// [`pull`] with options.
+pub fn pull_with_options(
+    store: &Store,
+    client: &RegistryClient,
+    image: &ImageRef,
+    options: PullOptions,
 ) -> Result<PulledImage, PullError> {
     let mut downloaded = 0u64;
     let (top, top_type) = document(store, client, image, &image.digest, None, &mut downloaded)?;
@@ -361,7 +388,8 @@ pub fn pull(
         let path = store.blob_path(&desc.digest);
         let cached = fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == desc.size);
         if !cached {
-            downloaded += download_layer(store, client, image, desc, *compression, diff_id)?;
+            let check = options.verify_diff_ids.then_some(diff_id);
+            downloaded += download_layer(store, client, image, desc, *compression, check)?;
         }
         layers.push(PulledLayer {
             digest: desc.digest,
@@ -571,7 +599,7 @@ fn download_layer(
     image: &ImageRef,
     desc: &Descriptor,
     compression: Compression,
-    diff_id: &Sha256Digest,
+    diff_id: Option<&Sha256Digest>,
 ) -> Result<u64, PullError> {
     let fetched = client
         .fetch(image, "blobs", &desc.digest, None)
@@ -601,7 +629,7 @@ fn stream_layer(
     tmp: &Path,
     desc: &Descriptor,
     compression: Compression,
-    diff_id: &Sha256Digest,
+    diff_id: Option<&Sha256Digest>,
 ) -> Result<u64, PullError> {
     let mut file = OpenOptions::new()
         .write(true)
@@ -616,7 +644,10 @@ fn stream_layer(
     };
     // A decoder error is remembered, not raised at once: a corrupt download must be reported
     // as a digest mismatch, which is checked first.
-    let mut diff = Some(DiffHasher::new(compression).map_err(decompress)?);
+    let mut diff = match diff_id {
+        Some(_) => Some(DiffHasher::new(compression).map_err(decompress)?),
+        None => None,
+    };
     let mut diff_error = None;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
@@ -659,17 +690,19 @@ fn stream_layer(
             actual,
         });
     }
-    let actual_diff = match (diff, diff_error) {
-        (Some(d), None) => d.finish().map_err(decompress)?,
-        (_, Some(e)) => return Err(decompress(e)),
-        (None, None) => return Err(decompress(io::Error::other("decoder missing"))),
-    };
-    if actual_diff != *diff_id {
-        return Err(PullError::DiffIdMismatch {
-            layer: desc.digest,
-            expected: *diff_id,
-            actual: actual_diff,
-        });
+    if let Some(expected) = diff_id {
+        let actual_diff = match (diff, diff_error) {
+            (Some(d), None) => d.finish().map_err(decompress)?,
+            (_, Some(e)) => return Err(decompress(e)),
+            (None, None) => return Err(decompress(io::Error::other("decoder missing"))),
+        };
+        if actual_diff != *expected {
+            return Err(PullError::DiffIdMismatch {
+                layer: desc.digest,
+                expected: *expected,
+                actual: actual_diff,
+            });
+        }
     }
     store.commit(tmp, file, &desc.digest)?;
     Ok(total)

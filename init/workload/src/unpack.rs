@@ -340,6 +340,20 @@ struct Applier<'a> {
     /// the layer fills it).
     dir_modes: Vec<(PathBuf, u32)>,
     skipped_devices: u32,
+    buffer: Vec<u8>,
+}
+
+/// Copies an entry's data with a large reusable buffer.
+fn copy_entry(from: &mut impl Read, to: &mut File, buffer: &mut [u8]) -> io::Result<()> {
+    use std::io::Write as _;
+    loop {
+        match from.read(buffer) {
+            Ok(0) => return Ok(()),
+            Ok(n) => to.write_all(&buffer[..n])?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 const MAX_SYMLINK_HOPS: u32 = 40;
@@ -354,6 +368,7 @@ impl<'a> Applier<'a> {
             opaque: Vec::new(),
             dir_modes: Vec::new(),
             skipped_devices: 0,
+            buffer: vec![0; 256 * 1024],
         }
     }
 
@@ -540,7 +555,8 @@ impl<'a> Applier<'a> {
                     .create_new(true)
                     .open(&path)
                     .map_err(apply_err("create file", &path))?;
-                io::copy(entry, &mut file).map_err(apply_err("write", &path))?;
+                copy_entry(entry, &mut file, &mut self.buffer)
+                    .map_err(apply_err("write", &path))?;
                 if let Ok(mtime) = entry.header().mtime() {
                     let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
                 }

@@ -24,7 +24,7 @@ use std::time::Instant;
 use common::*;
 use cvm_workload::digest::{ImageRef, Sha256Digest};
 use cvm_workload::oci::media;
-use cvm_workload::pull::{Store, pull};
+use cvm_workload::pull::{PullOptions, Store, pull_with_options};
 use cvm_workload::registry::{RegistryClient, RegistryConfig};
 use cvm_workload::unpack::{UnpackOptions, unpack_image};
 use sha2::Digest as _;
@@ -115,6 +115,9 @@ fn write_layer(
 fn timed(cmd: &mut Command) -> (f64, u64) {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines().filter(|l| l.starts_with("ours:")) {
+        eprintln!("{line}");
+    }
     assert!(out.status.success(), "{cmd:?} failed: {stderr}");
     // `/usr/bin/time -f "%e %M"` prints its line last.
     let last = stderr.lines().last().unwrap();
@@ -251,7 +254,11 @@ fn bench_child() {
     });
     let store = Store::open(Path::new(&store)).unwrap();
     let t = Instant::now();
-    let pulled = pull(&store, &client, &image).unwrap();
+    // As prepare_images does: diff_ids are verified once, by the unpacker.
+    let pull_options = PullOptions {
+        verify_diff_ids: std::env::var("BENCH_PULL_DIFF_IDS").is_ok(),
+    };
+    let pulled = pull_with_options(&store, &client, &image, pull_options).unwrap();
     let pull_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
     let root = unpack_image(&store, &pulled, UnpackOptions::default()).unwrap();

@@ -157,6 +157,29 @@ fn refuses_diff_id_mismatch() {
         other => panic!("unexpected: {other:?}"),
     }
     assert!(!store.blob_path(&Sha256Digest::of(&layers[0].blob)).exists());
+
+    // Without the pull-time check, the unpacker refuses it before any root appears.
+    let options = cvm_workload::pull::PullOptions {
+        verify_diff_ids: false,
+    };
+    let img = image(&reg, "test/diffid", &digest);
+    let pulled =
+        cvm_workload::pull::pull_with_options(&store, &client(&reg), &img, options).unwrap();
+    let unpack_options = cvm_workload::unpack::UnpackOptions {
+        preserve_ownership: false,
+    };
+    let err = cvm_workload::unpack::unpack_image(&store, &pulled, unpack_options).unwrap_err();
+    assert!(
+        matches!(err, cvm_workload::unpack::UnpackError::DiffIdMismatch { expected, .. } if expected == wrong),
+        "{err:?}"
+    );
+    assert!(
+        !store_dir
+            .path()
+            .join("rootfs")
+            .join(pulled.manifest.hex())
+            .exists()
+    );
 }
 
 #[test]
