@@ -222,8 +222,8 @@ impl Nvml {
         // SAFETY: nvmlInit_v2 takes no arguments; the library is loaded.
         let code = unsafe { init() };
         if code != 0 {
-            // Not initialized: skip the shutdown in Drop by forgetting nothing; nvmlShutdown
-            // on an uninitialized NVML returns an error code, which Drop ignores.
+            // Not initialized: Drop still calls nvmlShutdown, which then returns an error code
+            // that Drop ignores.
             return Err(nvml.error("nvmlInit_v2", code));
         }
         Ok(nvml)

@@ -239,9 +239,6 @@ pub enum GateFailure {
         "GPU {index}: debug status not established as disabled (measurements not verified as matching)"
     )]
     CheckDebug { index: usize },
-    /// An evidence entry uses a different nonce than the batch.
-    #[error("GPU {index}: report nonce differs from the other GPUs'")]
-    CheckSharedNonce { index: usize },
 }
 
 /// What the init should do with the GPUs.
