@@ -543,6 +543,42 @@ mod tests {
         check_image_entries(&inline, &recipe).unwrap_err();
     }
 
+    /// The recipe's own Python (`cvm_initramfs_manifest`, run with python3 and a stub `bb`)
+    /// turns `CVM_INITRAMFS_ENTRIES` into a manifest with the same entries as
+    /// `initramfs/manifest.toml` and no modules: the Yocto image is `dist --no-modules`'s.
+    #[test]
+    fn recipe_python_writes_the_manifest_entries() {
+        let recipe = file(IMAGE_RECIPE);
+        let start = recipe.find("def cvm_initramfs_manifest").unwrap();
+        let end = start + recipe[start..].find("\npython do_compile").unwrap();
+        let script = format!(
+            "import sys\nclass bb:\n    @staticmethod\n    def fatal(m):\n        sys.exit(m)\n{}\nsys.stdout.write(cvm_initramfs_manifest(sys.argv[1], 'SRC'))\n",
+            &recipe[start..end]
+        );
+        let entries = recipe_entries(&recipe).unwrap().join(" ");
+        let python = std::env::var_os("CVM_PYTHON").unwrap_or_else(|| "python3".into());
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(&script)
+            .arg(&entries)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let written = Manifest::from_toml_str(&String::from_utf8(out.stdout).unwrap()).unwrap();
+        assert!(written.modules.is_empty());
+        let original = Manifest::from_toml_str(&file(MANIFEST)).unwrap();
+        assert_eq!(
+            manifest_entries(&written).unwrap(),
+            manifest_entries(&original).unwrap()
+        );
+        assert_eq!(written.dirs.len(), original.dirs.len());
+        assert_eq!(written.nodes, original.nodes);
+    }
+
     #[test]
     fn recipe_entries_are_parsed_as_words() {
         let recipe =
