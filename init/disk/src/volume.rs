@@ -318,6 +318,7 @@ fn format<K: Kernel>(
     );
     close(kernel)?;
     result?;
+    log::info!("disk: filesystem written, marking the volume ready");
     write_header(disk, part, &ready, key)?;
     Ok(ready)
 }
