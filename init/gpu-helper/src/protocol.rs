@@ -21,9 +21,9 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use nv_verify::evidence::SerializedEvidence;
+pub use nv_verify::helper::{CollectedGpu, Request, Response, nvat_evidence};
 use nv_verify::pci::PciInventory;
 use nv_verify::policy::CcState;
-use serde::{Deserialize, Serialize};
 
 use crate::nvml::{DeviceEvidence, DeviceInfo, NvmlError};
 
@@ -43,73 +43,6 @@ pub trait Backend {
     fn ready_state(&mut self) -> Result<u32, NvmlError>;
     /// Sets the system-wide ready state.
     fn set_ready_state(&mut self, state: u32) -> Result<(), NvmlError>;
-}
-
-/// A request line.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
-pub enum Request {
-    /// Collect evidence of every GPU for a fresh nonce chosen by the caller.
-    Collect { nonce: String },
-    /// Report CC and ready state.
-    State,
-    /// Set the ready state (only after the caller verified every GPU).
-    SetReady,
-    /// Clear the ready state.
-    SetNotReady,
-    /// Exit.
-    Quit,
-}
-
-/// One GPU in a `collect` response.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct CollectedGpu {
-    /// The NVAT fields.
-    #[serde(flatten)]
-    pub nvat: SerializedEvidence,
-    /// NVML device index.
-    pub index: u32,
-    /// NVML UUID.
-    pub uuid: String,
-    /// `nvmlDeviceGetArchitecture`.
-    pub nvml_architecture: u32,
-    /// NVML VBIOS version string.
-    pub vbios_version: String,
-}
-
-/// A response line.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize, Serialize)]
-pub struct Response {
-    /// The request's op.
-    pub op: String,
-    /// Success.
-    pub ok: bool,
-    /// Error chain when `ok` is false.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// Driver version (collect).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub driver_version: Option<String>,
-    /// CC state (collect, state).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cc_state: Option<CcState>,
-    /// Ready state after the request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_state: Option<u32>,
-    /// The PCI inventory (collect).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pci: Option<PciInventory>,
-    /// Evidence per GPU (collect).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub gpus: Option<Vec<CollectedGpu>>,
-}
-
-/// The NVAT evidence array of a `collect` response (what `cvm-measure gpu --evidence` and
-/// `nv_verify::evidence::parse_nvat_json` read; its bytes are what the init hashes into
-/// `gpu-attestation`).
-pub fn nvat_evidence(gpus: &[CollectedGpu]) -> Vec<u8> {
-    let entries: Vec<&SerializedEvidence> = gpus.iter().map(|g| &g.nvat).collect();
-    serde_json::to_vec(&entries).unwrap_or_default()
 }
 
 fn chain(error: &dyn std::error::Error) -> String {

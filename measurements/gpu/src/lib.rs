@@ -8,6 +8,7 @@
 //! - [`rim`]: driver / VBIOS RIMs with their XML-DSig signature (C14N, ECDSA-P384-SHA384);
 //! - [`verify`]: one GPU's verdict with typed claims and every failing reason;
 //! - [`evidence`]: the NVAT JSON evidence format;
+//! - [`helper`]: the message types of the `cvm-gpu-evidence` JSON-lines protocol;
 //! - [`ocsp`]: stapled / cached OCSP responses;
 //! - [`pci`]: the independent GPU count from PCI display-class functions;
 //! - [`policy`]: dstack's `gpu_policy`, the system verdict over all GPUs, and the RTMR3
@@ -20,6 +21,7 @@
 pub mod certs;
 mod der_util;
 pub mod evidence;
+pub mod helper;
 pub mod ocsp;
 pub mod pci;
 pub mod policy;
