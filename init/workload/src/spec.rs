@@ -413,15 +413,14 @@ pub fn container_plan(
     } else {
         DEFAULT_CAPS.to_vec()
     };
-    let rlimits: Vec<Value> = if service.ulimits.is_empty() {
-        vec![json!({"type": "RLIMIT_NOFILE", "soft": 1_048_576u64, "hard": 1_048_576u64})]
-    } else {
-        service
-            .ulimits
-            .iter()
-            .map(|u| json!({"type": u.name, "soft": u.soft, "hard": u.hard}))
-            .collect()
-    };
+    // Without `ulimits` the container inherits the launcher's limits: a fixed default above
+    // the launcher's hard limit would make container creation fail with EPERM (seen with
+    // NOFILE 1048576 under a 20000 hard limit), so PID 1 raises its own limits instead.
+    let rlimits: Vec<Value> = service
+        .ulimits
+        .iter()
+        .map(|u| json!({"type": u.name, "soft": u.soft, "hard": u.hard}))
+        .collect();
 
     // Mounts: the runtime basics, then generated files, then the service's.
     let mut mounts = vec![

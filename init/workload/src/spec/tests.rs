@@ -289,3 +289,9 @@ fn device_mappings_need_host_nodes() {
             .any(|d| d["major"] == 10 && d["minor"] == 229)
     );
 }
+
+#[test]
+fn rlimits_only_from_ulimits() {
+    let p = plan("", &GpuGrant::default()).unwrap();
+    assert_eq!(p.json["process"]["rlimits"], json!([]));
+}
