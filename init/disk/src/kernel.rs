@@ -142,6 +142,15 @@ impl Kernel for DmKernel {
     }
 }
 
+impl DmKernel {
+    /// Whether a DM device of this name exists.
+    pub fn exists(&self, name: &str) -> bool {
+        self.dm
+            .list_devices()
+            .is_ok_and(|list| list.iter().any(|(n, _, _)| n.to_string() == name))
+    }
+}
+
 /// How the data disk was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Selected {

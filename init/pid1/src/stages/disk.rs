@@ -164,6 +164,9 @@ pub(crate) fn close_at_shutdown() {
     let Ok(mut dm) = DmKernel::new() else {
         return;
     };
+    if !dm.exists(volume::CRYPT_NAME) && !dm.exists(volume::INTEGRITY_NAME) {
+        return;
+    }
     if Path::new(MOUNT_POINT).exists() {
         match nix::mount::umount(MOUNT_POINT) {
             Ok(()) => log::info!("disk: unmounted {MOUNT_POINT}"),
