@@ -36,6 +36,17 @@ impl BlockFile {
 
 impl BlockDev for BlockFile {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        // Device-mapper targets write below this device's page cache (dm-integrity formats its
+        // superblock with bios): drop the cached pages first (they are clean: every write is
+        // followed by a sync) so the read sees the disk.
+        let off = i64::try_from(offset).unwrap_or(i64::MAX);
+        let len = i64::try_from(buf.len()).unwrap_or(i64::MAX);
+        let _ = nix::fcntl::posix_fadvise(
+            &self.file,
+            off,
+            len,
+            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+        );
         self.file.read_exact_at(buf, offset)
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
