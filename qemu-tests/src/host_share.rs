@@ -151,8 +151,15 @@ mod tests {
         let files = sample_files().unwrap();
         let compose = files.iter().find(|f| f.name == "app-compose.json").unwrap();
         use sha2::Digest;
+        // The worked example (compose-hash b5828d0f…) with only `kms_enabled` flipped to false.
         assert_eq!(
             hex::encode(sha2::Sha256::digest(&compose.contents)),
+            "520f8b30a0eb88b3663b97bacd889455b65a6055dc2422933486ad9a2a98606f"
+        );
+        let text = String::from_utf8(compose.contents.clone()).unwrap();
+        let restored = text.replace("\"kms_enabled\": false", "\"kms_enabled\": true");
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(restored.as_bytes())),
             "b5828d0f4314f9585038294f8a3fa744ea987ae230833bd68092cf7859780bb3"
         );
     }

@@ -145,8 +145,14 @@ mod tests {
         };
         let before: serde_json::Value = serde_json::from_str(before)?;
         let after: serde_json::Value = serde_json::from_str(after)?;
-        ensure!(before["service"] == "guest-api" && before["status"] == 137, "{before}");
-        ensure!(before["restarts"] == 1 && before["delay_ms"] == 1000, "{before}");
+        ensure!(
+            before["service"] == "guest-api" && before["status"] == 137,
+            "{before}"
+        );
+        ensure!(
+            before["restarts"] == 1 && before["delay_ms"] == 1000,
+            "{before}"
+        );
         ensure!(after["service"] == "guest-api", "{after}");
         ensure!(after["pid"] != before["pid"], "same pid: {before} {after}");
         vm.system_powerdown()?;

@@ -28,6 +28,9 @@ pub enum Stage {
     /// `lo` and the first Ethernet interface up, DHCP, `/etc/resolv.conf`; required when
     /// `kms_urls` is set, otherwise best effort.
     Network,
+    /// App keys from the KMS over RA-TLS (or key provider `none`), `os-image-hash` and
+    /// `key-provider` extended, the encrypted environment decrypted and filtered.
+    Keys,
     /// The encrypted data disk (dm-integrity + dm-crypt AEAD, `cvm-disk`): select it, format it
     /// on first boot, verify its header and open it, mount it; skipped without a data disk.
     Disk,
@@ -52,6 +55,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::HostShare,
     Stage::Measure,
     Stage::Network,
+    Stage::Keys,
     Stage::Disk,
     Stage::SystemReady,
     Stage::GuestApi,
@@ -72,6 +76,7 @@ impl Stage {
             Self::HostShare => "host-share",
             Self::Measure => "measure",
             Self::Network => "network",
+            Self::Keys => "keys",
             Self::Disk => "disk",
             Self::SystemReady => "system-ready",
             Self::GuestApi => "guest-api",
@@ -198,6 +203,7 @@ mod tests {
                 "host-share",
                 "measure",
                 "network",
+                "keys",
                 "disk",
                 "system-ready",
                 "guest-api",

@@ -58,6 +58,23 @@ pub enum Record {
         error: String,
         mono_us: u64,
     },
+    /// INSECURE simulated-TEE builds only: the per-boot PCK root (PEM) that signs this boot's
+    /// quotes, published before any quote leaves the VM so a test KMS can trust it.
+    InsecureSimulatedRoot {
+        pem: String,
+        mono_us: u64,
+    },
+    /// The keys stage: the key provider used, the KMS that answered and its root key id
+    /// (hex SPKI), the environment variable names accepted (never values), and the MRCONFIGID
+    /// version checked.
+    Keys {
+        provider: String,
+        kms_url: String,
+        key_provider_id: String,
+        env_names: Vec<String>,
+        mr_config_version: u8,
+        mono_us: u64,
+    },
     Ready {
         mono_us: u64,
     },

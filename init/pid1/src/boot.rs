@@ -13,7 +13,7 @@ use crate::results::Results;
 use crate::stages::host_share::{HostShareOptions, HostShareStageError, load_host_share};
 use crate::stages::measure::{
     BoxedTee, FileSink, MeasureStageError, TdxPaths, event_log_version, measure_app_info,
-    measure_system_ready, open_event_log, random_seed, select_tee,
+    measure_system_ready, open_event_log, random_seed, select_tee_with_root,
 };
 use init_core::app_compose::StorageFs;
 use init_core::host_share::HostShare;
@@ -67,6 +67,8 @@ pub(crate) enum BootError {
     NetworkRequired,
     #[error("data disk")]
     Disk(#[source] crate::stages::disk::DiskStageError),
+    #[error("keys")]
+    Keys(#[source] crate::stages::keys::KeysStageError),
     #[error("guest API")]
     GuestApi(#[source] crate::stages::guest_api::GuestApiStageError),
     #[error("get a quote to check RTMR3")]
@@ -93,6 +95,12 @@ pub(crate) struct Boot {
     event_log: Option<RuntimeEventLog<BoxedTee, FileSink>>,
     pub(crate) guest_api: Option<std::process::Child>,
     pub(crate) network: Option<crate::stages::network::Network>,
+    /// App keys from the KMS (none with key provider `none`).
+    pub(crate) app_keys: Option<cvm_keys::kms::AppKeys>,
+    /// The decrypted, filtered environment for the workloads.
+    pub(crate) env: Option<cvm_keys::env::DecryptedEnv>,
+    /// The keys stage already extended `os-image-hash` / `key-provider`.
+    key_events_emitted: bool,
     /// The mounted data volume (None: no data disk, or before the disk stage).
     disk: Option<crate::stages::disk::Mounted>,
 }
@@ -124,6 +132,9 @@ impl Boot {
             event_log: None,
             guest_api: None,
             network: None,
+            app_keys: None,
+            env: None,
+            key_events_emitted: false,
             disk: None,
         }
     }
@@ -196,6 +207,7 @@ impl Boot {
             }
             Stage::Measure => self.measure(),
             Stage::Network => self.network(),
+            Stage::Keys => self.keys(),
             Stage::Disk => self.disk(),
             Stage::SystemReady => self.system_ready(),
             Stage::GuestApi => {
@@ -273,12 +285,81 @@ impl Boot {
         }
     }
 
+    fn keys(&mut self) -> Result<(), BootError> {
+        use crate::stages::keys::{KeysOutcome, run, write_app_keys};
+        let needs = |needs| BootError::StageOrder {
+            stage: "keys",
+            needs,
+        };
+        let share = self.share.as_ref().ok_or(needs("host-share"))?;
+        let identity = self.identity.as_ref().ok_or(needs("measure"))?;
+        let log = self.event_log.as_mut().ok_or(needs("measure"))?;
+        let dns = self.network.as_ref().map(|n| n.config.dns_servers.clone());
+        let events = log.events().to_vec();
+        let outcome =
+            run(share, identity, &events, log.rtmr_mut(), dns).map_err(BootError::Keys)?;
+        let mono_us = init_sys::clock::monotonic_us();
+        match outcome {
+            KeysOutcome::Kms {
+                keys,
+                env,
+                events,
+                mr_config_version,
+            } => {
+                // Measure what the boot now trusts before anything uses the keys.
+                log.emit_plan(events).map_err(|source| {
+                    BootError::Measure(MeasureStageError::EmitEvents { source })
+                })?;
+                self.key_events_emitted = true;
+                let path =
+                    write_app_keys(&self.host_share_copy_dir(), &keys).map_err(BootError::Keys)?;
+                let names: Vec<String> = env.names().into_iter().map(str::to_owned).collect();
+                log::info!(
+                    "keys: from {} (root key {}), {} env variable(s) accepted, MRCONFIGID v{}; app keys in {}",
+                    keys.kms_url,
+                    hex::encode(&keys.root_spki_der),
+                    names.len(),
+                    mr_config_version,
+                    path.display()
+                );
+                self.results.record(&Record::Keys {
+                    provider: "kms".into(),
+                    kms_url: keys.kms_url.clone(),
+                    key_provider_id: hex::encode(&keys.root_spki_der),
+                    env_names: names,
+                    mr_config_version,
+                    mono_us,
+                });
+                self.app_keys = Some(*keys);
+                self.env = Some(env);
+            }
+            KeysOutcome::NoProvider => {
+                self.results.record(&Record::Keys {
+                    provider: "none".into(),
+                    kms_url: String::new(),
+                    key_provider_id: String::new(),
+                    env_names: Vec::new(),
+                    mr_config_version: 0,
+                    mono_us,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn measure(&mut self) -> Result<(), BootError> {
         let share = self.share.as_ref().ok_or(BootError::StageOrder {
             stage: "measure",
             needs: "host-share",
         })?;
-        let tee = select_tee(&TdxPaths::default()).map_err(BootError::Measure)?;
+        let (tee, insecure_root) =
+            select_tee_with_root(&TdxPaths::default()).map_err(BootError::Measure)?;
+        if let Some(pem) = insecure_root {
+            self.results.record(&Record::InsecureSimulatedRoot {
+                pem,
+                mono_us: init_sys::clock::monotonic_us(),
+            });
+        }
         let version = event_log_version(share).map_err(BootError::Measure)?;
         let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)
             .map_err(BootError::Measure)?;
@@ -319,7 +400,6 @@ impl Boot {
         let share = self.share.as_ref().ok_or(needs("host-share"))?;
         let identity = self.identity.as_ref().ok_or(needs("measure"))?;
         let log = self.event_log.as_mut().ok_or(needs("measure"))?;
-        // Keys (the KMS issue) will supply os-image-hash and the real key provider.
         // storage-fs names the filesystem actually mounted: the data volume is always ext4.
         let asked = share.app_compose.compose().storage_fs();
         let storage_fs = if self.disk.is_some() {
@@ -333,7 +413,9 @@ impl Boot {
         } else {
             asked
         };
-        measure_system_ready(log, share, None, &KeyProviderInfo::none(), storage_fs)
+        // With a KMS the keys stage already extended os-image-hash and key-provider.
+        let key_provider = (!self.key_events_emitted).then(KeyProviderInfo::none);
+        measure_system_ready(log, share, key_provider.as_ref(), storage_fs)
             .map_err(BootError::Measure)?;
         let replayed = measure::runtime_event::replay_rtmr3(log.events());
         // A fresh quote must carry what the log replays to: proves the TEE saw every extend.

@@ -12,6 +12,7 @@ mod stages {
     pub(crate) mod guest_api;
     pub(crate) mod host_share;
     pub(crate) mod kernel_contract;
+    pub(crate) mod keys;
     pub(crate) mod measure;
     pub(crate) mod network;
 }

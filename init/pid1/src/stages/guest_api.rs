@@ -51,16 +51,21 @@ pub(crate) fn start(host_share_copy: &Path) -> Result<Child, GuestApiStageError>
     })?;
     // std resets the signal mask and dispositions in the child, so PID 1's blocked signals do
     // not leak into it.
-    let mut child = Command::new("/proc/self/exe")
+    let mut command = Command::new("/proc/self/exe");
+    command
         .arg(SUBCOMMAND)
         .args(["--socket", DSTACK_SOCKET, "--legacy-socket", TAPPD_SOCKET])
         .args(["--event-log", RUNTIME_EVENT_LOG_PATH])
         .arg("--app-compose")
         .arg(host_share_copy.join("app-compose.json"))
         .arg("--sys-config")
-        .arg(host_share_copy.join(".sys-config.json"))
-        .spawn()
-        .map_err(GuestApiStageError::Spawn)?;
+        .arg(host_share_copy.join(".sys-config.json"));
+    // Written by the keys stage when a KMS gave keys: GetKey / GetTlsKey need them.
+    let app_keys = host_share_copy.join(crate::stages::keys::APP_KEYS_FILE);
+    if app_keys.is_file() {
+        command.arg("--app-keys").arg(app_keys);
+    }
+    let mut child = command.spawn().map_err(GuestApiStageError::Spawn)?;
     let deadline = Instant::now() + READY_TIMEOUT;
     loop {
         if let Ok(Some(status)) = child.try_wait() {

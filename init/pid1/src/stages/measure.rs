@@ -39,6 +39,13 @@ const TSM_REPORT_ENTRY: &str = "cvm-init";
 /// Errors of the measure stage.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum MeasureStageError {
+    /// The INSECURE simulated TEE could not create its signing keys.
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[error("create the INSECURE simulated TEE")]
+    SimulatedTee {
+        #[source]
+        source: init_core::tee::simulated::SimulatedTeeError,
+    },
     /// No TDX interface was found.
     #[error("no TDX guest interface (neither {tsm_rtmr} nor {tdx_guest})")]
     ProbeTdx {
@@ -164,14 +171,26 @@ pub(crate) type BoxedTee = Box<dyn Tee + Send>;
 /// feature `insecure-simulated-tee`, the simulated TEE (which marks RTMR3 so no verifier
 /// accepts it). Without the feature a missing TDX interface is fatal.
 pub(crate) fn select_tee(paths: &TdxPaths) -> Result<BoxedTee, MeasureStageError> {
+    select_tee_with_root(paths).map(|(tee, _)| tee)
+}
+
+/// [`select_tee`], also returning the simulated TEE's per-boot PCK root certificate (PEM) when
+/// the simulator was chosen, so a test KMS can be told which (insecure) root signs this boot's
+/// quotes. `None` for real TDX.
+pub(crate) fn select_tee_with_root(
+    paths: &TdxPaths,
+) -> Result<(BoxedTee, Option<String>), MeasureStageError> {
     match TdxTee::probe(paths) {
-        Ok(tee) => Ok(Box::new(tee)),
+        Ok(tee) => Ok((Box::new(tee), None)),
         #[cfg(feature = "insecure-simulated-tee")]
         Err(e) => {
             log::warn!("measure: {e}; using the INSECURE simulated TEE");
-            Ok(Box::new(
-                init_core::tee::simulated::InsecureSimulatedTee::new(),
-            ))
+            let tee = init_core::tee::simulated::InsecureSimulatedTee::try_new()
+                .map_err(|source| MeasureStageError::SimulatedTee { source })?;
+            let root = tee
+                .insecure_root_certificate_pem()
+                .map_err(|source| MeasureStageError::SimulatedTee { source })?;
+            Ok((Box::new(tee), Some(root)))
         }
         #[cfg(not(feature = "insecure-simulated-tee"))]
         Err(e) => Err(e),
@@ -332,18 +351,23 @@ pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
 pub(crate) fn measure_system_ready<R: Rtmr, S: EventLogSink>(
     log: &mut RuntimeEventLog<R, S>,
     share: &HostShare,
-    os_image_hash: Option<&[u8; 32]>,
-    key_provider: &KeyProviderInfo,
+    key_provider: Option<&KeyProviderInfo>,
     storage_fs: StorageFs,
 ) -> Result<(), MeasureStageError> {
     let version = event_log_version(share)?;
-    log.emit_plan(system_ready_events(
-        os_image_hash,
-        key_provider,
+    // `None`: the keys stage already extended os-image-hash and key-provider (KMS provider).
+    let placeholder = KeyProviderInfo::none();
+    let events = system_ready_events(
+        None,
+        key_provider.unwrap_or(&placeholder),
         storage_fs,
         version,
-    ))
-    .map_err(|source| MeasureStageError::EmitEvents { source })
+    )
+    .into_iter()
+    .filter(|e| key_provider.is_some() || e.name != init_core::tee::events::names::KEY_PROVIDER)
+    .collect();
+    log.emit_plan(events)
+        .map_err(|source| MeasureStageError::EmitEvents { source })
 }
 
 #[cfg(test)]
@@ -379,8 +403,7 @@ mod tests {
         measure_system_ready(
             &mut log,
             &share,
-            None,
-            &KeyProviderInfo::none(),
+            Some(&KeyProviderInfo::none()),
             StorageFs::Ext4,
         )
         .unwrap();

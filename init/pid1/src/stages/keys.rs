@@ -1,0 +1,190 @@
+//! The `keys` stage: app keys from the KMS over RA-TLS (`cvm_keys::stage::kms_stage`: launch
+//! token, `key_provider_id` pin, MRCONFIGID, GetTempCaCert → RA-TLS client certificate →
+//! GetAppKey, env decryption), the `os-image-hash` / `key-provider` events extended right away,
+//! and `.appkeys.json` (0600) in the private host-share copy for the guest API's `GetKey`.
+//!
+//! Providers: `kms` (the KMS protocol; needs the network stage), `none` (dev only: no keys,
+//! `key-provider` `{"name":"none"}` in RTMR3 so a verifier sees it, an encrypted env cannot be
+//! decrypted and stops the boot). `local` (SGX) and `tpm` are refused: fail closed.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use cvm_keys::env::{DecryptedEnv, DisallowedEnv};
+use cvm_keys::kms::{AppKeys, RetryPolicy, ThreadSleeper};
+use cvm_keys::stage::{KeyStageError, KmsStageInput, kms_stage};
+use cvm_keys::transport::{Resolve, TlsTransport};
+use init_core::app_compose::KeyProviderKind;
+use init_core::host_share::HostShare;
+use init_core::identity::AppIdentity;
+use init_core::net::endpoint::Host;
+use init_core::tee::{QuoteSource, RuntimeEvent};
+
+use crate::stages::network::resolve_with;
+
+/// Where the guest API finds the app keys (dstack's `.appkeys.json`), inside the 0700 tmpfs.
+pub(crate) const APP_KEYS_FILE: &str = ".appkeys.json";
+
+/// Errors of the keys stage.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum KeysStageError {
+    #[error("key provider {kind} is not supported by this build")]
+    UnsupportedProvider { kind: &'static str },
+    #[error("key provider none: .encrypted-env cannot be decrypted without a KMS")]
+    EnvWithoutKms,
+    #[error("key provider kms: no network (the network stage found no interface or lease)")]
+    NoNetwork,
+    #[error("KMS")]
+    Kms(#[source] KeyStageError),
+    #[error("write {path}")]
+    WriteAppKeys {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the stage produced.
+#[derive(Debug)]
+pub(crate) enum KeysOutcome {
+    /// Keys from a KMS; `events` still have to be extended (in order).
+    Kms {
+        keys: Box<AppKeys>,
+        env: DecryptedEnv,
+        events: Vec<RuntimeEvent>,
+        mr_config_version: u8,
+    },
+    /// Key provider `none`: no keys at all (dev only).
+    NoProvider,
+}
+
+/// Resolves KMS host names through the init's stub resolver (no glibc NSS).
+#[derive(Debug)]
+pub(crate) struct StubResolver {
+    servers: Vec<Ipv4Addr>,
+}
+
+impl StubResolver {
+    pub(crate) fn new(servers: Vec<Ipv4Addr>) -> Self {
+        Self { servers }
+    }
+}
+
+impl Resolve for StubResolver {
+    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        let host = match literal.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(host.trim_end_matches('.').to_ascii_lowercase()),
+        };
+        resolve_with(&host, &self.servers, Duration::from_secs(2), 3)
+            .map(|ips| {
+                ips.into_iter()
+                    .map(|ip| SocketAddr::new(ip, port))
+                    .collect()
+            })
+            .map_err(|e| io::Error::other(init_core::error_chain::one_line(&e)))
+    }
+}
+
+/// Runs the stage for `share`'s key provider. `events` is the RTMR3 log so far; `tee` quotes
+/// for the RA-TLS certificate; `dns` is the lease's DNS servers (`None` without a network).
+pub(crate) fn run<T: QuoteSource + ?Sized>(
+    share: &HostShare,
+    identity: &AppIdentity,
+    events: &[RuntimeEvent],
+    tee: &mut T,
+    dns: Option<Vec<Ipv4Addr>>,
+) -> Result<KeysOutcome, KeysStageError> {
+    let kind = share.app_compose.compose().key_provider_kind();
+    match kind {
+        KeyProviderKind::None => {
+            if share.encrypted_env.is_some() {
+                return Err(KeysStageError::EnvWithoutKms);
+            }
+            cvm_keys::stage::check_launch_token_for(
+                &share.app_compose,
+                share.user_config.as_deref(),
+            )
+            .map_err(KeysStageError::Kms)?;
+            log::warn!("key provider none: no app keys (development only; visible in RTMR3)");
+            Ok(KeysOutcome::NoProvider)
+        }
+        KeyProviderKind::Kms => {
+            let dns = dns.ok_or(KeysStageError::NoNetwork)?;
+            let mut transport = TlsTransport::new(Box::new(StubResolver::new(dns)));
+            let now_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let input = KmsStageInput {
+                compose: &share.app_compose,
+                sys_config: &share.sys_config,
+                identity,
+                user_config: share.user_config.as_deref(),
+                encrypted_env: share.encrypted_env.as_deref(),
+                gpu_policy_hash: None,
+                now_unix,
+                retry: RetryPolicy::default(),
+                disallowed_env: DisallowedEnv::Reject,
+            };
+            let out = kms_stage(&mut transport, tee, events, &input, &mut ThreadSleeper)
+                .map_err(KeysStageError::Kms)?;
+            Ok(KeysOutcome::Kms {
+                keys: Box::new(out.keys),
+                env: out.env,
+                events: out.events,
+                mr_config_version: out.mr_config_version,
+            })
+        }
+        KeyProviderKind::Local | KeyProviderKind::Tpm => Err(KeysStageError::UnsupportedProvider {
+            kind: kind.as_str(),
+        }),
+    }
+}
+
+/// Writes `.appkeys.json` (0600, created new) into `dir` for the guest API.
+pub(crate) fn write_app_keys(dir: &Path, keys: &AppKeys) -> Result<PathBuf, KeysStageError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(APP_KEYS_FILE);
+    let json = keys.to_appkeys_json();
+    let write = || -> io::Result<()> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc_o_nofollow())
+            .open(&path)?;
+        file.write_all(json.expose().as_bytes())?;
+        file.sync_all()
+    };
+    write().map_err(|source| KeysStageError::WriteAppKeys {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+fn libc_o_nofollow() -> i32 {
+    nix::fcntl::OFlag::O_NOFOLLOW.bits()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_resolve_without_dns() {
+        let r = StubResolver::new(Vec::new());
+        assert_eq!(
+            r.resolve("10.0.2.2", 8000).unwrap(),
+            [SocketAddr::from(([10, 0, 2, 2], 8000))]
+        );
+        assert_eq!(r.resolve("[::1]", 1).unwrap()[0].port(), 1);
+        // A name needs a DNS server: a clear error, not a panic or a hang.
+        let err = r.resolve("kms.example.com", 443).unwrap_err();
+        assert!(err.to_string().contains("no DNS server"), "{err}");
+    }
+}
