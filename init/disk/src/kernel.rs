@@ -4,7 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -20,16 +20,23 @@ use crate::volume::{BlockDev, BoxError, Kernel, Mapped};
 #[derive(Debug)]
 pub struct BlockFile {
     file: File,
+    /// The same device opened with `O_DIRECT`, for reads.
+    direct: File,
     number: DevNumber,
 }
 
 impl BlockFile {
     pub fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
+        let direct = OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+            .open(path)?;
         let meta = file.metadata()?;
         Ok(Self {
             number: DevNumber::from_rdev(meta.rdev()),
             file,
+            direct,
         })
     }
 }
@@ -37,17 +44,22 @@ impl BlockFile {
 impl BlockDev for BlockFile {
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         // Device-mapper targets write below this device's page cache (dm-integrity formats its
-        // superblock with bios): drop the cached pages first (they are clean: every write is
-        // followed by a sync) so the read sees the disk.
-        let off = i64::try_from(offset).unwrap_or(i64::MAX);
-        let len = i64::try_from(buf.len()).unwrap_or(i64::MAX);
-        let _ = nix::fcntl::posix_fadvise(
-            &self.file,
-            off,
-            len,
-            nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-        );
-        self.file.read_exact_at(buf, offset)
+        // superblock with bios), so reads bypass it: O_DIRECT on a second descriptor, whole
+        // 4096-byte blocks into a 4096-aligned buffer.
+        const ALIGN: u64 = 4096;
+        const ALIGN_BYTES: usize = 4096;
+        let start = offset / ALIGN * ALIGN;
+        let end = (offset + buf.len() as u64).next_multiple_of(ALIGN);
+        let span = usize::try_from(end - start).map_err(io::Error::other)?;
+        let mut raw = vec![0u8; span + ALIGN_BYTES];
+        let skip = raw.as_ptr().align_offset(ALIGN_BYTES);
+        let aligned = raw
+            .get_mut(skip..skip + span)
+            .ok_or_else(|| io::Error::other("align the read buffer"))?;
+        self.direct.read_exact_at(aligned, start)?;
+        let from = usize::try_from(offset - start).map_err(io::Error::other)?;
+        buf.copy_from_slice(&aligned[from..from + buf.len()]);
+        Ok(())
     }
     fn write_at(&mut self, offset: u64, data: &[u8]) -> io::Result<()> {
         self.file.write_all_at(data, offset)
