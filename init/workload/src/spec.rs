@@ -107,6 +107,23 @@ pub struct Layout {
     pub hostname: String,
 }
 
+impl Layout {
+    /// The standard layout: per-container state under `<run_dir>/<service>/` (`rootfs` is
+    /// where the launcher mounts the overlay of the image root, `etc` holds the generated
+    /// files), named volumes under `<data_dir>/volumes/`, cgroups under `/cvm/workloads`.
+    pub fn standard(run_dir: &Path, data_dir: &Path, service: &str, hostname: &str) -> Self {
+        let base = run_dir.join(service);
+        Self {
+            rootfs: base.join("rootfs"),
+            volumes: data_dir.join("volumes"),
+            generated: base.join("etc"),
+            resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            cgroup_parent: "/cvm/workloads".to_owned(),
+            hostname: hostname.to_owned(),
+        }
+    }
+}
+
 /// A file the launcher writes before creating the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GeneratedFile {

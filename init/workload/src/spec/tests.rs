@@ -295,3 +295,17 @@ fn rlimits_only_from_ulimits() {
     let p = plan("", &GpuGrant::default()).unwrap();
     assert_eq!(p.json["process"]["rlimits"], json!([]));
 }
+
+#[test]
+fn standard_layout() {
+    let l = Layout::standard(
+        Path::new("/run/cvm/containers"),
+        Path::new("/data/cvm"),
+        "web",
+        "cvm",
+    );
+    assert_eq!(l.rootfs, Path::new("/run/cvm/containers/web/rootfs"));
+    assert_eq!(l.generated, Path::new("/run/cvm/containers/web/etc"));
+    assert_eq!(l.volumes, Path::new("/data/cvm/volumes"));
+    assert!(l.cgroup_parent.starts_with('/'));
+}
