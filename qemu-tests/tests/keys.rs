@@ -80,7 +80,7 @@ mod tests {
             "secure_time": false,
         });
         if let Some(hash) = launch_token_hash {
-            compose["manifest_version"] = serde_json::json!(3);
+            compose["manifest_version"] = serde_json::json!("3");
             compose["requirements"] = serde_json::json!({ "launch_token_hash": hash });
         }
         serde_json::to_vec_pretty(&compose).unwrap_or_default()

@@ -180,6 +180,7 @@ mod tests {
                     "system-preparing",
                     "app-id",
                     "compose-hash",
+                    "gpu-policy-hash",
                     "instance-id",
                     "boot-mr-done",
                     "key-provider",

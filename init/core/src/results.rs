@@ -64,6 +64,14 @@ pub enum Record {
         pem: String,
         mono_us: u64,
     },
+    /// The GPU gate (inside `measure`): NVIDIA GPUs found, whether their ready state was set
+    /// after a verified pass, and the `gpu-policy-hash` extended.
+    Gpu {
+        gpus: u32,
+        ready: bool,
+        policy_hash: String,
+        mono_us: u64,
+    },
     /// The keys stage: the key provider used, the KMS that answered and its root key id
     /// (hex SPKI), the environment variable names accepted (never values), and the MRCONFIGID
     /// version checked.

@@ -67,6 +67,8 @@ pub(crate) enum BootError {
     NetworkRequired,
     #[error("data disk")]
     Disk(#[source] crate::stages::disk::DiskStageError),
+    #[error("GPU attestation")]
+    Gpu(#[source] crate::stages::gpu::GpuStageError),
     #[error("keys")]
     Keys(#[source] crate::stages::keys::KeysStageError),
     #[error("guest API")]
@@ -101,6 +103,8 @@ pub(crate) struct Boot {
     pub(crate) env: Option<cvm_keys::env::DecryptedEnv>,
     /// The keys stage already extended `os-image-hash` / `key-provider`.
     key_events_emitted: bool,
+    /// The `gpu-policy-hash` extended in the measure stage (MRCONFIGID v3 binds it).
+    gpu_policy_hash: Option<[u8; 32]>,
     /// The mounted data volume (None: no data disk, or before the disk stage).
     disk: Option<crate::stages::disk::Mounted>,
 }
@@ -135,6 +139,7 @@ impl Boot {
             app_keys: None,
             env: None,
             key_events_emitted: false,
+            gpu_policy_hash: None,
             disk: None,
         }
     }
@@ -296,8 +301,15 @@ impl Boot {
         let log = self.event_log.as_mut().ok_or(needs("measure"))?;
         let dns = self.network.as_ref().map(|n| n.config.dns_servers.clone());
         let events = log.events().to_vec();
-        let outcome =
-            run(share, identity, &events, log.rtmr_mut(), dns).map_err(BootError::Keys)?;
+        let outcome = run(
+            share,
+            identity,
+            &events,
+            log.rtmr_mut(),
+            dns,
+            self.gpu_policy_hash,
+        )
+        .map_err(BootError::Keys)?;
         let mono_us = init_sys::clock::monotonic_us();
         match outcome {
             KeysOutcome::Kms {
@@ -364,7 +376,34 @@ impl Boot {
         let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)
             .map_err(BootError::Measure)?;
         let seed = random_seed(Path::new("/dev/urandom")).map_err(BootError::Measure)?;
-        let identity = measure_app_info(&mut log, share, seed).map_err(BootError::Measure)?;
+        let gpu_policy = share
+            .app_compose
+            .compose()
+            .requirements
+            .as_ref()
+            .and_then(|r| r.gpu_policy.as_ref());
+        let gpu = crate::stages::gpu::run(
+            gpu_policy,
+            Path::new("/sys/bus/pci/devices"),
+            Path::new(crate::stages::gpu::HELPER_PATH),
+            Path::new(crate::stages::gpu::RIM_DIR),
+        )
+        .map_err(BootError::Gpu)?;
+        log::info!(
+            "gpu: {} NVIDIA GPU(s), ready state {}, policy hash {}",
+            gpu.gpus,
+            if gpu.ready { "set" } else { "off" },
+            hex::encode(gpu.policy_hash)
+        );
+        self.results.record(&Record::Gpu {
+            gpus: u32::try_from(gpu.gpus).unwrap_or(u32::MAX),
+            ready: gpu.ready,
+            policy_hash: hex::encode(gpu.policy_hash),
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+        self.gpu_policy_hash = Some(gpu.policy_hash);
+        let identity =
+            measure_app_info(&mut log, share, seed, gpu.events).map_err(BootError::Measure)?;
         self.identity = Some(identity);
         self.event_log = Some(log);
         Ok(())

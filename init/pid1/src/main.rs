@@ -9,6 +9,7 @@ mod results;
 mod shutdown;
 mod stages {
     pub(crate) mod disk;
+    pub(crate) mod gpu;
     pub(crate) mod guest_api;
     pub(crate) mod host_share;
     pub(crate) mod kernel_contract;

@@ -97,6 +97,7 @@ pub(crate) fn run<T: QuoteSource + ?Sized>(
     events: &[RuntimeEvent],
     tee: &mut T,
     dns: Option<Vec<Ipv4Addr>>,
+    gpu_policy_hash: Option<[u8; 32]>,
 ) -> Result<KeysOutcome, KeysStageError> {
     let kind = share.app_compose.compose().key_provider_kind();
     match kind {
@@ -124,7 +125,7 @@ pub(crate) fn run<T: QuoteSource + ?Sized>(
                 identity,
                 user_config: share.user_config.as_deref(),
                 encrypted_env: share.encrypted_env.as_deref(),
-                gpu_policy_hash: None,
+                gpu_policy_hash,
                 now_unix,
                 retry: RetryPolicy::default(),
                 disallowed_env: DisallowedEnv::Reject,

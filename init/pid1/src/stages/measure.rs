@@ -332,11 +332,22 @@ pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
     log: &mut RuntimeEventLog<R, S>,
     share: &HostShare,
     fresh_seed: [u8; ID_LEN],
+    gpu_events: Vec<init_core::tee::RuntimeEvent>,
 ) -> Result<AppIdentity, MeasureStageError> {
     let version = event_log_version(share)?;
     let identity = AppIdentity::derive(&share.app_compose, &share.instance_info, fresh_seed, None)
         .map_err(|source| MeasureStageError::DeriveIdentity { source })?;
-    log.emit_plan(app_info_events(&identity, version))
+    // dstack HEAD order: ... compose-hash, gpu-policy-hash, [gpu-attestation], instance-id ...
+    let mut events = app_info_events(&identity, version);
+    let after_compose = events
+        .iter()
+        .position(|e| e.name == init_core::tee::events::names::COMPOSE_HASH)
+        .map_or(events.len(), |i| i + 1);
+    events.splice(
+        after_compose..after_compose,
+        gpu_events.into_iter().map(|e| e.with_version(version)),
+    );
+    log.emit_plan(events)
         .map_err(|source| MeasureStageError::EmitEvents { source })?;
     log::info!(
         "measure: app-id {} compose-hash {}",
@@ -399,7 +410,7 @@ mod tests {
         let share = share();
         let mut tee = FakeTee::default();
         let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
-        let identity = measure_app_info(&mut log, &share, [3; 20]).unwrap();
+        let identity = measure_app_info(&mut log, &share, [3; 20], Vec::new()).unwrap();
         measure_system_ready(
             &mut log,
             &share,
@@ -448,7 +459,7 @@ mod tests {
             ..FakeTee::default()
         };
         let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
-        let err = measure_app_info(&mut log, &share(), [3; 20]).unwrap_err();
+        let err = measure_app_info(&mut log, &share(), [3; 20], Vec::new()).unwrap_err();
         assert!(matches!(
             err,
             MeasureStageError::EmitEvents {

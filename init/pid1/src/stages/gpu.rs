@@ -1,0 +1,375 @@
+//! The GPU gate, run inside the `measure` stage as dstack does (after `compose-hash`, before
+//! `instance-id`): `gpu-policy-hash` is extended always; NVIDIA GPUs found on the PCI bus
+//! (counted here, independently of NVML) are attested through the dynamically linked helper
+//! `cvm-gpu-evidence` (NVML cannot be loaded into the static PID 1) and verified in-process by
+//! `nv_verify` against the RIMs shipped in the image; only a pass extends `gpu-attestation` and
+//! sets the GPUs' ready state. A display device of another vendor, a missing helper, or any
+//! verification failure stops the boot with every reason (fail closed: no workload sees a GPU
+//! that was not verified).
+
+use std::fs;
+use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use init_core::tee::RuntimeEvent;
+use init_core::tee::events::names;
+use nv_verify::helper::{Request, Response};
+use nv_verify::pci::PciInventory;
+use nv_verify::policy::{GateDecision, SystemInput, attest_system, gpu_policy_hash};
+use nv_verify::{OcspMode, RimBundle, UnixTime};
+
+/// Where the image ships the evidence helper.
+pub(crate) const HELPER_PATH: &str = "/usr/lib/cvm-init/cvm-gpu-evidence";
+/// Where the image ships the driver and VBIOS RIMs (`<RIM id>.xml`; part of the measured
+/// initramfs).
+pub(crate) const RIM_DIR: &str = "/usr/share/cvm-init/rims";
+/// Largest RIM file read.
+const MAX_RIM_LEN: u64 = 16 << 20;
+
+/// Errors of the GPU gate.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum GpuStageError {
+    #[error(
+        "display devices that are not NVIDIA GPUs (or unreadable) on the PCI bus: {addresses:?}"
+    )]
+    ForeignDisplay { addresses: Vec<String> },
+    #[error("{count} NVIDIA GPU(s) but no evidence helper at {path}")]
+    NoHelper { count: usize, path: PathBuf },
+    #[error("run the GPU evidence helper {path}")]
+    SpawnHelper {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talk to the GPU evidence helper ({op})")]
+    HelperIo {
+        op: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("GPU evidence helper refused {op}: {error}")]
+    HelperFailed { op: &'static str, error: String },
+    #[error("GPU evidence helper sent an invalid reply to {op}")]
+    HelperReply {
+        op: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("read the RIM bundle {dir}")]
+    ReadRims {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("read random bytes for the GPU nonce")]
+    Random(#[source] io::Error),
+    #[error("verify GPU evidence")]
+    Attest(#[source] nv_verify::policy::AttestError),
+    #[error("GPU attestation refused: {failures:?}")]
+    Refused { failures: Vec<String> },
+    #[error("the GPU ready state did not become 1 after set_ready")]
+    ReadyStateNotSet,
+}
+
+/// What the gate decided, with the events to extend (in order).
+#[derive(Debug)]
+pub(crate) struct GpuOutcome {
+    pub(crate) events: Vec<RuntimeEvent>,
+    pub(crate) policy_hash: [u8; 32],
+    pub(crate) gpus: usize,
+    pub(crate) ready: bool,
+}
+
+/// The display-class inventory of `sys_bus_pci_devices` (`/sys/bus/pci/devices`).
+pub(crate) fn inventory(sys_bus_pci_devices: &Path) -> PciInventory {
+    let Ok(entries) = fs::read_dir(sys_bus_pci_devices) else {
+        return PciInventory::default();
+    };
+    let devices: Vec<(String, String, String)> = entries
+        .filter_map(Result::ok)
+        .map(|e| {
+            let address = e.file_name().to_string_lossy().into_owned();
+            let read = |name: &str| fs::read_to_string(e.path().join(name)).unwrap_or_default();
+            (address, read("vendor"), read("class"))
+        })
+        .collect();
+    PciInventory::from_devices(
+        devices
+            .iter()
+            .map(|(a, v, c)| (a.as_str(), v.as_str(), c.as_str())),
+    )
+}
+
+/// Runs the gate for `gpu_policy` (app-compose `requirements.gpu_policy`).
+pub(crate) fn run(
+    gpu_policy: Option<&serde_json::Value>,
+    sys_bus_pci_devices: &Path,
+    helper: &Path,
+    rim_dir: &Path,
+) -> Result<GpuOutcome, GpuStageError> {
+    let policy_hash = gpu_policy_hash(gpu_policy);
+    let mut events = vec![RuntimeEvent::new(
+        names::GPU_POLICY_HASH,
+        policy_hash.to_vec(),
+    )];
+    let pci = inventory(sys_bus_pci_devices);
+    let refused = pci.refused();
+    if !refused.is_empty() {
+        return Err(GpuStageError::ForeignDisplay { addresses: refused });
+    }
+    if pci.nvidia.is_empty() {
+        return Ok(GpuOutcome {
+            events,
+            policy_hash,
+            gpus: 0,
+            ready: false,
+        });
+    }
+    if !helper.is_file() {
+        return Err(GpuStageError::NoHelper {
+            count: pci.nvidia.len(),
+            path: helper.to_owned(),
+        });
+    }
+    let mut session = HelperSession::start(helper)?;
+    let result = attest_with(&mut session, gpu_policy, &pci, rim_dir);
+    if result.is_err() {
+        // Fail closed: make sure the GPUs stay not-ready whatever the helper did.
+        let _ = session.call(&Request::SetNotReady, "set_not_ready");
+    }
+    let _ = session.call(&Request::Quit, "quit");
+    session.finish();
+    let (attestation, ready) = result?;
+    events.extend(attestation.map(|payload| RuntimeEvent::new(names::GPU_ATTESTATION, payload)));
+    Ok(GpuOutcome {
+        events,
+        policy_hash,
+        gpus: pci.nvidia.len(),
+        ready,
+    })
+}
+
+fn attest_with(
+    session: &mut HelperSession,
+    gpu_policy: Option<&serde_json::Value>,
+    pci: &PciInventory,
+    rim_dir: &Path,
+) -> Result<(Option<Vec<u8>>, bool), GpuStageError> {
+    let mut nonce = [0u8; 32];
+    {
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut nonce))
+            .map_err(GpuStageError::Random)?;
+    }
+    let collected = session.call(
+        &Request::Collect {
+            nonce: hex::encode(nonce),
+        },
+        "collect",
+    )?;
+    let gpus = collected.gpus.clone().unwrap_or_default();
+    let evidence = nv_verify::helper::nvat_evidence(&gpus);
+    let rims = read_rims(rim_dir)?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let attested = attest_system(
+        &SystemInput {
+            gpu_policy,
+            evidence_document: &evidence,
+            nonce,
+            cc_state: collected.cc_state,
+            pci,
+            now: UnixTime(now),
+            // No online OCSP client in the init yet: revocation is skipped explicitly, which
+            // the measured gpu-attestation event records.
+            ocsp: OcspMode::Skip,
+            ocsp_responses: &[],
+        },
+        &rims,
+    )
+    .map_err(GpuStageError::Attest)?;
+    match attested.gate.decision {
+        GateDecision::Refuse => Err(GpuStageError::Refused {
+            failures: attested
+                .gate
+                .failures
+                .iter()
+                .map(|f| format!("{f:?}"))
+                .collect(),
+        }),
+        GateDecision::NoGpus => Ok((None, false)),
+        GateDecision::Ready | GateDecision::ReadyWithoutAttestation => {
+            let reply = session.call(&Request::SetReady, "set_ready")?;
+            if reply.ready_state != Some(1) {
+                return Err(GpuStageError::ReadyStateNotSet);
+            }
+            Ok((attested.attestation_payload, true))
+        }
+    }
+}
+
+fn read_rims(dir: &Path) -> Result<RimBundle, GpuStageError> {
+    let mut bundle = RimBundle::default();
+    let err = |source| GpuStageError::ReadRims {
+        dir: dir.to_owned(),
+        source,
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(bundle);
+    };
+    for entry in entries {
+        let path = entry.map_err(err)?.path();
+        let Some(id) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".xml"))
+        else {
+            continue;
+        };
+        let meta = fs::symlink_metadata(&path).map_err(err)?;
+        if !meta.is_file() || meta.len() > MAX_RIM_LEN {
+            continue;
+        }
+        bundle.insert(id.to_owned(), fs::read(&path).map_err(err)?);
+    }
+    Ok(bundle)
+}
+
+/// The helper process, one JSON line per request and reply.
+struct HelperSession {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl HelperSession {
+    fn start(path: &Path) -> Result<Self, GpuStageError> {
+        let spawn_err = |source| GpuStageError::SpawnHelper {
+            path: path.to_owned(),
+            source,
+        };
+        let mut child = Command::new(path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(spawn_err)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            let _ = child.kill();
+            return Err(spawn_err(io::Error::other("no pipes")));
+        };
+        Ok(Self {
+            child,
+            stdin,
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    fn call(&mut self, request: &Request, op: &'static str) -> Result<Response, GpuStageError> {
+        let io_err = |source| GpuStageError::HelperIo { op, source };
+        let mut line = serde_json::to_string(request)
+            .map_err(|source| GpuStageError::HelperReply { op, source })?;
+        line.push('\n');
+        self.stdin.write_all(line.as_bytes()).map_err(io_err)?;
+        self.stdin.flush().map_err(io_err)?;
+        let mut reply = String::new();
+        // Replies are one line; cap it so a broken helper cannot exhaust memory.
+        let read = (&mut self.stdout)
+            .take(64 << 20)
+            .read_line(&mut reply)
+            .map_err(io_err)?;
+        if read == 0 {
+            return Err(io_err(io::Error::from(io::ErrorKind::UnexpectedEof)));
+        }
+        let response: Response = serde_json::from_str(&reply)
+            .map_err(|source| GpuStageError::HelperReply { op, source })?;
+        if !response.ok {
+            return Err(GpuStageError::HelperFailed {
+                op,
+                error: response.error.unwrap_or_default(),
+            });
+        }
+        Ok(response)
+    }
+
+    fn finish(mut self) {
+        drop(self.stdin);
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device(root: &Path, address: &str, vendor: &str, class: &str) {
+        let dir = root.join(address);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("vendor"), format!("{vendor}\n")).unwrap();
+        fs::write(dir.join("class"), format!("{class}\n")).unwrap();
+    }
+
+    #[test]
+    fn no_gpu_extends_only_the_policy_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        device(dir.path(), "0000:00:00.0", "0x8086", "0x060000");
+        device(dir.path(), "0000:00:01.0", "0x1af4", "0x010000");
+        let out = run(None, dir.path(), Path::new("/nonexistent"), dir.path()).unwrap();
+        assert_eq!(out.gpus, 0);
+        assert!(!out.ready);
+        let names: Vec<_> = out.events.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["gpu-policy-hash"]);
+        assert_eq!(out.events[0].payload, gpu_policy_hash(None).to_vec());
+    }
+
+    #[test]
+    fn a_foreign_display_device_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        device(dir.path(), "0000:00:02.0", "0x1234", "0x030000");
+        let err = run(None, dir.path(), Path::new("/nonexistent"), dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, GpuStageError::ForeignDisplay { addresses } if addresses == &["0000:00:02.0"]),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn an_nvidia_gpu_without_the_helper_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        device(dir.path(), "0000:41:00.0", "0x10de", "0x030200");
+        let err = run(
+            None,
+            dir.path(),
+            &dir.path().join("missing-helper"),
+            dir.path(),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, GpuStageError::NoHelper { count: 1, .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_helper_that_fails_collect_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        device(dir.path(), "0000:41:00.0", "0x10de", "0x030200");
+        // A stand-in helper that answers every request with a refusal, as the real one does
+        // when NVML or the driver is missing.
+        let bin = tempfile::tempdir().unwrap();
+        let helper = bin.path().join("helper.sh");
+        fs::write(
+            &helper,
+            "#!/bin/sh\nwhile read -r line; do echo '{\"op\":\"collect\",\"ok\":false,\"error\":\"NVML: Driver Not Loaded\"}'; done\n",
+        )
+        .unwrap();
+        fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let err = run(None, dir.path(), &helper, dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, GpuStageError::HelperFailed { op: "collect", error } if error.contains("Driver Not Loaded")),
+            "{err:?}"
+        );
+    }
+}
