@@ -26,6 +26,12 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dhcp_reply", dhcp_reply),
     ("dns_response", dns_response),
     ("endpoint", endpoint),
+    ("ratls_cert", ratls_cert),
+    ("env_plaintext", env_plaintext),
+    ("kms_http_response", kms_http_response),
+    ("compose_yaml", compose_yaml),
+    ("oci_document", oci_document),
+    ("oci_config", oci_config),
 ];
 
 /// A DHCP reply from the host network, as the client of transaction 0x01020304 on
@@ -137,4 +143,53 @@ pub fn host_share_label(data: &[u8]) {
         assert!(label.chars().count() <= 16, "{label:?}");
     }
     let _ = host_share::is_host_share_device(head);
+}
+
+/// A DER certificate with the dstack RA-TLS extensions (a KMS or peer certificate).
+pub fn ratls_cert(data: &[u8]) {
+    let _ = cvm_keys::ratls::RaTlsCert::parse(data);
+}
+
+/// The decrypted `.encrypted-env` plaintext: every accepted name is valid and allowed, no value
+/// has a NUL.
+pub fn env_plaintext(data: &[u8]) {
+    use cvm_keys::env::{DisallowedEnv, is_valid_name, parse_env};
+    let allowed = vec!["API_KEY".to_owned(), "MODE".to_owned()];
+    for policy in [DisallowedEnv::Reject, DisallowedEnv::Skip] {
+        if let Ok(env) = parse_env(data, &allowed, policy) {
+            for name in env.names() {
+                assert!(is_valid_name(name) && allowed.iter().any(|a| a == name), "{name}");
+            }
+        }
+    }
+}
+
+/// A raw HTTP response from a KMS.
+pub fn kms_http_response(data: &[u8]) {
+    let _ = cvm_keys::transport::parse_response(data);
+}
+
+/// The app's docker-compose file (from app-compose.json, attacker-influenced through the host
+/// only via the measured compose-hash, but parsed before anything runs).
+pub fn compose_yaml(data: &[u8]) {
+    use cvm_workload::compose::{ComposePolicy, parse};
+    let text = String::from_utf8_lossy(data);
+    let env = std::collections::BTreeMap::from([("API_KEY".to_owned(), "x".to_owned())]);
+    let _ = parse(None, &text, &env, &ComposePolicy::default());
+}
+
+/// An OCI manifest or index from a registry.
+pub fn oci_document(data: &[u8]) {
+    let _ = cvm_workload::oci::parse_document(data, None);
+    let _ = cvm_workload::oci::parse_document(
+        data,
+        Some("application/vnd.oci.image.index.v1+json"),
+    );
+}
+
+/// An OCI image configuration from a registry.
+pub fn oci_config(data: &[u8]) {
+    for layers in [0, 1, 3] {
+        let _ = cvm_workload::oci::parse_config(data, layers);
+    }
 }

@@ -123,3 +123,33 @@ fn dns_response() {
 fn endpoint() {
     run("endpoint", 300);
 }
+
+#[test]
+fn ratls_cert() {
+    run("ratls_cert", 300);
+}
+
+#[test]
+fn env_plaintext() {
+    run("env_plaintext", 300);
+}
+
+#[test]
+fn kms_http_response() {
+    run("kms_http_response", 300);
+}
+
+#[test]
+fn compose_yaml() {
+    run("compose_yaml", 300);
+}
+
+#[test]
+fn oci_document() {
+    run("oci_document", 300);
+}
+
+#[test]
+fn oci_config() {
+    run("oci_config", 300);
+}

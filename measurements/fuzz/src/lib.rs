@@ -28,6 +28,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("runtime_event_log", runtime_event_log),
     ("tdvf", tdvf),
     ("kernel_pe", kernel_pe),
+    ("gpu_report", gpu_report),
+    ("gpu_rim", gpu_rim),
+    ("gpu_evidence", gpu_evidence),
 ];
 
 /// Largest number of 4 KiB pages a target lets MRTD hash (metadata may declare terabytes).
@@ -155,4 +158,23 @@ pub fn kernel_pe(data: &[u8]) {
         }
         let _ = kernel::kernel_measurement(data, &params);
     }
+}
+
+/// An NVIDIA SPDM GET_MEASUREMENTS attestation report (exact length rules, opaque TLVs).
+pub fn gpu_report(data: &[u8]) {
+    if let Ok(report) = nv_verify::report::AttestationReport::parse(data) {
+        let _ = format!("{report:?}");
+    }
+}
+
+/// An NVIDIA RIM (SWID tag with an XML-DSig signature).
+pub fn gpu_rim(data: &[u8]) {
+    if let Ok(rim) = nv_verify::rim::Rim::parse(data) {
+        let _ = format!("{rim:?}");
+    }
+}
+
+/// The NVAT JSON evidence document the GPU helper returns.
+pub fn gpu_evidence(data: &[u8]) {
+    let _ = nv_verify::evidence::parse_nvat_json(data);
 }

@@ -108,3 +108,18 @@ fn tdvf() {
 fn kernel_pe() {
     run("kernel_pe", 100);
 }
+
+#[test]
+fn gpu_report() {
+    run("gpu_report", 300);
+}
+
+#[test]
+fn gpu_rim() {
+    run("gpu_rim", 300);
+}
+
+#[test]
+fn gpu_evidence() {
+    run("gpu_evidence", 300);
+}
