@@ -410,7 +410,8 @@ impl Boot {
     }
 
     fn disk(&mut self) -> Result<(), BootError> {
-        let mounted = crate::stages::disk::run(&self.config).map_err(BootError::Disk)?;
+        let mounted = crate::stages::disk::run(&self.config, self.app_keys.as_ref())
+            .map_err(BootError::Disk)?;
         self.results.record(&Record::Disk {
             device: mounted
                 .as_ref()

@@ -4,9 +4,9 @@
 //! dm-crypt AEAD, ext4) and open it, mount it at [`MOUNT_POINT`]. At shutdown
 //! [`close_at_shutdown`] unmounts it and removes the DM devices.
 //!
-//! The disk key comes from the key provider (the KMS issue); until then only test builds have
-//! one (`cvm.test_disk_key`). A data disk without a key is fatal: the init never mounts an
-//! unencrypted or unauthenticated data disk.
+//! The disk key is the KMS's `disk_crypt_key` (keys stage); test builds may take
+//! `cvm.test_disk_key`. A data disk without a key (key provider `none`) is fatal: the init
+//! never mounts an unencrypted or unauthenticated data disk.
 
 use std::fs::File;
 use std::io::{self, Read};
@@ -59,16 +59,16 @@ pub(crate) struct Mounted {
     pub(crate) opened: Opened,
 }
 
-/// The disk key: from the key provider once the KMS issue lands; test builds take
-/// `cvm.test_disk_key`.
-fn disk_key(config: &Config) -> Option<DiskKey> {
+/// The disk key: the KMS's `disk_crypt_key` (keys stage); test builds may instead take
+/// `cvm.test_disk_key` (it wins, so QEMU tests need no KMS).
+fn disk_key(config: &Config, app_keys: Option<&cvm_keys::kms::AppKeys>) -> Option<DiskKey> {
     #[cfg(feature = "insecure-test-hooks")]
     if let Some(k) = &config.test_disk_key {
         log::warn!("INSECURE test hook: data disk key from the kernel command line");
         return DiskKey::from_hex(&k.0);
     }
     let _ = config;
-    None
+    app_keys.map(|k| DiskKey::from_bytes(*k.disk_crypt_key.expose()))
 }
 
 fn fresh() -> Result<Fresh, DiskStageError> {
@@ -98,7 +98,10 @@ fn fresh() -> Result<Fresh, DiskStageError> {
 }
 
 /// Run the stage. `Ok(None)`: no data disk.
-pub(crate) fn run(config: &Config) -> Result<Option<Mounted>, DiskStageError> {
+pub(crate) fn run(
+    config: &Config,
+    app_keys: Option<&cvm_keys::kms::AppKeys>,
+) -> Result<Option<Mounted>, DiskStageError> {
     let configured = config.data_device.as_deref().map(Path::new);
     let Some(selected) = kernel::select(Path::new(CLASS_BLOCK), Path::new("/dev"), configured)
         .map_err(DiskStageError::Select)?
@@ -116,7 +119,7 @@ pub(crate) fn run(config: &Config) -> Result<Option<Mounted>, DiskStageError> {
             Selected::OnlyVirtioDisk(_) => "the only writable virtio disk",
         }
     );
-    let key = disk_key(config).ok_or_else(|| DiskStageError::NoKey { disk: disk.clone() })?;
+    let key = disk_key(config, app_keys).ok_or_else(|| DiskStageError::NoKey { disk: disk.clone() })?;
     let mut block = BlockFile::open(&disk).map_err(|source| DiskStageError::OpenDisk {
         path: disk.clone(),
         source,
