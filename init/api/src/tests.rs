@@ -323,6 +323,7 @@ fn get_key_derives_and_signs_with_the_app_key() {
         k256_key: app_key,
         k256_signature: kms_signature.to_vec(),
         ca_cert_pem: String::new(),
+        kms: None,
     };
     let state = fixture().state.with_app_keys(keys);
     let mut input = post("/GetKey", r#"{"path":"wallet/1","purpose":"signing"}"#);

@@ -134,6 +134,7 @@ mod tests {
             k256_key: app_key,
             k256_signature: kms_signature.to_vec(),
             ca_cert_pem: String::new(),
+            kms: None,
         });
         let config = ServerConfig {
             socket: dir.path().join("dstack.sock"),

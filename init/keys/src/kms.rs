@@ -723,7 +723,18 @@ mod tests {
         assert_eq!(back.k256_key.expose(), &[3; 32]);
         assert_eq!(back.k256_signature, vec![4; 65]);
         assert_eq!(back.ca_cert_pem, "PEM");
+        let kms = back.kms.as_ref().unwrap();
+        assert_eq!(
+            (
+                kms.url.as_str(),
+                kms.root_ca_pem.as_str(),
+                kms.temp_ca_cert_pem.as_str()
+            ),
+            ("https://k", "PEM", "T")
+        );
+        assert_eq!(kms.temp_ca_key_pem.expose(), "K");
         assert!(!format!("{back:?}").contains("0303"));
+        assert!(!format!("{back:?}").contains("\"K\""));
         assert_eq!(
             GuestKeys::from_appkeys_json(br#"{"k256_key":"00"}"#).unwrap_err(),
             GuestKeysError::InvalidField { field: "k256_key" }
@@ -752,6 +763,9 @@ pub struct GuestKeys {
     pub k256_signature: Vec<u8>,
     /// The KMS root CA (PEM).
     pub ca_cert_pem: String,
+    /// How to reach the KMS again (`key_provider.Kms`), for `SignCert`; `None` for other
+    /// key providers.
+    pub kms: Option<crate::sign_cert::KmsAccess>,
 }
 
 /// Errors of reading `.appkeys.json`.
@@ -773,11 +787,31 @@ struct RawGuestKeys {
     k256_signature: String,
     #[serde(default)]
     ca_cert: String,
+    #[serde(default)]
+    key_provider: Option<RawKeyProvider>,
+}
+
+#[derive(Deserialize)]
+struct RawKeyProvider {
+    #[serde(rename = "Kms")]
+    kms: Option<RawKmsProvider>,
+}
+
+#[derive(Deserialize)]
+struct RawKmsProvider {
+    url: String,
+    #[serde(default)]
+    tmp_ca_key: String,
+    #[serde(default)]
+    tmp_ca_cert: String,
 }
 
 impl Drop for RawGuestKeys {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.k256_key);
+        if let Some(RawKeyProvider { kms: Some(kms) }) = &mut self.key_provider {
+            zeroize::Zeroize::zeroize(&mut kms.tmp_ca_key);
+        }
     }
 }
 
@@ -792,10 +826,22 @@ impl GuestKeys {
             hex::decode(&raw.k256_signature).map_err(|_| GuestKeysError::InvalidField {
                 field: "k256_signature",
             })?;
+        let kms = match &raw.key_provider {
+            Some(RawKeyProvider { kms: Some(kms) }) if !kms.tmp_ca_key.is_empty() => {
+                Some(crate::sign_cert::KmsAccess {
+                    url: kms.url.clone(),
+                    root_ca_pem: raw.ca_cert.clone(),
+                    temp_ca_cert_pem: kms.tmp_ca_cert.clone(),
+                    temp_ca_key_pem: Secret::new(kms.tmp_ca_key.clone()),
+                })
+            }
+            _ => None,
+        };
         Ok(Self {
             k256_key,
             k256_signature,
             ca_cert_pem: raw.ca_cert.clone(),
+            kms,
         })
     }
 }

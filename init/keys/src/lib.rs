@@ -8,6 +8,7 @@ pub mod kms;
 pub mod provider;
 pub mod ratls;
 pub mod secret;
+pub mod sign_cert;
 pub mod stage;
 pub mod transport;
 

@@ -112,6 +112,12 @@ pub enum RaTlsError {
         #[source]
         source: der::Error,
     },
+    /// A requested certificate's public key is not a SubjectPublicKeyInfo.
+    #[error("parse the requested public key")]
+    ParseSubjectKey {
+        #[source]
+        source: rcgen::Error,
+    },
     /// The certificate carries no quote.
     #[error("certificate carries no quote")]
     MissingQuote,
@@ -395,6 +401,25 @@ impl CertSpec<'_> {
                 source,
             })?;
         Ok(certified(cert, key))
+    }
+
+    /// A certificate for someone else's public key (`spki_der`, SubjectPublicKeyInfo DER),
+    /// signed by `ca`: what a KMS does with a CSR. Returns (DER, PEM).
+    pub fn signed_for_spki(
+        &self,
+        spki_der: &[u8],
+        ca: &CaSigner,
+    ) -> Result<(Vec<u8>, String), RaTlsError> {
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|source| RaTlsError::ParseSubjectKey { source })?;
+        let cert = self
+            .params()?
+            .signed_by(&public, &ca.issuer)
+            .map_err(|source| RaTlsError::SignCertificate {
+                what: self.subject_kind(),
+                source,
+            })?;
+        Ok((cert.der().to_vec(), cert.pem()))
     }
 
     fn subject_kind(&self) -> &'static str {

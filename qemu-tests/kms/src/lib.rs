@@ -8,7 +8,10 @@
 //!   replays to the quote's RTMR3 (`measure` replay code);
 //! * reads app-id, compose-hash and instance-id from the replayed events and refuses a
 //!   compose-hash that is not on its allow-list;
-//! * returns keys derived exactly as dstack's KMS derives them (`cvm_keys::kdf`).
+//! * returns keys derived exactly as dstack's KMS derives them (`cvm_keys::kdf`);
+//! * `SignCert` (API version 2): verifies the SCALE CSR, its signature and its attestation,
+//!   authorizes the app the same way, and signs with the derived app CA
+//!   (`cvm_keys::sign_cert`).
 
 #![forbid(unsafe_code)]
 
@@ -292,6 +295,53 @@ impl KmsKeys {
             .collect())
     }
 
+    /// The app CA: key `derive_p256(root_ca_key, [app_id, "app-ca"])`, CN "Dstack App CA",
+    /// O "Dstack", usage `app:ca`, app-id extension, path length 0, signed by the root CA.
+    /// Returns its certificate (PEM) and a signer.
+    pub fn app_ca(
+        &self,
+        app_id: &[u8],
+    ) -> Result<(String, cvm_keys::ratls::CaSigner), KmsServerError> {
+        let cert = |what| move |source| KmsServerError::Certificate { what, source };
+        let key =
+            kdf::app_ca_key(&self.root_key, app_id).map_err(|source| KmsServerError::Derive {
+                what: "app CA key",
+                source,
+            })?;
+        let pair = cvm_keys::ratls::key_pair_from_pkcs8(kdf::p256_pkcs8_der(&key).expose())
+            .map_err(cert("app CA key"))?;
+        let root = cvm_keys::ratls::CaSigner::from_pem(
+            "root",
+            &self.root_ca_pem,
+            self.root_ca_key_pem.expose(),
+        )
+        .map_err(cert("root CA signer"))?;
+        let app_ca = CertSpec {
+            org_name: Some("Dstack"),
+            subject: "Dstack App CA",
+            ca_path_len: Some(0),
+            special_usage: Some(cvm_keys::ratls::USAGE_APP_CA),
+            app_id: Some(app_id),
+            ..CertSpec::default()
+        }
+        .signed_by_with(&pair, &root)
+        .map_err(cert("app CA"))?;
+        let signer =
+            cvm_keys::ratls::CaSigner::from_pem("app", &app_ca.cert_pem, app_ca.key_pem.expose())
+                .map_err(cert("app CA signer"))?;
+        Ok((app_ca.cert_pem, signer))
+    }
+
+    /// SubjectPublicKeyInfo DER of the app CA key of `app_id`.
+    pub fn app_ca_spki_der(&self, app_id: &[u8]) -> Result<Vec<u8>, KmsServerError> {
+        let key =
+            kdf::app_ca_key(&self.root_key, app_id).map_err(|source| KmsServerError::Derive {
+                what: "app CA key",
+                source,
+            })?;
+        Ok(kdf::p256_spki_der(&key.public_key()))
+    }
+
     /// The app's env-encryption public key (what `GetAppEnvEncryptPubKey` returns).
     pub fn env_public_key(&self, app_id: &[u8]) -> Result<[u8; 32], KmsServerError> {
         let key =
@@ -546,6 +596,10 @@ fn serve_connection(shared: &Shared, config: Arc<ServerConfig>, tcp: TcpStream) 
             Ok((json, app_id)) => (200, json, format!("app-id {app_id}")),
             Err(reason) => (400, serde_json::json!({ "error": reason }), reason),
         },
+        "SignCert" => match sign_cert(shared, peer.as_deref(), &body) {
+            Ok((json, app_id)) => (200, json, format!("app-id {app_id}")),
+            Err(reason) => (400, serde_json::json!({ "error": reason }), reason),
+        },
         _ => (
             404,
             serde_json::json!({"error": "no such method"}),
@@ -602,7 +656,7 @@ fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
         .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
         .and_then(|(_, v)| v.trim().parse::<usize>().ok())
         .unwrap_or(0);
-    if len > 64 * 1024 {
+    if len > 1024 * 1024 {
         return None;
     }
     let mut body = buf[head_end + 4..].to_vec();
@@ -615,6 +669,131 @@ fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
     }
     body.truncate(len);
     Some((path, body))
+}
+
+/// App-id, compose-hash and instance-id of an attested RTMR3 log.
+type AppIdentity = (Vec<u8>, Vec<u8>, Vec<u8>);
+
+/// The dstack checks on one attestation: the simulated quote verifies under the trusted root,
+/// the log (already replayed to the quote's RTMR3 by the caller) reached `boot-mr-done`, has a
+/// 20-byte app-id and a 32-byte compose-hash, and the compose-hash is allowed.
+fn authorize(
+    shared: &Shared,
+    quote: &measure::quote::Quote,
+    events: &[init_core::tee::RuntimeEvent],
+) -> Result<AppIdentity, String> {
+    quote_check::verify_simulated_quote(quote, &shared.policy.trust)
+        .map_err(|e| format!("quote rejected: {e}"))?;
+    let payload = |name: &str| find_system_event(events, name).map(|e| e.payload.clone());
+    if payload("boot-mr-done").is_none() {
+        return Err("event log has no boot-mr-done".into());
+    }
+    let app_id = payload("app-id")
+        .filter(|p| p.len() == 20)
+        .ok_or("event log has no 20-byte app-id")?;
+    let compose_hash = payload("compose-hash")
+        .filter(|p| p.len() == 32)
+        .ok_or("event log has no 32-byte compose-hash")?;
+    let instance_id = payload("instance-id").unwrap_or_default();
+    if let Some(allowed) = &shared.policy.allowed_compose_hashes
+        && !allowed.iter().any(|h| h[..] == compose_hash[..])
+    {
+        return Err(format!(
+            "boot denied: compose hash {} is not allowed",
+            hex::encode(&compose_hash)
+        ));
+    }
+    Ok((app_id, compose_hash, instance_id))
+}
+
+/// The RA-TLS client certificate of the connection, checked and authorized.
+fn peer_identity(shared: &Shared, peer: Option<&[u8]>) -> Result<AppIdentity, String> {
+    let peer = peer.ok_or("no attestation provided (no client certificate)")?;
+    let cert = RaTlsCert::parse(peer).map_err(|e| cvm_keys::error_chain(&e))?;
+    let (quote, events) = cert
+        .verify_binding()
+        .map_err(|e| format!("attestation rejected: {}", cvm_keys::error_chain(&e)))?;
+    authorize(shared, &quote, &events)
+}
+
+/// The usage dstack's KMS puts on certificates it signs for apps.
+pub const USAGE_APP_CUSTOM: &str = "app:custom";
+/// Ten years: dstack's default notAfter for a signed CSR.
+const TEN_YEARS_SECS: u64 = 10 * 365 * 86_400;
+
+/// `SignCert` (API version 2), as dstack's KMS: the CSR decodes and its signature verifies
+/// with its key; its attestation binds that key (`ratls-cert:` report data), the simulated
+/// quote verifies, the log replays to RTMR3 and the app is allowed; in addition (this KMS) the
+/// connection's RA-TLS client certificate must be of the same app. The leaf (usage
+/// `app:custom`, app-id extension, the attestation's quote and log when `ext_quote`) is signed
+/// by the app CA `derive_p256(root_ca_key, [app_id, "app-ca"])`; the reply is
+/// `[leaf, app CA, root CA]`. `ext_app_info` is ignored (no AppInfo extension).
+fn sign_cert(
+    shared: &Shared,
+    peer: Option<&[u8]>,
+    body: &[u8],
+) -> Result<(serde_json::Value, String), String> {
+    use cvm_keys::sign_cert::{API_VERSION, CertSigningRequest, SignCertRequest};
+    let request: SignCertRequest =
+        serde_json::from_slice(body).map_err(|e| format!("bad request: {e}"))?;
+    if request.api_version != API_VERSION {
+        return Err(format!("unsupported API version {}", request.api_version));
+    }
+    let csr_bytes = hex::decode(&request.csr).map_err(|_| "csr is not hex".to_owned())?;
+    let signature =
+        hex::decode(&request.signature).map_err(|_| "signature is not hex".to_owned())?;
+    let csr = CertSigningRequest::decode(&csr_bytes)
+        .map_err(|e| format!("failed to parse csr: {}", cvm_keys::error_chain(&e)))?;
+    csr.verify(&signature)
+        .map_err(|e| format!("failed to verify csr signature: {e}"))?;
+    let attestation = &csr.attestation;
+    if attestation.report_data != cvm_keys::ratls::ratls_report_data(&csr.pubkey) {
+        return Err("attestation report data does not bind the CSR key".into());
+    }
+    let bound = RaTlsCert {
+        spki_der: csr.pubkey.clone(),
+        quote: Some(attestation.quote.clone()),
+        event_log: Some(attestation.event_log_json().into_bytes()),
+        ..RaTlsCert::default()
+    };
+    let (quote, events) = bound
+        .verify_binding()
+        .map_err(|e| format!("quote verification failed: {}", cvm_keys::error_chain(&e)))?;
+    let (app_id, _, _) = authorize(shared, &quote, &events)?;
+    let (peer_app_id, _, _) = peer_identity(shared, peer)?;
+    if peer_app_id != app_id {
+        return Err("the CSR and the client certificate attest different apps".into());
+    }
+    let (app_ca_pem, app_ca) = shared.keys.app_ca(&app_id).map_err(|e| e.to_string())?;
+    let cfg = &csr.config;
+    let log = attestation.event_log_json();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let spec = CertSpec {
+        org_name: cfg.org_name.as_deref(),
+        subject: &cfg.subject,
+        alt_names: cfg.subject_alt_names.clone(),
+        special_usage: Some(USAGE_APP_CUSTOM),
+        app_id: Some(&app_id),
+        quote: cfg.ext_quote.then_some(&attestation.quote[..]),
+        event_log: cfg.ext_quote.then_some(log.as_bytes()),
+        server_auth: cfg.usage_server_auth,
+        client_auth: cfg.usage_client_auth,
+        not_before: cfg.not_before,
+        not_after: Some(cfg.not_after.unwrap_or(now.saturating_add(TEN_YEARS_SECS))),
+        ..CertSpec::default()
+    };
+    let (_, leaf_pem) = spec
+        .signed_for_spki(&csr.pubkey, &app_ca)
+        .map_err(|e| format!("failed to sign certificate: {}", cvm_keys::error_chain(&e)))?;
+    Ok((
+        serde_json::json!({
+            "certificate_chain": [leaf_pem, app_ca_pem, shared.keys.root_ca_pem],
+        }),
+        hex::encode(&app_id),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -636,32 +815,7 @@ fn get_app_key(
     if request.api_version > 1 {
         return Err(format!("unsupported API version {}", request.api_version));
     }
-    let peer = peer.ok_or("no attestation provided (no client certificate)")?;
-    let cert = RaTlsCert::parse(peer).map_err(|e| cvm_keys::error_chain(&e))?;
-    let (quote, events) = cert
-        .verify_binding()
-        .map_err(|e| format!("attestation rejected: {}", cvm_keys::error_chain(&e)))?;
-    quote_check::verify_simulated_quote(&quote, &shared.policy.trust)
-        .map_err(|e| format!("quote rejected: {e}"))?;
-    let payload = |name: &str| find_system_event(&events, name).map(|e| e.payload.clone());
-    if payload("boot-mr-done").is_none() {
-        return Err("event log has no boot-mr-done".into());
-    }
-    let app_id = payload("app-id")
-        .filter(|p| p.len() == 20)
-        .ok_or("event log has no 20-byte app-id")?;
-    let compose_hash = payload("compose-hash")
-        .filter(|p| p.len() == 32)
-        .ok_or("event log has no 32-byte compose-hash")?;
-    let instance_id = payload("instance-id").unwrap_or_default();
-    if let Some(allowed) = &shared.policy.allowed_compose_hashes
-        && !allowed.iter().any(|h| h[..] == compose_hash[..])
-    {
-        return Err(format!(
-            "boot denied: compose hash {} is not allowed",
-            hex::encode(&compose_hash)
-        ));
-    }
+    let (app_id, _compose_hash, instance_id) = peer_identity(shared, peer)?;
     let keys = &shared.keys;
     let derive = |e: kdf::KdfError| format!("derive keys: {e}");
     let disk = kdf::app_disk_key(&keys.root_key, &app_id, &instance_id).map_err(derive)?;
