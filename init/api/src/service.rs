@@ -8,8 +8,13 @@
 //! * `GetKey` (with app keys from the key provider, `--app-keys`): HKDF-SHA256 (salt `RATLS`) of
 //!   the k256 app key with the path, and the chain [app key's recoverable signature over
 //!   Keccak-256(`purpose:hex(pubkey)`), KMS signature over the app key] (`cvm_keys::kdf::get_key`).
-//! * `GetTlsKey`, `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key` and `Attest` answer 501
-//!   (`GetTlsKey` needs the KMS `SignCert` call, not implemented yet).
+//! * `GetTlsKey` (with a KMS key provider): a fresh P-256 key certified by the app CA through
+//!   the KMS `SignCert` call (`cvm_keys::sign_cert`): the CSR carries a quote binding the key
+//!   and the RTMR3 log, the connection is the same mutual RA-TLS as the init's `GetAppKey`
+//!   (temporary CA and KMS root from `.appkeys.json`), and the reply chain
+//!   `[leaf, app CA, KMS root]` is checked (leaf = our key, path validation to the KMS root)
+//!   before it is returned as `{key: PEM, certificate_chain: [PEM…]}`.
+//! * `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key` and `Attest` answer 501.
 //!
 //! Arguments come as a JSON object in a POST body (empty body = `{}`) or as GET query pairs;
 //! byte fields are hex; missing fields take protobuf defaults; unknown fields are ignored.
@@ -43,9 +48,15 @@ pub enum ServiceError {
     /// The method needs app keys and this boot has none from a KMS.
     #[error("{method} is not available: this boot has no app keys from a KMS")]
     KeysNotAvailable { method: &'static str },
-    /// `GetTlsKey` needs the KMS `SignCert` call.
-    #[error("GetTlsKey needs the KMS SignCert call, which is not implemented")]
-    NeedsSignCert,
+    /// `GetTlsKey` needs a KMS (the key provider of this boot is not one).
+    #[error("GetTlsKey is not available: this boot's key provider is not a KMS")]
+    NoKmsForTlsKey,
+    /// The KMS `SignCert` call failed or was refused.
+    #[error("get a certificate from the KMS")]
+    SignCert {
+        #[source]
+        source: cvm_keys::sign_cert::SignCertError,
+    },
     /// The method exists in dstack but is not implemented here.
     #[error("{method} is not implemented")]
     NotImplemented { method: &'static str },
@@ -102,9 +113,16 @@ impl ServiceError {
     pub fn status(&self) -> Status {
         match self {
             Self::UnknownMethod { .. } => Status::NotFound,
-            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } | Self::NeedsSignCert => {
+            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } | Self::NoKmsForTlsKey => {
                 Status::NotImplemented
             }
+            Self::SignCert { source } => match source {
+                cvm_keys::sign_cert::SignCertError::Refused { .. }
+                | cvm_keys::sign_cert::SignCertError::Transport { .. } => {
+                    Status::ServiceUnavailable
+                }
+                _ => Status::InternalServerError,
+            },
             Self::DecodeQuery
             | Self::DecodeArguments { .. }
             | Self::DecodeHex { .. }
@@ -250,6 +268,20 @@ struct EmitEventArgs {
     payload: String,
 }
 
+/// `GetTlsKey` arguments (dstack `GetTlsKeyArgs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct GetTlsKeyArgs {
+    subject: String,
+    alt_names: Vec<String>,
+    usage_ra_tls: bool,
+    usage_server_auth: bool,
+    usage_client_auth: bool,
+    not_before: Option<u64>,
+    not_after: Option<u64>,
+    with_app_info: bool,
+}
+
 /// The content tag of the hashed report-data form when the caller gives none.
 const DEFAULT_PREFIX: &str = "app-data";
 
@@ -333,7 +365,49 @@ fn call<T: Tee>(
                 "signature_chain": derived.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
             }))
         }
-        Call::Keys("GetTlsKey") => Err(ServiceError::NeedsSignCert),
+        Call::Keys("GetTlsKey") => {
+            let keys = state.app_keys().ok_or(ServiceError::KeysNotAvailable {
+                method: "GetTlsKey",
+            })?;
+            let kms = keys.kms.as_ref().ok_or(ServiceError::NoKmsForTlsKey)?;
+            let args: GetTlsKeyArgs = arguments("GetTlsKey", request)?;
+            let config = cvm_keys::sign_cert::CertConfig {
+                org_name: None,
+                subject: args.subject,
+                subject_alt_names: args.alt_names,
+                usage_server_auth: args.usage_server_auth,
+                usage_client_auth: args.usage_client_auth,
+                ext_quote: args.usage_ra_tls,
+                ext_app_info: args.with_app_info,
+                not_before: args.not_before,
+                not_after: args.not_after,
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let sign_err = |source| ServiceError::SignCert { source };
+            let prepared = state
+                .prepare_sign_cert(kms, config, now)
+                .map_err(sign_err)?;
+            let tls = cvm_keys::sign_cert::send(
+                &mut cvm_keys::transport::TlsTransport::default(),
+                prepared,
+                kms,
+                &state.workload().vm_config,
+                now,
+            )
+            .map_err(sign_err)?;
+            log::info!(
+                "guest-api: GetTlsKey: {} certificates from {}",
+                tls.certificate_chain.len(),
+                kms.url
+            );
+            Ok(json!({
+                "key": tls.key_pem.expose(),
+                "certificate_chain": tls.certificate_chain,
+            }))
+        }
         Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
         Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
     }

@@ -528,6 +528,21 @@ impl<T: Tee> ApiState<T> {
         self.lock().log.emit_app_event(event)
     }
 
+    /// The TEE half of a KMS `SignCert` request, under the lock: a fresh key, its quote and
+    /// the RTMR3 log that goes with it, and the RA-TLS client certificate for the connection
+    /// (`cvm_keys::sign_cert::prepare`). The network half runs without the lock.
+    pub fn prepare_sign_cert(
+        &self,
+        kms: &cvm_keys::sign_cert::KmsAccess,
+        config: cvm_keys::sign_cert::CertConfig,
+        now_unix: u64,
+    ) -> Result<cvm_keys::sign_cert::PreparedRequest, cvm_keys::sign_cert::SignCertError> {
+        let mut live = self.lock();
+        let events = live.log.events().to_vec();
+        let tee = &mut live.log.rtmr_mut().tee;
+        cvm_keys::sign_cert::prepare(tee, &events, kms, config, now_unix)
+    }
+
     /// The app keys, if the key provider gave any.
     pub fn app_keys(&self) -> Option<&cvm_keys::kms::GuestKeys> {
         self.keys.as_ref()

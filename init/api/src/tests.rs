@@ -921,3 +921,88 @@ fn connections_close_after_the_request_limit() {
     assert_eq!(text.matches("Connection: keep-alive").count(), 1);
     assert_eq!(text.matches("Connection: close").count(), 1);
 }
+
+/// `GetTlsKey` against the test KMS on loopback: the reply is a key and the chain
+/// `[leaf, app CA, KMS root]` for it, with the requested names and usages; a KMS that refuses
+/// the app gives a 503 with its reason; a boot whose key provider is not a KMS gives 501.
+#[test]
+fn get_tls_key_gets_a_chain_from_the_kms() {
+    let (tee, text) = booted(EventLogVersion::V1);
+    let trust = test_kms::QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec());
+    let state = ApiState::resume(
+        tee,
+        ResumeMode::RegistersHoldLog,
+        &text,
+        Box::new(SharedSink::default()),
+        workload(),
+    )
+    .unwrap();
+    let kms_keys = Arc::new(test_kms::KmsKeys::generate(&["127.0.0.1".into()]).unwrap());
+    let start = |allowed: Option<Vec<[u8; 32]>>| {
+        let policy = test_kms::Policy {
+            allowed_compose_hashes: allowed,
+            trust: trust.clone(),
+            os_image_hash: None,
+            gateway_app_id: String::new(),
+        };
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        test_kms::start(Arc::clone(&kms_keys), policy, listener).unwrap()
+    };
+    let allowing = start(Some(vec![[0xc0; 32]]));
+    let refusing = start(Some(vec![[0x99; 32]]));
+    let guest_keys = |url: &str| cvm_keys::kms::GuestKeys {
+        k256_key: cvm_keys::secret::Secret::new([1; 32]),
+        k256_signature: Vec::new(),
+        ca_cert_pem: kms_keys.root_ca_pem.clone(),
+        kms: Some(kms_keys.guest_access(url)),
+    };
+    let state = state.with_app_keys(guest_keys(&allowing.url()));
+    let replies = exchange(
+        &state,
+        Service::DstackGuest,
+        &post(
+            "/GetTlsKey",
+            r#"{"subject":"demo.example","alt_names":["demo.example"],"usage_ra_tls":true,"usage_server_auth":true,"usage_client_auth":false}"#,
+        ),
+    );
+    let (200, body) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let key_pem = body["key"].as_str().unwrap();
+    assert!(key_pem.contains("PRIVATE KEY"));
+    let chain: Vec<String> = body["certificate_chain"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(chain.len(), 3);
+    assert_eq!(chain[2], kms_keys.root_ca_pem);
+    let (leaf_der, leaf_spki) = cvm_keys::kms::certificate_der_and_spki(&chain[0]).unwrap();
+    let (_, app_ca_spki) = cvm_keys::kms::certificate_der_and_spki(&chain[1]).unwrap();
+    assert_eq!(app_ca_spki, kms_keys.app_ca_spki_der(&[0xa1; 20]).unwrap());
+    let key = cvm_keys::kdf::p256_from_pem(key_pem).unwrap();
+    assert_eq!(leaf_spki, cvm_keys::kdf::p256_spki_der(&key.public_key()));
+    let (root_der, _) = cvm_keys::kms::certificate_der_and_spki(&kms_keys.root_ca_pem).unwrap();
+    cvm_keys::sign_cert::verify_chain(&chain, &root_der, &leaf_spki, 1_800_000_000).unwrap();
+    // RA-TLS: the leaf carries the quote binding its key and the log of this boot.
+    let leaf = cvm_keys::ratls::RaTlsCert::parse(&leaf_der).unwrap();
+    assert!(leaf.has_usage("app:custom"));
+    assert_eq!(leaf.app_id.as_deref(), Some(&[0xa1; 20][..]));
+    let (_, events) = leaf.verify_binding().unwrap();
+    assert!(events.iter().any(|e| e.name == "compose-hash"));
+
+    // The KMS refuses this app: 503 with its reason.
+    let state = state.with_app_keys(guest_keys(&refusing.url()));
+    let replies = exchange(&state, Service::DstackGuest, &post("/GetTlsKey", "{}"));
+    assert_eq!(replies[0].0, 503, "{:?}", replies[0].1);
+    let message = replies[0].1["error"].as_str().unwrap();
+    assert!(message.contains("compose hash"), "{message}");
+
+    // App keys without a KMS key provider: 501.
+    let mut keys = guest_keys("");
+    keys.kms = None;
+    let state = state.with_app_keys(keys);
+    let replies = exchange(&state, Service::DstackGuest, &post("/GetTlsKey", "{}"));
+    assert_eq!(replies[0].0, 501);
+}

@@ -3,6 +3,8 @@
 //! the simulated TEE exactly as the separate API process would run it (a fresh simulator
 //! rebuilt from the init's event log file).
 //!
+//! `GetTlsKey` goes to a test KMS (`test-kms`) on loopback.
+//!
 //! The interpreter comes from `CVM_SDK_PYTHON` (the venv `cargo xtask test` builds under
 //! `target/pyenv`). Without it the test fails loudly, unless `CVM_SKIP_SDK_TEST=1`.
 
@@ -130,11 +132,26 @@ mod tests {
         // App keys as the KMS would hand them out (k256 root 0x09…, app-id 0xA1…).
         let (app_key, kms_signature) = cvm_keys::kdf::app_k256_key(&[9; 32], &[0xA1; 20]).unwrap();
         let app_public = cvm_keys::kdf::k256_public_key(app_key.expose()).unwrap();
+        // A test KMS for GetTlsKey (SignCert). The rebuilt simulator signs with a root of its
+        // own, so this KMS accepts any simulated root (INSECURE, test only).
+        let kms_keys =
+            std::sync::Arc::new(test_kms::KmsKeys::generate(&["127.0.0.1".into()]).unwrap());
+        let kms = test_kms::start(
+            std::sync::Arc::clone(&kms_keys),
+            test_kms::Policy {
+                allowed_compose_hashes: Some(vec![identity.compose_hash.0]),
+                trust: test_kms::QuoteTrust::InsecureAnySimulatedRoot,
+                os_image_hash: None,
+                gateway_app_id: String::new(),
+            },
+            std::net::TcpListener::bind("127.0.0.1:0").unwrap(),
+        )
+        .unwrap();
         let state = state.with_app_keys(cvm_keys::kms::GuestKeys {
             k256_key: app_key,
             k256_signature: kms_signature.to_vec(),
-            ca_cert_pem: String::new(),
-            kms: None,
+            ca_cert_pem: kms_keys.root_ca_pem.clone(),
+            kms: Some(kms_keys.guest_access(&kms.url())),
         });
         let config = ServerConfig {
             socket: dir.path().join("dstack.sock"),
@@ -207,7 +224,31 @@ mod tests {
 
         // Errors the SDK saw as HTTP errors.
         assert_eq!(out["reserved_event"]["status"], 403);
-        assert_eq!(out["get_tls_key"]["status"], 501);
+
+        // GetTlsKey through the SDK: a key and [leaf, app CA, KMS root] that verifies.
+        let tls = &out["get_tls_key"];
+        let chain: Vec<String> = tls["certificate_chain"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(chain.len(), 3);
+        assert_eq!(chain[2], kms_keys.root_ca_pem);
+        let tls_key = cvm_keys::kdf::p256_from_pem(tls["key"].as_str().unwrap()).unwrap();
+        let leaf_spki = cvm_keys::kdf::p256_spki_der(&tls_key.public_key());
+        let (root_der, _) = cvm_keys::kms::certificate_der_and_spki(&chain[2]).unwrap();
+        cvm_keys::sign_cert::verify_chain(&chain, &root_der, &leaf_spki, 1_800_000_000).unwrap();
+        let (_, app_ca_spki) = cvm_keys::kms::certificate_der_and_spki(&chain[1]).unwrap();
+        assert_eq!(
+            app_ca_spki,
+            kms_keys.app_ca_spki_der(&identity.app_id.0).unwrap()
+        );
+        let records = kms.requests();
+        assert_eq!(
+            (records[0].method.as_str(), records[0].status),
+            ("SignCert", 200)
+        );
 
         // GetKey through the SDK: a 32-byte key and the two-link signature chain.
         let key = &out["get_key"];

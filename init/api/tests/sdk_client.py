@@ -58,7 +58,14 @@ def main():
         "key": key.decode_key().hex(),
         "signature_chain": [s.hex() for s in key.decode_signature_chain()],
     }
-    out["get_tls_key"] = expect_http_error(lambda: client.get_tls_key(subject="x"))
+    tls = client.get_tls_key(
+        subject="sdk.example",
+        alt_names=["sdk.example"],
+        usage_ra_tls=True,
+        usage_server_auth=True,
+        usage_client_auth=True,
+    )
+    out["get_tls_key"] = {"key": tls.key, "certificate_chain": list(tls.certificate_chain)}
     # The SDK refuses more than 64 bytes itself, so send this one with plain httpx.
     out["oversize_get_quote"] = expect_http_error(
         lambda: raw_post(socket, "/GetQuote", {"report_data": "00" * 65})

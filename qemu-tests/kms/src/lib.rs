@@ -332,6 +332,17 @@ impl KmsKeys {
         Ok((app_ca.cert_pem, signer))
     }
 
+    /// What a guest that got its app keys from this KMS at `url` keeps for later `SignCert`
+    /// calls (`.appkeys.json`'s `key_provider.Kms`), for tests that skip `GetAppKey`.
+    pub fn guest_access(&self, url: &str) -> cvm_keys::sign_cert::KmsAccess {
+        cvm_keys::sign_cert::KmsAccess {
+            url: url.to_owned(),
+            root_ca_pem: self.root_ca_pem.clone(),
+            temp_ca_cert_pem: self.temp_ca_pem.clone(),
+            temp_ca_key_pem: Secret::new(self.temp_ca_key_pem.expose().clone()),
+        }
+    }
+
     /// SubjectPublicKeyInfo DER of the app CA key of `app_id`.
     pub fn app_ca_spki_der(&self, app_id: &[u8]) -> Result<Vec<u8>, KmsServerError> {
         let key =
