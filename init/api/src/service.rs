@@ -282,6 +282,9 @@ struct GetTlsKeyArgs {
     with_app_info: bool,
 }
 
+/// Name servers for reaching the KMS by name (PID 1 writes this file from the DHCP lease).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// The content tag of the hashed report-data form when the caller gives none.
 const DEFAULT_PREFIX: &str = "app-data";
 
@@ -391,7 +394,11 @@ fn call<T: Tee>(
                 .prepare_sign_cert(kms, config, now)
                 .map_err(sign_err)?;
             let tls = cvm_keys::sign_cert::send(
-                &mut cvm_keys::transport::TlsTransport::default(),
+                &mut cvm_keys::transport::TlsTransport::new(Box::new(
+                    cvm_keys::transport::ResolvConfResolver::from_file(std::path::Path::new(
+                        RESOLV_CONF,
+                    )),
+                )),
                 prepared,
                 kms,
                 &state.workload().vm_config,

@@ -61,13 +61,33 @@ mod tests {
         .unwrap();
         let http = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n2\r\n:1\r\n1\r\n}\r\n0\r\n\r\n";
         let keys_json = br#"{"k256_key":"0101010101010101010101010101010101010101010101010101010101010101","k256_signature":"00","ca_cert":""}"#;
-        let seeds: [&[u8]; 6] = [
+        let csr = crate::sign_cert::CertSigningRequest {
+            confirm: crate::sign_cert::CONFIRM.into(),
+            pubkey: cert.cert_der[..91].to_vec(),
+            config: crate::sign_cert::CertConfig {
+                subject: "s".into(),
+                subject_alt_names: vec!["a".into()],
+                not_after: Some(1),
+                ..Default::default()
+            },
+            attestation: crate::sign_cert::TdxAttestation {
+                quote: quote[..256].to_vec(),
+                event_log: events
+                    .iter()
+                    .map(crate::sign_cert::TdxEvent::runtime)
+                    .collect(),
+                ..Default::default()
+            },
+        }
+        .encode();
+        let seeds: [&[u8]; 7] = [
             &cert.cert_der,
             &quote[..2048],
             &env_blob,
             http,
             keys_json,
             br#"{"env":[{"key":"A","value":"b"}]}"#,
+            &csr,
         ];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         for round in 0..1500 {
@@ -83,6 +103,10 @@ mod tests {
                     let _ = parsed.verify_binding();
                 }
                 let _ = crate::env::decrypt_blob(&env_key, input);
+                if let Ok(parsed) = crate::sign_cert::CertSigningRequest::decode(input) {
+                    let _ = parsed.verify(input);
+                    let _ = parsed.attestation.runtime_events();
+                }
                 let _ = crate::env::parse_env(input, &[], crate::env::DisallowedEnv::Skip);
                 let _ = crate::transport::parse_response(input);
                 let _ = crate::kms::GuestKeys::from_appkeys_json(input);

@@ -40,6 +40,122 @@ impl Resolve for StdResolver {
     }
 }
 
+/// DNS over UDP (A records) to the name servers of a `resolv.conf` (what the init wrote after
+/// DHCP), for processes other than PID 1 that must reach the KMS by name (the guest API's
+/// `GetTlsKey`): a static glibc binary has no NSS, so `ToSocketAddrs` knows only IP literals
+/// and `/etc/hosts`. IP literals and `localhost` never touch the network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvConfResolver {
+    /// Name servers (address and port), asked in order.
+    pub servers: Vec<SocketAddr>,
+    /// How long to wait for one server's answer.
+    pub per_query: Duration,
+    /// How many times the server list is tried.
+    pub rounds: u32,
+}
+
+impl ResolvConfResolver {
+    /// The `nameserver` lines of `resolv.conf` text (port 53).
+    pub fn parse(text: &str) -> Self {
+        let servers = text
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                (words.next() == Some("nameserver"))
+                    .then(|| words.next())
+                    .flatten()
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+            })
+            .map(|ip| SocketAddr::new(ip, init_core::net::dns::PORT))
+            .collect();
+        Self {
+            servers,
+            per_query: Duration::from_secs(2),
+            rounds: 3,
+        }
+    }
+
+    /// Reads `path` (a missing or unreadable file gives no servers: names then fail to
+    /// resolve, literals still work).
+    pub fn from_file(path: &std::path::Path) -> Self {
+        Self::parse(&std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    fn query(&self, name: &str) -> std::io::Result<Vec<std::net::IpAddr>> {
+        use init_core::net::dns;
+        let bind: SocketAddr = if self.servers.iter().any(SocketAddr::is_ipv6) {
+            "[::]:0".parse().map_err(std::io::Error::other)?
+        } else {
+            "0.0.0.0:0".parse().map_err(std::io::Error::other)?
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        let rng = ring::rand::SystemRandom::new();
+        let mut buf = [0u8; dns::MAX_UDP_RESPONSE + 1];
+        for _ in 0..self.rounds.max(1) {
+            for server in &self.servers {
+                let mut id = [0u8; 2];
+                ring::rand::SecureRandom::fill(&rng, &mut id)
+                    .map_err(|_| std::io::Error::other("no randomness for the DNS id"))?;
+                let id = u16::from_be_bytes(id);
+                let query = dns::query(name, id).map_err(std::io::Error::other)?;
+                if socket.send_to(&query, server).is_err() {
+                    continue;
+                }
+                let deadline = std::time::Instant::now() + self.per_query;
+                loop {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    socket.set_read_timeout(Some(left))?;
+                    let Ok((len, from)) = socket.recv_from(&mut buf) else {
+                        break;
+                    };
+                    if from != *server {
+                        continue;
+                    }
+                    match dns::parse_response(&buf[..len.min(buf.len())], id, name) {
+                        Ok(found) => {
+                            return Ok(found.into_iter().map(std::net::IpAddr::V4).collect());
+                        }
+                        Err(
+                            e @ (dns::DnsError::Rcode { .. } | dns::DnsError::NoAddress { .. }),
+                        ) => {
+                            return Err(std::io::Error::new(std::io::ErrorKind::NotFound, e));
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "no DNS answer for {name} from {} servers",
+                self.servers.len()
+            ),
+        ))
+    }
+}
+
+impl Resolve for ResolvConfResolver {
+    fn resolve(&self, host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
+        let literal = host.trim_start_matches('[').trim_end_matches(']');
+        if let Ok(ip) = literal.parse::<std::net::IpAddr>() {
+            return Ok(vec![SocketAddr::new(ip, port)]);
+        }
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if name == "localhost" {
+            return Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]);
+        }
+        Ok(self
+            .query(&name)?
+            .into_iter()
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+}
+
 /// The ring crypto provider.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -414,6 +530,48 @@ impl std::fmt::Debug for MissingKmsRpcUsage {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn resolv_conf_resolver_asks_the_listed_server() {
+        use init_core::net::dns;
+        let r = ResolvConfResolver::parse("# x\nnameserver 10.0.2.3\nsearch a\nnameserver ::1\n");
+        assert_eq!(
+            r.servers,
+            vec![
+                "10.0.2.3:53".parse::<SocketAddr>().unwrap(),
+                "[::1]:53".parse().unwrap()
+            ]
+        );
+        // Literals and localhost need no server.
+        let none = ResolvConfResolver::parse("");
+        assert_eq!(
+            none.resolve("[::1]", 9).unwrap(),
+            vec!["[::1]:9".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(none.resolve("localhost", 9).unwrap()[0].port(), 9);
+        none.resolve("kms.test", 9).unwrap_err();
+        // A loopback DNS server answers kms.test with 10.0.2.2.
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 512];
+            let (len, from) = server.recv_from(&mut buf).unwrap();
+            let id = u16::from_be_bytes([buf[0], buf[1]]);
+            assert!(len > 12);
+            let reply = dns::response(id, "kms.test", 0, &[(1, vec![10, 0, 2, 2])]);
+            server.send_to(&reply, from).unwrap();
+        });
+        let r = ResolvConfResolver {
+            servers: vec![addr],
+            per_query: Duration::from_secs(5),
+            rounds: 1,
+        };
+        assert_eq!(
+            r.resolve("KMS.test.", 8000).unwrap(),
+            vec!["10.0.2.2:8000".parse::<SocketAddr>().unwrap()]
+        );
+        thread.join().unwrap();
+    }
 
     #[test]
     fn responses() {
