@@ -537,10 +537,21 @@ impl<T: Tee> ApiState<T> {
         config: cvm_keys::sign_cert::CertConfig,
         now_unix: u64,
     ) -> Result<cvm_keys::sign_cert::PreparedRequest, cvm_keys::sign_cert::SignCertError> {
+        let boot_log: Vec<cvm_keys::sign_cert::TdxEvent> = self
+            .boot_events
+            .iter()
+            .map(|e| cvm_keys::sign_cert::TdxEvent {
+                imr: e.imr,
+                event_type: e.event_type,
+                digest: hex::decode(&e.digest).unwrap_or_default(),
+                event: e.event.clone(),
+                event_payload: hex::decode(&e.event_payload).unwrap_or_default(),
+            })
+            .collect();
         let mut live = self.lock();
         let events = live.log.events().to_vec();
         let tee = &mut live.log.rtmr_mut().tee;
-        cvm_keys::sign_cert::prepare(tee, &events, kms, config, now_unix)
+        cvm_keys::sign_cert::prepare_with_boot_log(tee, &boot_log, &events, kms, config, now_unix)
     }
 
     /// The app keys, if the key provider gave any.

@@ -611,6 +611,20 @@ pub fn prepare(
     config: CertConfig,
     now_unix: u64,
 ) -> Result<PreparedRequest, SignCertError> {
+    prepare_with_boot_log(tee, &[], events, kms, config, now_unix)
+}
+
+/// [`prepare`] with the firmware's boot events (RTMR0-2, digests only) first in the CSR's event
+/// log, as dstack's guest agent sends its full event log; the RA-TLS client certificate keeps
+/// only the RTMR3 events (what the legacy extension carries).
+pub fn prepare_with_boot_log(
+    tee: &mut dyn QuoteSource,
+    boot_log: &[TdxEvent],
+    events: &[RuntimeEvent],
+    kms: &KmsAccess,
+    config: CertConfig,
+    now_unix: u64,
+) -> Result<PreparedRequest, SignCertError> {
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|source| SignCertError::Key {
             what: "generate",
@@ -627,7 +641,11 @@ pub fn prepare(
         config,
         attestation: TdxAttestation {
             quote,
-            event_log: events.iter().map(TdxEvent::runtime).collect(),
+            event_log: boot_log
+                .iter()
+                .cloned()
+                .chain(events.iter().map(TdxEvent::runtime))
+                .collect(),
             report_data,
             ..TdxAttestation::default()
         },
@@ -974,6 +992,63 @@ mod tests {
         for cut in 0..good.len() {
             CertSigningRequest::decode(&good[..cut]).unwrap_err();
         }
+    }
+
+    #[test]
+    fn prepared_csr_binds_the_key_and_carries_the_logs() {
+        use init_core::tee::Rtmr as _;
+        let ca = crate::ratls::CertSpec {
+            subject: "temp",
+            ca_path_len: Some(0),
+            ..Default::default()
+        }
+        .self_signed()
+        .unwrap();
+        let access = KmsAccess {
+            url: "https://127.0.0.1:1".into(),
+            root_ca_pem: ca.cert_pem.clone(),
+            temp_ca_cert_pem: ca.cert_pem.clone(),
+            temp_ca_key_pem: Secret::new(ca.key_pem.expose().clone()),
+        };
+        let mut tee = init_core::tee::simulated::InsecureSimulatedTee::try_new().unwrap();
+        let mut events = tee.pre_extended_events();
+        let event = RuntimeEvent::new("app-id", vec![1; 20]);
+        tee.extend_rtmr(init_core::tee::RtmrIndex::R3, &event.digest())
+            .unwrap();
+        events.push(event);
+        let boot = TdxEvent {
+            imr: 0,
+            event_type: 1,
+            digest: vec![9; 48],
+            ..TdxEvent::default()
+        };
+        let prepared = prepare_with_boot_log(
+            &mut tee,
+            std::slice::from_ref(&boot),
+            &events,
+            &access,
+            CertConfig::default(),
+            1_800_000_000,
+        )
+        .unwrap();
+        let csr = CertSigningRequest::decode(&prepared.csr).unwrap();
+        csr.verify(&prepared.signature).unwrap();
+        assert_eq!(csr.pubkey, prepared.key_spki);
+        assert_eq!(csr.attestation.report_data, ratls_report_data(&csr.pubkey));
+        assert_eq!(csr.attestation.event_log[0], boot);
+        assert_eq!(csr.attestation.runtime_events(), events);
+        // The quote binds the CSR key and the log replays to its RTMR3.
+        let bound = crate::ratls::RaTlsCert {
+            spki_der: csr.pubkey.clone(),
+            quote: Some(csr.attestation.quote.clone()),
+            event_log: Some(csr.attestation.event_log_json().into_bytes()),
+            ..Default::default()
+        };
+        assert_eq!(bound.verify_binding().unwrap().1, events);
+        // The client certificate is a separate key, signed by the temporary CA.
+        let client = crate::ratls::RaTlsCert::parse(&prepared.client_cert_der).unwrap();
+        assert_ne!(client.spki_der, csr.pubkey);
+        assert!(!format!("{prepared:?}").contains("PRIVATE KEY"));
     }
 
     #[test]
