@@ -554,23 +554,23 @@ pub const FEATURES: &[Feature] = &[
     ),
     feature(
         "CONFIG_CRYPTO_GCM",
-        "GCM mode (AEAD)",
+        "GCM mode (AEAD; not the data disk's construction, kept for dm-crypt gcm users)",
         "disk",
-        Required,
+        Recommended,
         &[Probe::Module("gcm"), crypto("gcm(aes)")],
     ),
     feature(
         "CONFIG_CRYPTO_CTR",
         "CTR mode (used by GCM)",
         "disk",
-        Required,
+        Recommended,
         &[Probe::Module("ctr"), crypto("ctr(aes)")],
     ),
     feature(
         "CONFIG_CRYPTO_GHASH",
         "GHASH (used by GCM)",
         "disk",
-        Required,
+        Recommended,
         &[crypto("ghash")],
     ),
     feature(
@@ -596,9 +596,9 @@ pub const FEATURES: &[Feature] = &[
     ),
     feature(
         "CONFIG_CRYPTO_XTS",
-        "XTS mode (aes-xts-plain64, authenc constructions)",
+        "XTS mode (the data disk's authenc(hmac(sha256),xts(aes)))",
         "disk",
-        Recommended,
+        Required,
         &[Probe::Module("xts"), crypto("xts(aes)")],
     ),
     feature(
