@@ -225,6 +225,18 @@ pub fn events(records: &[Record]) -> Vec<&str> {
     records.iter().map(Record::event).collect()
 }
 
+/// The JSON of every record with event `name` that the harness does not model (parsed as
+/// [`Record::Other`]), in order.
+pub fn raw_records(records: &[Record], name: &str) -> Vec<serde_json::Value> {
+    records
+        .iter()
+        .filter_map(|record| match record {
+            Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
+            _ => None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,23 +19,13 @@ mod tests {
     use cvm_keys::secret::Secret;
     use measure::runtime_event::{decode_log, replay_rtmr3};
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
-    use qemu_tests::results::finished_stages;
+    use qemu_tests::results::{finished_stages, raw_records};
     use qemu_tests::{CvmSetup, Record, RunningVm};
     use sha2::{Digest, Sha256};
     use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust, leak_needles};
 
     const TIMEOUT: Duration = Duration::from_secs(180);
     const ENV_VALUE: &str = "s3cr3t-api-key-value-7f1c";
-
-    fn raw(records: &[Record], name: &str) -> Vec<serde_json::Value> {
-        records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
-                _ => None,
-            })
-            .collect()
-    }
 
     /// What a scenario changes from the good case.
     #[derive(Default)]
@@ -233,7 +223,7 @@ mod tests {
         trust_guest_root(&mut vm, &fixture.root_file)?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let records = vm.records()?;
-        let keys = raw(&records, "keys");
+        let keys = raw_records(&records, "keys");
         let [keys] = keys.as_slice() else {
             bail!("expected one keys record: {keys:?}\n{}", vm.report());
         };
@@ -249,9 +239,9 @@ mod tests {
         ensure!(finished_stages(&records).contains(&"ready"));
 
         // RTMR3: key-provider names the KMS root, and the log replays to the measured value.
-        let measured = raw(&records, "measured");
+        let measured = raw_records(&records, "measured");
         let measured = measured.first().context("measured record")?;
-        let dump = raw(&records, "test_dump");
+        let dump = raw_records(&records, "test_dump");
         let dump = dump
             .iter()
             .find(|d| d["name"] == "runtime-event-log")
@@ -319,7 +309,7 @@ mod tests {
             "{finished:?}"
         );
         ensure!(
-            raw(&records, "keys").is_empty(),
+            raw_records(&records, "keys").is_empty(),
             "keys record after a refusal"
         );
         // No instance id is known to the test here; the env value and every app secret of

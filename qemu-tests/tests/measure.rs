@@ -11,22 +11,11 @@ mod tests {
     use anyhow::{Context, Result, bail, ensure};
     use measure::runtime_event::{decode_log, replay_rtmr3};
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, sample_files};
-    use qemu_tests::results::{events, finished_stages};
+    use qemu_tests::results::{events, finished_stages, raw_records};
     use qemu_tests::{CvmSetup, Record};
     use sha2::{Digest, Sha256};
 
     const TIMEOUT: Duration = Duration::from_secs(120);
-
-    /// The JSON of every record with event `name` (records the harness does not model).
-    fn raw_records(records: &[Record], name: &str) -> Vec<serde_json::Value> {
-        records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
-                _ => None,
-            })
-            .collect()
-    }
 
     fn field<'a>(value: &'a serde_json::Value, key: &str) -> Result<&'a str> {
         value

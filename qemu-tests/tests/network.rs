@@ -8,20 +8,10 @@ mod tests {
 
     use anyhow::{Result, bail, ensure};
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, sample_files};
-    use qemu_tests::results::finished_stages;
+    use qemu_tests::results::{finished_stages, raw_records};
     use qemu_tests::{CvmSetup, Record};
 
     const TIMEOUT: Duration = Duration::from_secs(120);
-
-    fn raw(records: &[Record], name: &str) -> Vec<serde_json::Value> {
-        records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
-                _ => None,
-            })
-            .collect()
-    }
 
     #[test]
     fn dhcp_lease_from_slirp() -> Result<()> {
@@ -36,7 +26,7 @@ mod tests {
             .boot()?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let records = vm.records()?;
-        let network = raw(&records, "network");
+        let network = raw_records(&records, "network");
         let [lease] = network.as_slice() else {
             bail!("expected one network record, got {network:?}");
         };
@@ -58,7 +48,7 @@ mod tests {
             .boot()?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let records = vm.records()?;
-        let network = raw(&records, "network");
+        let network = raw_records(&records, "network");
         ensure!(
             network.len() == 1 && network[0]["interface"] == "none",
             "{network:?}"
