@@ -15,6 +15,7 @@ pub mod data_disk;
 pub mod host_share;
 pub mod image;
 pub mod paths;
+pub mod registry;
 pub mod results;
 pub mod testing;
 pub mod vm;

@@ -39,6 +39,13 @@ pub enum Stage {
     /// Start the guest API process (dstack.sock / tappd.sock), which owns the runtime event log
     /// from now on, and wait until it answers `Info`.
     GuestApi,
+    /// The app's containers (`cvm-workload` + libcontainer): parse the compose file, pull every
+    /// image by digest into the store (on the encrypted data disk when there is one), unpack,
+    /// start the services in dependency order. After `GuestApi`, because services bind-mount
+    /// its sockets (dstack starts containers after its agent too); the RTMR3 `system-ready`
+    /// event stays before `GuestApi` (that process owns the event log afterwards), and the
+    /// `ready` record comes only after this stage launched the workloads.
+    Workloads,
     /// Everything before succeeded; the VM is ready.
     Ready,
 }
@@ -59,6 +66,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::Disk,
     Stage::SystemReady,
     Stage::GuestApi,
+    Stage::Workloads,
     Stage::Ready,
 ];
 
@@ -80,6 +88,7 @@ impl Stage {
             Self::Disk => "disk",
             Self::SystemReady => "system-ready",
             Self::GuestApi => "guest-api",
+            Self::Workloads => "workloads",
             Self::Ready => "ready",
         }
     }

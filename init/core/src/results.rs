@@ -50,6 +50,28 @@ pub enum Record {
         data_bytes: u64,
         mono_us: u64,
     },
+    /// The workloads stage's outcome: the services launched (start order), where the image
+    /// store is (`persistent`: on the encrypted data disk, else a tmpfs under /run), and
+    /// `skipped` (empty, or why no container was started).
+    Workloads {
+        services: Vec<String>,
+        store: String,
+        persistent: bool,
+        skipped: String,
+        mono_us: u64,
+    },
+    /// A container's state change (`cvm_workload::supervisor::UnitState::name`): `code` is the
+    /// last exit code (0 before any exit), `pid` the container init's pid (0 when none),
+    /// `detail` a failure reason.
+    Container {
+        service: String,
+        state: String,
+        code: i32,
+        pid: i32,
+        restarts: u32,
+        detail: String,
+        mono_us: u64,
+    },
     /// Test builds only (`cvm.test_disk`): one probe on the mounted data disk; `error` is
     /// empty on success.
     TestDisk {

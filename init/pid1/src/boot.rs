@@ -73,6 +73,8 @@ pub(crate) enum BootError {
     Keys(#[source] crate::stages::keys::KeysStageError),
     #[error("guest API")]
     GuestApi(#[source] crate::stages::guest_api::GuestApiStageError),
+    #[error("workloads")]
+    Workloads(#[source] Box<crate::stages::workloads::WorkloadsStageError>),
     #[error("get a quote to check RTMR3")]
     Quote(#[source] init_core::tee::TeeError),
     #[error("parse the TEE's quote")]
@@ -107,6 +109,8 @@ pub(crate) struct Boot {
     gpu_policy_hash: Option<[u8; 32]>,
     /// The mounted data volume (None: no data disk, or before the disk stage).
     disk: Option<crate::stages::disk::Mounted>,
+    /// The app's containers (None: nothing to run).
+    pub(crate) workloads: Option<crate::stages::workloads::Workloads>,
 }
 
 impl std::fmt::Debug for Boot {
@@ -141,6 +145,7 @@ impl Boot {
             key_events_emitted: false,
             gpu_policy_hash: None,
             disk: None,
+            workloads: None,
         }
     }
 
@@ -226,6 +231,25 @@ impl Boot {
                     child.id()
                 );
                 self.guest_api = Some(child);
+                Ok(())
+            }
+            Stage::Workloads => {
+                let share = self.share.as_ref().ok_or(BootError::StageOrder {
+                    stage: "workloads",
+                    needs: "host-share",
+                })?;
+                let disk = self
+                    .disk
+                    .as_ref()
+                    .map(|_| Path::new(crate::stages::disk::MOUNT_POINT));
+                self.workloads = crate::stages::workloads::run(
+                    share,
+                    self.env.as_ref(),
+                    disk,
+                    self.network.is_some(),
+                    &mut self.results,
+                )
+                .map_err(|e| BootError::Workloads(Box::new(e)))?;
                 Ok(())
             }
             Stage::Ready => self.test_hooks_before_ready(),

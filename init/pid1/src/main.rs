@@ -4,6 +4,7 @@
 //! powers off; it never returns from `main` and never unwinds.
 
 mod boot;
+mod containers;
 mod logger;
 mod results;
 mod shutdown;
@@ -16,6 +17,7 @@ mod stages {
     pub(crate) mod keys;
     pub(crate) mod measure;
     pub(crate) mod network;
+    pub(crate) mod workloads;
 }
 
 use std::path::Path;
@@ -77,7 +79,10 @@ fn main() {
     log::info!("ready ({boot_ms} ms after PID 1 started)");
 
     match boot.config.on_ready {
-        OnReady::PowerOff => shutdown(&mut boot.results, signals.as_mut(), Reason::ReadyPowerOff),
+        OnReady::PowerOff => {
+            stop_workloads(&mut boot);
+            shutdown(&mut boot.results, signals.as_mut(), Reason::ReadyPowerOff)
+        }
         OnReady::Wait => serve(&mut boot, signals, buttons),
     }
 }
@@ -99,6 +104,19 @@ fn fatal(
         mono_us: init_sys::clock::monotonic_us(),
     });
     shutdown(&mut boot.results, signals, Reason::Fatal)
+}
+
+/// How long an orderly shutdown waits for the containers (each also has its own
+/// `stop_grace_period`, after which the supervisor kills it).
+const WORKLOADS_STOP_LIMIT: Duration = Duration::from_secs(30);
+
+/// Stop the containers in reverse dependency order before the generic shutdown (which then
+/// signals whatever is left).
+fn stop_workloads(boot: &mut Boot) {
+    if let Some(w) = boot.workloads.as_mut() {
+        log::info!("stopping the workloads");
+        w.stop_all(&mut boot.results, WORKLOADS_STOP_LIMIT);
+    }
 }
 
 /// The guest API process's restart policy (dstack runs its agent with `Restart=always`).
@@ -127,6 +145,13 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
     loop {
         {
             let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(1 + buttons.len());
+            if let Some(w) = boot.workloads.as_ref() {
+                fds.extend(
+                    w.log_fds()
+                        .into_iter()
+                        .map(|fd| PollFd::new(fd, PollFlags::POLLIN)),
+                );
+            }
             if let Some(s) = signals.as_ref() {
                 fds.push(PollFd::new(s.fd(), PollFlags::POLLIN));
             }
@@ -140,6 +165,9 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
             let mut wait: Option<Duration> = signals.is_none().then(|| Duration::from_secs(1));
             if let Some(at) = api_restart_at {
                 let left = at.saturating_duration_since(Instant::now());
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            if let Some(left) = boot.workloads.as_ref().and_then(|w| w.timeout()) {
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             let timeout = wait.map_or(PollTimeout::NONE, |w| {
@@ -168,8 +196,16 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
         }
         let (reaped, _) = init_sys::signals::reap_exited();
         let api_pid = boot.guest_api.as_ref().map(std::process::Child::id);
+        if let Some(w) = boot.workloads.as_mut() {
+            w.drain_logs(false);
+        }
         for child in reaped {
             log::debug!("reaped pid {} (status {})", child.pid, child.code);
+            if let Some(w) = boot.workloads.as_mut()
+                && w.on_reaped(child.pid, child.code, &mut boot.results)
+            {
+                continue;
+            }
             if api_pid.is_some_and(|pid| u32::try_from(child.pid).ok() == Some(pid)) {
                 boot.guest_api = None;
                 let delay = api_backoff.on_exit(api_started.elapsed());
@@ -218,7 +254,13 @@ fn serve(boot: &mut Boot, mut signals: Option<Signals>, mut buttons: Vec<PowerBu
         if buttons.iter_mut().any(PowerButton::pressed) {
             reason = reason.or(Some(Reason::PowerButton));
         }
+        if reason.is_none()
+            && let Some(w) = boot.workloads.as_mut()
+        {
+            w.on_timer(&mut boot.results);
+        }
         if let Some(reason) = reason {
+            stop_workloads(boot);
             shutdown(&mut boot.results, signals.as_mut(), reason);
         }
     }

@@ -1,0 +1,261 @@
+//! The one libcontainer adapter (house style): create + start, signal, delete. Everything
+//! else about workloads (compose, pull, unpack, runtime spec, supervision) is `cvm-workload`,
+//! which stays libcontainer-free.
+//!
+//! Rules (see `init/workload/docs/libcontainer-adapter.md`): `with_systemd(false)`; never
+//! `as_sibling(true)`; `cgroupsPath` absolute (the spec generator does it); cgroup2 mounted
+//! first (the `mount` stage); a spec with `linux.seccomp` is refused, because this build has no
+//! libseccomp and libcontainer would silently ignore the profile; libcontainer forks and runs
+//! Rust code in the children, so the caller must be single-threaded ([`ensure_single_threaded`]).
+//! The container's init is a direct child of the caller (libcontainer's intermediate process
+//! clones it with `CLONE_PARENT`), so PID 1's reaper sees its exit status.
+
+use std::fs;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::signal::Signal;
+use libcontainer::syscall::syscall::SyscallType;
+
+/// Errors of the adapter.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ContainerError {
+    #[error("read runtime spec {path}")]
+    ReadSpec {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("parse runtime spec {path}")]
+    ParseSpec {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "runtime spec {path} has a linux.seccomp profile, but this build has no seccomp support: refused instead of silently ignored"
+    )]
+    RefuseSeccomp { path: PathBuf },
+    #[error("open /dev/null for the container's stdin")]
+    OpenDevNull(#[source] std::io::Error),
+    #[error("read /proc/self/status")]
+    ReadStatus(#[source] std::io::Error),
+    #[error(
+        "the launcher has {threads} threads: libcontainer forks and runs Rust code in the child, so it must be single-threaded"
+    )]
+    Threaded { threads: u32 },
+    #[error("create container {id}")]
+    Create {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("start container {id}")]
+    Start {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("container {id} has no init pid after start")]
+    NoPid { id: String },
+    #[error("exec in container {id}")]
+    Exec {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("load container state {id}")]
+    Load {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("unknown signal {name}")]
+    Signal {
+        name: String,
+        #[source]
+        source: libcontainer::signal::SignalError<String>,
+    },
+    #[error("signal container {id}")]
+    Kill {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+    #[error("delete container {id}")]
+    Delete {
+        id: String,
+        #[source]
+        source: libcontainer::error::LibcontainerError,
+    },
+}
+
+/// Refuses to launch from a multi-threaded process (`Threads:` of `/proc/self/status`).
+pub(crate) fn ensure_single_threaded() -> Result<(), ContainerError> {
+    let status = fs::read_to_string("/proc/self/status").map_err(ContainerError::ReadStatus)?;
+    let threads = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(ContainerError::Threaded { threads })
+    }
+}
+
+/// Whether `/` is the initramfs (`rootfs` in /proc/self/mountinfo): pivot_root(2) refuses to
+/// move it, so the container root is entered with `MS_MOVE` + chroot instead (runc's
+/// `--no-pivot`, what container runtimes do from a ramdisk). Weaker than pivot_root against a
+/// container holding CAP_SYS_CHROOT; the remedy is a switch_root of PID 1 into a tmpfs.
+pub(crate) fn root_is_initramfs() -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| root_is_rootfs(&info))
+}
+
+fn root_is_rootfs(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|line| {
+        let mount_point = line.split(' ').nth(4);
+        let fstype = line
+            .split_once(" - ")
+            .and_then(|(_, rest)| rest.split(' ').next());
+        mount_point == Some("/") && fstype == Some("rootfs")
+    })
+}
+
+/// Creates and starts container `id` from `<bundle>/config.json`; returns the pid of the
+/// container's init (a direct child of the caller).
+pub(crate) fn create_and_start(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+) -> Result<i32, ContainerError> {
+    ensure_single_threaded()?;
+    let path = bundle.join("config.json");
+    let bytes = fs::read(&path).map_err(|source| ContainerError::ReadSpec {
+        path: path.clone(),
+        source,
+    })?;
+    let spec: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|source| ContainerError::ParseSpec {
+            path: path.clone(),
+            source,
+        })?;
+    if spec
+        .get("linux")
+        .and_then(|l| l.get("seccomp"))
+        .is_some_and(|s| !s.is_null())
+    {
+        return Err(ContainerError::RefuseSeccomp { path });
+    }
+    let stdin: OwnedFd = fs::File::open("/dev/null")
+        .map_err(ContainerError::OpenDevNull)?
+        .into();
+    let create = |source| ContainerError::Create {
+        id: id.to_owned(),
+        source,
+    };
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(create)?
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .validate_id()
+        .map_err(create)?
+        .as_init(bundle)
+        .with_no_pivot(root_is_initramfs())
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(create)?;
+    container.start().map_err(|source| ContainerError::Start {
+        id: id.to_owned(),
+        source,
+    })?;
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| ContainerError::NoPid { id: id.to_owned() })
+}
+
+/// Runs `args` inside the running container `id` (health checks), output discarded; returns
+/// the pid of the process (a direct child of the caller; the caller enforces the timeout).
+pub(crate) fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32, ContainerError> {
+    ensure_single_threaded()?;
+    let null = || -> Result<OwnedFd, ContainerError> {
+        Ok(fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(ContainerError::OpenDevNull)?
+            .into())
+    };
+    let exec_err = |source| ContainerError::Exec {
+        id: id.to_owned(),
+        source,
+    };
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(exec_err)?
+        .with_stdin(null()?)
+        .with_stdout(null()?)
+        .with_stderr(null()?)
+        .as_tenant()
+        .with_container_args(args)
+        .with_detach(true)
+        .build()
+        .map_err(exec_err)?;
+    Ok(pid.as_raw())
+}
+
+fn load(state_root: &Path, id: &str) -> Result<Container, ContainerError> {
+    Container::load(state_root.join(id)).map_err(|source| ContainerError::Load {
+        id: id.to_owned(),
+        source,
+    })
+}
+
+/// Sends `signal` (e.g. `SIGTERM`) to every process of container `id`.
+pub(crate) fn signal(state_root: &Path, id: &str, signal: &str) -> Result<(), ContainerError> {
+    let sig = Signal::try_from(signal).map_err(|source| ContainerError::Signal {
+        name: signal.to_owned(),
+        source,
+    })?;
+    load(state_root, id)?
+        .kill(sig, true)
+        .map_err(|source| ContainerError::Kill {
+            id: id.to_owned(),
+            source,
+        })
+}
+
+/// Removes container `id`'s state and cgroup (after its init exited); absent state is fine.
+pub(crate) fn delete(state_root: &Path, id: &str) -> Result<(), ContainerError> {
+    if !state_root.join(id).exists() {
+        return Ok(());
+    }
+    load(state_root, id)?
+        .delete(true)
+        .map_err(|source| ContainerError::Delete {
+            id: id.to_owned(),
+            source,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::root_is_rootfs;
+
+    #[test]
+    fn initramfs_root_is_detected_from_mountinfo() {
+        let initramfs = "1 1 0:2 / / rw shared:1 - rootfs rootfs rw,size=1g\n22 1 0:21 / /proc rw - proc proc rw\n";
+        assert!(root_is_rootfs(initramfs));
+        let disk = "25 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n30 25 0:2 / /mnt rw - rootfs rootfs rw\n";
+        assert!(!root_is_rootfs(disk));
+    }
+}

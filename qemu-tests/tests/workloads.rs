@@ -1,0 +1,251 @@
+//! Workloads in QEMU (issue 7): images built from Debian's busybox-static are pushed to a real
+//! `docker-registry` on host loopback, the guest pulls them by digest over slirp (10.0.2.2),
+//! unpacks them and runs the services through libcontainer; each container's output reaches
+//! the console as `<service>| <line>`, its state changes reach the results channel as
+//! `container` records.
+#![cfg(any(qemu_testenv, clippy))]
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, ensure};
+    use qemu_tests::data_disk;
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
+    use qemu_tests::registry::{Registry, RegistryError, busybox_layer, free_port, work_dir};
+    use qemu_tests::{CvmSetup, Record, RunningVm, TestVm};
+
+    const TIMEOUT: Duration = Duration::from_secs(240);
+    const KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn raw(records: &[Record], name: &str) -> Vec<serde_json::Value> {
+        records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The container records of `service`, in order, as `state` names.
+    fn states(records: &[Record], service: &str) -> Vec<String> {
+        raw(records, "container")
+            .iter()
+            .filter(|c| c["service"] == service)
+            .filter_map(|c| c["state"].as_str().map(str::to_owned))
+            .collect()
+    }
+
+    /// Starts the registry, or `None` (with a message) when it is not installed.
+    fn registry(dir: &Path, port: u16) -> Result<Option<Registry>> {
+        match Registry::start_at(dir, port) {
+            Ok(r) => Ok(Some(r)),
+            Err(RegistryError::Missing) => {
+                eprintln!("SKIP: {}", RegistryError::Missing);
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A host share whose app-compose (the sample, key provider none) runs `compose`.
+    fn share(dir: &Path, compose: &str) -> Result<PathBuf> {
+        let mut files = sample_files()?;
+        for f in &mut files {
+            if f.name == "app-compose.json" {
+                let mut json: serde_json::Value = serde_json::from_slice(&f.contents)?;
+                json["kms_enabled"] = false.into();
+                json["docker_compose_file"] = compose.into();
+                f.contents = serde_json::to_vec_pretty(&json)?;
+            }
+        }
+        let image = dir.join("share.img");
+        build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)?;
+        Ok(image)
+    }
+
+    fn with_net(vm: TestVm<'_>) -> TestVm<'_> {
+        vm.with_qemu_arg("-netdev")
+            .with_qemu_arg("user,id=n0")
+            .with_qemu_arg("-device")
+            .with_qemu_arg("virtio-net-pci,netdev=n0")
+            .with_memory("1G")
+    }
+
+    /// Waits for a `container` record of `service` in `state`.
+    fn wait_state(vm: &mut RunningVm, service: &str, state: &str) -> Result<()> {
+        vm.wait_for_record(&format!("{service} {state}"), TIMEOUT, |r| {
+            matches!(r, Record::Other { event, line } if event == "container"
+                && serde_json::from_str::<serde_json::Value>(line)
+                    .is_ok_and(|c| c["service"] == service && c["state"] == state))
+        })?;
+        Ok(())
+    }
+
+    /// ACPI power-off, then the records; requires a clean exit.
+    fn power_off(mut vm: RunningVm) -> Result<(Vec<Record>, String)> {
+        vm.system_powerdown()?;
+        vm.wait_for_event("power_off", TIMEOUT)?;
+        let exit = vm.wait_for_exit(TIMEOUT)?;
+        ensure!(exit.success(), "QEMU exit {exit:?}");
+        Ok((vm.records()?, vm.console()))
+    }
+
+    /// Step 1: one busybox service from the loopback registry writes a line and exits 0
+    /// (`restart: "no"`): pulled, started, exited with code 0, `ready` after the launch.
+    #[test]
+    fn one_service_from_loopback_registry() -> Result<()> {
+        let setup = CvmSetup::new()?;
+        let dir = work_dir("one");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let Some(reg) = registry(&dir.join("registry"), free_port()?)? else {
+            return Ok(());
+        };
+        let layer = busybox_layer(&setup.artifacts.busybox)?;
+        let image = reg.push_image(
+            "hello",
+            &layer,
+            &serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sh", "-c"]}),
+        )?;
+        let compose = format!(
+            "services:\n  hello:\n    image: {image}\n    command: [\"echo hello-from-container uid=$$(id -u); exit 0\"]\n    restart: \"no\"\n  flaky:\n    image: {image}\n    command: [\"echo try; exit 1\"]\n    restart: on-failure:3\n"
+        );
+        let share = share(&dir, &compose)?;
+        let mut vm = with_net(setup.vm_with_share("workloads-one", &share))
+            .with_cmdline("cvm.on_ready=wait")
+            .boot()?;
+        vm.wait_for_event("ready", TIMEOUT)?;
+        wait_state(&mut vm, "hello", "exited")?;
+        wait_state(&mut vm, "flaky", "exited")?;
+        let (records, console) = power_off(vm)?;
+        let workloads = raw(&records, "workloads");
+        let [w] = workloads.as_slice() else {
+            anyhow::bail!("want one workloads record: {workloads:?}");
+        };
+        ensure!(
+            w["services"] == serde_json::json!(["hello", "flaky"]) && w["skipped"] == "",
+            "{w}"
+        );
+        ensure!(w["persistent"] == false, "no data disk: tmpfs store: {w}");
+        let s = states(&records, "hello");
+        ensure!(
+            s.first().map(String::as_str) == Some("starting") && s.contains(&"exited".into()),
+            "states {s:?}"
+        );
+        let exited = raw(&records, "container")
+            .into_iter()
+            .find(|c| c["service"] == "hello" && c["state"] == "exited")
+            .context("no exited record")?;
+        ensure!(exited["code"] == 0 && exited["restarts"] == 0, "{exited}");
+        ensure!(
+            console.contains("hello| hello-from-container uid=0"),
+            "console lacks the container's line"
+        );
+        // on-failure:3: three restarts with backoff, then left stopped.
+        let flaky = states(&records, "flaky");
+        let restarting = flaky.iter().filter(|s| *s == "restarting").count();
+        ensure!(restarting == 3, "flaky states {flaky:?}");
+        let last = raw(&records, "container")
+            .into_iter()
+            .rfind(|c| c["service"] == "flaky")
+            .context("no flaky record")?;
+        ensure!(
+            last["state"] == "exited" && last["code"] == 1 && last["restarts"] == 3,
+            "{last}"
+        );
+        ensure!(
+            console.matches("flaky| try").count() == 4,
+            "flaky ran {} times",
+            console.matches("flaky| try").count()
+        );
+        // `ready` comes after the workloads stage launched the service.
+        let names: Vec<&str> = records.iter().map(Record::event).collect();
+        let ready = names.iter().position(|n| *n == "ready");
+        let started = names.iter().position(|n| *n == "container");
+        ensure!(started < ready, "ready before the launch: {names:?}");
+        Ok(())
+    }
+
+    /// Two services on the encrypted data disk: `writer` waits for `base`'s healthcheck and
+    /// writes to a named volume; ACPI power-off stops `base`; a reboot with the registry stopped
+    /// reuses the cached images and `writer` finds its file.
+    #[test]
+    fn two_services_volume_and_offline_reboot() -> Result<()> {
+        let setup = CvmSetup::new()?;
+        let dir = work_dir("two");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let Some(reg) = registry(&dir.join("registry"), port)? else {
+            return Ok(());
+        };
+        let layer = busybox_layer(&setup.artifacts.busybox)?;
+        let image = reg.push_image(
+            "app",
+            &layer,
+            &serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sh", "-c"]}),
+        )?;
+        let compose = |first: &str| {
+            format!(
+                "services:\n  base:\n    image: {image}\n    command: [\"echo base-up; touch /tmp/ready; while true; do sleep 1; done\"]\n    stop_grace_period: 3s\n    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      timeout: 10s\n      retries: 3\n  writer:\n    image: {image}\n    command: [\"{first}\"]\n    restart: \"no\"\n    depends_on:\n      base:\n        condition: service_healthy\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+            )
+        };
+        let disk = data_disk::create(&dir.join("data.img"), 64)?;
+        let run = |name: &str, compose: &str, sub: &str| -> Result<(Vec<Record>, String)> {
+            let d = dir.join(sub);
+            std::fs::create_dir_all(&d)?;
+            let share = share(&d, compose)?;
+            let mut vm = with_net(setup.vm_with_share(name, &share))
+                .with_qemu_arg("-drive")
+                .with_qemu_arg(&data_disk::drive_arg(&disk))
+                .with_cmdline(&format!("cvm.on_ready=wait cvm.test_disk_key={KEY}"))
+                .boot()?;
+            vm.wait_for_event("ready", TIMEOUT)?;
+            wait_state(&mut vm, "writer", "exited")?;
+            power_off(vm)
+        };
+        let (records, console) = run(
+            "workloads-two",
+            &compose("echo kept-$$(date +%s) > /data/f; cat /data/f"),
+            "boot1",
+        )?;
+        let w = raw(&records, "workloads");
+        ensure!(w.first().is_some_and(|w| w["persistent"] == true), "{w:?}");
+        ensure!(console.contains("base| base-up"), "base did not run");
+        ensure!(console.contains("writer| kept-"), "writer did not write");
+        let names: Vec<(String, String)> = raw(&records, "container")
+            .iter()
+            .map(|c| (c["service"].to_string(), c["state"].to_string()))
+            .collect();
+        let pos = |svc: &str, st: &str| {
+            names
+                .iter()
+                .position(|(a, b)| a == &format!("\"{svc}\"") && b == &format!("\"{st}\""))
+        };
+        ensure!(
+            pos("base", "healthy").is_some() && pos("base", "healthy") < pos("writer", "starting"),
+            "writer started before base was healthy: {names:?}"
+        );
+        ensure!(
+            pos("base", "stopped").is_some() || pos("base", "exited").is_some(),
+            "power-off did not stop base: {names:?}"
+        );
+
+        // Second boot: registry stopped, same pinned image, the file is still there.
+        drop(reg);
+        let (records, console) = run("workloads-two-offline", &compose("cat /data/f"), "boot2")?;
+        let exited = raw(&records, "container")
+            .into_iter()
+            .find(|c| c["service"] == "writer" && c["state"] == "exited")
+            .context("writer did not exit")?;
+        ensure!(exited["code"] == 0, "{exited}");
+        ensure!(
+            console.contains("writer| kept-"),
+            "the volume lost B's file across the reboot"
+        );
+        Ok(())
+    }
+}
