@@ -170,8 +170,9 @@ pub fn test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
 }
 
 /// Modules the 9p image adds to `initramfs/manifest.toml`'s list (their dependencies `9pnet`,
-/// `netfs` and `fscache` are resolved by `cvm_initramfs`).
-pub const NINE_P_MODULES: &[&str] = &["9pnet_virtio", "9p"];
+/// `netfs`, `fscache`, `jbd2`, `mbcache` are resolved by `cvm_initramfs`). ext4 is built into the
+/// cloud kernel but a module in the generic one; the kernel contract requires it.
+pub const NINE_P_MODULES: &[&str] = &["9pnet_virtio", "9p", "ext4"];
 
 /// The cvm-init image for the generic-flavour kernel (`Artifacts::fetch_with_kernel
 /// ("kernel_9p")`) with [`NINE_P_MODULES`] added, for the 9p host-share test.
