@@ -216,6 +216,7 @@ mod tests {
                 "disk",
                 "system-ready",
                 "guest-api",
+                "workloads",
                 "ready"
             ]
         );
