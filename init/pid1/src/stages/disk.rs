@@ -119,7 +119,8 @@ pub(crate) fn run(
             Selected::OnlyVirtioDisk(_) => "the only writable virtio disk",
         }
     );
-    let key = disk_key(config, app_keys).ok_or_else(|| DiskStageError::NoKey { disk: disk.clone() })?;
+    let key =
+        disk_key(config, app_keys).ok_or_else(|| DiskStageError::NoKey { disk: disk.clone() })?;
     let mut block = BlockFile::open(&disk).map_err(|source| DiskStageError::OpenDisk {
         path: disk.clone(),
         source,
