@@ -15,14 +15,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use cvm_keys::env::{DecryptedEnv, DisallowedEnv};
 use cvm_keys::kms::{AppKeys, RetryPolicy, ThreadSleeper};
 use cvm_keys::stage::{KeyStageError, KmsStageInput, kms_stage};
-use cvm_keys::transport::{Resolve, TlsTransport};
+use cvm_keys::transport::{ResolvConfResolver, TlsTransport};
 use init_core::app_compose::KeyProviderKind;
 use init_core::host_share::HostShare;
 use init_core::identity::AppIdentity;
-use init_core::net::endpoint::Host;
 use init_core::tee::{QuoteSource, RuntimeEvent};
-
-use crate::stages::network::resolve_with;
 
 /// Where the guest API finds the app keys (dstack's `.appkeys.json`), inside the 0700 tmpfs.
 pub(crate) const APP_KEYS_FILE: &str = ".appkeys.json";
@@ -60,32 +57,16 @@ pub(crate) enum KeysOutcome {
     NoProvider,
 }
 
-/// Resolves KMS host names through the init's stub resolver (no glibc NSS).
-#[derive(Debug)]
-pub(crate) struct StubResolver {
-    servers: Vec<Ipv4Addr>,
-}
-
-impl StubResolver {
-    pub(crate) fn new(servers: Vec<Ipv4Addr>) -> Self {
-        Self { servers }
-    }
-}
-
-impl Resolve for StubResolver {
-    fn resolve(&self, host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
-        let literal = host.trim_start_matches('[').trim_end_matches(']');
-        let host = match literal.parse::<IpAddr>() {
-            Ok(ip) => Host::Ip(ip),
-            Err(_) => Host::Name(host.trim_end_matches('.').to_ascii_lowercase()),
-        };
-        resolve_with(&host, &self.servers, Duration::from_secs(2), 3)
-            .map(|ips| {
-                ips.into_iter()
-                    .map(|ip| SocketAddr::new(ip, port))
-                    .collect()
-            })
-            .map_err(|e| io::Error::other(init_core::error_chain::one_line(&e)))
+/// KMS host names resolve through cvm-keys' stub resolver (no glibc NSS in a static binary),
+/// asking the DNS servers of the DHCP lease.
+fn lease_resolver(dns: Vec<Ipv4Addr>) -> ResolvConfResolver {
+    ResolvConfResolver {
+        servers: dns
+            .into_iter()
+            .map(|ip| SocketAddr::new(IpAddr::V4(ip), init_core::net::dns::PORT))
+            .collect(),
+        per_query: Duration::from_secs(2),
+        rounds: 3,
     }
 }
 
@@ -115,7 +96,7 @@ pub(crate) fn run<T: QuoteSource + ?Sized>(
         }
         KeyProviderKind::Kms => {
             let dns = dns.ok_or(KeysStageError::NoNetwork)?;
-            let mut transport = TlsTransport::new(Box::new(StubResolver::new(dns)));
+            let mut transport = TlsTransport::new(Box::new(lease_resolver(dns)));
             let now_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
@@ -178,7 +159,8 @@ mod tests {
 
     #[test]
     fn literals_resolve_without_dns() {
-        let r = StubResolver::new(Vec::new());
+        use cvm_keys::transport::Resolve as _;
+        let r = lease_resolver(Vec::new());
         assert_eq!(
             r.resolve("10.0.2.2", 8000).unwrap(),
             [SocketAddr::from(([10, 0, 2, 2], 8000))]
@@ -186,6 +168,6 @@ mod tests {
         assert_eq!(r.resolve("[::1]", 1).unwrap()[0].port(), 1);
         // A name needs a DNS server: a clear error, not a panic or a hang.
         let err = r.resolve("kms.example.com", 443).unwrap_err();
-        assert!(err.to_string().contains("no DNS server"), "{err}");
+        assert!(err.to_string().contains("no DNS answer"), "{err}");
     }
 }

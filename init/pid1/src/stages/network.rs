@@ -1,7 +1,7 @@
 //! The `network` stage: bring up `lo` and the first Ethernet interface, configure it by DHCP
-//! (QEMU's slirp, a dstack VMM's bridge), write `/etc/resolv.conf`, and keep the lease for the
-//! stub resolver ([`Network::resolve`]) the KMS and registry clients use. There is no glibc
-//! NSS in the static init: names resolve through `init_core::net::dns` over UDP.
+//! (QEMU's slirp, a dstack VMM's bridge), write `/etc/resolv.conf`, and keep the lease; the KMS
+//! client resolves names against the lease's DNS servers with cvm-keys' stub resolver
+//! (`init_core::net::dns` over UDP; there is no glibc NSS in the static init).
 //!
 //! The stage is required when the configuration needs the network (`kms_urls` is not empty):
 //! then no interface or no lease stops the boot. Otherwise a missing interface or lease is
@@ -9,14 +9,12 @@
 
 use std::fs;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use init_core::net::Ipv4Config;
 use init_core::net::dhcp::{self, Client, MessageType, Reply};
-use init_core::net::dns::{self, DnsError};
-use init_core::net::endpoint::Host;
 use init_sys::net::{NetControl, NetError, bind_to_device};
 
 /// ARPHRD_ETHER in `/sys/class/net/<if>/type`.
@@ -51,26 +49,6 @@ pub(crate) enum NetworkStageError {
     #[error("write {path}")]
     WriteResolvConf {
         path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("resolve {name}: no DNS server (no DHCP lease)")]
-    NoDnsServer { name: String },
-    #[error("resolve {name}")]
-    DnsQuery {
-        name: String,
-        #[source]
-        source: DnsError,
-    },
-    #[error("resolve {name}: no answer from {servers:?} within {timeout:?}")]
-    DnsTimeout {
-        name: String,
-        servers: Vec<Ipv4Addr>,
-        timeout: Duration,
-    },
-    #[error("DNS socket for {name}")]
-    DnsSocket {
-        name: String,
         #[source]
         source: io::Error,
     },
@@ -286,101 +264,6 @@ fn write_resolv_conf(path: &Path, servers: &[Ipv4Addr]) -> Result<(), NetworkSta
 
 // The KMS and registry clients (issues 5 and 7) call the resolver; until the KMS stage lands
 // only the tests do.
-impl Network {
-    /// The addresses of `host`: a literal as is, a name through the lease's DNS servers (each
-    /// tried in turn, 3 rounds, 2 s per query).
-    #[allow(dead_code)] // until the KMS stage (issue 5) calls it
-    pub(crate) fn resolve(&self, host: &Host) -> Result<Vec<IpAddr>, NetworkStageError> {
-        resolve_with(host, &self.config.dns_servers, Duration::from_secs(2), 3)
-    }
-}
-
-/// [`Network::resolve`] with explicit servers and timing (tests use a loopback server).
-#[cfg_attr(not(test), allow(dead_code))]
-pub(crate) fn resolve_with(
-    host: &Host,
-    servers: &[Ipv4Addr],
-    per_query: Duration,
-    rounds: u32,
-) -> Result<Vec<IpAddr>, NetworkStageError> {
-    let name = match host {
-        Host::Ip(ip) => return Ok(vec![*ip]),
-        Host::Name(name) if name == "localhost" => {
-            return Ok(vec![IpAddr::V4(Ipv4Addr::LOCALHOST)]);
-        }
-        Host::Name(name) => name,
-    };
-    resolve_name(name, servers, dns::PORT, per_query, rounds)
-}
-
-#[cfg_attr(not(test), allow(dead_code))]
-fn resolve_name(
-    name: &str,
-    servers: &[Ipv4Addr],
-    port: u16,
-    per_query: Duration,
-    rounds: u32,
-) -> Result<Vec<IpAddr>, NetworkStageError> {
-    if servers.is_empty() {
-        return Err(NetworkStageError::NoDnsServer {
-            name: name.to_owned(),
-        });
-    }
-    let socket_error = |source| NetworkStageError::DnsSocket {
-        name: name.to_owned(),
-        source,
-    };
-    let socket =
-        UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).map_err(socket_error)?;
-    let mut buf = [0u8; dns::MAX_UDP_RESPONSE + 1];
-    let mut id_bytes = [0u8; 2];
-    for _ in 0..rounds {
-        for server in servers {
-            getrandom_fill(&mut id_bytes).map_err(NetworkStageError::Random)?;
-            let id = u16::from_ne_bytes(id_bytes);
-            let query = dns::query(name, id).map_err(|source| NetworkStageError::DnsQuery {
-                name: name.to_owned(),
-                source,
-            })?;
-            let to = SocketAddr::V4(SocketAddrV4::new(*server, port));
-            if socket.send_to(&query, to).is_err() {
-                continue;
-            }
-            let deadline = Instant::now() + per_query;
-            while let Some(left) = deadline
-                .checked_duration_since(Instant::now())
-                .filter(|d| !d.is_zero())
-            {
-                socket.set_read_timeout(Some(left)).map_err(socket_error)?;
-                let Ok((len, from)) = socket.recv_from(&mut buf) else {
-                    break;
-                };
-                // Only the server asked may answer; other datagrams are ignored.
-                if from != to {
-                    continue;
-                }
-                match dns::parse_response(buf.get(..len).unwrap_or_default(), id, name) {
-                    Ok(addresses) => return Ok(addresses.into_iter().map(IpAddr::V4).collect()),
-                    // A definitive answer from the server: do not ask the others.
-                    Err(source @ (DnsError::Rcode { .. } | DnsError::NoAddress { .. })) => {
-                        return Err(NetworkStageError::DnsQuery {
-                            name: name.to_owned(),
-                            source,
-                        });
-                    }
-                    // Wrong id (a late answer) or garbage: keep waiting.
-                    Err(_) => {}
-                }
-            }
-        }
-    }
-    Err(NetworkStageError::DnsTimeout {
-        name: name.to_owned(),
-        servers: servers.to_vec(),
-        timeout: per_query * rounds,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -411,89 +294,5 @@ mod tests {
                 .unwrap()
                 .ends_with("nameserver 10.0.2.3\n")
         );
-    }
-
-    /// A DNS server on loopback answering one query per datagram with `answer(query)`.
-    fn dns_server(answer: impl Fn(&[u8]) -> Vec<u8> + Send + 'static) -> u16 {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = socket.local_addr().unwrap().port();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 512];
-            while let Ok((len, from)) = socket.recv_from(&mut buf) {
-                let reply = answer(&buf[..len]);
-                let _ = socket.send_to(&reply, from);
-            }
-        });
-        port
-    }
-
-    fn query_id(query: &[u8]) -> u16 {
-        u16::from_be_bytes([query[0], query[1]])
-    }
-
-    #[test]
-    fn names_resolve_against_a_loopback_server() {
-        let port =
-            dns_server(|q| dns::response(query_id(q), "kms.test", 0, &[(1, vec![10, 0, 2, 2])]));
-        let got = resolve_name(
-            "kms.test",
-            &[Ipv4Addr::LOCALHOST],
-            port,
-            Duration::from_secs(2),
-            1,
-        )
-        .unwrap();
-        assert_eq!(got, [IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2))]);
-    }
-
-    #[test]
-    fn nxdomain_is_a_typed_error_and_silence_times_out() {
-        let port = dns_server(|q| dns::response(query_id(q), "kms.test", 3, &[]));
-        let err = resolve_name(
-            "kms.test",
-            &[Ipv4Addr::LOCALHOST],
-            port,
-            Duration::from_secs(2),
-            1,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                NetworkStageError::DnsQuery {
-                    source: DnsError::Rcode { rcode: 3 },
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
-        // A server that answers with the wrong id is ignored until the timeout.
-        let port =
-            dns_server(|q| dns::response(query_id(q) ^ 1, "kms.test", 0, &[(1, vec![1, 2, 3, 4])]));
-        let err = resolve_name(
-            "kms.test",
-            &[Ipv4Addr::LOCALHOST],
-            port,
-            Duration::from_millis(200),
-            2,
-        )
-        .unwrap_err();
-        assert!(
-            matches!(err, NetworkStageError::DnsTimeout { .. }),
-            "{err:?}"
-        );
-    }
-
-    #[test]
-    fn literals_and_localhost_need_no_server() {
-        let ip = IpAddr::V4(Ipv4Addr::new(10, 0, 2, 2));
-        assert_eq!(
-            resolve_with(&Host::Ip(ip), &[], Duration::ZERO, 0).unwrap(),
-            [ip]
-        );
-        assert!(matches!(
-            resolve_with(&Host::Name("kms.test".into()), &[], Duration::ZERO, 1),
-            Err(NetworkStageError::NoDnsServer { .. })
-        ));
     }
 }
