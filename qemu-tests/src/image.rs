@@ -1,6 +1,6 @@
 //! The images under test: the cvm-init binary, its initramfs and the busybox baseline.
 //!
-//! [`init_binary`] runs `cargo build --release -p cvm-init --features insecure-test-hooks
+//! [`init_binary`] runs `cargo build --profile qemu-test -p cvm-init --features insecure-test-hooks
 //! --target x86_64-unknown-linux-gnu` in its own target directory (`target/qemu-build/cargo`), so
 //! the nested cargo never waits on the lock held by the `cargo test` that runs us; `CVM_INIT_BIN`
 //! overrides it with a prebuilt binary. [`test_image`] packs it with
@@ -116,7 +116,8 @@ pub fn compression() -> Result<Compression, ImageError> {
     }
 }
 
-/// Path of the init binary: `CVM_INIT_BIN`, or a fresh release build with the test hooks.
+/// Path of the init binary: `CVM_INIT_BIN`, or a fresh build with the test hooks (profile
+/// `qemu-test`: release code without fat LTO).
 pub fn init_binary() -> Result<PathBuf, ImageError> {
     if let Some(path) = std::env::var_os(INIT_BIN_ENV).map(PathBuf::from) {
         return if path.is_file() {
@@ -132,7 +133,8 @@ pub fn init_binary() -> Result<PathBuf, ImageError> {
         .current_dir(paths::workspace_root())
         .args([
             "build",
-            "--release",
+            "--profile",
+            "qemu-test",
             "--locked",
             "-p",
             "cvm-init",
@@ -155,7 +157,7 @@ pub fn init_binary() -> Result<PathBuf, ImageError> {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    let path = target_dir.join(TARGET).join("release").join("cvm-init");
+    let path = target_dir.join(TARGET).join("qemu-test").join("cvm-init");
     if path.is_file() {
         Ok(path)
     } else {

@@ -2,8 +2,8 @@
 //!
 //! * `dist` — reproducible release build of the init and the initramfs into `dist/` with
 //!   `dist/SHA256SUMS`.
-//! * `repro` — builds `dist` from two copies of the tree in two directories at two times and
-//!   compares the outputs byte for byte.
+//! * `repro` — builds `dist` in the checkout and in a copy of the tree in another directory,
+//!   later, and compares the outputs byte for byte.
 //! * `demo` — `dist`, then boots it in QEMU and prints the stage timeline.
 //! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, repro.
 //! * `bench` — boot-time benchmark against a busybox baseline.

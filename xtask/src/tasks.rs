@@ -68,50 +68,91 @@ fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Build `dist` in two copies of the tree at different paths and times; the outputs must be
-/// byte-identical.
+/// Build `dist` twice, in the workspace and in a copy of the tree at another path and a later
+/// time; the outputs must be byte-identical.
 pub(crate) fn repro(_args: &[String]) -> Result<()> {
     let root = workspace_root();
+    eprintln!("xtask: reproducibility build 1 in {}", root.display());
+    let first = dist(&dist_options(&root))?;
+    repro_against(&root, &first.sums)
+}
+
+/// `dist` in `<root>` (output `dist/`, target directory `target/dist`).
+fn dist_options(root: &Path) -> DistOptions {
+    DistOptions {
+        out: root.join("dist"),
+        target_dir: root.join("target").join("dist"),
+        root: root.to_path_buf(),
+        source_date_epoch: source_date_epoch(),
+        features: Vec::new(),
+        modules: true,
+    }
+}
+
+/// The second reproducibility build: a copy of the tree under a different, deeper path, built
+/// from an empty target directory; its checksums must equal `first` (the workspace's build).
+fn repro_against(root: &Path, first: &str) -> Result<()> {
     let base = root.join("target").join("repro");
     let _ = std::fs::remove_dir_all(&base);
-    let dirs = [
-        base.join("a").join("cvm-init"),
-        base.join("second-build").join("nested").join("src"),
-    ];
-    let mut sums = Vec::new();
-    for (i, dir) in dirs.iter().enumerate() {
-        copy_tree(&root, dir)?;
-        if i == 1 {
-            // A different wall-clock time for the second build (mtimes and build time).
-            std::thread::sleep(Duration::from_secs(2));
-        }
-        let opts = DistOptions {
-            root: dir.clone(),
-            out: dir.join("dist"),
-            target_dir: dir.join("target"),
-            source_date_epoch: source_date_epoch(),
-            features: Vec::new(),
-            modules: true,
-        };
-        eprintln!(
-            "xtask: reproducibility build {} in {}",
-            i + 1,
-            dir.display()
-        );
-        let out = dist(&opts)?;
-        sums.push(out.sums);
-    }
-    println!("build 1:\n{}build 2:\n{}", sums[0], sums[1]);
-    if sums[0] != sums[1] {
+    let dir = base.join("second-build").join("nested").join("src");
+    copy_tree(root, &dir)?;
+    eprintln!("xtask: reproducibility build 2 in {}", dir.display());
+    let second = dist(&dist_options(&dir))?;
+    println!(
+        "build 1 ({}):\n{first}build 2 ({}):\n{}",
+        root.display(),
+        dir.display(),
+        second.sums
+    );
+    if first != second.sums {
         bail!(
             "builds differ: compare with `diffoscope {}/dist {}/dist`",
-            dirs[0].display(),
-            dirs[1].display()
+            root.display(),
+            dir.display()
         );
     }
     println!("reproducible: both builds are bit-identical");
     let _ = std::fs::remove_dir_all(&base);
     Ok(())
+}
+
+/// Bytes free on the filesystem holding `path` (`df`; `None` if it cannot tell).
+fn free_bytes(path: &Path) -> Option<u64> {
+    let out = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Below this much free disk, `cargo xtask test` deletes what finished stages built before the
+/// next stage builds (CI's disk does not hold every stage's target directory at once).
+const PRUNE_BELOW_BYTES: u64 = 16 << 30;
+
+/// Remove `dirs` (build outputs no later stage reads) when the disk is short of space.
+fn prune_if_short(root: &Path, dirs: &[PathBuf]) {
+    let free = free_bytes(root);
+    if free.is_some_and(|free| free >= PRUNE_BELOW_BYTES) {
+        return;
+    }
+    for dir in dirs {
+        if dir.exists() {
+            eprintln!(
+                "xtask: {} GiB free: removing {} (a finished stage's build output)",
+                free.map_or_else(|| "?".to_owned(), |f| (f >> 30).to_string()),
+                dir.display()
+            );
+            if let Err(error) = std::fs::remove_dir_all(dir) {
+                eprintln!("xtask: could not remove {}: {error}", dir.display());
+            }
+        }
+    }
 }
 
 /// Build the image and boot it in QEMU with the sample dstack host share, printing the stage
@@ -216,13 +257,19 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--no-qemu");
     packages::ensure(packages::TEST_PACKAGES)?;
     let root = workspace_root();
+    // Every stage builds once from scratch in CI: incremental caches only cost disk there.
+    let cargo = || {
+        let mut cmd = cargo();
+        cmd.current_dir(&root).env("CARGO_INCREMENTAL", "0");
+        cmd
+    };
     run(
         "cargo fmt --check",
-        cargo().current_dir(&root).args(["fmt", "--all", "--check"]),
+        cargo().args(["fmt", "--all", "--check"]),
     )?;
     run(
         "cargo clippy",
-        cargo().current_dir(&root).args([
+        cargo().args([
             "clippy",
             "--workspace",
             "--all-targets",
@@ -239,7 +286,6 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     run(
         "cargo test (host)",
         cargo()
-            .current_dir(&root)
             .args(["test", "--workspace", "--locked", "--target", TARGET])
             .env("CVM_SDK_PYTHON", sdk_python),
     )?;
@@ -251,17 +297,17 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         "fuzz smoke",
         Command::new("bash")
             .arg(root.join(".ci/fuzz-smoke"))
-            .current_dir(&root),
+            .current_dir(&root)
+            .env("CARGO_INCREMENTAL", "0"),
     )?;
-    let opts = DistOptions {
-        out: root.join("dist"),
-        target_dir: root.join("target").join("dist"),
-        root: root.clone(),
-        source_date_epoch: source_date_epoch(),
-        features: Vec::new(),
-        modules: true,
-    };
-    let out = dist(&opts)?;
+    prune_if_short(
+        &root,
+        &[
+            root.join("target").join(TARGET),
+            root.join("target").join("fuzz"),
+        ],
+    );
+    let out = dist(&dist_options(&root))?;
     check_static(&out.init)?;
     if quick {
         return Ok(());
@@ -269,7 +315,6 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     run(
         "QEMU boot tests",
         cargo()
-            .current_dir(&root)
             .args([
                 "test",
                 "--locked",
@@ -285,8 +330,15 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
             .env_remove("RUSTFLAGS"),
     )?;
-    eprintln!("xtask: == reproducibility (two builds, two directories)");
-    repro(&[])
+    prune_if_short(
+        &root,
+        &[
+            root.join("target").join("qemu"),
+            root.join("target").join("qemu-build").join("cargo"),
+        ],
+    );
+    eprintln!("xtask: == reproducibility (the build above and one in another directory)");
+    repro_against(&root, &out.sums)
 }
 
 /// `file` must call the init statically linked (a static-pie counts).
@@ -309,8 +361,19 @@ fn check_static(init: &Path) -> Result<()> {
 pub(crate) fn bench(args: &[String]) -> Result<()> {
     packages::ensure(packages::TEST_PACKAGES)?;
     let root = workspace_root();
+    // The figures are for the shipped build: fat-LTO `release` (with the test hooks the harness
+    // needs), not the faster-to-build `qemu-test` profile the boot tests use.
+    let init = crate::dist::build_init(&DistOptions {
+        out: root.join("target").join("bench-init"),
+        target_dir: root.join("target").join("bench-init"),
+        root: root.clone(),
+        source_date_epoch: source_date_epoch(),
+        features: vec!["insecure-test-hooks".into()],
+        modules: true,
+    })?;
     let mut cmd = cargo();
     cmd.current_dir(&root)
+        .env("CVM_INIT_BIN", &init)
         .args([
             "bench",
             "--locked",
