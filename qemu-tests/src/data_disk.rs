@@ -8,6 +8,19 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+/// Hex SHA-256 of the 4 MiB probe file the init's `cvm.test_disk=write` hook writes (the same
+/// generator: numbered lines, truncated to 4 MiB).
+pub fn probe_sha256() -> String {
+    let mut v = Vec::with_capacity(4 << 20);
+    let mut i = 0u32;
+    while v.len() < 4 << 20 {
+        v.extend_from_slice(format!("cvm-disk probe line {i:08}\n").as_bytes());
+        i += 1;
+    }
+    v.truncate(4 << 20);
+    hex::encode(Sha256::digest(&v))
+}
+
 /// Creates a sparse, zero-filled raw disk of `mib` MiB at `path`.
 pub fn create(path: &Path, mib: u64) -> io::Result<PathBuf> {
     let file = File::create(path)?;

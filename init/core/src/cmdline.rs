@@ -56,7 +56,7 @@ pub struct Config {
     pub log_level: LogLevel,
     pub results_port: String,
     pub test_fault: Option<TestFault>,
-    pub test_orphans: u8,
+    pub test_orphans: u16,
     pub test_dump: Vec<TestDump>,
     /// `cvm.data_device`: the data disk (or a partition of it), instead of looking for a
     /// `dstack-data` partition or the only writable virtio disk.
@@ -136,7 +136,7 @@ impl Default for Config {
 /// The virtio-serial port name the results channel uses unless `cvm.results` says otherwise.
 pub const DEFAULT_RESULTS_PORT: &str = "cvm.results";
 /// Upper bound for `cvm.test_orphans`.
-pub const MAX_TEST_ORPHANS: u8 = 64;
+pub const MAX_TEST_ORPHANS: u16 = 1000;
 const MAX_CMDLINE_LEN: usize = 64 * 1024;
 const MAX_PORT_NAME_LEN: usize = 64;
 
@@ -294,10 +294,10 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
             "cvm.test_orphans" => {
                 require_hooks(hooks, &key)?;
                 config.test_orphans = value
-                    .parse::<u8>()
+                    .parse::<u16>()
                     .ok()
                     .filter(|n| *n <= MAX_TEST_ORPHANS)
-                    .ok_or_else(|| invalid("an integer 0..=64"))?;
+                    .ok_or_else(|| invalid("an integer 0..=1000"))?;
             }
             "cvm.test_dump" => {
                 require_hooks(hooks, &key)?;
@@ -457,7 +457,13 @@ mod tests {
             })
         );
         assert_eq!(c.test_orphans, 5);
-        parse("cvm.test_orphans=65", TestHooks::Enabled).unwrap_err();
+        assert_eq!(
+            parse("cvm.test_orphans=1000", TestHooks::Enabled)
+                .unwrap()
+                .test_orphans,
+            1000
+        );
+        parse("cvm.test_orphans=1001", TestHooks::Enabled).unwrap_err();
         parse("cvm.test_fault=mount:relative", TestHooks::Enabled).unwrap_err();
         assert_eq!(
             parse("cvm.test_fault=kill-guest-api", TestHooks::Enabled)

@@ -144,7 +144,7 @@ pub fn kill_all(signal: Signal) -> Result<(), SignalsError> {
 /// Test hook: create `count` orphans. Each forked child forks a grandchild and exits at once,
 /// so the grandchild is re-parented to PID 1; the grandchild sleeps `linger_ms` and exits.
 #[cfg(feature = "insecure-test-hooks")]
-pub fn spawn_orphans(count: u8, linger_ms: u32) -> Result<(), SignalsError> {
+pub fn spawn_orphans(count: u16, linger_ms: u32) -> Result<(), SignalsError> {
     use nix::unistd::ForkResult;
     for _ in 0..count {
         // SAFETY: PID 1 is single-threaded (it never spawns threads), so the child may run any
