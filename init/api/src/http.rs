@@ -498,6 +498,25 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
     )))
 }
 
+/// Parses one complete request (head and `Content-Length` body) from the start of `buf`.
+/// `Ok(None)` means more bytes are needed; `Ok(Some((request, len)))` gives the request and the
+/// bytes it used (what follows is the next pipelined request). Pure and panic-free for any
+/// input: the same framing [`read_request`] applies to a socket.
+pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
+    let Some((head, len)) = parse_head(buf, limits)? else {
+        return Ok(None);
+    };
+    let Some(body) = len
+        .checked_add(head.content_length)
+        .and_then(|total| buf.get(len..total))
+    else {
+        return Ok(None);
+    };
+    let total = len + body.len();
+    let body = body.to_vec();
+    Ok(Some((Request { head, body }, total)))
+}
+
 /// Reads one request from `stream`. `buf` carries bytes already received (pipelined requests)
 /// across calls. `Ok(None)`: the peer closed, or stayed idle past the idle timeout, between
 /// requests.
@@ -648,6 +667,29 @@ mod tests {
                 expect_continue: false,
             }
         );
+    }
+
+    #[test]
+    fn parse_request_frames_the_body_and_leaves_the_next_request() {
+        let first = b"POST /EmitEvent HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nbody";
+        let mut both = first.to_vec();
+        both.extend_from_slice(b"GET /Info HTTP/1.1\r\nHost: x\r\n\r\n");
+        let (request, used) = parse_request(&both, &Limits::default()).unwrap().unwrap();
+        assert_eq!(used, first.len());
+        assert_eq!(request.body, b"body");
+        assert_eq!(request.head.path, "/EmitEvent");
+        for cut in 0..first.len() {
+            assert!(
+                parse_request(&first[..cut], &Limits::default())
+                    .unwrap()
+                    .is_none(),
+                "cut at {cut}"
+            );
+        }
+        assert!(matches!(
+            parse_request(b"GET / HTTP/1.1\r\n\r\n", &Limits::default()),
+            Err(HttpError::MissingHost)
+        ));
     }
 
     #[test]

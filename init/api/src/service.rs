@@ -305,10 +305,7 @@ fn call<T: Tee>(
             "rev": "",
         })),
         Call::GetQuote => {
-            let args: RawQuoteArgs = arguments("GetQuote", request)?;
-            let bytes = from_hex("report_data", &args.report_data)?;
-            let report_data = report_data::from_raw(&bytes)
-                .map_err(|source| ServiceError::BuildReportData { source })?;
+            let report_data = get_quote_report_data(request)?;
             let quoted = quote(state, "GetQuote", &report_data)?;
             Ok(json!({
                 "quote": hex::encode(&quoted.0),
@@ -317,27 +314,10 @@ fn call<T: Tee>(
                 "vm_config": state.workload().vm_config,
             }))
         }
-        Call::TdxQuote => {
-            let args: TdxQuoteArgs = arguments("TdxQuote", request)?;
-            tdx_quote(state, &args)
-        }
-        Call::RawQuote => {
-            let args: RawQuoteArgs = arguments("RawQuote", request)?;
-            tdx_quote(
-                state,
-                &TdxQuoteArgs {
-                    report_data: args.report_data,
-                    hash_algorithm: "raw".into(),
-                    prefix: String::new(),
-                },
-            )
-        }
+        Call::TdxQuote => tdx_quote(state, &tdx_quote_args(request)?),
+        Call::RawQuote => tdx_quote(state, &raw_quote_args(request)?),
         Call::EmitEvent => {
-            let args: EmitEventArgs = arguments("EmitEvent", request)?;
-            if args.event.is_empty() {
-                return Err(ServiceError::EmptyEventName);
-            }
-            let payload = from_hex("payload", &args.payload)?;
+            let (args, payload) = emit_event_args(request)?;
             let digest = state.emit_event(&args.event, &payload).map_err(|source| {
                 ServiceError::EmitEvent {
                     name: args.event.clone(),
@@ -351,9 +331,7 @@ fn call<T: Tee>(
             let keys = state
                 .app_keys()
                 .ok_or(ServiceError::KeysNotAvailable { method: "GetKey" })?;
-            let args: GetKeyArgs = arguments("GetKey", request)?;
-            let algorithm = cvm_keys::kdf::KeyAlgorithm::parse(&args.algorithm)
-                .map_err(|source| ServiceError::DeriveKey { source })?;
+            let (args, algorithm) = get_key_args(request)?;
             let derived = cvm_keys::kdf::get_key(
                 &keys.k256_key,
                 &keys.k256_signature,
@@ -373,7 +351,7 @@ fn call<T: Tee>(
                 method: "GetTlsKey",
             })?;
             let kms = keys.kms.as_ref().ok_or(ServiceError::NoKmsForTlsKey)?;
-            let args: GetTlsKeyArgs = arguments("GetTlsKey", request)?;
+            let args = get_tls_key_args(request)?;
             let config = cvm_keys::sign_cert::CertConfig {
                 org_name: None,
                 subject: args.subject,
@@ -420,12 +398,74 @@ fn call<T: Tee>(
     }
 }
 
-/// Legacy `TdxQuote`: `H(prefix ":" content)` (default SHA-512, prefix `app-data`) or `raw`
-/// (exactly 64 bytes).
-fn tdx_quote<T: Tee>(
-    state: &ApiState<T>,
+/// Routes `request` and decodes its arguments exactly as [`dispatch`] would (JSON body or GET
+/// query, hex fields, report data, key algorithm), without running the call: no TEE, no keys,
+/// no network. `Ok` gives the method name. The pure part of request handling, for fuzzing.
+pub fn check_arguments(service: Service, request: &Request) -> Result<&'static str, ServiceError> {
+    let Some(call) = route(service, &request.head.path) else {
+        return Err(ServiceError::UnknownMethod {
+            path: request.head.path.clone(),
+        });
+    };
+    match call {
+        Call::Info => Ok("Info"),
+        Call::Version => Ok("Version"),
+        Call::GetQuote => get_quote_report_data(request).map(|_| "GetQuote"),
+        Call::TdxQuote => tdx_report_data(&tdx_quote_args(request)?).map(|_| "TdxQuote"),
+        Call::RawQuote => tdx_report_data(&raw_quote_args(request)?).map(|_| "RawQuote"),
+        Call::EmitEvent => emit_event_args(request).map(|_| "EmitEvent"),
+        Call::Keys("GetKey") => get_key_args(request).map(|_| "GetKey"),
+        Call::Keys("GetTlsKey") => get_tls_key_args(request).map(|_| "GetTlsKey"),
+        Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
+        Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
+    }
+}
+
+fn get_quote_report_data(request: &Request) -> Result<[u8; REPORT_DATA_LEN], ServiceError> {
+    let args: RawQuoteArgs = arguments("GetQuote", request)?;
+    let bytes = from_hex("report_data", &args.report_data)?;
+    report_data::from_raw(&bytes).map_err(|source| ServiceError::BuildReportData { source })
+}
+
+fn tdx_quote_args(request: &Request) -> Result<TdxQuoteArgs, ServiceError> {
+    arguments("TdxQuote", request)
+}
+
+fn raw_quote_args(request: &Request) -> Result<TdxQuoteArgs, ServiceError> {
+    let args: RawQuoteArgs = arguments("RawQuote", request)?;
+    Ok(TdxQuoteArgs {
+        report_data: args.report_data,
+        hash_algorithm: "raw".into(),
+        prefix: String::new(),
+    })
+}
+
+fn emit_event_args(request: &Request) -> Result<(EmitEventArgs, Vec<u8>), ServiceError> {
+    let args: EmitEventArgs = arguments("EmitEvent", request)?;
+    if args.event.is_empty() {
+        return Err(ServiceError::EmptyEventName);
+    }
+    let payload = from_hex("payload", &args.payload)?;
+    Ok((args, payload))
+}
+
+fn get_key_args(
+    request: &Request,
+) -> Result<(GetKeyArgs, cvm_keys::kdf::KeyAlgorithm), ServiceError> {
+    let args: GetKeyArgs = arguments("GetKey", request)?;
+    let algorithm = cvm_keys::kdf::KeyAlgorithm::parse(&args.algorithm)
+        .map_err(|source| ServiceError::DeriveKey { source })?;
+    Ok((args, algorithm))
+}
+
+fn get_tls_key_args(request: &Request) -> Result<GetTlsKeyArgs, ServiceError> {
+    arguments("GetTlsKey", request)
+}
+
+/// The report data of `TdxQuote`/`RawQuote`, the hash used and the prefix applied.
+fn tdx_report_data(
     args: &TdxQuoteArgs,
-) -> Result<serde_json::Value, ServiceError> {
+) -> Result<([u8; REPORT_DATA_LEN], ReportDataHash, &str), ServiceError> {
     let content = from_hex("report_data", &args.report_data)?;
     let hash = ReportDataHash::parse(&args.hash_algorithm)
         .map_err(|source| ServiceError::BuildReportData { source })?;
@@ -436,6 +476,16 @@ fn tdx_quote<T: Tee>(
     };
     let report_data = report_data::hashed(prefix, &content, hash)
         .map_err(|source| ServiceError::BuildReportData { source })?;
+    Ok((report_data, hash, prefix))
+}
+
+/// Legacy `TdxQuote`: `H(prefix ":" content)` (default SHA-512, prefix `app-data`) or `raw`
+/// (exactly 64 bytes).
+fn tdx_quote<T: Tee>(
+    state: &ApiState<T>,
+    args: &TdxQuoteArgs,
+) -> Result<serde_json::Value, ServiceError> {
+    let (report_data, hash, prefix) = tdx_report_data(args)?;
     let hash_name = match hash {
         ReportDataHash::Sha256 => "sha256",
         ReportDataHash::Sha384 => "sha384",
