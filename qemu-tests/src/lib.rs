@@ -14,6 +14,7 @@ pub mod cpio;
 pub mod data_disk;
 pub mod host_share;
 pub mod image;
+pub mod matrix;
 pub mod paths;
 pub mod proxy;
 pub mod registry;

@@ -1,0 +1,217 @@
+//! Secrets hygiene (issue 10, item 4): one boot with the real test KMS (RA-TLS, app keys from
+//! its KDF), an encrypted env of three secret values and a fresh 64 MiB data disk that the init
+//! formats with the KMS disk key (dm-integrity + dm-crypt AEAD). Afterwards every key — the
+//! disk key, the env (X25519) key and the k256 app key as derived by `test-kms`'s KDF for this
+//! app and instance, and a test disk key constant — and every env value is searched for in
+//! raw bytes, lowercase and uppercase hex and base64 (standard and url-safe, padded and not)
+//! on the serial console, in the results channel file, and in the WHOLE data disk image
+//! (header, GPT, dm-integrity metadata and the ciphertext: a plaintext hit anywhere fails).
+//! A positive control plants one spelling in a copy of the disk bytes and requires the scanner
+//! to find it at the planted offset, so the scan can fail.
+//!
+//! Not scanned: container log files (no workload runs in this boot; the logs would live on the
+//! encrypted disk, which is scanned as a whole).
+//!
+//! Runtime: one TCG boot with network and a first-boot disk format, ~40-70 s on the 2-core CI
+//! box, plus ~2 s of scanning.
+#![cfg(any(qemu_testenv, clippy))]
+
+#[cfg(test)]
+mod tests {
+    use std::net::TcpListener;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use anyhow::{Context, Result, bail, ensure};
+    use cvm_keys::env::{encrypt_blob, env_plaintext};
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
+    use qemu_tests::matrix::find_needles;
+    use qemu_tests::results::{finished_stages, raw_records};
+    use qemu_tests::{CvmSetup, Record, data_disk};
+    use sha2::{Digest, Sha256};
+    use test_kms::{KmsKeys, Policy, QuoteTrust, leak_needles};
+
+    const TIMEOUT: Duration = Duration::from_secs(300);
+    const ENV: [(&str, &str); 3] = [
+        ("API_KEY", "sk-live-3f9a1c77e2b54d08a6c1"),
+        ("DB_PASSWORD", "correct-horse-battery-staple-42"),
+        ("MODE", "hygiene-mode-value-e81d"),
+    ];
+    /// The constant test disk key of the other QEMU tests: never used here, must never appear.
+    const TEST_DISK_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+    /// Every spelling of every secret, as bytes, with a label for the failure message.
+    fn needles(secrets: &[(String, Vec<u8>)]) -> (Vec<Vec<u8>>, Vec<String>) {
+        let mut out = Vec::new();
+        let mut labels = Vec::new();
+        for (name, secret) in secrets {
+            out.push(secret.clone());
+            labels.push(format!("{name} (raw)"));
+            for spelling in leak_needles(secret) {
+                labels.push(format!("{name} as {spelling:.8}…"));
+                out.push(spelling.into_bytes());
+            }
+        }
+        (out, labels)
+    }
+
+    #[test]
+    fn no_key_or_env_value_in_console_results_or_disk() -> Result<()> {
+        let setup = CvmSetup::new()?;
+        let dir = tempfile::tempdir()?;
+        let keys = Arc::new(KmsKeys::generate(&[])?);
+        let compose = serde_json::to_vec_pretty(&serde_json::json!({
+            "manifest_version": 2,
+            "name": "secrets-test",
+            "runner": "docker-compose",
+            "docker_compose_file": "services: {}\n",
+            "kms_enabled": true,
+            "gateway_enabled": false,
+            "local_key_provider_enabled": false,
+            "key_provider_id": keys.key_provider_id(),
+            "public_logs": true,
+            "public_sysinfo": true,
+            "allowed_envs": ENV.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+            "no_instance_id": false,
+            "secure_time": false,
+        }))?;
+        let hash: [u8; 32] = Sha256::digest(&compose).into();
+        let app_id = hash[..20].to_vec();
+        let root_file = dir.path().join("sim-root.pem");
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let kms = test_kms::start(
+            Arc::clone(&keys),
+            Policy {
+                allowed_compose_hashes: Some(vec![hash]),
+                trust: QuoteTrust::RootFile(root_file.clone()),
+                os_image_hash: None,
+                gateway_app_id: String::new(),
+            },
+            listener,
+        )?;
+        let plaintext = env_plaintext(&ENV);
+        let blob = encrypt_blob(&keys.env_public_key(&app_id)?, plaintext.expose())?;
+        let sys = serde_json::json!({
+            "kms_urls": [format!("https://10.0.2.2:{port}")],
+            "gateway_urls": [], "pccs_url": "", "docker_registry": null, "host_api_url": "",
+            "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":536870912}",
+        });
+        let share = dir.path().join("share.img");
+        build_image(
+            &[
+                ShareFile::new("app-compose.json", compose),
+                ShareFile::new(".sys-config.json", serde_json::to_vec(&sys)?),
+                ShareFile::new(".encrypted-env", blob),
+            ],
+            &[],
+            HOST_SHARE_LABEL,
+            &dir.path().join("staging"),
+            &share,
+        )?;
+        let disk = data_disk::create(&dir.path().join("data.img"), 64)?;
+        let blank = data_disk::sha256(&disk)?;
+
+        let mut vm = setup
+            .vm_with_share("secrets", &share)
+            .with_qemu_arg("-netdev")
+            .with_qemu_arg("user,id=n0")
+            .with_qemu_arg("-device")
+            .with_qemu_arg("virtio-net-pci,netdev=n0")
+            .with_qemu_arg("-drive")
+            .with_qemu_arg(&data_disk::drive_arg(&disk))
+            .with_cmdline("cvm.on_ready=poweroff cvm.test_disk=write,read")
+            .boot()?;
+        let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
+        let Record::Other { line, .. } = &record else {
+            bail!("unexpected {record:?}");
+        };
+        let value: serde_json::Value = serde_json::from_str(line)?;
+        std::fs::write(&root_file, value["pem"].as_str().context("pem")?)?;
+        vm.wait_for_event("power_off", TIMEOUT)?;
+        let exit = vm.wait_for_exit(TIMEOUT)?;
+        ensure!(exit.success(), "QEMU exit {exit:?}");
+        let records = vm.records()?;
+
+        // The boot really used the secrets: env decrypted, disk formatted and written.
+        ensure!(
+            finished_stages(&records).contains(&"ready"),
+            "boot did not finish: {}",
+            vm.report()
+        );
+        let k = raw_records(&records, "keys");
+        ensure!(
+            k.first().is_some_and(|k| k["env_names"]
+                == serde_json::json!(ENV.iter().map(|(n, _)| *n).collect::<Vec<_>>())),
+            "env not decrypted: {k:?}"
+        );
+        let d = raw_records(&records, "disk");
+        ensure!(d.first().is_some_and(|d| d["formatted"] == true), "{d:?}");
+        ensure!(
+            data_disk::sha256(&disk)? != blank,
+            "the disk was not written"
+        );
+
+        let measured = raw_records(&records, "measured");
+        let measured = measured.first().context("measured record")?;
+        let instance_id = hex::decode(measured["instance_id"].as_str().unwrap_or(""))?;
+        let derived = keys.app_secrets(&app_id, &instance_id)?;
+        let mut secrets: Vec<(String, Vec<u8>)> = ["disk key", "env key", "k256 app key"]
+            .iter()
+            .zip(&derived)
+            .map(|(n, s)| ((*n).to_owned(), s.expose().clone()))
+            .collect();
+        ensure!(
+            secrets.len() == 3,
+            "test-kms derived {} keys",
+            secrets.len()
+        );
+        secrets.push(("test disk key".into(), hex::decode(TEST_DISK_KEY)?));
+        for (name, value) in ENV {
+            secrets.push((format!("env {name}"), value.as_bytes().to_vec()));
+        }
+        let (needles, labels) = needles(&secrets);
+
+        let console = vm.console();
+        let results = std::fs::read(vm.tmpdir().join("results.jsonl"))?;
+        let image = std::fs::read(&disk)?;
+        ensure!(!console.is_empty() && !results.is_empty());
+        let mut found = Vec::new();
+        for (what, hay) in [
+            ("console", console.as_bytes()),
+            ("results channel", &results[..]),
+            ("data disk image", &image[..]),
+        ] {
+            for (i, at) in find_needles(hay, &needles) {
+                found.push(format!("{} in the {what} at byte {at}", labels[i]));
+            }
+        }
+        // Positive control: one spelling planted in a copy of the disk bytes is found there.
+        let mut planted = image.clone();
+        let spelling = leak_needles(secrets[0].1.as_slice())
+            .into_iter()
+            .next()
+            .context("spellings")?;
+        let at = planted.len() / 2 + 13;
+        planted[at..at + spelling.len()].copy_from_slice(spelling.as_bytes());
+        let hits = find_needles(&planted, &needles);
+        ensure!(
+            hits.iter().any(|(_, offset)| *offset == at),
+            "the scanner missed a planted secret"
+        );
+        let mut raw_planted = console.clone().into_bytes();
+        raw_planted.extend_from_slice(ENV[1].1.as_bytes());
+        ensure!(!find_needles(&raw_planted, &needles).is_empty());
+        println!(
+            "secrets scan: {} secrets, {} spellings, console {} B, results {} B, disk {} MiB",
+            secrets.len(),
+            needles.len(),
+            console.len(),
+            results.len(),
+            image.len() >> 20
+        );
+        kms.stop();
+        ensure!(found.is_empty(), "secrets found:\n{}", found.join("\n"));
+        Ok(())
+    }
+}
