@@ -152,7 +152,10 @@ mod tests {
                     Ok(())
                 },
                 stage: "cmdline",
-                chain: &["unknown kernel command line key `cvm.bogus` (known: *"],
+                chain: &[
+                    "kernel command line",
+                    "unknown kernel command line key `cvm.bogus` (known: *",
+                ],
             },
             Case {
                 name: "cmdline-duplicate-key",
@@ -161,7 +164,10 @@ mod tests {
                     Ok(())
                 },
                 stage: "cmdline",
-                chain: &["kernel command line key `cvm.on_ready` is given twice"],
+                chain: &[
+                    "kernel command line",
+                    "kernel command line key `cvm.on_ready` is given twice",
+                ],
             },
             Case {
                 name: "cmdline-bad-value",
@@ -170,7 +176,10 @@ mod tests {
                     Ok(())
                 },
                 stage: "cmdline",
-                chain: &["invalid value `vdb` for `cvm.data_device`: expected *"],
+                chain: &[
+                    "kernel command line",
+                    "invalid value `vdb` for `cvm.data_device`: expected *",
+                ],
             },
             // --- host share files ----------------------------------------------------------
             Case {
@@ -182,7 +191,10 @@ mod tests {
                     Ok(())
                 },
                 stage: "host-share",
-                chain: &["host share file /run/cvm/host-share.mnt/app-compose.json is a symlink"],
+                chain: &[
+                    "host share",
+                    "host share file /run/cvm/host-share.mnt/app-compose.json is a symlink",
+                ],
             },
             Case {
                 name: "share-app-compose-over-cap",
@@ -195,7 +207,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "host-share",
-                chain: &["*app-compose.json*"],
+                chain: &[
+                    "host share",
+                    "validate host share",
+                    "host share file app-compose.json is 52428801 bytes, cap is 52428800",
+                ],
             },
             Case {
                 name: "share-sys-config-over-cap",
@@ -204,7 +220,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "host-share",
-                chain: &["*.sys-config.json*"],
+                chain: &[
+                    "host share",
+                    "validate host share",
+                    "host share file .sys-config.json is 32769 bytes, cap is 32768",
+                ],
             },
             Case {
                 name: "share-encrypted-env-over-cap",
@@ -213,7 +233,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "host-share",
-                chain: &["*.encrypted-env*"],
+                chain: &[
+                    "host share",
+                    "validate host share",
+                    "host share file .encrypted-env is 262145 bytes, cap is 262144",
+                ],
             },
             Case {
                 name: "share-sys-config-garbage",
@@ -223,9 +247,11 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file .sys-config.json",
                     "parse .sys-config.json",
+                    "expected value at line 1 column 1",
                 ],
             },
             Case {
@@ -240,9 +266,11 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file .sys-config.json",
                     "parse vm_config in .sys-config.json",
+                    "key must be a string at line 1 column 2",
                 ],
             },
             Case {
@@ -253,9 +281,11 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file .instance_info",
                     "parse .instance_info",
+                    "invalid type: integer `1`, expected a string at line 1 column 2",
                 ],
             },
             Case {
@@ -266,9 +296,11 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file .instance_info",
                     "field instance_id_seed of .instance_info is not hex",
+                    "Invalid character 'z' at position 0",
                 ],
             },
             Case {
@@ -280,6 +312,7 @@ mod tests {
                 },
                 stage: "measure",
                 chain: &[
+                    "measure",
                     "derive app identity",
                     "pinned app_id has 19 bytes, expected 20",
                 ],
@@ -293,6 +326,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "parse app-compose.json",
@@ -307,6 +341,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "parse app-compose.json",
@@ -323,6 +358,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "parse app-compose.json",
@@ -348,6 +384,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "parse app-compose.json",
@@ -364,10 +401,11 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "parse app-compose.json",
-                    "lone leading surrogate in hex escape*",
+                    "unexpected end of hex escape at line 11 column 18",
                 ],
             },
             Case {
@@ -378,6 +416,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "unsupported manifest_version 4",
@@ -392,6 +431,7 @@ mod tests {
                 },
                 stage: "host-share",
                 chain: &[
+                    "host share",
                     "validate host share",
                     "parse host share file app-compose.json",
                     "key_provider_id must be empty for key provider none",
@@ -404,7 +444,7 @@ mod tests {
                     Ok(())
                 },
                 stage: "keys",
-                chain: &["key provider tpm is not supported by this build"],
+                chain: &["keys", "key provider tpm is not supported by this build"],
             },
             Case {
                 name: "encrypted-env-without-kms",
@@ -413,7 +453,10 @@ mod tests {
                     Ok(())
                 },
                 stage: "keys",
-                chain: &["key provider none: .encrypted-env cannot be decrypted without a KMS"],
+                chain: &[
+                    "keys",
+                    "key provider none: .encrypted-env cannot be decrypted without a KMS",
+                ],
             },
             // --- compose YAML (workloads stage, after the disk: no disk attached) ----------
             Case {
@@ -424,6 +467,7 @@ mod tests {
                 },
                 stage: "workloads",
                 chain: &[
+                    "workloads",
                     "parse docker_compose_file",
                     "services.app: unknown key \"frobnicate\"",
                 ],
@@ -435,7 +479,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["parse docker_compose_file", "services.app.image"],
+                chain: &[
+                    "workloads",
+                    "parse docker_compose_file",
+                    "services.app.image",
+                ],
             },
             Case {
                 name: "yaml-port-clash",
@@ -447,6 +495,7 @@ mod tests {
                 },
                 stage: "workloads",
                 chain: &[
+                    "workloads",
                     "parse docker_compose_file",
                     "port 8080/tcp is published by both a and b (host networking shares one port space)",
                 ],
@@ -459,6 +508,7 @@ mod tests {
                 },
                 stage: "workloads",
                 chain: &[
+                    "workloads",
                     "parse docker_compose_file",
                     "services.app.env_file: env_file is refused*",
                 ],
@@ -471,6 +521,7 @@ mod tests {
                 },
                 stage: "workloads",
                 chain: &[
+                    "workloads",
                     "parse docker_compose_file",
                     "services.app.volumes: host bind of \"/etc\" is refused*",
                 ],
@@ -482,7 +533,7 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["parse docker_compose_file", "*"],
+                chain: &["workloads", "parse docker_compose_file", "*"],
             },
             Case {
                 name: "yaml-nul-in-volume-path",
@@ -493,7 +544,7 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["parse docker_compose_file", "*"],
+                chain: &["workloads", "parse docker_compose_file", "*"],
             },
             Case {
                 name: "yaml-garbage",
@@ -502,7 +553,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["parse docker_compose_file", "parse docker-compose YAML"],
+                chain: &[
+                    "workloads",
+                    "parse docker_compose_file",
+                    "parse docker-compose YAML",
+                ],
             },
             Case {
                 name: "yaml-huge",
@@ -520,7 +575,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["parse docker_compose_file", "services.last.image"],
+                chain: &[
+                    "workloads",
+                    "parse docker_compose_file",
+                    "services.last.image",
+                ],
             },
             // --- KMS and the encrypted env (keys stage, before the disk) -------------------
             Case {
@@ -536,6 +595,7 @@ mod tests {
                 },
                 stage: "keys",
                 chain: &[
+                    "keys",
                     "decrypt the environment",
                     "env name LD_PRELOAD is not in allowed_envs",
                 ],
@@ -553,6 +613,7 @@ mod tests {
                 },
                 stage: "keys",
                 chain: &[
+                    "keys",
                     "decrypt the environment",
                     "env name \"API\\0KEY\" is not a valid variable name",
                 ],
@@ -569,6 +630,7 @@ mod tests {
                 },
                 stage: "keys",
                 chain: &[
+                    "keys",
                     "decrypt the environment",
                     "encrypted env is 20 bytes, expected *",
                 ],
@@ -595,6 +657,7 @@ mod tests {
                 },
                 stage: "keys",
                 chain: &[
+                    "keys",
                     "decrypt the environment",
                     "decrypt the env: authentication failed",
                 ],
@@ -610,7 +673,7 @@ mod tests {
                     Ok(())
                 },
                 stage: "keys",
-                chain: &["*key_provider_id*"],
+                chain: &["keys", "*key_provider_id*"],
             },
             Case {
                 name: "kms-compose-hash-not-allowed",
@@ -623,7 +686,7 @@ mod tests {
                     Ok(())
                 },
                 stage: "keys",
-                chain: &["*GetAppKey*"],
+                chain: &["keys", "*GetAppKey*"],
             },
         ]
     }
