@@ -483,6 +483,7 @@ mod tests {
                     "workloads",
                     "parse docker_compose_file",
                     "services.app.image",
+                    "image \"busybox:latest\" is not pinned by digest (name@sha256:<64 hex> is required)",
                 ],
             },
             Case {
@@ -510,7 +511,7 @@ mod tests {
                 chain: &[
                     "workloads",
                     "parse docker_compose_file",
-                    "services.app.env_file: env_file is refused*",
+                    "services.app.env_file: env_file is refused: the host file system is not trusted; use `environment` with the encrypted env",
                 ],
             },
             Case {
@@ -523,7 +524,7 @@ mod tests {
                 chain: &[
                     "workloads",
                     "parse docker_compose_file",
-                    "services.app.volumes: host bind of \"/etc\" is refused*",
+                    "services.app.volumes: host bind of \"/etc\" is refused (only /var/run/dstack.sock and /var/run/tappd.sock may be bound)",
                 ],
             },
             Case {
@@ -533,7 +534,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["workloads", "parse docker_compose_file", "*"],
+                chain: &[
+                    "workloads",
+                    "parse docker_compose_file",
+                    "services.a\0b: service names are [A-Za-z0-9._-], at most 63, starting alphanumeric",
+                ],
             },
             Case {
                 name: "yaml-nul-in-volume-path",
@@ -544,7 +549,11 @@ mod tests {
                     Ok(())
                 },
                 stage: "workloads",
-                chain: &["workloads", "parse docker_compose_file", "*"],
+                chain: &[
+                    "workloads",
+                    "parse docker_compose_file",
+                    "services.app.volumes[0]: expected a mapping",
+                ],
             },
             Case {
                 name: "yaml-garbage",
@@ -557,16 +566,17 @@ mod tests {
                     "workloads",
                     "parse docker_compose_file",
                     "parse docker-compose YAML",
+                    "control characters are not allowed at position 19",
                 ],
             },
             Case {
                 name: "yaml-huge",
                 build: |i| {
-                    // 8 MiB of services (well under app-compose's 50 MiB cap), the last one
+                    // 4 MiB of services (well under app-compose's 50 MiB cap), the last one
                     // refused: the parser must get through all of it and still name it.
                     let mut yaml = String::from("services:\n");
                     let mut n = 0;
-                    while yaml.len() < 8 << 20 {
+                    while yaml.len() < 4 << 20 {
                         yaml.push_str(&format!("  s{n}:\n    image: {IMAGE}\n"));
                         n += 1;
                     }
@@ -579,6 +589,7 @@ mod tests {
                     "workloads",
                     "parse docker_compose_file",
                     "services.last.image",
+                    "image \"busybox\" is not pinned by digest (name@sha256:<64 hex> is required)",
                 ],
             },
             // --- KMS and the encrypted env (keys stage, before the disk) -------------------
@@ -596,6 +607,7 @@ mod tests {
                 stage: "keys",
                 chain: &[
                     "keys",
+                    "KMS",
                     "decrypt the environment",
                     "env name LD_PRELOAD is not in allowed_envs",
                 ],
@@ -614,6 +626,7 @@ mod tests {
                 stage: "keys",
                 chain: &[
                     "keys",
+                    "KMS",
                     "decrypt the environment",
                     "env name \"API\\0KEY\" is not a valid variable name",
                 ],
@@ -631,6 +644,7 @@ mod tests {
                 stage: "keys",
                 chain: &[
                     "keys",
+                    "KMS",
                     "decrypt the environment",
                     "encrypted env is 20 bytes, expected *",
                 ],
@@ -658,6 +672,7 @@ mod tests {
                 stage: "keys",
                 chain: &[
                     "keys",
+                    "KMS",
                     "decrypt the environment",
                     "decrypt the env: authentication failed",
                 ],
@@ -835,7 +850,7 @@ mod tests {
         }
         Ok(vm
             .with_cmdline(&format!(
-                "cvm.on_ready=poweroff cvm.test_disk_key={TEST_DISK_KEY} {inputs_cmdline}"
+                "no_timer_check cvm.on_ready=poweroff cvm.test_disk_key={TEST_DISK_KEY} {inputs_cmdline}"
             ))
             .boot()?)
     }
