@@ -16,6 +16,7 @@ mod fault_common;
 #[cfg(test)]
 mod tests {
     use std::path::Path;
+    use std::sync::OnceLock;
     use std::time::Duration;
 
     use anyhow::{Context, Result, ensure};
@@ -57,11 +58,15 @@ mod tests {
             Ok(v) => v.parse().context("POWER_CUTS")?,
             Err(_) => 3,
         };
+        // One seed for the whole run (the three tests start at different times).
+        static CLOCK_SEED: OnceLock<u64> = OnceLock::new();
         let seed: u64 = match std::env::var("POWER_CUTS_SEED") {
             Ok(v) => v.parse().context("POWER_CUTS_SEED")?,
-            Err(_) => std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs(),
+            Err(_) => *CLOCK_SEED.get_or_init(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |d| d.as_secs())
+            }),
         };
         let cuts = (total + 2 - phase) / 3;
         eprintln!("power cuts {name}: {cuts} of POWER_CUTS={total}, POWER_CUTS_SEED={seed}");
@@ -188,7 +193,7 @@ mod tests {
         Ok(())
     }
 
-    /// Cuts during the pull and unpack (a random 0-6 s after the workloads stage starts, which
+    /// Cuts during the pull and unpack (a random 0-5 s after the workloads stage starts, which
     /// on TCG spans the download and the unpack of the 300-file layer); the next boot runs a
     /// container that finds every file of the image and the right busybox. ~60 s a cut.
     #[test]
@@ -212,7 +217,7 @@ mod tests {
             ),
         )?;
         for i in 0..cuts {
-            let delay = rng.below(6000);
+            let delay = rng.below(5000);
             let disk = data_disk::create(&dir.join(format!("cut{i}.img")), DISK_MIB)?;
             let mut vm = with_disk(
                 with_net(setup.vm_with_share(&format!("cut-unpack-{i}"), &share)),
