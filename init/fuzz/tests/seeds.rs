@@ -32,6 +32,11 @@ fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn run(target: &str, rounds: usize) {
+    run_with(target, rounds, 256);
+}
+
+/// `run` with at most about `cuts` prefixes per seed (for targets that are slow unoptimized).
+fn run_with(target: &str, rounds: usize, cuts: usize) {
     let (_, function) = init_fuzz::TARGETS
         .iter()
         .find(|(name, _)| *name == target)
@@ -42,8 +47,8 @@ fn run(target: &str, rounds: usize) {
     for (path, seed) in &seeds {
         eprintln!("{target}: {}", path.display());
         function(seed);
-        // Prefixes: every length for short seeds, about 256 evenly spaced cuts otherwise.
-        let step = (seed.len() / 256).max(1);
+        // Prefixes: every length for short seeds, about `cuts` evenly spaced cuts otherwise.
+        let step = (seed.len() / cuts).max(1);
         for end in (0..seed.len()).step_by(step) {
             function(&seed[..end]);
         }
@@ -152,4 +157,35 @@ fn oci_document() {
 #[test]
 fn oci_config() {
     run("oci_config", 300);
+}
+
+#[test]
+fn layer_tar() {
+    run("layer_tar", 30);
+}
+
+#[test]
+fn layer_tar_gz() {
+    run("layer_tar_gz", 30);
+}
+
+#[test]
+fn guest_api_request() {
+    run("guest_api_request", 300);
+}
+
+#[test]
+fn encrypted_env() {
+    // Unoptimized X25519 is slow: a few prefixes and mutations per seed.
+    run_with("encrypted_env", 10, 12);
+}
+
+#[test]
+fn kms_reply() {
+    run("kms_reply", 300);
+}
+
+#[test]
+fn sign_cert_csr() {
+    run("sign_cert_csr", 300);
 }
