@@ -245,7 +245,7 @@ fn next_mode(state: &mut State) -> Mode {
     match state.mode {
         Mode::Flap { every, fault } => {
             let every = every.max(1);
-            if (n / every) % 2 == 0 {
+            if (n / every).is_multiple_of(2) {
                 Mode::Fail(fault)
             } else {
                 Mode::Pass
@@ -278,16 +278,16 @@ fn accept_loop(listener: &TcpListener, shared: &Arc<Shared>) {
         let spawned = std::thread::Builder::new()
             .name("fault-proxy-conn".into())
             .spawn(move || {
-                if !handle(client, mode, &for_conn) {
-                    if let Some(c) = for_conn.lock().log.get_mut(index) {
-                        c.action = Action::UpstreamDown;
-                    }
+                if !handle(client, mode, &for_conn)
+                    && let Some(c) = for_conn.lock().log.get_mut(index)
+                {
+                    c.action = Action::UpstreamDown;
                 }
             });
-        if spawned.is_err() {
-            if let Some(c) = shared.lock().log.get_mut(index) {
-                c.action = Action::UpstreamDown;
-            }
+        if spawned.is_err()
+            && let Some(c) = shared.lock().log.get_mut(index)
+        {
+            c.action = Action::UpstreamDown;
         }
     }
 }
@@ -474,7 +474,7 @@ mod tests {
     fn script_overrides_the_mode_then_the_mode_applies() {
         let proxy = FaultProxy::start(echo_server(), Mode::Pass).unwrap();
         proxy.script([Mode::Fail(Fault::Reset), Mode::Fail(Fault::Drop)]);
-        assert!(call(&proxy, b"1").is_err());
+        call(&proxy, b"1").unwrap_err();
         assert_eq!(call(&proxy, b"2").unwrap(), b"");
         assert_eq!(call(&proxy, b"3").unwrap(), b"echo:3");
         let log = logged(&proxy, 3);
