@@ -946,7 +946,7 @@ mod tests {
         );
         Ok(format!(
             "{stage}: {}",
-            chain.first().map_or("", String::as_str)
+            chain.last().map_or("", String::as_str)
         ))
     }
 
