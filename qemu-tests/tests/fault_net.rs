@@ -5,8 +5,8 @@
 //! container is restarted with growing backoff, an out-of-memory container is killed by its
 //! cgroup without taking the init down, and 1000 orphaned grandchildren are reaped.
 //!
-//! Runtime under TCG (2 cores, shared): ~40 s per registry test, ~30 s per KMS test, ~20 s
-//! for the orphans; the whole file ~3 min.
+//! Runtime under TCG (2 cores, shared, image built): ~30-60 s per test, the whole file
+//! 85 s (tests in parallel).
 #![cfg(any(qemu_testenv, clippy))]
 
 mod fault_common;
@@ -406,13 +406,14 @@ mod tests {
         }
         eprintln!("crash restart pauses (s): {gaps:.3?}");
         ensure!(gaps.len() >= 6, "{} restarts: {crash:?}", gaps.len());
-        // 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s: the later ones dwarf TCG's jitter.
+        // Backoff 0.1, 0.2, 0.4, 0.8, 1.6, 3.2 s plus ~0.5 s of container start under TCG
+        // (measured 0.62, 0.72, 1.20, 1.85, 3.03, 5.38 s): compare steps ≥ 1.2 s apart.
         ensure!(
-            gaps[3] > gaps[2] && gaps[4] > gaps[3] && gaps[5] > gaps[4],
+            gaps[4] > gaps[2] && gaps[5] > gaps[4],
             "backoff does not grow: {gaps:?}"
         );
         ensure!(
-            gaps[5] >= 3.0 && gaps[0] < 1.0,
+            gaps[5] >= 3.0 && gaps[5] >= 3.0 * gaps[0],
             "backoff out of range: {gaps:?}"
         );
         ensure!(
