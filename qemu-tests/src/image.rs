@@ -43,9 +43,11 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 pub enum ImageError {
     #[error("failed to run cargo")]
     SpawnCargo { message: String },
-    #[error("`cargo build -p cvm-init` failed:\n{stderr}")]
+    #[error(
+        "`cargo build` of a workspace binary (cvm-init, demo-app, cvm-measure) failed:\n{stderr}"
+    )]
     BuildInit { stderr: String },
-    #[error("init binary {path} does not exist")]
+    #[error("built binary {path} does not exist")]
     MissingInit { path: PathBuf },
     #[error("failed to read the initramfs manifest {path}: {message}")]
     ReadManifest { path: PathBuf, message: String },
@@ -126,10 +128,22 @@ pub fn init_binary() -> Result<PathBuf, ImageError> {
             Err(ImageError::MissingInit { path })
         };
     }
+    workspace_binary("cvm-init", "cvm-init", &[TEST_FEATURE])
+}
+
+/// Builds `bin` of workspace package `package` (profile `qemu-test`, static, `--locked`) in the
+/// harness's own target directory under the build lock; returns the binary's path. The demo
+/// uses it for `demo-app` and `cvm-measure` too.
+pub fn workspace_binary(
+    package: &str,
+    bin: &str,
+    features: &[&str],
+) -> Result<PathBuf, ImageError> {
     let _lock = BuildLock::acquire()?;
     let target_dir = paths::build_dir().join("cargo");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(paths::workspace_root())
         .args([
             "build",
@@ -137,27 +151,29 @@ pub fn init_binary() -> Result<PathBuf, ImageError> {
             "qemu-test",
             "--locked",
             "-p",
-            "cvm-init",
-            "--features",
-            TEST_FEATURE,
+            package,
+            "--bin",
+            bin,
         ])
         .args(["--target", TARGET])
         .env("CARGO_TARGET_DIR", &target_dir)
         // Our own test flags (e.g. --cfg qemu_testenv) would replace .cargo/config.toml's
-        // static-link rustflags for the init: let the config apply.
+        // static-link rustflags: let the config apply.
         .env_remove("RUSTFLAGS")
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_BUILD_RUSTFLAGS")
-        .output()
-        .map_err(|error| ImageError::SpawnCargo {
-            message: error.to_string(),
-        })?;
+        .env_remove("CARGO_BUILD_RUSTFLAGS");
+    if !features.is_empty() {
+        command.args(["--features", &features.join(",")]);
+    }
+    let output = command.output().map_err(|error| ImageError::SpawnCargo {
+        message: error.to_string(),
+    })?;
     if !output.status.success() {
         return Err(ImageError::BuildInit {
             stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
         });
     }
-    let path = target_dir.join(TARGET).join("qemu-test").join("cvm-init");
+    let path = target_dir.join(TARGET).join("qemu-test").join(bin);
     if path.is_file() {
         Ok(path)
     } else {

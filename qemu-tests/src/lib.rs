@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod cpio;
 pub mod data_disk;
+pub mod demo;
 pub mod host_share;
 pub mod image;
 pub mod matrix;

@@ -30,7 +30,9 @@ use crate::results::{Record, ResultsError, ResultsReader, events};
 
 /// Kernel parameters every boot gets before the test's own: serial console, and reboot at once
 /// on a panic (with `-no-reboot`, QEMU then exits instead of hanging until the timeout).
-pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1";
+/// `no_timer_check`: under TCG on a loaded host the kernel's IO-APIC timer check can fail
+/// ("IO-APIC + timer doesn't work") and panic the boot.
+pub const BASE_CMDLINE: &str = "console=ttyS0 panic=-1 no_timer_check";
 
 /// Name of the results port (ARCHITECTURE.md).
 pub const RESULTS_PORT: &str = "cvm.results";
@@ -815,7 +817,7 @@ mod tests {
             .with_cmdline("cvm.log=debug");
         assert_eq!(
             vm.kernel_cmdline(),
-            "console=ttyS0 panic=-1 cvm.on_ready=poweroff cvm.log=debug"
+            "console=ttyS0 panic=-1 no_timer_check cvm.on_ready=poweroff cvm.log=debug"
         );
     }
 

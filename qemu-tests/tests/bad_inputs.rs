@@ -9,7 +9,7 @@
 //! * nothing secret on the console or the results channel: the test disk key
 //!   (`cvm.test_disk_key`, except where the kernel itself echoes its command line) and every
 //!   env value, in raw, hex and base64 spellings;
-//! * where the failure comes before the `disk` stage: a 64 MiB data disk attached read-write is
+//! * where the failure comes before the `disk` stage: a 16 MiB data disk attached read-write is
 //!   byte-identical (sha256) after the boot.
 //!
 //! Runtime: the cases boot one after another in one `#[test]` (the image is built once). On the
@@ -826,7 +826,7 @@ mod tests {
             inputs.share_mib,
         )?;
         let disk = if BEFORE_DISK.contains(&case.stage) {
-            Some(data_disk::create(&dir.path().join("data.img"), 64)?)
+            Some(data_disk::create(&dir.path().join("data.img"), 16)?)
         } else {
             None
         };
@@ -860,7 +860,7 @@ mod tests {
         }
         Ok(vm
             .with_cmdline(&format!(
-                "no_timer_check cvm.on_ready=poweroff cvm.test_disk_key={TEST_DISK_KEY} {inputs_cmdline}"
+                "cvm.on_ready=poweroff cvm.test_disk_key={TEST_DISK_KEY} {inputs_cmdline}"
             ))
             .boot()?)
     }
@@ -930,11 +930,10 @@ mod tests {
                 problems.push(format!("secret spelling #{i} on the {what} at byte {at}"));
             }
         }
-        if let (Some(disk), Some(before)) = (&built.disk, &disk_before) {
-            if &data_disk::sha256(disk)? != before {
-                problems
-                    .push("the data disk changed although the boot failed before unlock".into());
-            }
+        if let (Some(disk), Some(before)) = (&built.disk, &disk_before)
+            && &data_disk::sha256(disk)? != before
+        {
+            problems.push("the data disk changed although the boot failed before unlock".into());
         }
         if let Some((kms, _)) = built.kms {
             kms.stop();

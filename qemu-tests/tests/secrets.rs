@@ -120,7 +120,7 @@ mod tests {
             .with_qemu_arg("virtio-net-pci,netdev=n0")
             .with_qemu_arg("-drive")
             .with_qemu_arg(&data_disk::drive_arg(&disk))
-            .with_cmdline("no_timer_check cvm.on_ready=poweroff cvm.test_disk=write,read")
+            .with_cmdline("cvm.on_ready=poweroff cvm.test_disk=write,read")
             .boot()?;
         let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
         let Record::Other { line, .. } = &record else {

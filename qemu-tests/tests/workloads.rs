@@ -38,6 +38,14 @@ mod tests {
             .collect()
     }
 
+    /// `zombies_left` of the shutdown's `reaped` record.
+    fn zombies_left(records: &[Record]) -> Option<u64> {
+        records.iter().find_map(|r| match r {
+            Record::Reaped { zombies_left, .. } => Some(*zombies_left),
+            _ => None,
+        })
+    }
+
     /// Starts the registry, or `None` (with a message) when it is not installed.
     fn registry(dir: &Path, port: u16) -> Result<Option<Registry>> {
         match Registry::start_at(dir, port) {
@@ -161,6 +169,13 @@ mod tests {
             "flaky ran {} times",
             console.matches("flaky| try").count()
         );
+        // Four runs of `flaky` and one of `hello`, each container init an orphaned grandchild
+        // of PID 1: all reaped.
+        ensure!(
+            zombies_left(&records) == Some(0),
+            "zombies left: {:?}",
+            zombies_left(&records)
+        );
         // `ready` comes after the workloads stage launched the service.
         let names: Vec<&str> = records.iter().map(Record::event).collect();
         let ready = names.iter().position(|n| *n == "ready");
@@ -169,8 +184,9 @@ mod tests {
         Ok(())
     }
 
-    /// Two services on the encrypted data disk: `writer` waits for `base`'s healthcheck and
-    /// writes to a named volume; ACPI power-off stops `base`; a reboot with the registry stopped
+    /// Three services on the encrypted data disk: `writer` waits for `base`'s healthcheck and
+    /// writes to a named volume; ACPI power-off stops `watcher` before `base` (reverse
+    /// dependency order) and leaves no zombie; a reboot with the registry stopped
     /// reuses the cached images and `writer` finds its file.
     #[test]
     fn two_services_volume_and_offline_reboot() -> Result<()> {
@@ -190,7 +206,7 @@ mod tests {
         )?;
         let compose = |first: &str| {
             format!(
-                "services:\n  base:\n    image: {image}\n    command: [\"echo base-up; touch /tmp/ready; while true; do sleep 1; done\"]\n    stop_grace_period: 3s\n    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      timeout: 10s\n      retries: 3\n  writer:\n    image: {image}\n    command: [\"{first}\"]\n    restart: \"no\"\n    depends_on:\n      base:\n        condition: service_healthy\n    volumes: [\"data:/data\"]\nvolumes:\n  data: {{}}\n"
+                "services:\n  base:\n    image: {image}\n    command: [\"echo base-up; touch /tmp/ready; while true; do sleep 1; done\"]\n    stop_grace_period: 3s\n    healthcheck:\n      test: [\"CMD\", \"test\", \"-f\", \"/tmp/ready\"]\n      interval: 1s\n      timeout: 10s\n      retries: 3\n  writer:\n    image: {image}\n    command: [\"{first}\"]\n    restart: \"no\"\n    depends_on:\n      base:\n        condition: service_healthy\n    volumes: [\"data:/data\"]\n  watcher:\n    image: {image}\n    command: [\"trap 'echo watcher-term; exit 0' TERM; echo watcher-up; while true; do sleep 1; done\"]\n    stop_grace_period: 5s\n    depends_on: [base]\nvolumes:\n  data: {{}}\n"
             )
         };
         let disk = data_disk::create(&dir.join("data.img"), 64)?;
@@ -205,6 +221,7 @@ mod tests {
                 .boot()?;
             vm.wait_for_event("ready", TIMEOUT)?;
             wait_state(&mut vm, "writer", "exited")?;
+            wait_state(&mut vm, "watcher", "running")?;
             power_off(vm)
         };
         let (records, console) = run(
@@ -232,6 +249,26 @@ mod tests {
         ensure!(
             pos("base", "stopped").is_some() || pos("base", "exited").is_some(),
             "power-off did not stop base: {names:?}"
+        );
+        // Reverse dependency order: `watcher` (depends on `base`) is asked to stop and is gone
+        // before `base` is asked to stop; its TERM trap ran.
+        let watcher_gone = pos("watcher", "stopped").or(pos("watcher", "exited"));
+        ensure!(
+            pos("watcher", "stopping").is_some()
+                && watcher_gone.is_some()
+                && watcher_gone < pos("base", "stopping"),
+            "not stopped in reverse dependency order: {names:?}"
+        );
+        ensure!(
+            console.contains("watcher| watcher-term"),
+            "watcher did not get its stop signal"
+        );
+        // Each container's init is libcontainer's orphaned grandchild, reparented to PID 1:
+        // after the shutdown nothing is left unreaped.
+        ensure!(
+            zombies_left(&records) == Some(0),
+            "zombies left: {:?}",
+            zombies_left(&records)
         );
 
         // Second boot: registry stopped, same pinned image, the file is still there.

@@ -15,6 +15,8 @@ pub(crate) const TEST_PACKAGES: &[&str] = &[
     "swtpm-tools",
     "python3",
     "python3-venv",
+    "git",
+    "docker-registry",
 ];
 
 fn installed(pkg: &str) -> bool {

@@ -58,6 +58,10 @@ pub enum SignCertError {
     /// A length prefix is larger than what is left or than the limits.
     #[error("CSR field {field} has an impossible length")]
     Length { field: &'static str },
+    /// A SCALE compact length in a longer form than its value needs: the same CSR would
+    /// have several encodings, and the signature covers the bytes.
+    #[error("CSR field {field} has a non-canonical compact length")]
+    NonCanonicalLength { field: &'static str },
     /// A `bool` or `Option` tag is not 0 or 1, or an enum variant is unknown.
     #[error("CSR field {field} has an invalid tag {tag:#04x}")]
     Tag { field: &'static str, tag: u8 },
@@ -314,15 +318,19 @@ impl<'a> Reader<'a> {
 
     fn compact(&mut self, field: &'static str) -> Result<usize, SignCertError> {
         let first = self.byte(field)?;
-        let value: u64 = match first & 3 {
-            0 => u64::from(first >> 2),
+        // Each mode must be the shortest for its value (SCALE's canonical form).
+        let (value, min): (u64, u64) = match first & 3 {
+            0 => (u64::from(first >> 2), 0),
             1 => {
                 let b = self.take(1, field)?;
-                u64::from(u16::from_le_bytes([first, b[0]]) >> 2)
+                (u64::from(u16::from_le_bytes([first, b[0]]) >> 2), 1 << 6)
             }
             2 => {
                 let b = self.take(3, field)?;
-                u64::from(u32::from_le_bytes([first, b[0], b[1], b[2]]) >> 2)
+                (
+                    u64::from(u32::from_le_bytes([first, b[0], b[1], b[2]]) >> 2),
+                    1 << 14,
+                )
             }
             _ => {
                 let len = usize::from(first >> 2) + 4;
@@ -330,11 +338,18 @@ impl<'a> Reader<'a> {
                     return Err(SignCertError::Length { field });
                 }
                 let b = self.take(len, field)?;
+                // The big-integer mode needs its top byte non-zero (else a shorter length).
+                if b.last() == Some(&0) {
+                    return Err(SignCertError::NonCanonicalLength { field });
+                }
                 let mut buf = [0u8; 8];
                 buf[..len].copy_from_slice(b);
-                u64::from_le_bytes(buf)
+                (u64::from_le_bytes(buf), 1 << 30)
             }
         };
+        if value < min {
+            return Err(SignCertError::NonCanonicalLength { field });
+        }
         let n = usize::try_from(value).map_err(|_| SignCertError::Length { field })?;
         // Every element takes at least one byte: a count beyond what is left is a lie.
         if n > self.rest.len() {
@@ -960,6 +975,43 @@ mod tests {
             not_a_key.verify(&signature),
             Err(SignCertError::PublicKey)
         ));
+    }
+
+    #[test]
+    /// Found by the `sign_cert_csr` fuzz target: a compact length in a longer mode than its
+    /// value needs decoded, so one CSR had several byte encodings.
+    #[test]
+    fn decoder_rejects_non_canonical_compact_lengths() {
+        let crash = hex::decode(
+            "44706c65617365207369676e62000000000000000000000000000000000000000100000000ff\
+             ffffffffffffffff00000000fcffffffffffffff000000000000000000000000000000000000\
+             00000000000000000000000000000000000000005b0000",
+        )
+        .unwrap();
+        assert!(matches!(
+            CertSigningRequest::decode(&crash),
+            Err(SignCertError::NonCanonicalLength { .. })
+        ));
+        for (bytes, canonical) in [
+            (&[0x00u8][..], true),                              // 0, single byte
+            (&[0x01, 0x00][..], false),                         // 0 in two-byte mode
+            (&[0xfd, 0x00][..], false),                         // 63 in two-byte mode
+            (&[0x01, 0x01][..], true),                          // 64 in two-byte mode
+            (&[0x02, 0x00, 0x01, 0x00][..], true),              // 2^14 in four-byte mode
+            (&[0xfe, 0xff, 0x00, 0x00][..], false),             // 2^14 - 1 in four-byte mode
+            (&[0x03, 0xff, 0xff, 0xff, 0x3f][..], false),       // < 2^30 in big mode
+            (&[0x07, 0x00, 0x00, 0x00, 0x40, 0x00][..], false), // zero top byte
+        ] {
+            let mut padded = bytes.to_vec();
+            padded.extend(std::iter::repeat_n(0u8, 1 << 15));
+            let mut r = Reader { rest: &padded };
+            let got = r.compact("test");
+            assert_eq!(
+                !matches!(got, Err(SignCertError::NonCanonicalLength { .. })),
+                canonical,
+                "{bytes:02x?} -> {got:?}"
+            );
+        }
     }
 
     #[test]

@@ -1035,7 +1035,14 @@ enum CheckStatus {
     Pass,
     Fail,
     Skipped,
+    /// A platform check over evidence from the INSECURE simulated TEE: never a pass.
+    Simulated,
 }
+
+/// QE vendor id of quotes from cvm-init's INSECURE simulated TEE (test builds only).
+const SIMULATED_QE_VENDOR_ID: &[u8; 16] = b"INSECURE-SIM-TEE";
+/// The event the simulated TEE extends into RTMR3 before anything else.
+const SIMULATED_TEE_EVENT: &str = "insecure-simulated-tee";
 
 #[derive(Debug, Serialize)]
 struct CheckLine {
@@ -1129,6 +1136,10 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
     };
     let quote = Quote::parse(&quote_bytes).context("parse quote")?;
     let body = &quote.body;
+    // Evidence from the simulated TEE of a QEMU test build: every platform line is marked, and
+    // the verdict is a rejection whatever else passes.
+    let simulated = quote.header.qe_vendor_id == *SIMULATED_QE_VENDOR_ID
+        || runtime.iter().any(|e| e.name == SIMULATED_TEE_EVENT);
     let system = measure::dstack_identity::system_events(&runtime);
     let event = |name: &str| system.iter().find(|e| e.name == name);
     let mut list = Checklist(Vec::new());
@@ -1367,9 +1378,37 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
         line.reason = "input not given (--kms-quote)".to_owned();
     }
 
+    if simulated {
+        for line in list.0.iter_mut().filter(|l| l.section == "platform") {
+            line.status = CheckStatus::Simulated;
+            line.reason = format!(
+                "INSECURE simulated TEE (QEMU test build), not TDX hardware: {}",
+                line.reason
+            );
+        }
+        list.0.insert(
+            0,
+            CheckLine {
+                section: "platform",
+                check: "evidence from a real TDX module",
+                status: CheckStatus::Simulated,
+                reason: format!(
+                    "the {SIMULATED_TEE_EVENT} event / QE vendor id INSECURE-SIM-TEE mark \
+                     this evidence as simulated: it proves nothing and is always rejected"
+                ),
+            },
+        );
+    }
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&list.0)?)?;
     } else {
+        if simulated {
+            writeln!(
+                out,
+                "WARNING: INSECURE SIMULATED TEE — the platform lines below are marked SIMULATED; \
+                 no verifier may accept this evidence."
+            )?;
+        }
         let mut section = "";
         for line in &list.0 {
             if line.section != section {
@@ -1380,6 +1419,7 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
                 CheckStatus::Pass => "✓",
                 CheckStatus::Fail => "✗",
                 CheckStatus::Skipped => "-",
+                CheckStatus::Simulated => "~ SIMULATED",
             };
             writeln!(out, "  {mark} {}: {}", line.check, line.reason)?;
         }
@@ -1390,11 +1430,13 @@ fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
         .filter(|l| l.status == CheckStatus::Fail)
         .map(|l| l.check)
         .collect();
-    if failed.is_empty() {
-        Ok(())
-    } else {
+    if !failed.is_empty() {
         bail!("{} check(s) failed: {}", failed.len(), failed.join(", "))
     }
+    if simulated {
+        bail!("rejected: evidence from the INSECURE simulated TEE (every other check passed)");
+    }
+    Ok(())
 }
 
 /// The KMS's quote: signature and TCB with stored collateral, and reportData binding the

@@ -603,6 +603,64 @@ acpi_from_log = "td/dstack-ccel.bin"
         assert!(err.contains("3 check(s) failed"), "{err}");
     }
 
+    /// Evidence carrying the simulated TEE's marker event: every platform line is SIMULATED
+    /// (never a pass), a leading line says so, the text output warns, and the verdict fails.
+    #[test]
+    fn verify_marks_simulated_evidence() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(testdata("dstack-tdx-lite-getquote.json")).unwrap();
+        let mut reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut events: Vec<serde_json::Value> =
+            serde_json::from_str(reply["event_log"].as_str().unwrap()).unwrap();
+        let first_runtime = events.iter().position(|e| e["imr"] == 3).unwrap();
+        events.insert(
+            first_runtime,
+            serde_json::json!({"imr": 3, "event_type": 134217729, "digest": "",
+                "event": "insecure-simulated-tee",
+                "event_payload": hex::encode("measurements of this TD are simulated")}),
+        );
+        reply["event_log"] = serde_json::Value::String(serde_json::to_string(&events).unwrap());
+        let log = dir.path().join("simulated.json");
+        std::fs::write(&log, reply.to_string()).unwrap();
+
+        let output = run(&["verify", "--event-log", path_str(&log), "--json"]);
+        assert_eq!(output.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json[0]["check"], "evidence from a real TDX module");
+        for line in json.as_array().unwrap() {
+            if line["section"] == "platform" {
+                assert_eq!(line["status"], "Simulated", "{line}");
+            }
+        }
+        // The marker changes RTMR3, so the replay no longer matches this (real) quote.
+        assert_eq!(
+            check_status(&json, "RTMR3 event log replays to the quote"),
+            "Fail"
+        );
+        let output = run(&["verify", "--event-log", path_str(&log)]);
+        let out = String::from_utf8_lossy(&output.stdout);
+        assert!(out.starts_with("WARNING: INSECURE SIMULATED TEE"), "{out}");
+        assert!(
+            out.contains("~ SIMULATED evidence from a real TDX module"),
+            "{out}"
+        );
+
+        // The unmodified fixture has no marker: no Simulated line.
+        let output = run(&[
+            "verify",
+            "--event-log",
+            path_str(&testdata("dstack-tdx-lite-getquote.json")),
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(
+            json.as_array()
+                .unwrap()
+                .iter()
+                .all(|l| l["status"] != "Simulated")
+        );
+    }
+
     /// The KMS's own quote: its reportData must bind the expected KMS identity, and it must
     /// verify against stored collateral (here a re-signed-looking copy of the sample fails).
     #[test]

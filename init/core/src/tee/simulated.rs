@@ -104,6 +104,24 @@ impl InsecureSimulatedTee {
         Ok(Self::with_signer(Ok(Arc::new(signer))))
     }
 
+    /// A simulated TEE that signs with the keys of another one of this boot
+    /// ([`Self::insecure_export_signer`]), so quotes from the guest API server chain to the root
+    /// that PID 1 published. Registers start fresh (marker only), as with [`Self::try_new`].
+    pub fn try_with_exported_signer(bytes: &[u8]) -> Result<Self, SimulatedTeeError> {
+        let signer = pck::QuoteSigner::from_bytes(bytes).map_err(|source| {
+            SimulatedTeeError::CreateSigner {
+                source: Arc::new(source),
+            }
+        })?;
+        Ok(Self::with_signer(Ok(Arc::new(signer))))
+    }
+
+    /// The quote signer's keys and chain as bytes for [`Self::try_with_exported_signer`].
+    /// INSECURE: whoever holds them can sign simulated quotes of this boot.
+    pub fn insecure_export_signer(&self) -> Result<Vec<u8>, SimulatedTeeError> {
+        self.signer().map(pck::QuoteSigner::to_bytes)
+    }
+
     fn with_signer(signer: Result<Arc<pck::QuoteSigner>, Arc<pck::SimulatedPckError>>) -> Self {
         let marker = RuntimeEvent::new(names::INSECURE_SIMULATED_TEE, MARKER_PAYLOAD.to_vec());
         let mut rtmrs = Rtmrs::new();
@@ -347,6 +365,45 @@ mod tests {
         assert_ne!(replay_rtmr3(&plan), rtmr3);
         drop(log);
         assert!(sink.lines[0].starts_with("{\"event\":\"insecure-simulated-tee\""));
+    }
+
+    #[test]
+    fn exported_signer_signs_with_the_same_chain() {
+        let first = InsecureSimulatedTee::try_new().unwrap();
+        let bytes = first.insecure_export_signer().unwrap();
+        let second = InsecureSimulatedTee::try_with_exported_signer(&bytes).unwrap();
+        assert_eq!(
+            first.insecure_root_certificate_der().unwrap(),
+            second.insecure_root_certificate_der().unwrap()
+        );
+        assert_eq!(
+            first.insecure_pck_chain_pem().unwrap(),
+            second.insecure_pck_chain_pem().unwrap()
+        );
+        let a = first.sim_quote(&[7; REPORT_DATA_LEN]).unwrap();
+        let b = second.sim_quote(&[7; REPORT_DATA_LEN]).unwrap();
+        assert_eq!(
+            a.signature_data.attestation_key,
+            b.signature_data.attestation_key
+        );
+        // A fresh TEE has another chain; damaged bytes are refused with the reason.
+        let other = InsecureSimulatedTee::try_new().unwrap();
+        assert_ne!(
+            other.insecure_root_certificate_der().unwrap(),
+            first.insecure_root_certificate_der().unwrap()
+        );
+        for (bad, reason) in [
+            (&bytes[..10], "no signer magic"),
+            (&bytes[..40], "truncated key"),
+            (&bytes[..bytes.len() - 1], "truncated certificate"),
+        ] {
+            let err = InsecureSimulatedTee::try_with_exported_signer(bad).unwrap_err();
+            let chain = format!("{:?}", err);
+            assert!(chain.contains(reason), "{chain}");
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        InsecureSimulatedTee::try_with_exported_signer(&long).unwrap_err();
     }
 
     #[test]

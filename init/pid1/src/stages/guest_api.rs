@@ -102,7 +102,9 @@ pub(crate) fn main(args: impl Iterator<Item = std::ffi::OsString>) -> ! {
     let result = (|| -> Result<std::convert::Infallible, Box<dyn std::error::Error>> {
         init_sys::signals::reset_inherited()?;
         let config = guest_api::ServerConfig::parse_args(args)?;
-        let tee = crate::stages::measure::select_tee(&crate::stages::measure::TdxPaths::default())?;
+        let tee = crate::stages::measure::select_tee_for_guest_api(
+            &crate::stages::measure::TdxPaths::default(),
+        )?;
         let simulated = init_core::tee::Rtmr::pre_extended_events(&tee)
             .iter()
             .any(|e| e.name == "insecure-simulated-tee");

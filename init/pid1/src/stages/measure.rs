@@ -46,6 +46,14 @@ pub(crate) enum MeasureStageError {
         #[source]
         source: init_core::tee::simulated::SimulatedTeeError,
     },
+    /// The simulated TEE's signer could not be handed to the guest API server.
+    #[cfg(feature = "insecure-simulated-tee")]
+    #[error("write the INSECURE simulated TEE's signer to {}", path.display())]
+    ExportSimulatedSigner {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     /// No TDX interface was found.
     #[error("no TDX guest interface (neither {tsm_rtmr} nor {tdx_guest})")]
     ProbeTdx {
@@ -112,6 +120,9 @@ pub(crate) struct TdxPaths {
     pub(crate) tsm_report_root: PathBuf,
     /// ACPI tables directory (CCEL).
     pub(crate) acpi_tables: PathBuf,
+    /// Where a simulated build hands its quote signer to the guest API server
+    /// ([`INSECURE_SIMULATED_SIGNER_PATH`]).
+    pub(crate) insecure_simulated_signer: PathBuf,
 }
 
 impl Default for TdxPaths {
@@ -121,6 +132,7 @@ impl Default for TdxPaths {
             tdx_guest: PathBuf::from(TDX_GUEST_PATH),
             tsm_report_root: PathBuf::from(TSM_REPORT_ROOT),
             acpi_tables: PathBuf::from(ccel::ACPI_TABLES_DIR),
+            insecure_simulated_signer: PathBuf::from(INSECURE_SIMULATED_SIGNER_PATH),
         }
     }
 }
@@ -164,12 +176,53 @@ impl TdxTee {
     }
 }
 
+/// Where a build with the INSECURE simulated TEE leaves its quote signer for the guest API
+/// server process (tmpfs, root only; never written by a build without the feature).
+pub(crate) const INSECURE_SIMULATED_SIGNER_PATH: &str = "/run/cvm-insecure-simulated-signer";
+
+/// Writes `bytes` to a new file only root can read.
+#[cfg(feature = "insecure-simulated-tee")]
+fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(bytes)
+}
+
+/// The guest API server's TEE: real TDX when present; in a simulated build, the simulated TEE
+/// with PID 1's signer from [`INSECURE_SIMULATED_SIGNER_PATH`] (a fresh one if it is missing).
+pub(crate) fn select_tee_for_guest_api(paths: &TdxPaths) -> Result<BoxedTee, MeasureStageError> {
+    match TdxTee::probe(paths) {
+        Ok(tee) => Ok(Box::new(tee)),
+        #[cfg(feature = "insecure-simulated-tee")]
+        Err(e) => {
+            log::warn!("guest-api: {e}; using the INSECURE simulated TEE");
+            let tee = match fs::read(&paths.insecure_simulated_signer) {
+                Ok(bytes) => {
+                    init_core::tee::simulated::InsecureSimulatedTee::try_with_exported_signer(
+                        &bytes,
+                    )
+                }
+                Err(_) => init_core::tee::simulated::InsecureSimulatedTee::try_new(),
+            }
+            .map_err(|source| MeasureStageError::SimulatedTee { source })?;
+            Ok(Box::new(tee))
+        }
+        #[cfg(not(feature = "insecure-simulated-tee"))]
+        Err(e) => Err(e),
+    }
+}
+
 /// The TEE the boot uses, behind the init-core traits.
 pub(crate) type BoxedTee = Box<dyn Tee + Send>;
 
 /// Picks the backend: real TDX when its interfaces exist; otherwise, only in builds with the
 /// feature `insecure-simulated-tee`, the simulated TEE (which marks RTMR3 so no verifier
 /// accepts it). Without the feature a missing TDX interface is fatal.
+#[cfg(test)]
 pub(crate) fn select_tee(paths: &TdxPaths) -> Result<BoxedTee, MeasureStageError> {
     select_tee_with_root(paths).map(|(tee, _)| tee)
 }
@@ -190,6 +243,17 @@ pub(crate) fn select_tee_with_root(
             let root = tee
                 .insecure_root_certificate_pem()
                 .map_err(|source| MeasureStageError::SimulatedTee { source })?;
+            // The guest API server (another process) signs with the same simulated keys, so
+            // its quotes chain to the root published above.
+            let signer = tee
+                .insecure_export_signer()
+                .map_err(|source| MeasureStageError::SimulatedTee { source })?;
+            write_private(&paths.insecure_simulated_signer, &signer).map_err(|source| {
+                MeasureStageError::ExportSimulatedSigner {
+                    path: paths.insecure_simulated_signer.clone(),
+                    source,
+                }
+            })?;
             Ok((Box::new(tee), Some(root)))
         }
         #[cfg(not(feature = "insecure-simulated-tee"))]
@@ -480,6 +544,7 @@ mod tests {
             tdx_guest: dir.path().join("tdx_guest"),
             tsm_report_root: dir.path().join("report"),
             acpi_tables: dir.path().join("tables"),
+            insecure_simulated_signer: dir.path().join("signer"),
         };
         assert!(matches!(
             TdxTee::probe(&paths),
@@ -495,15 +560,35 @@ mod tests {
             tdx_guest: dir.path().join("tdx_guest"),
             tsm_report_root: dir.path().join("report"),
             acpi_tables: dir.path().join("tables"),
+            insecure_simulated_signer: dir.path().join("signer"),
         };
         let selected = select_tee(&paths);
         #[cfg(feature = "insecure-simulated-tee")]
         {
+            use std::os::unix::fs::PermissionsExt as _;
             let tee = selected.unwrap();
             assert_eq!(tee.pre_extended_events()[0].name, "insecure-simulated-tee");
+            // The signer is handed over privately; the guest API's TEE signs with the same
+            // chain (PEM chain inside its quotes).
+            let meta = fs::metadata(&paths.insecure_simulated_signer).unwrap();
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            let (_, root) = select_tee_with_root(&paths).unwrap();
+            let root = root.unwrap();
+            let mut api = select_tee_for_guest_api(&paths).unwrap();
+            let quote = api.quote(&[1; 64]).unwrap();
+            let chain = String::from_utf8_lossy(&quote);
+            let body = root.lines().nth(1).unwrap();
+            assert!(
+                chain.contains(body),
+                "guest API quote not chained to PID 1's root"
+            );
         }
         #[cfg(not(feature = "insecure-simulated-tee"))]
-        assert!(matches!(selected, Err(MeasureStageError::ProbeTdx { .. })));
+        {
+            assert!(matches!(selected, Err(MeasureStageError::ProbeTdx { .. })));
+            assert!(!paths.insecure_simulated_signer.exists());
+            assert!(select_tee_for_guest_api(&paths).is_err());
+        }
     }
 
     #[test]
@@ -519,6 +604,7 @@ mod tests {
             tdx_guest: dir.path().join("tdx_guest"),
             tsm_report_root: dir.path().join("report"),
             acpi_tables: dir.path().join("tables"),
+            insecure_simulated_signer: dir.path().join("signer"),
         };
         let mut tee = TdxTee::probe(&paths).unwrap();
         let err = tee

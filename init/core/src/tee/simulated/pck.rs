@@ -64,6 +64,12 @@ pub enum SimulatedPckError {
         #[source]
         source: der::Error,
     },
+    /// A signer exported by another process of this boot could not be read back.
+    #[error("read the exported simulated quote signer: {reason}")]
+    ImportSigner {
+        /// What was wrong with the bytes.
+        reason: &'static str,
+    },
     /// ECDSA signing failed.
     #[error("sign the simulated {what}")]
     Sign {
@@ -73,6 +79,9 @@ pub enum SimulatedPckError {
         source: p256::ecdsa::Error,
     },
 }
+
+/// First bytes of [`QuoteSigner::to_bytes`].
+const SIGNER_MAGIC: &[u8; 16] = b"CVM-SIM-SIGNER-1";
 
 /// A private key whose `Debug` output is redacted.
 #[derive(Clone)]
@@ -171,6 +180,66 @@ impl QuoteSigner {
         Ok(Self {
             attestation_key,
             pck_key,
+            root_der,
+            intermediate_der,
+            leaf_der,
+        })
+    }
+
+    /// The signer as bytes, so another process of the same boot (the guest API server) signs
+    /// with the same keys and chain: [`SIGNER_MAGIC`] ‖ attestation key ‖ PCK key (32-byte
+    /// scalars) ‖ leaf, intermediate, root DER each behind a 4-byte big-endian length.
+    /// INSECURE by construction: these keys only ever sign simulated quotes.
+    pub(super) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = SIGNER_MAGIC.to_vec();
+        out.extend_from_slice(&self.attestation_key.0.to_bytes());
+        out.extend_from_slice(&self.pck_key.0.to_bytes());
+        for der in [&self.leaf_der, &self.intermediate_der, &self.root_der] {
+            let len = u32::try_from(der.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(der);
+        }
+        out
+    }
+
+    /// Reads [`Self::to_bytes`] back.
+    pub(super) fn from_bytes(bytes: &[u8]) -> Result<Self, SimulatedPckError> {
+        let bad = |reason: &'static str| SimulatedPckError::ImportSigner { reason };
+        let rest = bytes
+            .strip_prefix(SIGNER_MAGIC.as_slice())
+            .ok_or_else(|| bad("no signer magic"))?;
+        let (attestation, rest) = rest
+            .split_at_checked(32)
+            .ok_or_else(|| bad("truncated key"))?;
+        let (pck, mut rest) = rest
+            .split_at_checked(32)
+            .ok_or_else(|| bad("truncated key"))?;
+        let key = |raw: &[u8]| {
+            SigningKey::from_slice(raw)
+                .map(SecretSigningKey)
+                .map_err(|_| bad("invalid P-256 scalar"))
+        };
+        let mut ders = Vec::with_capacity(3);
+        for _ in 0..3 {
+            let (len, tail) = rest
+                .split_at_checked(4)
+                .ok_or_else(|| bad("truncated length"))?;
+            let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+            let len = usize::try_from(len).map_err(|_| bad("certificate too long"))?;
+            let (der, tail) = tail
+                .split_at_checked(len)
+                .ok_or_else(|| bad("truncated certificate"))?;
+            ders.push(der.to_vec());
+            rest = tail;
+        }
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        let [leaf_der, intermediate_der, root_der]: [Vec<u8>; 3] =
+            ders.try_into().map_err(|_| bad("certificate count"))?;
+        Ok(Self {
+            attestation_key: key(attestation)?,
+            pck_key: key(pck)?,
             root_der,
             intermediate_der,
             leaf_der,

@@ -1,0 +1,468 @@
+//! The end-to-end demo (`cargo xtask demo`, and the QEMU test `tests/demo.rs`): a real sample
+//! app in a confidential VM, attested from the host.
+//!
+//! 1. starts the test KMS (`test-kms`, real RA-TLS, compose-hash allow-list) and Debian's
+//!    `docker-registry` on host loopback, and pushes the `demo-app` image (one static binary)
+//!    by digest;
+//! 2. writes a dstack host share: app-compose.json (KMS enabled, `key_provider_id` pinned to the
+//!    KMS root, one service with the guest API socket, `ports: ["8080:8080"]`), the encrypted
+//!    env (X25519 + AES-GCM to the app's env key from the KMS) and `.sys-config.json`;
+//! 3. boots the given initramfs under QEMU (TCG) with user networking and a host port forward
+//!    to the app's port 8080; hands the simulated TEE's per-boot root to the KMS;
+//! 4. fetches the app's page and `/attest?challenge=<fresh 32 bytes>` from the host;
+//! 5. runs `cvm-measure verify` on the returned quote and event log against the app-compose,
+//!    the challenge, the KMS identity and the build's expected MRTD/RTMR0-2 (`cvm-measure
+//!    expected` of the same kernel, initramfs and command line), printing the checklist. The
+//!    simulated TEE's platform lines are marked SIMULATED and the verdict is a rejection, as
+//!    it must be; every other line must pass.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cvm_keys::env::{encrypt_blob, env_plaintext};
+use sha2::{Digest, Sha256};
+use test_kms::{KmsKeys, Policy, QuoteTrust};
+
+use crate::artifacts::Artifacts;
+use crate::host_share::{self, HOST_SHARE_LABEL, ShareFile};
+use crate::registry::{Registry, Tar, free_port};
+use crate::results::Record;
+use crate::vm::{ReportOnDrop, RunningVm, TestVm};
+
+/// How long the guest may take for each step (TCG is slow; the pull and the quote dominate).
+const STEP_TIMEOUT: Duration = Duration::from_secs(300);
+/// The app's port inside the guest (host networking).
+const APP_PORT: u16 = 8080;
+/// A value in the encrypted env: the demo shows it is delivered, never printed.
+pub const ENV_VALUE: &str = "demo-secret-value-8d1e4c";
+
+/// Errors of the demo: which step failed, with the cause.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error("demo step failed: {step}")]
+    Step {
+        step: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("demo check failed: {what}")]
+    Check { what: String },
+}
+
+trait Context<T> {
+    fn step(self, step: &str) -> Result<T, DemoError>;
+}
+
+impl<T, E: Into<Box<dyn std::error::Error + Send + Sync>>> Context<T> for Result<T, E> {
+    fn step(self, step: &str) -> Result<T, DemoError> {
+        self.map_err(|e| DemoError::Step {
+            step: step.to_owned(),
+            source: e.into(),
+        })
+    }
+}
+
+fn check(ok: bool, what: impl Into<String>) -> Result<(), DemoError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(DemoError::Check { what: what.into() })
+    }
+}
+
+/// What the demo boots and where it works.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// The initramfs to boot (a build with the simulated TEE: `dist` with
+    /// `insecure-simulated-tee`, or the QEMU tests' image).
+    pub initramfs: PathBuf,
+    /// Working directory (registry data, host share, quote files); emptied first.
+    pub work_dir: PathBuf,
+    /// `demo-app` binary (static).
+    pub demo_app: PathBuf,
+    /// `cvm-measure` binary.
+    pub cvm_measure: PathBuf,
+    /// Extra kernel command-line parameters.
+    pub cmdline: String,
+}
+
+/// What the demo saw.
+#[derive(Debug)]
+pub struct DemoReport {
+    /// The app's HTML page.
+    pub page: String,
+    /// `/attest` reply.
+    pub attest: serde_json::Value,
+    /// The fresh challenge (hex).
+    pub challenge: String,
+    /// app-id (hex, from app-compose's compose-hash).
+    pub app_id: String,
+    /// compose-hash (hex).
+    pub compose_hash: String,
+    /// `cvm-measure verify` text output (the checklist).
+    pub checklist: String,
+    /// `cvm-measure verify --json` lines.
+    pub checklist_json: serde_json::Value,
+    /// `cvm-measure verify`'s stderr (the verdict).
+    pub verdict: String,
+    /// Results-channel records of the boot (after power-off).
+    pub records: Vec<Record>,
+    /// The guest console.
+    pub console: String,
+    /// KMS requests served.
+    pub kms_requests: Vec<test_kms::RequestRecord>,
+    /// Seconds from QEMU start to the app's first answer.
+    pub app_answered_after: f64,
+}
+
+/// The `demo-app` image layer: `/demo-app` and the directories a container root needs.
+fn demo_layer(binary: &Path) -> Result<Vec<u8>, DemoError> {
+    let bin = std::fs::read(binary).step("read the demo-app binary")?;
+    let mut tar = Tar::default();
+    for d in ["etc", "tmp", "proc", "sys", "dev", "var", "var/run"] {
+        tar = tar.dir(d);
+    }
+    Ok(tar
+        .file("demo-app", 0o755, &bin)
+        .file("etc/passwd", 0o644, b"root:x:0:0:root:/:/demo-app\n")
+        .file("etc/group", 0o644, b"root:x:0:\n")
+        .finish())
+}
+
+fn app_compose(image: &str, key_provider_id: &str) -> Result<Vec<u8>, DemoError> {
+    let compose_file = format!(
+        "services:\n  demo:\n    image: {image}\n    restart: always\n    ports: [\"{APP_PORT}:{APP_PORT}\"]\n    environment:\n      DEMO_PORT: \"{APP_PORT}\"\n      DEMO_SECRET: ${{DEMO_SECRET}}\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
+    );
+    let compose = serde_json::json!({
+        "manifest_version": 2,
+        "name": "cvm-init-demo",
+        "runner": "docker-compose",
+        "docker_compose_file": compose_file,
+        "kms_enabled": true,
+        "gateway_enabled": false,
+        "local_key_provider_enabled": false,
+        "key_provider_id": key_provider_id,
+        "public_logs": true,
+        "public_sysinfo": true,
+        "allowed_envs": ["DEMO_SECRET"],
+        "no_instance_id": false,
+        "secure_time": false,
+    });
+    serde_json::to_vec_pretty(&compose).step("encode app-compose.json")
+}
+
+/// One HTTP GET to `127.0.0.1:port`; the status and body.
+fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(120)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: demo\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut reply = Vec::new();
+    stream.take(4 << 20).read_to_end(&mut reply)?;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("no HTTP reply"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// Waits until the app answers `GET /` with 200 through the port forward.
+fn wait_for_app(vm: &mut RunningVm, port: u16) -> Result<String, DemoError> {
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    loop {
+        if let Ok((200, body)) = http_get(port, "/") {
+            return Ok(body);
+        }
+        if vm.try_exit().step("watch QEMU")?.is_some() {
+            return Err(DemoError::Check {
+                what: format!("the VM stopped before the app answered:\n{}", vm.report()),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(DemoError::Check {
+                what: format!("the app did not answer on port {port}:\n{}", vm.report()),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn random_hex(len: usize) -> Result<String, DemoError> {
+    let mut bytes = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .step("read /dev/urandom")?;
+    Ok(hex::encode(bytes))
+}
+
+/// Runs the demo (see the module documentation).
+pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, DemoError> {
+    let dir = &options.work_dir;
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).step("create the demo directory")?;
+
+    // Registry with the app image.
+    let registry = Registry::start_at(&dir.join("registry"), free_port().step("pick a port")?)
+        .step("start docker-registry on loopback")?;
+    let image = registry
+        .push_image(
+            "demo-app",
+            &demo_layer(&options.demo_app)?,
+            &serde_json::json!({"Entrypoint": ["/demo-app"], "Env": ["PATH=/"],
+                                "ExposedPorts": {format!("{APP_PORT}/tcp"): {}}}),
+        )
+        .step("push the demo-app image")?;
+
+    // KMS trusting this boot's simulated root (written once the guest publishes it).
+    let kms_keys = Arc::new(KmsKeys::generate(&[]).step("generate the KMS keys")?);
+    let compose = app_compose(&image, &kms_keys.key_provider_id())?;
+    let compose_hash: [u8; 32] = Sha256::digest(&compose).into();
+    let app_id = compose_hash[..20].to_vec();
+    let root_file = dir.join("simulated-root.pem");
+    let listener = TcpListener::bind("127.0.0.1:0").step("listen for the KMS")?;
+    let kms = test_kms::start(
+        Arc::clone(&kms_keys),
+        Policy {
+            allowed_compose_hashes: Some(vec![compose_hash]),
+            trust: QuoteTrust::RootFile(root_file.clone()),
+            os_image_hash: None,
+            gateway_app_id: String::new(),
+        },
+        listener,
+    )
+    .step("start the test KMS")?;
+
+    // Host share.
+    let env = env_plaintext(&[("DEMO_SECRET", ENV_VALUE)]);
+    let env_key = kms_keys
+        .env_public_key(&app_id)
+        .step("derive the app's env key")?;
+    let encrypted_env = encrypt_blob(&env_key, env.expose()).step("encrypt the env")?;
+    let sys_config = serde_json::json!({
+        "kms_urls": [kms.guest_url()],
+        "gateway_urls": [],
+        "pccs_url": "",
+        "docker_registry": null,
+        "host_api_url": "",
+        "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":1073741824}",
+    });
+    let compose_path = dir.join("app-compose.json");
+    std::fs::write(&compose_path, &compose).step("write app-compose.json")?;
+    let files = vec![
+        ShareFile::new("app-compose.json", compose.clone()),
+        ShareFile::new(
+            ".sys-config.json",
+            serde_json::to_vec(&sys_config).step("encode .sys-config.json")?,
+        ),
+        ShareFile::new(".encrypted-env", encrypted_env),
+    ];
+    let share = dir.join("share.img");
+    host_share::build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &share)
+        .step("build the host-share disk")?;
+
+    // Boot with a port forward to the app.
+    let host_port = free_port().step("pick the forwarded port")?;
+    let started = Instant::now();
+    let mut vm = TestVm::new(artifacts)
+        .with_name("demo")
+        .with_report_on_drop(ReportOnDrop::OnFailure)
+        .with_initrd(&options.initramfs)
+        .with_memory("1G")
+        .with_cmdline(&format!("cvm.on_ready=wait {}", options.cmdline))
+        .with_qemu_arg("-drive")
+        .with_qemu_arg(&host_share::drive_arg(&share))
+        .with_qemu_arg("-netdev")
+        .with_qemu_arg(&format!(
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{APP_PORT}"
+        ))
+        .with_qemu_arg("-device")
+        .with_qemu_arg("virtio-net-pci,netdev=n0")
+        .boot()
+        .step("boot QEMU")?;
+    let record = vm
+        .wait_for_event("insecure_simulated_root", STEP_TIMEOUT)
+        .step("wait for the simulated TEE's root")?;
+    let Record::Other { line, .. } = &record else {
+        return Err(DemoError::Check {
+            what: format!("unexpected record {record:?}"),
+        });
+    };
+    let value: serde_json::Value = serde_json::from_str(line).step("parse the root record")?;
+    let pem = value["pem"].as_str().unwrap_or_default();
+    std::fs::write(&root_file, pem).step("hand the root to the KMS")?;
+
+    let page = wait_for_app(&mut vm, host_port)?;
+    let app_answered_after = started.elapsed().as_secs_f64();
+    let challenge = random_hex(32)?;
+    let (status, body) =
+        http_get(host_port, &format!("/attest?challenge={challenge}")).step("GET /attest")?;
+    check(status == 200, format!("/attest answered {status}: {body}"))?;
+    let attest: serde_json::Value = serde_json::from_str(&body).step("parse /attest")?;
+    let quote_path = dir.join("get-quote.json");
+    std::fs::write(&quote_path, attest["quote"].to_string()).step("write the quote")?;
+
+    // Expected values of this build, then the checklist.
+    let expected_path = dir.join("expected.json");
+    let kernel_cmdline = TestVm::new(artifacts)
+        .with_cmdline(&format!("cvm.on_ready=wait {}", options.cmdline))
+        .kernel_cmdline();
+    let expected = Command::new(&options.cvm_measure)
+        .arg("expected")
+        .arg("--firmware")
+        .arg(&artifacts.ovmf_code)
+        .arg("--kernel")
+        .arg(&artifacts.kernel)
+        .arg("--initrd")
+        .arg(&options.initramfs)
+        .arg("--cmdline")
+        .arg(&kernel_cmdline)
+        .arg("--json")
+        .output()
+        .step("run cvm-measure expected")?;
+    check(
+        expected.status.success(),
+        format!(
+            "cvm-measure expected: {}",
+            String::from_utf8_lossy(&expected.stderr)
+        ),
+    )?;
+    std::fs::write(&expected_path, &expected.stdout).step("write expected.json")?;
+    let verify = |json: bool| {
+        let mut cmd = Command::new(&options.cvm_measure);
+        cmd.arg("verify")
+            .arg("--event-log")
+            .arg(&quote_path)
+            .arg("--app-compose")
+            .arg(&compose_path)
+            .arg("--challenge")
+            .arg(&challenge)
+            .arg("--kms-identity")
+            .arg(kms_keys.key_provider_id())
+            .arg("--expected")
+            .arg(&expected_path);
+        if json {
+            cmd.arg("--json");
+        }
+        cmd.output()
+    };
+    let text = verify(false).step("run cvm-measure verify")?;
+    let json = verify(true).step("run cvm-measure verify --json")?;
+    let checklist_json: serde_json::Value =
+        serde_json::from_slice(&json.stdout).step("parse cvm-measure verify --json")?;
+
+    vm.system_powerdown().step("ACPI power-off")?;
+    vm.wait_for_event("power_off", STEP_TIMEOUT)
+        .step("wait for power-off")?;
+    let exit = vm.wait_for_exit(STEP_TIMEOUT).step("wait for QEMU")?;
+    check(exit.success(), format!("QEMU exit {exit:?}"))?;
+    let records = vm.records().step("read the results channel")?;
+    let kms_requests = kms.requests();
+    kms.stop();
+    drop(registry);
+    Ok(DemoReport {
+        page,
+        attest,
+        challenge,
+        app_id: hex::encode(&app_id),
+        compose_hash: hex::encode(compose_hash),
+        checklist: String::from_utf8_lossy(&text.stdout).into_owned(),
+        checklist_json,
+        verdict: String::from_utf8_lossy(&text.stderr).trim().to_owned(),
+        records,
+        console: vm.console(),
+        kms_requests,
+        app_answered_after,
+    })
+}
+
+impl DemoReport {
+    /// The demo's acceptance: the page shows this app's identity and the challenge's report
+    /// data; every checklist line passes except the platform lines, which are marked
+    /// SIMULATED; the verdict rejects simulated evidence; the env value never reached the
+    /// console. Returns what failed.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let want = |out: &mut Vec<String>, ok: bool, what: &str| {
+            if !ok {
+                out.push(what.to_owned());
+            }
+        };
+        want(
+            &mut out,
+            self.page.contains(&self.app_id),
+            "the page does not show the app-id",
+        );
+        want(
+            &mut out,
+            self.page.contains(&self.compose_hash),
+            "the page does not show the compose-hash",
+        );
+        let report_data = self.attest["quote"]["report_data"]
+            .as_str()
+            .unwrap_or_default();
+        want(
+            &mut out,
+            report_data.starts_with(&self.challenge),
+            "the quote's report data does not start with the challenge",
+        );
+        let lines = self.checklist_json.as_array().cloned().unwrap_or_default();
+        want(&mut out, !lines.is_empty(), "no checklist");
+        for line in &lines {
+            let status = line["status"].as_str().unwrap_or_default();
+            let section = line["section"].as_str().unwrap_or_default();
+            let ok = match section {
+                "platform" => status == "Simulated",
+                _ => {
+                    status == "Pass"
+                        || (status == "Skipped" && line["check"] == "KMS attestation valid")
+                }
+            };
+            if !ok {
+                out.push(format!("checklist line not as expected: {line}"));
+            }
+        }
+        want(
+            &mut out,
+            self.verdict.contains("INSECURE simulated TEE"),
+            "cvm-measure did not reject the simulated evidence",
+        );
+        want(
+            &mut out,
+            !self.console.contains(ENV_VALUE),
+            "the env value reached the console",
+        );
+        out
+    }
+
+    /// The human summary `cargo xtask demo` prints.
+    pub fn summary(&self) -> String {
+        format!(
+            "app answered {:.1} s after QEMU started (TCG)\n\n--- GET / ---\n{}\n--- GET /attest?challenge={} ---\nreport_data {}\nquote {} bytes, event log {} events\n\n--- cvm-measure verify ---\n{}{}\n",
+            self.app_answered_after,
+            self.page.trim(),
+            self.challenge,
+            self.attest["quote"]["report_data"].as_str().unwrap_or("?"),
+            self.attest["quote"]["quote"]
+                .as_str()
+                .map_or(0, |q| q.len() / 2),
+            self.attest["quote"]["event_log"]
+                .as_str()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v.as_array().map(Vec::len))
+                .unwrap_or(0),
+            self.checklist,
+            self.verdict
+        )
+    }
+}
