@@ -537,7 +537,7 @@ mod tests {
                 chain: &[
                     "workloads",
                     "parse docker_compose_file",
-                    "services.a\0b: service names are [A-Za-z0-9._-], at most 63, starting alphanumeric",
+                    "services.a\\0b: service names are [A-Za-z0-9._-], at most 63, starting alphanumeric",
                 ],
             },
             Case {

@@ -135,22 +135,36 @@ pub enum ComposeError {
     },
 }
 
+/// `text` with control characters escaped (`\0`, `\n`, `\u{1b}`): paths and keys come from
+/// the compose file and end up on the console.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 impl ComposeError {
     fn unknown(path: &str, key: &str) -> Self {
         Self::UnknownKey {
-            path: path.to_owned(),
-            key: key.to_owned(),
+            path: printable(path),
+            key: printable(key),
         }
     }
     fn invalid(path: &str, reason: impl Into<String>) -> Self {
         Self::InvalidValue {
-            path: path.to_owned(),
+            path: printable(path),
             reason: reason.into(),
         }
     }
     fn refuse(path: &str, reason: &'static str) -> Self {
         Self::Refuse {
-            path: path.to_owned(),
+            path: printable(path),
             reason,
         }
     }

@@ -617,3 +617,17 @@ fn start_order_is_topological_and_stable() {
     let names: Vec<&str> = app.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["a", "b", "c", "d"]);
 }
+
+#[test]
+fn control_characters_in_names_are_escaped_in_errors() {
+    let err = parse_err(
+        "services:\n  \"a\\0b\":\n    image: x@sha256:0000000000000000000000000000000000000000000000000000000000000000\n",
+    );
+    let text = err.to_string();
+    assert!(text.starts_with("services.a\\0b: service names"), "{text}");
+    assert!(!text.contains('\0'));
+    let err = parse_err("services:\n  a:\n    \"bad\\u001bkey\": 1\n");
+    let text = err.to_string();
+    assert!(text.contains("bad\\u{1b}key"), "{text}");
+    assert!(!text.contains('\u{1b}'));
+}
