@@ -37,6 +37,8 @@ use crate::vm::{ReportOnDrop, RunningVm, TestVm};
 const STEP_TIMEOUT: Duration = Duration::from_secs(300);
 /// The app's port inside the guest (host networking).
 const APP_PORT: u16 = 8080;
+/// Guest RAM (the expected RTMR0 depends on it).
+const VM_MEMORY: &str = "1G";
 /// A value in the encrypted env: the demo shows it is delivered, never printed.
 pub const ENV_VALUE: &str = "demo-secret-value-8d1e4c";
 
@@ -278,7 +280,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .with_name("demo")
         .with_report_on_drop(ReportOnDrop::OnFailure)
         .with_initrd(&options.initramfs)
-        .with_memory("1G")
+        .with_memory(VM_MEMORY)
         .with_cmdline(&format!("cvm.on_ready=wait {}", options.cmdline))
         .with_qemu_arg("-drive")
         .with_qemu_arg(&host_share::drive_arg(&share))
@@ -327,6 +329,8 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .arg(&options.initramfs)
         .arg("--cmdline")
         .arg(&kernel_cmdline)
+        .arg("--memory")
+        .arg(VM_MEMORY)
         .arg("--json")
         .output()
         .step("run cvm-measure expected")?;

@@ -272,21 +272,43 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     if quick {
         return Ok(());
     }
+    // Two TCG VMs at a time (one per CPU of the CI machine). cargo-nextest, when installed,
+    // packs every test of every file into those two slots; `cargo test` runs the files one
+    // after another.
+    let nextest = cargo()
+        .args(["nextest", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let mut qemu = cargo();
+    if nextest {
+        qemu.args([
+            "nextest",
+            "run",
+            "--locked",
+            "-p",
+            "qemu-tests",
+            "--target",
+            TARGET,
+            "--test-threads",
+            "2",
+            "--no-fail-fast",
+        ]);
+    } else {
+        qemu.args([
+            "test",
+            "--locked",
+            "-p",
+            "qemu-tests",
+            "--target",
+            TARGET,
+            "--tests",
+            "--",
+            "--test-threads=2",
+        ]);
+    }
     run(
         "QEMU boot tests",
-        cargo()
-            .args([
-                "test",
-                "--locked",
-                "-p",
-                "qemu-tests",
-                "--target",
-                TARGET,
-                "--tests",
-                "--",
-                "--test-threads=2",
-            ])
-            .env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
+        qemu.env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
             .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
             .env_remove("RUSTFLAGS"),
     )?;
