@@ -977,7 +977,6 @@ mod tests {
         ));
     }
 
-    #[test]
     /// Found by the `sign_cert_csr` fuzz target: a compact length in a longer mode than its
     /// value needs decoded, so one CSR had several byte encodings.
     #[test]

@@ -18,6 +18,7 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::signal::Signal;
 use libcontainer::syscall::syscall::SyscallType;
+use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 
 /// Errors of the adapter.
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +168,7 @@ pub(crate) fn create_and_start(
         .with_stderr(stderr)
         .validate_id()
         .map_err(create)?
+        .with_executor(SignalResetExecutor::default())
         .as_init(bundle)
         .with_no_pivot(root_is_initramfs())
         .with_systemd(false)
@@ -205,12 +207,41 @@ pub(crate) fn exec(state_root: &Path, id: &str, args: Vec<String>) -> Result<i32
         .with_stdin(null()?)
         .with_stdout(null()?)
         .with_stderr(null()?)
+        .with_executor(SignalResetExecutor::default())
         .as_tenant()
         .with_container_args(args)
         .with_detach(true)
         .build()
         .map_err(exec_err)?;
     Ok(pid.as_raw())
+}
+
+/// libcontainer's default executor, after giving the workload a clean signal state: PID 1
+/// blocks its signals (they reach it through a signalfd) and libcontainer forks from PID 1, so
+/// without this every container process would start with SIGTERM blocked and only ever stop
+/// by SIGKILL after its grace period. Runs in the container's init process, just before exec.
+#[derive(Clone)]
+struct SignalResetExecutor(Box<dyn Executor>);
+
+impl Default for SignalResetExecutor {
+    fn default() -> Self {
+        Self(libcontainer::workload::default::get_executor())
+    }
+}
+
+impl Executor for SignalResetExecutor {
+    fn exec(&self, spec: &libcontainer::oci_spec::runtime::Spec) -> Result<(), ExecutorError> {
+        init_sys::signals::reset_inherited()
+            .map_err(|e| ExecutorError::Other(format!("reset the signal mask: {e}")))?;
+        self.0.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &libcontainer::oci_spec::runtime::Spec,
+    ) -> Result<(), ExecutorValidationError> {
+        self.0.validate(spec)
+    }
 }
 
 fn load(state_root: &Path, id: &str) -> Result<Container, ContainerError> {
