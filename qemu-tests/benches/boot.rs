@@ -16,7 +16,7 @@ use qemu_tests::paths;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if !cfg!(qemu_testenv) {
+    if !cfg!(any(feature = "qemu", qemu_testenv)) {
         eprintln!("boot benchmark skipped: build with RUSTFLAGS including --cfg qemu_testenv");
         return ExitCode::SUCCESS;
     }

@@ -1,7 +1,9 @@
 //! QEMU (TCG) harness for cvm-init: pinned artifacts, the image under test, a `TestVm` builder,
 //! the typed results channel, and the boot benchmark.
 //!
-//! The integration tests in `tests/` only build with `--cfg qemu_testenv` (or under clippy):
+//! The integration tests in `tests/` only build with the feature `qemu` (`cargo test -p
+//! qemu-tests --features qemu --target x86_64-unknown-linux-gnu`), `--cfg qemu_testenv`, or
+//! under clippy:
 //!
 //! ```text
 //! RUSTFLAGS='-C target-feature=+crt-static --cfg getrandom_backend="linux_getrandom" --cfg qemu_testenv' \

@@ -16,7 +16,7 @@
 //! 2-core CI box a host-share or cmdline case takes ~5-8 s, a KMS case ~15-25 s; the whole
 //! table about 5 minutes (printed at the end). Set `BAD_INPUTS_ONLY=<substring>[,<substring>...]` to run
 //! only the matching cases.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! cvm-init boots in QEMU: stages in order, `ready`, orderly power-off, reaping, and one boot
 //! through OVMF (UEFI).
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

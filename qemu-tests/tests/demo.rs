@@ -3,7 +3,7 @@
 //! forward, a quote over a fresh challenge fetched from the app and checked by
 //! `cvm-measure verify` (platform lines marked SIMULATED, everything else passing). Same code
 //! as `cargo xtask demo` (`qemu_tests::demo`), here on the test image. About 60-120 s under TCG.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

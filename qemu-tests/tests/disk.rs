@@ -3,7 +3,7 @@
 //! boot reads it back; another key stops at the header with the disk file unchanged; a byte
 //! flipped on the host gives an I/O error the init reports; power cuts during the first-boot
 //! format; and the AEAD-vs-plain throughput benchmark.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

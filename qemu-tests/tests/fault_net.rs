@@ -7,7 +7,7 @@
 //!
 //! Runtime under TCG (2 cores, shared, image built): ~30-60 s per test, the whole file
 //! 85 s (tests in parallel).
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 mod fault_common;
 

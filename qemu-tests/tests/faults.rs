@@ -1,6 +1,6 @@
 //! Bad input ends in a clear one-line cause on the results channel and the console, then
 //! power-off: an unknown `cvm.*` key, a missing module, an unmountable filesystem.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! Self-tests of the harness against the busybox baseline image (no cvm-init needed): console
 //! capture, exit detection, the results port plumbing, overlays and the monitor.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

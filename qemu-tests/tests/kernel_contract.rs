@@ -1,7 +1,7 @@
 //! The kernel contract at boot (`init_core::kernel_contract`): the test image meets it, and the
 //! same image with one required driver left out of its module list stops in `kernel-contract`
 //! with the missing feature named, on the results channel and the console.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

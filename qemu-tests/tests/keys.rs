@@ -5,7 +5,7 @@
 //! `key_provider_id`, KMS down, tampered env, env name outside `allowed_envs`, wrong launch
 //! token — each a clear error in the `keys` stage, nothing after it, and no secret on the
 //! console or the results channel.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! extends the dstack RTMR3 events through the (insecure, simulated) TEE, and checks a fresh
 //! quote carries the RTMR3 its log replays to. Bad host shares stop the boot before any later
 //! stage and power off.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -1,6 +1,6 @@
 //! Network bring-up in QEMU (issue 5's transport): DHCP from QEMU's user-mode network (slirp)
 //! on a virtio-net NIC, and the refusal to boot offline when `kms_urls` needs the network.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,7 @@
 //! preimages (the PCR bank the method was established with).
 //!
 //! Host packages: `swtpm`, `swtpm-tools` (the test fails, naming them, when they are missing).
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

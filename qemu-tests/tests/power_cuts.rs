@@ -9,7 +9,7 @@
 //! parallel); `POWER_CUTS_SEED` replays a run (the seed is printed). Each cut costs two
 //! boots: ~40-60 s under TCG on a shared 2-core machine, so the default file runs in ~3-4
 //! minutes; `POWER_CUTS=20` (7 + 7 + 6 cuts) passed in 16 min 14 s there.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 mod fault_common;
 

@@ -14,7 +14,7 @@
 //!
 //! Runtime: one TCG boot with network and a first-boot disk format, ~40-70 s on the 2-core CI
 //! box, plus ~2 s of scanning.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

@@ -3,7 +3,7 @@
 //! unpacks them and runs the services through libcontainer; each container's output reaches
 //! the console as `<service>| <line>`, its state changes reach the results channel as
 //! `container` records.
-#![cfg(any(qemu_testenv, clippy))]
+#![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
 #[cfg(test)]
 mod tests {

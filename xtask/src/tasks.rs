@@ -260,13 +260,9 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             .current_dir(&root)
             .env("CARGO_INCREMENTAL", "0"),
     )?;
-    prune_if_short(
-        &root,
-        &[
-            root.join("target").join(TARGET),
-            root.join("target").join("fuzz"),
-        ],
-    );
+    // The QEMU tests reuse the host tests' build (same flags and target directory; the
+    // `qemu` feature only recompiles qemu-tests itself).
+    prune_if_short(&root, &[root.join("target").join("fuzz")]);
     let out = dist(&dist_options(&root))?;
     check_static(&out.init)?;
     if quick {
@@ -289,6 +285,8 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             "qemu-tests",
             "--target",
             TARGET,
+            "--features",
+            "qemu",
             "--test-threads",
             "2",
             "--no-fail-fast",
@@ -301,21 +299,18 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             "qemu-tests",
             "--target",
             TARGET,
+            "--features",
+            "qemu",
             "--tests",
             "--",
             "--test-threads=2",
         ]);
     }
-    run(
-        "QEMU boot tests",
-        qemu.env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
-            .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
-            .env_remove("RUSTFLAGS"),
-    )?;
+    run("QEMU boot tests", &mut qemu)?;
     prune_if_short(
         &root,
         &[
-            root.join("target").join("qemu"),
+            root.join("target").join(TARGET),
             root.join("target").join("qemu-build").join("cargo"),
         ],
     );
