@@ -292,17 +292,8 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .with_qemu_arg("virtio-net-pci,netdev=n0")
         .boot()
         .step("boot QEMU")?;
-    let record = vm
-        .wait_for_event("insecure_simulated_root", STEP_TIMEOUT)
-        .step("wait for the simulated TEE's root")?;
-    let Record::Other { line, .. } = &record else {
-        return Err(DemoError::Check {
-            what: format!("unexpected record {record:?}"),
-        });
-    };
-    let value: serde_json::Value = serde_json::from_str(line).step("parse the root record")?;
-    let pem = value["pem"].as_str().unwrap_or_default();
-    std::fs::write(&root_file, pem).step("hand the root to the KMS")?;
+    vm.hand_simulated_root_to(&root_file, STEP_TIMEOUT)
+        .step("hand the simulated TEE's root to the KMS")?;
 
     let page = wait_for_app(&mut vm, host_port)?;
     let app_answered_after = started.elapsed().as_secs_f64();

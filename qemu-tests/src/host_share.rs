@@ -71,6 +71,23 @@ pub fn build_image(
     staging: &Path,
     image: &Path,
 ) -> Result<(), HostShareError> {
+    let symlinks: Vec<(String, String)> = symlinks
+        .iter()
+        .map(|(name, target)| ((*name).to_owned(), (*target).to_owned()))
+        .collect();
+    build_image_sized(files, &symlinks, label, staging, image, 16)
+}
+
+/// [`build_image`] with the image size in MiB (for files above the 16 MiB default, e.g. an
+/// app-compose.json over its 50 MiB cap; sparse files stay sparse: `mkfs.ext4 -d` keeps holes).
+pub fn build_image_sized(
+    files: &[ShareFile],
+    symlinks: &[(String, String)],
+    label: &str,
+    staging: &Path,
+    image: &Path,
+    size_mib: u64,
+) -> Result<(), HostShareError> {
     let write_err = |path: &Path| {
         let path = path.to_owned();
         move |source| HostShareError::WriteStaging { path, source }
@@ -98,7 +115,7 @@ pub fn build_image(
         ])
         .arg(staging)
         .arg(image)
-        .arg("16M")
+        .arg(format!("{size_mib}M"))
         .output()
         .map_err(|source| HostShareError::RunMkfs {
             image: image.to_owned(),

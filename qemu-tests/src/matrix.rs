@@ -1,64 +1,6 @@
 //! Helpers of the bad-input matrix and the secrets scan (`tests/bad_inputs.rs`,
-//! `tests/secrets.rs`): a host-share image of any size, a byte scanner for secret spellings,
+//! `tests/secrets.rs`): a byte scanner for secret spellings
 //! and the console without the kernel's own echo of the command line.
-
-use std::path::Path;
-use std::process::Command;
-
-use crate::host_share::{HostShareError, ShareFile};
-
-/// As [`crate::host_share::build_image`], with the image size in MiB (for files above the
-/// 16 MiB of the default image, e.g. an app-compose.json over its 50 MiB cap; sparse files stay
-/// sparse: `mkfs.ext4 -d` keeps holes).
-pub fn build_share_image(
-    files: &[ShareFile],
-    symlinks: &[(String, String)],
-    label: &str,
-    staging: &Path,
-    image: &Path,
-    size_mib: u64,
-) -> Result<(), HostShareError> {
-    let write_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| HostShareError::WriteStaging { path, source }
-    };
-    std::fs::create_dir_all(staging).map_err(write_err(staging))?;
-    for file in files {
-        let path = staging.join(&file.name);
-        std::fs::write(&path, &file.contents).map_err(write_err(&path))?;
-    }
-    for (name, target) in symlinks {
-        let path = staging.join(name);
-        std::os::unix::fs::symlink(target, &path).map_err(write_err(&path))?;
-    }
-    let out = Command::new("mkfs.ext4")
-        .args([
-            "-q",
-            "-F",
-            "-L",
-            label,
-            "-b",
-            "4096",
-            "-E",
-            "root_owner=0:0",
-            "-d",
-        ])
-        .arg(staging)
-        .arg(image)
-        .arg(format!("{size_mib}M"))
-        .output()
-        .map_err(|source| HostShareError::RunMkfs {
-            image: image.to_owned(),
-            source,
-        })?;
-    if !out.status.success() {
-        return Err(HostShareError::Mkfs {
-            image: image.to_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(())
-}
 
 /// Every `(needle index, offset)` where one of `needles` occurs in `haystack` (empty needles
 /// are ignored). One pass, keyed on each needle's first byte.

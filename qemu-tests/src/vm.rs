@@ -582,6 +582,27 @@ impl RunningVm {
         }
     }
 
+    /// Waits for the simulated TEE's per-boot root (`insecure_simulated_root` record) and
+    /// writes its PEM to `path`, where a test KMS (`QuoteTrust::RootFile`) reads it.
+    pub fn hand_simulated_root_to(
+        &mut self,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<(), VmError> {
+        let record = self.wait_for_event("insecure_simulated_root", timeout)?;
+        let pem = match &record {
+            Record::Other { line, .. } => serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v["pem"].as_str().map(str::to_owned)),
+            _ => None,
+        }
+        .unwrap_or_default();
+        std::fs::write(path, pem).map_err(|source| VmError::Prepare {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
     /// Waits for the first record with the given `event` name (e.g. `"ready"`).
     pub fn wait_for_event(&mut self, event: &str, timeout: Duration) -> Result<Record, VmError> {
         self.wait_for_record(&format!("event {event:?}"), timeout, |record| {

@@ -27,8 +27,9 @@ mod tests {
 
     use anyhow::{Context, Result, bail, ensure};
     use cvm_keys::env::{encrypt_blob, env_plaintext};
+    use qemu_tests::host_share::build_image_sized as build_share_image;
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, sample_files};
-    use qemu_tests::matrix::{build_share_image, console_without_cmdline_echo, find_needles};
+    use qemu_tests::matrix::{console_without_cmdline_echo, find_needles};
     use qemu_tests::results::{events, raw_records};
     use qemu_tests::{CvmSetup, Record, RunningVm, data_disk};
     use sha2::{Digest, Sha256};
@@ -873,12 +874,7 @@ mod tests {
         let disk_before = built.disk.as_deref().map(data_disk::sha256).transpose()?;
         let mut vm = boot(setup, case, &built, &inputs.cmdline)?;
         if let Some((_, root_file)) = &built.kms {
-            let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
-            let Record::Other { line, .. } = &record else {
-                bail!("unexpected {record:?}");
-            };
-            let value: serde_json::Value = serde_json::from_str(line)?;
-            std::fs::write(root_file, value["pem"].as_str().context("pem")?)?;
+            vm.hand_simulated_root_to(root_file, TIMEOUT)?;
         }
         let fatal = vm.wait_for_event("fatal", TIMEOUT);
         vm.wait_for_event("power_off", TIMEOUT)?;

@@ -15,24 +15,11 @@ mod tests {
     use qemu_tests::data_disk;
     use qemu_tests::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
     use qemu_tests::{CvmSetup, Record, TestVm};
-    use sha2::{Digest, Sha256};
 
     const TIMEOUT: Duration = Duration::from_secs(300);
     const KEY_A: &str = "1111111111111111111111111111111111111111111111111111111111111111";
     const KEY_B: &str = "2222222222222222222222222222222222222222222222222222222222222222";
     const DISK_MIB: u64 = 64;
-
-    /// The probe file the init's `cvm.test_disk=write` hook writes (same generator).
-    fn probe_sha256() -> String {
-        let mut v = Vec::with_capacity(4 << 20);
-        let mut i = 0u32;
-        while v.len() < 4 << 20 {
-            v.extend_from_slice(format!("cvm-disk probe line {i:08}\n").as_bytes());
-            i += 1;
-        }
-        v.truncate(4 << 20);
-        hex::encode(Sha256::digest(&v))
-    }
 
     fn raw(records: &[Record], name: &str) -> Vec<serde_json::Value> {
         records
@@ -136,7 +123,7 @@ mod tests {
             &format!("{key_a} cvm.test_disk=write,read"),
         ))?;
         ensure!(disk_record(&records)?["formatted"] == false);
-        let want = probe_sha256();
+        let want = data_disk::probe_sha256();
         ensure!(test_disk(&records, "write")?["detail"] == want.as_str());
         ensure!(test_disk(&records, "read")?["detail"] == want.as_str());
 
@@ -236,7 +223,10 @@ mod tests {
             let d = disk_record(&records)?;
             eprintln!("cut {i} at {line:?} +{delay_ms} ms: next boot {d}");
             let read = test_disk(&records, "read")?;
-            ensure!(read["detail"] == probe_sha256().as_str(), "{read}");
+            ensure!(
+                read["detail"] == data_disk::probe_sha256().as_str(),
+                "{read}"
+            );
         }
         Ok(())
     }

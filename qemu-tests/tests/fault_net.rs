@@ -14,7 +14,7 @@ mod fault_common;
 #[cfg(test)]
 mod tests {
     use std::net::{SocketAddr, TcpListener};
-    use std::path::{Path, PathBuf};
+    use std::path::PathBuf;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -132,17 +132,6 @@ mod tests {
             .boot()?)
     }
 
-    /// Hands the guest's per-boot simulated PCK root to the KMS.
-    fn trust_guest_root(vm: &mut RunningVm, root_file: &Path) -> Result<()> {
-        let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
-        let Record::Other { line, .. } = &record else {
-            bail!("unexpected {record:?}");
-        };
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        std::fs::write(root_file, value["pem"].as_str().context("pem")?)?;
-        Ok(())
-    }
-
     /// The env value and every instance-independent app secret: none may be on the console
     /// or the results channel.
     fn assert_no_secret(vm: &RunningVm, f: &KmsFixture) -> Result<()> {
@@ -172,7 +161,7 @@ mod tests {
         f.proxy
             .script([Mode::Fail(Fault::Reset), Mode::Fail(Fault::Drop)]);
         let mut vm = boot_kms(&setup, "fault-kms-flap", &f)?;
-        trust_guest_root(&mut vm, &f.root_file)?;
+        vm.hand_simulated_root_to(&f.root_file, TIMEOUT)?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let records = vm.records()?;
         ensure!(

@@ -10,7 +10,6 @@
 #[cfg(test)]
 mod tests {
     use std::net::TcpListener;
-    use std::path::Path;
     use std::sync::Arc;
     use std::time::Duration;
 
@@ -170,19 +169,6 @@ mod tests {
             .boot()?)
     }
 
-    /// Hands the guest's per-boot simulated PCK root to the KMS (the guest publishes it before
-    /// any quote leaves the VM; the KMS reads the file at every request).
-    fn trust_guest_root(vm: &mut RunningVm, root_file: &Path) -> Result<()> {
-        let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
-        let Record::Other { line, .. } = &record else {
-            bail!("unexpected {record:?}");
-        };
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        let pem = value["pem"].as_str().context("pem")?;
-        std::fs::write(root_file, pem)?;
-        Ok(())
-    }
-
     /// Every secret the KMS derives for this app and instance, and the env value.
     fn secrets(fixture: &Fixture, instance_id: &[u8]) -> Result<Vec<Secret<Vec<u8>>>> {
         let mut secrets = fixture.kms_keys.app_secrets(&fixture.app_id, instance_id)?;
@@ -220,7 +206,7 @@ mod tests {
             &fixture,
             "cvm.on_ready=poweroff cvm.test_dump=runtime-event-log",
         )?;
-        trust_guest_root(&mut vm, &fixture.root_file)?;
+        vm.hand_simulated_root_to(&fixture.root_file, TIMEOUT)?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let records = vm.records()?;
         let keys = raw_records(&records, "keys");
@@ -290,7 +276,7 @@ mod tests {
         let fixture = fixture(&scenario)?;
         let mut vm = boot(&setup, name, &fixture, "cvm.on_ready=poweroff")?;
         if !scenario.kms_down {
-            trust_guest_root(&mut vm, &fixture.root_file)?;
+            vm.hand_simulated_root_to(&fixture.root_file, TIMEOUT)?;
         }
         let fatal = vm.wait_for_event("fatal", TIMEOUT)?;
         let Record::Fatal { stage, error, .. } = &fatal else {

@@ -22,12 +22,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use anyhow::{Context, Result, bail, ensure};
+    use anyhow::{Context, Result, ensure};
     use cvm_keys::env::{encrypt_blob, env_plaintext};
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
     use qemu_tests::matrix::find_needles;
     use qemu_tests::results::{finished_stages, raw_records};
-    use qemu_tests::{CvmSetup, Record, data_disk};
+    use qemu_tests::{CvmSetup, data_disk};
     use sha2::{Digest, Sha256};
     use test_kms::{KmsKeys, Policy, QuoteTrust, leak_needles};
 
@@ -122,12 +122,7 @@ mod tests {
             .with_qemu_arg(&data_disk::drive_arg(&disk))
             .with_cmdline("cvm.on_ready=poweroff cvm.test_disk=write,read")
             .boot()?;
-        let record = vm.wait_for_event("insecure_simulated_root", TIMEOUT)?;
-        let Record::Other { line, .. } = &record else {
-            bail!("unexpected {record:?}");
-        };
-        let value: serde_json::Value = serde_json::from_str(line)?;
-        std::fs::write(&root_file, value["pem"].as_str().context("pem")?)?;
+        vm.hand_simulated_root_to(&root_file, TIMEOUT)?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let exit = vm.wait_for_exit(TIMEOUT)?;
         ensure!(exit.success(), "QEMU exit {exit:?}");
