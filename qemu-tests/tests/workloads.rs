@@ -5,29 +5,22 @@
 //! `container` records.
 #![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
+mod fault_common;
+
 #[cfg(test)]
 mod tests {
-    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
+    use crate::fault_common::{
+        app_share as share, power_off, raw, registry, wait_state, with_net, zombies_left,
+    };
     use anyhow::{Context, Result, ensure};
     use qemu_tests::data_disk;
-    use qemu_tests::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
-    use qemu_tests::registry::{Registry, RegistryError, busybox_layer, free_port, work_dir};
-    use qemu_tests::{CvmSetup, Record, RunningVm, TestVm};
+    use qemu_tests::registry::{busybox_layer, free_port, work_dir};
+    use qemu_tests::{CvmSetup, Record};
 
     const TIMEOUT: Duration = Duration::from_secs(240);
     const KEY: &str = "2222222222222222222222222222222222222222222222222222222222222222";
-
-    fn raw(records: &[Record], name: &str) -> Vec<serde_json::Value> {
-        records
-            .iter()
-            .filter_map(|r| match r {
-                Record::Other { event, line } if event == name => serde_json::from_str(line).ok(),
-                _ => None,
-            })
-            .collect()
-    }
 
     /// The container records of `service`, in order, as `state` names.
     fn states(records: &[Record], service: &str) -> Vec<String> {
@@ -36,69 +29,6 @@ mod tests {
             .filter(|c| c["service"] == service)
             .filter_map(|c| c["state"].as_str().map(str::to_owned))
             .collect()
-    }
-
-    /// `zombies_left` of the shutdown's `reaped` record.
-    fn zombies_left(records: &[Record]) -> Option<u64> {
-        records.iter().find_map(|r| match r {
-            Record::Reaped { zombies_left, .. } => Some(*zombies_left),
-            _ => None,
-        })
-    }
-
-    /// Starts the registry, or `None` (with a message) when it is not installed.
-    fn registry(dir: &Path, port: u16) -> Result<Option<Registry>> {
-        match Registry::start_at(dir, port) {
-            Ok(r) => Ok(Some(r)),
-            Err(RegistryError::Missing) => {
-                eprintln!("SKIP: {}", RegistryError::Missing);
-                Ok(None)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A host share whose app-compose (the sample, key provider none) runs `compose`.
-    fn share(dir: &Path, compose: &str) -> Result<PathBuf> {
-        let mut files = sample_files()?;
-        for f in &mut files {
-            if f.name == "app-compose.json" {
-                let mut json: serde_json::Value = serde_json::from_slice(&f.contents)?;
-                json["kms_enabled"] = false.into();
-                json["docker_compose_file"] = compose.into();
-                f.contents = serde_json::to_vec_pretty(&json)?;
-            }
-        }
-        let image = dir.join("share.img");
-        build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)?;
-        Ok(image)
-    }
-
-    fn with_net(vm: TestVm<'_>) -> TestVm<'_> {
-        vm.with_qemu_arg("-netdev")
-            .with_qemu_arg("user,id=n0")
-            .with_qemu_arg("-device")
-            .with_qemu_arg("virtio-net-pci,netdev=n0")
-            .with_memory("1G")
-    }
-
-    /// Waits for a `container` record of `service` in `state`.
-    fn wait_state(vm: &mut RunningVm, service: &str, state: &str) -> Result<()> {
-        vm.wait_for_record(&format!("{service} {state}"), TIMEOUT, |r| {
-            matches!(r, Record::Other { event, line } if event == "container"
-                && serde_json::from_str::<serde_json::Value>(line)
-                    .is_ok_and(|c| c["service"] == service && c["state"] == state))
-        })?;
-        Ok(())
-    }
-
-    /// ACPI power-off, then the records; requires a clean exit.
-    fn power_off(mut vm: RunningVm) -> Result<(Vec<Record>, String)> {
-        vm.system_powerdown()?;
-        vm.wait_for_event("power_off", TIMEOUT)?;
-        let exit = vm.wait_for_exit(TIMEOUT)?;
-        ensure!(exit.success(), "QEMU exit {exit:?}");
-        Ok((vm.records()?, vm.console()))
     }
 
     /// Step 1: one busybox service from the loopback registry writes a line and exits 0

@@ -1,4 +1,4 @@
-//! Helpers shared by `fault_net.rs` and `power_cuts.rs`: an app whose compose runs busybox
+//! Helpers shared by `workloads.rs`, `fault_net.rs` and `power_cuts.rs`: an app whose compose runs busybox
 //! services from the loopback registry, network and data-disk VM options, record queries.
 #![allow(dead_code)] // each test file uses a subset
 
