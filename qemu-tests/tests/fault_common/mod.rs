@@ -1,5 +1,6 @@
-//! Helpers shared by `workloads.rs`, `fault_net.rs` and `power_cuts.rs`: an app whose compose runs busybox
-//! services from the loopback registry, network and data-disk VM options, record queries.
+//! Helpers shared by `workloads.rs`, `fault_net.rs` and `power_cuts.rs`: an app whose compose
+//! runs busybox services from the loopback registry, network and data-disk VM options, record
+//! queries.
 #![allow(dead_code)] // each test file uses a subset
 
 use std::path::{Path, PathBuf};
