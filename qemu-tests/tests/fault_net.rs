@@ -401,8 +401,11 @@ mod tests {
             gaps[4] > gaps[2] && gaps[5] > gaps[4],
             "backoff does not grow: {gaps:?}"
         );
+        // The 3.2 s step must stand ≥ 2 s above the fastest of the first three restarts
+        // (a single slow container start under load must not fail the test).
+        let fastest_early = gaps[..3].iter().copied().fold(f64::MAX, f64::min);
         ensure!(
-            gaps[5] >= 3.0 && gaps[5] >= 3.0 * gaps[0],
+            gaps[5] >= 3.0 && gaps[5] - fastest_early >= 2.0,
             "backoff out of range: {gaps:?}"
         );
         ensure!(
