@@ -13,11 +13,24 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(120);
 
+    /// With a NIC the workloads stage would pull the sample share's (unreachable) image: this
+    /// test's share has no services.
     #[test]
     fn dhcp_lease_from_slirp() -> Result<()> {
         let setup = CvmSetup::new()?;
+        let dir = tempfile::tempdir()?;
+        let mut files = sample_files()?;
+        for file in &mut files {
+            if file.name == "app-compose.json" {
+                let mut compose: serde_json::Value = serde_json::from_slice(&file.contents)?;
+                compose["docker_compose_file"] = "services: {}\n".into();
+                *file = ShareFile::new("app-compose.json", serde_json::to_vec(&compose)?);
+            }
+        }
+        let image = dir.path().join("share.img");
+        build_image(&files, &[], HOST_SHARE_LABEL, &dir.path().join("s"), &image)?;
         let mut vm = setup
-            .vm("network-dhcp")
+            .vm_with_share("network-dhcp", &image)
             .with_qemu_arg("-netdev")
             .with_qemu_arg("user,id=n0")
             .with_qemu_arg("-device")
