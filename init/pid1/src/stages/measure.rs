@@ -121,7 +121,11 @@ pub(crate) struct TdxPaths {
     /// ACPI tables directory (CCEL).
     pub(crate) acpi_tables: PathBuf,
     /// Where a simulated build hands its quote signer to the guest API server
-    /// ([`INSECURE_SIMULATED_SIGNER_PATH`]).
+    /// ([`INSECURE_SIMULATED_SIGNER_PATH`]); unread in a release build, which has no simulator.
+    #[cfg_attr(
+        not(feature = "insecure-simulated-tee"),
+        allow(dead_code, reason = "only the simulated TEE reads it")
+    )]
     pub(crate) insecure_simulated_signer: PathBuf,
 }
 
