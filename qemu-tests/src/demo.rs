@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use cvm_keys::env::{encrypt_blob, env_plaintext};
 use sha2::{Digest, Sha256};
-use test_kms::{KmsKeys, Policy, QuoteTrust};
+use test_kms::{KmsKeys, Policy};
 
 use crate::artifacts::Artifacts;
 use crate::host_share::{self, HOST_SHARE_LABEL, ShareFile};
@@ -235,12 +235,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
     let listener = TcpListener::bind("127.0.0.1:0").step("listen for the KMS")?;
     let kms = test_kms::start(
         Arc::clone(&kms_keys),
-        Policy {
-            allowed_compose_hashes: Some(vec![compose_hash]),
-            trust: QuoteTrust::RootFile(root_file.clone()),
-            os_image_hash: None,
-            gateway_app_id: String::new(),
-        },
+        Policy::simulated_boot(vec![compose_hash], root_file.clone()),
         listener,
     )
     .step("start the test KMS")?;
@@ -251,14 +246,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .env_public_key(&app_id)
         .step("derive the app's env key")?;
     let encrypted_env = encrypt_blob(&env_key, env.expose()).step("encrypt the env")?;
-    let sys_config = serde_json::json!({
-        "kms_urls": [kms.guest_url()],
-        "gateway_urls": [],
-        "pccs_url": "",
-        "docker_registry": null,
-        "host_api_url": "",
-        "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":1073741824}",
-    });
+    let sys_config = crate::host_share::kms_sys_config(&[kms.guest_url()], 1 << 30);
     let compose_path = dir.join("app-compose.json");
     std::fs::write(&compose_path, &compose).step("write app-compose.json")?;
     let files = vec![

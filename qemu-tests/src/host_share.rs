@@ -8,6 +8,21 @@ use std::process::Command;
 /// The filesystem label a dstack host gives the share disk.
 pub const HOST_SHARE_LABEL: &str = "DSTACKSHR";
 
+/// A `.sys-config.json` naming `kms_urls` (and nothing else a test boot needs), for a VM with
+/// `memory_bytes` of RAM.
+pub fn kms_sys_config(kms_urls: &[String], memory_bytes: u64) -> serde_json::Value {
+    serde_json::json!({
+        "kms_urls": kms_urls,
+        "gateway_urls": [],
+        "pccs_url": "",
+        "docker_registry": null,
+        "host_api_url": "",
+        "vm_config": format!(
+            "{{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":{memory_bytes}}}"
+        ),
+    })
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HostShareError {
     #[error("read sample host-share file {}", path.display())]

@@ -28,12 +28,12 @@ mod tests {
     use anyhow::{Context, Result, bail, ensure};
     use cvm_keys::env::{encrypt_blob, env_plaintext};
     use qemu_tests::host_share::build_image_sized as build_share_image;
-    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, sample_files};
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, kms_sys_config, sample_files};
     use qemu_tests::matrix::{console_without_cmdline_echo, find_needles};
     use qemu_tests::results::{events, raw_records};
     use qemu_tests::{CvmSetup, Record, RunningVm, data_disk};
     use sha2::{Digest, Sha256};
-    use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust, leak_needles};
+    use test_kms::{KmsHandle, KmsKeys, Policy, leak_needles};
 
     const TIMEOUT: Duration = Duration::from_secs(180);
     /// The disk key every case passes on the command line (a secret the init must not print).
@@ -773,16 +773,10 @@ mod tests {
             let port = listener.local_addr()?.port();
             let handle = test_kms::start(
                 Arc::clone(&keys),
-                Policy {
-                    allowed_compose_hashes: Some(vec![if k.disallow_compose {
-                        [0x55; 32]
-                    } else {
-                        hash
-                    }]),
-                    trust: QuoteTrust::RootFile(root_file.clone()),
-                    os_image_hash: None,
-                    gateway_app_id: String::new(),
-                },
+                Policy::simulated_boot(
+                    vec![if k.disallow_compose { [0x55; 32] } else { hash }],
+                    root_file.clone(),
+                ),
                 listener,
             )?;
             let vars: Vec<(&str, &str)> = k
@@ -796,12 +790,7 @@ mod tests {
                 blob = mangle(blob);
             }
             inputs.set_file(".encrypted-env", blob);
-            let sys = serde_json::json!({
-                "kms_urls": [format!("https://10.0.2.2:{port}")],
-                "gateway_urls": [], "pccs_url": "", "docker_registry": null,
-                "host_api_url": "",
-                "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":536870912}",
-            });
+            let sys = kms_sys_config(&[format!("https://10.0.2.2:{port}")], 512 << 20);
             inputs.set_file(".sys-config.json", serde_json::to_vec(&sys)?);
             // Every key the KMS would derive for this app (the disk key with an empty
             // instance id: the real one is not known to the test before the boot).

@@ -20,13 +20,13 @@ mod tests {
 
     use anyhow::{Context, Result, bail, ensure};
     use cvm_keys::env::{encrypt_blob, env_plaintext};
-    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, kms_sys_config};
     use qemu_tests::proxy::{Action, Fault, FaultProxy, Mode};
     use qemu_tests::registry::{busybox_layer, free_port, work_dir};
     use qemu_tests::results::finished_stages;
     use qemu_tests::{CvmSetup, Record, RunningVm};
     use sha2::{Digest, Sha256};
-    use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust, leak_needles};
+    use test_kms::{KmsHandle, KmsKeys, Policy, leak_needles};
 
     use crate::fault_common::{
         TIMEOUT, app_share, containers, power_off, raw, registry, secs_between, wait_state,
@@ -82,25 +82,13 @@ mod tests {
         let kms_addr: SocketAddr = listener.local_addr()?;
         let kms = test_kms::start(
             Arc::clone(&kms_keys),
-            Policy {
-                allowed_compose_hashes: Some(vec![compose_hash]),
-                trust: QuoteTrust::RootFile(root_file.clone()),
-                os_image_hash: None,
-                gateway_app_id: String::new(),
-            },
+            Policy::simulated_boot(vec![compose_hash], root_file.clone()),
             listener,
         )?;
         let proxy = FaultProxy::start(kms_addr, mode)?;
         let plaintext = env_plaintext(&[("API_KEY", ENV_VALUE)]);
         let blob = encrypt_blob(&kms_keys.env_public_key(&app_id)?, plaintext.expose())?;
-        let sys_config = serde_json::json!({
-            "kms_urls": [format!("https://10.0.2.2:{}", proxy.port())],
-            "gateway_urls": [],
-            "pccs_url": "",
-            "docker_registry": null,
-            "host_api_url": "",
-            "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":536870912}",
-        });
+        let sys_config = kms_sys_config(&[format!("https://10.0.2.2:{}", proxy.port())], 512 << 20);
         let files = vec![
             ShareFile::new("app-compose.json", compose),
             ShareFile::new(".sys-config.json", serde_json::to_vec(&sys_config)?),

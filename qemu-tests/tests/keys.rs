@@ -17,11 +17,11 @@ mod tests {
     use cvm_keys::env::{encrypt_blob, env_plaintext};
     use cvm_keys::secret::Secret;
     use measure::runtime_event::{decode_log, replay_rtmr3};
-    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, kms_sys_config};
     use qemu_tests::results::{finished_stages, raw_records};
     use qemu_tests::{CvmSetup, Record, RunningVm};
     use sha2::{Digest, Sha256};
-    use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust, leak_needles};
+    use test_kms::{KmsHandle, KmsKeys, Policy, leak_needles};
 
     const TIMEOUT: Duration = Duration::from_secs(180);
     const ENV_VALUE: &str = "s3cr3t-api-key-value-7f1c";
@@ -104,12 +104,7 @@ mod tests {
             };
             Some(test_kms::start(
                 Arc::clone(&kms_keys),
-                Policy {
-                    allowed_compose_hashes: Some(allowed),
-                    trust: QuoteTrust::RootFile(root_file.clone()),
-                    os_image_hash: None,
-                    gateway_app_id: String::new(),
-                },
+                Policy::simulated_boot(allowed, root_file.clone()),
                 listener,
             )?)
         };
@@ -124,14 +119,7 @@ mod tests {
             let last = blob.len() - 1;
             blob[last] ^= 0x01;
         }
-        let sys_config = serde_json::json!({
-            "kms_urls": [format!("https://10.0.2.2:{port}")],
-            "gateway_urls": [],
-            "pccs_url": "",
-            "docker_registry": null,
-            "host_api_url": "",
-            "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":536870912}",
-        });
+        let sys_config = kms_sys_config(&[format!("https://10.0.2.2:{port}")], 512 << 20);
         let mut files = vec![
             ShareFile::new("app-compose.json", compose),
             ShareFile::new(".sys-config.json", serde_json::to_vec(&sys_config)?),

@@ -24,12 +24,12 @@ mod tests {
 
     use anyhow::{Context, Result, ensure};
     use cvm_keys::env::{encrypt_blob, env_plaintext};
-    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image};
+    use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, kms_sys_config};
     use qemu_tests::matrix::find_needles;
     use qemu_tests::results::{finished_stages, raw_records};
     use qemu_tests::{CvmSetup, data_disk};
     use sha2::{Digest, Sha256};
-    use test_kms::{KmsKeys, Policy, QuoteTrust, leak_needles};
+    use test_kms::{KmsKeys, Policy, leak_needles};
 
     const TIMEOUT: Duration = Duration::from_secs(300);
     const ENV: [(&str, &str); 3] = [
@@ -82,21 +82,12 @@ mod tests {
         let port = listener.local_addr()?.port();
         let kms = test_kms::start(
             Arc::clone(&keys),
-            Policy {
-                allowed_compose_hashes: Some(vec![hash]),
-                trust: QuoteTrust::RootFile(root_file.clone()),
-                os_image_hash: None,
-                gateway_app_id: String::new(),
-            },
+            Policy::simulated_boot(vec![hash], root_file.clone()),
             listener,
         )?;
         let plaintext = env_plaintext(&ENV);
         let blob = encrypt_blob(&keys.env_public_key(&app_id)?, plaintext.expose())?;
-        let sys = serde_json::json!({
-            "kms_urls": [format!("https://10.0.2.2:{port}")],
-            "gateway_urls": [], "pccs_url": "", "docker_registry": null, "host_api_url": "",
-            "vm_config": "{\"os_image_hash\":\"\",\"cpu_count\":1,\"memory_size\":536870912}",
-        });
+        let sys = kms_sys_config(&[format!("https://10.0.2.2:{port}")], 512 << 20);
         let share = dir.path().join("share.img");
         build_image(
             &[

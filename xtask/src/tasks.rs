@@ -275,36 +275,26 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         .args(["nextest", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
+    let selection = [
+        "--locked",
+        "-p",
+        "qemu-tests",
+        "--target",
+        TARGET,
+        "--features",
+        "qemu",
+    ];
     let mut qemu = cargo();
     if nextest {
-        qemu.args([
-            "nextest",
-            "run",
-            "--locked",
-            "-p",
-            "qemu-tests",
-            "--target",
-            TARGET,
-            "--features",
-            "qemu",
+        qemu.args(["nextest", "run"]).args(selection).args([
             "--test-threads",
             "2",
             "--no-fail-fast",
         ]);
     } else {
-        qemu.args([
-            "test",
-            "--locked",
-            "-p",
-            "qemu-tests",
-            "--target",
-            TARGET,
-            "--features",
-            "qemu",
-            "--tests",
-            "--",
-            "--test-threads=2",
-        ]);
+        qemu.arg("test")
+            .args(selection)
+            .args(["--tests", "--", "--test-threads=2"]);
     }
     run("QEMU boot tests", &mut qemu)?;
     prune_if_short(

@@ -409,6 +409,20 @@ pub struct Policy {
     pub gateway_app_id: String,
 }
 
+impl Policy {
+    /// What a QEMU boot of the simulated TEE needs: only `allowed` compose-hashes, quotes
+    /// chaining to the per-boot root the guest publishes (written to `root_file` by the test),
+    /// `os_image_hash` from `vm_config`, no gateway.
+    pub fn simulated_boot(allowed: Vec<[u8; 32]>, root_file: std::path::PathBuf) -> Self {
+        Self {
+            allowed_compose_hashes: Some(allowed),
+            trust: QuoteTrust::RootFile(root_file),
+            os_image_hash: None,
+            gateway_app_id: String::new(),
+        }
+    }
+}
+
 /// One handled request, for tests and the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestRecord {
