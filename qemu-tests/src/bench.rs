@@ -15,6 +15,7 @@ use serde::Serialize;
 
 use crate::artifacts::{ArtifactError, Artifacts};
 use crate::image::{self, ImageError, READY_MARKER, TestImage};
+use crate::results::Record;
 use crate::vm::{ReportOnDrop, TestVm, VmError};
 
 /// Environment variable: number of runs per variant (default 5).
@@ -51,6 +52,12 @@ pub enum BenchError {
     Stat {
         path: PathBuf,
         source: std::io::Error,
+    },
+    #[error("{variant} run {run} did not finish the boot plan: {detail}")]
+    Plan {
+        variant: &'static str,
+        run: usize,
+        detail: String,
     },
     #[error("failed to write the report {path}")]
     WriteReport {
@@ -147,6 +154,9 @@ pub struct Variant {
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub runs: usize,
+    /// The stages the cvm-init boots ran, in order (from their `stage_finished` records; every
+    /// run must report the same list).
+    pub plan: Vec<String>,
     pub compression: String,
     pub init_binary: PathBuf,
     pub init_binary_bytes: u64,
@@ -170,6 +180,7 @@ impl fmt::Display for BenchReport {
             "boot benchmark: {} runs each, alternated; QEMU TCG q35 SeaBIOS, same kernel, flags, cmdline",
             self.runs
         )?;
+        writeln!(f, "cvm-init plan booted: {}", self.plan.join(" > "))?;
         writeln!(
             f,
             "{:<9} {:>24} {:>24} {:>24} {:>10}",
@@ -231,15 +242,26 @@ pub fn run_with(
 ) -> Result<BenchReport, BenchError> {
     let mut cvm_samples = Vec::new();
     let mut baseline_samples = Vec::new();
+    let mut plan: Option<Vec<String>> = None;
     for run in 0..config.runs {
-        cvm_samples.push(boot_once(
-            config,
-            artifacts,
-            "cvm-init",
-            run,
-            &cvm.initramfs,
-        )?);
-        baseline_samples.push(boot_once(config, artifacts, "busybox", run, baseline)?);
+        let (sample, stages) = boot_once(config, artifacts, "cvm-init", run, &cvm.initramfs)?;
+        match &plan {
+            Some(first) if *first != stages => {
+                return Err(BenchError::Plan {
+                    variant: "cvm-init",
+                    run,
+                    detail: format!(
+                        "ran {} where run 0 ran {}",
+                        stages.join(","),
+                        first.join(",")
+                    ),
+                });
+            }
+            Some(_) => {}
+            None => plan = Some(stages),
+        }
+        cvm_samples.push(sample);
+        baseline_samples.push(boot_once(config, artifacts, "busybox", run, baseline)?.0);
     }
     let paired: Vec<f64> = cvm_samples
         .iter()
@@ -254,6 +276,7 @@ pub fn run_with(
         .map(|(a, b)| a.median / b.median);
     Ok(BenchReport {
         runs: config.runs,
+        plan: plan.unwrap_or_default(),
         compression: cvm.compression.to_string(),
         init_binary: cvm.init.clone(),
         init_binary_bytes: size(&cvm.init)?,
@@ -272,7 +295,7 @@ fn boot_once(
     variant: &'static str,
     run: usize,
     initrd: &PathBuf,
-) -> Result<Sample, BenchError> {
+) -> Result<(Sample, Vec<String>), BenchError> {
     let boot_error = |source| BenchError::Boot {
         variant,
         run,
@@ -305,11 +328,48 @@ fn boot_once(
             status: exit.status.to_string(),
         });
     }
-    Ok(Sample {
-        ready_ms: ready.as_secs_f64() * 1000.0,
-        exit_ms: exit.after.as_secs_f64() * 1000.0,
-        guest_init_ms: guest_init_phase(&vm.console()),
-    })
+    let stages = if variant == "busybox" {
+        Vec::new()
+    } else {
+        booted_plan(&vm.records().map_err(boot_error)?).map_err(|detail| {
+            vm.mark_failed();
+            BenchError::Plan {
+                variant,
+                run,
+                detail,
+            }
+        })?
+    };
+    Ok((
+        Sample {
+            ready_ms: ready.as_secs_f64() * 1000.0,
+            exit_ms: exit.after.as_secs_f64() * 1000.0,
+            guest_init_ms: guest_init_phase(&vm.console()),
+        },
+        stages,
+    ))
+}
+
+/// The stages a cvm-init boot finished, in order; an error unless it reached `ready` without a
+/// `fatal` record (a benchmark of a failed boot measures nothing).
+pub fn booted_plan(records: &[Record]) -> Result<Vec<String>, String> {
+    let mut stages = Vec::new();
+    let mut ready = false;
+    for record in records {
+        match record {
+            Record::StageFinished { stage, .. } => stages.push(stage.clone()),
+            Record::Ready { .. } => ready = true,
+            Record::Fatal { stage, error, .. } => {
+                return Err(format!("fatal in {stage}: {error}"));
+            }
+            _ => {}
+        }
+    }
+    if ready {
+        Ok(stages)
+    } else {
+        Err(format!("no ready record after {}", stages.join(",")))
+    }
 }
 
 /// Guest milliseconds from the kernel's `Run /init as init process` line to the first line with
@@ -402,5 +462,34 @@ mod tests {
         assert!((phase - 772.753).abs() < 1e-6, "{phase}");
         assert_eq!(guest_init_phase("cvm-init: ready\n"), None);
         assert_eq!(printk_seconds("no stamp"), None);
+    }
+
+    #[test]
+    fn booted_plan_lists_stages_and_refuses_a_failed_boot() {
+        let finished = |stage: &str| Record::StageFinished {
+            stage: stage.to_owned(),
+            mono_us: 1,
+            duration_us: 1,
+        };
+        let ok = [finished("early"), finished("cmdline"), Record::Ready { mono_us: 2 }];
+        assert_eq!(booted_plan(&ok).unwrap(), ["early", "cmdline"]);
+        let unfinished = [finished("early")];
+        assert_eq!(
+            booted_plan(&unfinished).unwrap_err(),
+            "no ready record after early"
+        );
+        let fatal = [
+            finished("early"),
+            Record::Fatal {
+                stage: "kernel-contract".to_owned(),
+                error: "missing CONFIG_TDX_GUEST_DRIVER".to_owned(),
+                chain: Vec::new(),
+                mono_us: 3,
+            },
+        ];
+        assert_eq!(
+            booted_plan(&fatal).unwrap_err(),
+            "fatal in kernel-contract: missing CONFIG_TDX_GUEST_DRIVER"
+        );
     }
 }

@@ -154,6 +154,7 @@ pub(crate) fn dist(opts: &DistOptions) -> Result<DistOutput> {
 }
 
 pub(crate) fn dist_cmd(args: &[String]) -> Result<()> {
+    crate::packages::ensure(&[crate::packages::BUILD])?;
     let root = workspace_root();
     let mut opts = DistOptions {
         out: root.join("dist"),

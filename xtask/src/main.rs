@@ -2,15 +2,22 @@
 //!
 //! * `dist` — reproducible release build of the init and the initramfs into `dist/` with
 //!   `dist/SHA256SUMS`.
-//! * `repro` — builds `dist` in the checkout and in a copy of the tree in another directory,
-//!   later, and compares the outputs byte for byte.
+//! * `repro` — builds `dist` in the checkout and again in a fresh Debian 12 root made by
+//!   debootstrap with only the `build` packages of `.ci/packages` (another root, path, time and
+//!   `CARGO_HOME`), and compares the outputs byte for byte (`--no-fresh-root`: the second build
+//!   in a copy of the tree on this system).
 //! * `demo` — `dist`, then boots it in QEMU and prints the stage timeline.
-//! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, repro.
+//! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, one
+//!   benchmark run, repro; prints each stage's wall time at the end.
 //! * `bench` — boot-time benchmark against a busybox baseline.
+//!
+//! Every task first installs the Debian packages it needs (`.ci/install-packages`, which reads
+//! `.ci/packages`: the one list `.ci/run` uses too).
 //! * `yocto-crates`, `yocto-fragment`, `yocto-check` — regenerate and check the Yocto layer's
 //!   crate list and kernel fragment, lint the layer (`yocto/README.md`).
 
 mod dist;
+mod fresh_root;
 mod packages;
 mod sdk;
 mod tasks;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use qemu_tests::artifacts::Artifacts;
 
-use crate::dist::{DistOptions, STATIC_RUSTFLAGS, TARGET, dist, source_date_epoch, workspace_root};
+use crate::dist::{DistOptions, TARGET, dist, source_date_epoch, workspace_root};
 use crate::packages;
 
 fn cargo() -> Command {
@@ -26,6 +26,50 @@ fn run(step: &str, cmd: &mut Command) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// Wall time of each stage of `cargo xtask test`, printed as a table at the end (pass or fail).
+#[derive(Debug, Default)]
+struct Timings {
+    started: Option<Instant>,
+    stages: Vec<(String, f64, bool)>,
+}
+
+impl Timings {
+    fn new() -> Self {
+        Self {
+            started: Some(Instant::now()),
+            stages: Vec::new(),
+        }
+    }
+
+    /// Runs `stage`, recording its wall time and whether it passed.
+    fn stage<T>(&mut self, name: &str, body: impl FnOnce() -> Result<T>) -> Result<T> {
+        let started = Instant::now();
+        let result = body();
+        self.stages.push((
+            name.to_owned(),
+            started.elapsed().as_secs_f64(),
+            result.is_ok(),
+        ));
+        result
+    }
+
+    fn table(&self) -> String {
+        let mut out = String::from("xtask: stage times (wall, seconds)\n");
+        for (name, secs, ok) in &self.stages {
+            let mark = if *ok { "ok" } else { "FAILED" };
+            out.push_str(&format!("  {name:<44} {secs:>8.1}  {mark}\n"));
+        }
+        if let Some(started) = self.started {
+            out.push_str(&format!(
+                "  {:<44} {:>8.1}\n",
+                "total",
+                started.elapsed().as_secs_f64()
+            ));
+        }
+        out
+    }
 }
 
 /// The files of the source tree as git sees them (tracked plus untracked, not ignored).
@@ -53,7 +97,7 @@ fn source_files(root: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
+pub(crate) fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
     for rel in source_files(root)? {
         let to = dest.join(&rel);
         if let Some(parent) = to.parent() {
@@ -65,13 +109,54 @@ fn copy_tree(root: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Build `dist` twice, in the workspace and in a copy of the tree at another path and a later
-/// time; the outputs must be byte-identical.
-pub(crate) fn repro(_args: &[String]) -> Result<()> {
+/// Options of the second reproducibility build.
+#[derive(Debug, Clone, Default)]
+struct ReproOptions {
+    /// Build 2 in a copy of the tree on this system instead of a fresh Debian root.
+    no_fresh_root: bool,
+    /// Packages to leave out of the fresh root's list (shows the check failing).
+    drop_packages: Vec<String>,
+}
+
+impl ReproOptions {
+    /// Takes `--no-fresh-root` and `--drop-package P` out of `args`; returns the rest.
+    fn parse(args: &[String]) -> Result<(Self, Vec<String>)> {
+        let mut opts = Self::default();
+        let mut rest = Vec::new();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--no-fresh-root" => opts.no_fresh_root = true,
+                "--drop-package" => opts
+                    .drop_packages
+                    .push(it.next().context("--drop-package needs a name")?.clone()),
+                _ => rest.push(arg.clone()),
+            }
+        }
+        if opts.no_fresh_root && !opts.drop_packages.is_empty() {
+            bail!("--drop-package only applies to the fresh-root build");
+        }
+        Ok((opts, rest))
+    }
+}
+
+/// Build `dist` twice: in the workspace, and in a fresh Debian 12 root made by debootstrap with
+/// only the `build` packages (`fresh_root`); the outputs must be byte-identical.
+/// `--no-fresh-root`: the second build in a copy of the tree on this system instead.
+pub(crate) fn repro(args: &[String]) -> Result<()> {
+    let (opts, rest) = ReproOptions::parse(args)?;
+    if let Some(other) = rest.first() {
+        bail!("unknown repro option `{other}` (known: --no-fresh-root, --drop-package P)");
+    }
+    packages::ensure(&[if opts.no_fresh_root {
+        packages::BUILD
+    } else {
+        packages::TEST
+    }])?;
     let root = workspace_root();
     eprintln!("xtask: reproducibility build 1 in {}", root.display());
     let first = dist(&dist_options(&root))?;
-    repro_against(&root, &first.sums)
+    repro_against(&root, &first.sums, &opts)
 }
 
 /// `dist` in `<root>` (output `dist/`, target directory `target/dist`).
@@ -86,30 +171,59 @@ fn dist_options(root: &Path) -> DistOptions {
     }
 }
 
-/// The second reproducibility build: a copy of the tree under a different, deeper path, built
-/// from an empty target directory; its checksums must equal `first` (the workspace's build).
-fn repro_against(root: &Path, first: &str) -> Result<()> {
+/// The second reproducibility build, from an empty target directory at another path; its
+/// checksums must equal `first` (the workspace's build).
+fn repro_against(root: &Path, first: &str, opts: &ReproOptions) -> Result<()> {
     let base = root.join("target").join("repro");
-    let _ = std::fs::remove_dir_all(&base);
-    let dir = base.join("second-build").join("nested").join("src");
-    copy_tree(root, &dir)?;
-    eprintln!("xtask: reproducibility build 2 in {}", dir.display());
-    let second = dist(&dist_options(&dir))?;
-    println!(
-        "build 1 ({}):\n{first}build 2 ({}):\n{}",
-        root.display(),
-        dir.display(),
-        second.sums
-    );
-    if first != second.sums {
-        bail!(
-            "builds differ: compare with `diffoscope {}/dist {}/dist`",
-            root.display(),
+    let (second, where_built, fresh_dir) = if opts.no_fresh_root {
+        let _ = std::fs::remove_dir_all(&base);
+        let dir = base.join("second-build").join("nested").join("src");
+        copy_tree(root, &dir)?;
+        eprintln!("xtask: reproducibility build 2 in {}", dir.display());
+        let second = dist(&dist_options(&dir))?;
+        (second.sums, dir.display().to_string(), None)
+    } else {
+        let dir = base.join("fresh-root");
+        eprintln!(
+            "xtask: reproducibility build 2 in a fresh Debian 12 root at {}",
             dir.display()
+        );
+        let out = crate::fresh_root::build(&crate::fresh_root::FreshRootBuild {
+            root,
+            dir: dir.clone(),
+            source_date_epoch: source_date_epoch(),
+            drop_packages: opts.drop_packages.clone(),
+        })?;
+        let host = crate::fresh_root::host_linked_versions();
+        if host != out.linked_versions {
+            eprintln!(
+                "xtask: linked packages differ (host, then fresh root):\n{host}--\n{}",
+                out.linked_versions
+            );
+        }
+        (
+            out.sums,
+            format!("fresh Debian 12 root, {}", out.dist.display()),
+            Some(dir),
+        )
+    };
+    println!(
+        "build 1 ({}):\n{first}build 2 ({where_built}):\n{second}",
+        root.display(),
+    );
+    if first != second {
+        bail!(
+            "builds differ: compare with `diffoscope {}/dist <build 2's dist>` ({where_built})",
+            root.display(),
         );
     }
     println!("reproducible: both builds are bit-identical");
-    let _ = std::fs::remove_dir_all(&base);
+    match fresh_dir {
+        Some(dir) => crate::fresh_root::remove(&dir),
+        None => {
+            let _ = std::fs::remove_dir_all(&base);
+        }
+    }
     Ok(())
 }
 
@@ -158,7 +272,7 @@ fn prune_if_short(root: &Path, dirs: &[PathBuf]) {
 /// app under QEMU, fetches its page and a quote over a fresh challenge through a port forward,
 /// and prints `cvm-measure verify`'s checklist (`qemu_tests::demo`).
 pub(crate) fn demo(_args: &[String]) -> Result<()> {
-    packages::ensure(packages::TEST_PACKAGES)?;
+    packages::ensure(&[packages::DEMO])?;
     let root = workspace_root();
     let opts = DistOptions {
         out: root.join("target").join("demo"),
@@ -205,17 +319,24 @@ pub(crate) fn demo(_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Rustflags for the QEMU test build: the static flags of .cargo/config.toml plus the cfg.
-fn qemu_rustflags() -> String {
-    let mut flags = STATIC_RUSTFLAGS.to_vec();
-    flags.extend(["--cfg", "qemu_testenv"]);
-    flags.join("\u{1f}")
+/// Everything CI runs. `--no-qemu`: stop after the static-link check; `--no-fresh-root`: the
+/// second reproducibility build in a copy of the tree on this system (no root needed).
+pub(crate) fn test(args: &[String]) -> Result<()> {
+    let (repro_opts, rest) = ReproOptions::parse(args)?;
+    let quick = rest.iter().any(|a| a == "--no-qemu");
+    if let Some(other) = rest.iter().find(|a| *a != "--no-qemu") {
+        bail!("unknown test option `{other}` (known: --no-qemu, --no-fresh-root, --drop-package P)");
+    }
+    let mut timings = Timings::new();
+    let result = test_stages(&mut timings, quick, &repro_opts);
+    eprint!("{}", timings.table());
+    result
 }
 
-/// Everything CI runs.
-pub(crate) fn test(args: &[String]) -> Result<()> {
-    let quick = args.iter().any(|a| a == "--no-qemu");
-    packages::ensure(packages::TEST_PACKAGES)?;
+fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) -> Result<()> {
+    timings.stage("system packages (.ci/install-packages test)", || {
+        packages::ensure(&[packages::TEST])
+    })?;
     let root = workspace_root();
     // Every stage builds once from scratch in CI: incremental caches only cost disk there.
     let cargo = || {
@@ -223,48 +344,61 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         cmd.current_dir(&root).env("CARGO_INCREMENTAL", "0");
         cmd
     };
-    run(
-        "cargo fmt --check",
-        cargo().args(["fmt", "--all", "--check"]),
-    )?;
-    run(
-        "cargo clippy",
-        cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--all-features",
-            "--locked",
-            "--target",
-            TARGET,
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
-    let sdk_python = crate::sdk::sdk_venv(&root)?;
-    run(
-        "cargo test (host)",
-        cargo()
-            .args(["test", "--workspace", "--locked", "--target", TARGET])
-            .env("CVM_SDK_PYTHON", sdk_python),
-    )?;
+    timings.stage("cargo fmt --check", || {
+        run(
+            "cargo fmt --check",
+            cargo().args(["fmt", "--all", "--check"]),
+        )
+    })?;
+    timings.stage("cargo clippy", || {
+        run(
+            "cargo clippy",
+            cargo().args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--all-features",
+                "--locked",
+                "--target",
+                TARGET,
+                "--",
+                "-D",
+                "warnings",
+            ]),
+        )
+    })?;
+    timings.stage("cargo test (host)", || {
+        let sdk_python = crate::sdk::sdk_venv(&root)?;
+        run(
+            "cargo test (host)",
+            cargo()
+                .args(["test", "--workspace", "--locked", "--target", TARGET])
+                .env("CVM_SDK_PYTHON", sdk_python),
+        )
+    })?;
     // The Yocto layer: generated files current, initramfs entries match, oelint-adv clean.
-    eprintln!("xtask: == yocto layer");
-    crate::yocto::check_cmd(&[])?;
+    timings.stage("yocto layer", || {
+        eprintln!("xtask: == yocto layer");
+        crate::yocto::check_cmd(&[])
+    })?;
     // Every parser of untrusted bytes: a short cargo-fuzz run (or, without nightly, the seeds).
-    run(
-        "fuzz smoke",
-        Command::new("bash")
-            .arg(root.join(".ci/fuzz-smoke"))
-            .current_dir(&root)
-            .env("CARGO_INCREMENTAL", "0"),
-    )?;
+    timings.stage("fuzz smoke", || {
+        run(
+            "fuzz smoke",
+            Command::new("bash")
+                .arg(root.join(".ci/fuzz-smoke"))
+                .current_dir(&root)
+                .env("CARGO_INCREMENTAL", "0"),
+        )
+    })?;
     // The QEMU tests reuse the host tests' build (same flags and target directory; the
     // `qemu` feature only recompiles qemu-tests itself).
     prune_if_short(&root, &[root.join("target").join("fuzz")]);
-    let out = dist(&dist_options(&root))?;
-    check_static(&out.init)?;
+    let out = timings.stage("dist (reproducibility build 1) + static check", || {
+        let out = dist(&dist_options(&root))?;
+        check_static(&out.init)?;
+        Ok(out)
+    })?;
     if quick {
         return Ok(());
     }
@@ -296,7 +430,13 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             .args(selection)
             .args(["--tests", "--", "--test-threads=2"]);
     }
-    run("QEMU boot tests", &mut qemu)?;
+    timings.stage("QEMU boot tests", || run("QEMU boot tests", &mut qemu))?;
+    // The boot benchmark once (one run per variant), with the test image's init, so that it
+    // cannot silently break; `cargo xtask bench` gives the figures (release init, 5 runs).
+    timings.stage("boot benchmark (1 run each)", || {
+        let init = qemu_tests::image::init_binary().context("the QEMU tests' init")?;
+        run_bench(&root, &init, &["--runs".to_owned(), "1".to_owned()])
+    })?;
     prune_if_short(
         &root,
         &[
@@ -304,8 +444,10 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
             root.join("target").join("qemu-build").join("cargo"),
         ],
     );
-    eprintln!("xtask: == reproducibility (the build above and one in another directory)");
-    repro_against(&root, &out.sums)
+    timings.stage("reproducibility build 2 (fresh Debian root)", || {
+        eprintln!("xtask: == reproducibility (the build above and one in a fresh Debian root)");
+        repro_against(&root, &out.sums, repro_opts)
+    })
 }
 
 /// `file` must call the init statically linked (a static-pie counts).
@@ -324,37 +466,49 @@ fn check_static(init: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Boot benchmark against the busybox baseline.
+/// Boot benchmark against the busybox baseline: `cargo xtask bench [--runs N]`.
 pub(crate) fn bench(args: &[String]) -> Result<()> {
-    packages::ensure(packages::TEST_PACKAGES)?;
+    packages::ensure(&[packages::BENCH])?;
     let root = workspace_root();
-    // The figures are for the shipped build: fat-LTO `release` (with the test hooks the harness
-    // needs), not the faster-to-build `qemu-test` profile the boot tests use.
+    // The figures are for the shipped build: fat-LTO `release`, with the test hooks the harness
+    // needs and the simulated TEE (there is no TDX under QEMU: without it the kernel-contract
+    // stage demands the TDX guest features and the boot is fatal).
     let init = crate::dist::build_init(&DistOptions {
         out: root.join("target").join("bench-init"),
         target_dir: root.join("target").join("bench-init"),
         root: root.clone(),
         source_date_epoch: source_date_epoch(),
-        features: vec!["insecure-test-hooks".into()],
+        features: qemu_tests::image::TEST_FEATURE
+            .split(',')
+            .map(str::to_owned)
+            .collect(),
         modules: true,
     })?;
+    run_bench(&root, &init, args)
+}
+
+/// Runs the boot benchmark binary (`qemu-tests/benches/boot.rs`) on `init`. It is built like the
+/// QEMU tests (test profile, `qemu` feature, the host tests' target directory): it only times
+/// QEMU, so its own optimisation does not matter, and nothing is rebuilt.
+fn run_bench(root: &Path, init: &Path, args: &[String]) -> Result<()> {
     let mut cmd = cargo();
-    cmd.current_dir(&root)
-        .env("CVM_INIT_BIN", &init)
+    cmd.current_dir(root)
+        .env("CVM_INIT_BIN", init)
+        .env("CARGO_INCREMENTAL", "0")
         .args([
-            "bench",
+            "test",
             "--locked",
             "-p",
             "qemu-tests",
+            "--features",
+            "qemu",
             "--target",
             TARGET,
             "--bench",
             "boot",
             "--",
+            "--bench",
         ])
-        .args(args)
-        .env("CARGO_ENCODED_RUSTFLAGS", qemu_rustflags())
-        .env("CARGO_TARGET_DIR", root.join("target").join("qemu"))
-        .env_remove("RUSTFLAGS");
+        .args(args);
     run("boot benchmark", &mut cmd)
 }
