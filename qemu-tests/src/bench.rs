@@ -471,7 +471,11 @@ mod tests {
             mono_us: 1,
             duration_us: 1,
         };
-        let ok = [finished("early"), finished("cmdline"), Record::Ready { mono_us: 2 }];
+        let ok = [
+            finished("early"),
+            finished("cmdline"),
+            Record::Ready { mono_us: 2 },
+        ];
         assert_eq!(booted_plan(&ok).unwrap(), ["early", "cmdline"]);
         let unfinished = [finished("early")];
         assert_eq!(

@@ -162,7 +162,8 @@ pub(crate) fn versions(chroot: Option<&Path>, packages: &[&str]) -> String {
         }
         None => Command::new("dpkg-query"),
     };
-    cmd.args(["-W", "-f=${Package} ${Version}\n"]).args(packages);
+    cmd.args(["-W", "-f=${Package} ${Version}\n"])
+        .args(packages);
     cmd.output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default()
@@ -193,7 +194,9 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
         }
         run(
             &format!("remove the old root {}", dir.display()),
-            Command::new("rm").args(["-rf", "--one-file-system"]).arg(dir),
+            Command::new("rm")
+                .args(["-rf", "--one-file-system"])
+                .arg(dir),
         )?;
     }
     if let Some(parent) = dir.parent() {
@@ -247,7 +250,9 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
         Command::new("chroot")
             .arg(dir)
             .args(["/usr/bin/env", "-i"])
-            .arg(format!("PATH=/{TOOLCHAIN_MOUNT}/bin:/usr/sbin:/usr/bin:/sbin:/bin"))
+            .arg(format!(
+                "PATH=/{TOOLCHAIN_MOUNT}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+            ))
             .arg("HOME=/root")
             .arg(format!("CARGO_HOME=/{CARGO_HOME}"))
             .arg("CARGO_INCREMENTAL=0")
@@ -274,7 +279,10 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
 
 /// Removes the root (after a successful comparison).
 pub(crate) fn remove(dir: &Path) {
-    let _ = Command::new("rm").args(["-rf", "--one-file-system"]).arg(dir).status();
+    let _ = Command::new("rm")
+        .args(["-rf", "--one-file-system"])
+        .arg(dir)
+        .status();
 }
 
 fn write_root_file(dir: &Path, rel: &str, text: &str) -> Result<()> {

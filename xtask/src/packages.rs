@@ -62,8 +62,16 @@ mod tests {
         let list = std::fs::read_to_string(workspace_root().join(".ci/packages")).unwrap();
         let build = group_members(&list, BUILD);
         // shared/specs/build-notes.md: the -sys crates of the static init need these.
-        for needed in ["libdevmapper-dev", "libclang-dev", "libseccomp-dev", "pkg-config"] {
-            assert!(build.iter().any(|p| p == needed), "{needed} missing: {build:?}");
+        for needed in [
+            "libdevmapper-dev",
+            "libclang-dev",
+            "libseccomp-dev",
+            "pkg-config",
+        ] {
+            assert!(
+                build.iter().any(|p| p == needed),
+                "{needed} missing: {build:?}"
+            );
         }
         for group in [TEST, DEMO, BENCH] {
             let members = group_members(&list, group);

@@ -325,7 +325,9 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     let (repro_opts, rest) = ReproOptions::parse(args)?;
     let quick = rest.iter().any(|a| a == "--no-qemu");
     if let Some(other) = rest.iter().find(|a| *a != "--no-qemu") {
-        bail!("unknown test option `{other}` (known: --no-qemu, --no-fresh-root, --drop-package P)");
+        bail!(
+            "unknown test option `{other}` (known: --no-qemu, --no-fresh-root, --drop-package P)"
+        );
     }
     let mut timings = Timings::new();
     let result = test_stages(&mut timings, quick, &repro_opts);
