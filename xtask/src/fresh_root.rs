@@ -41,9 +41,9 @@ const LINKED: &[&str] = &[
 
 /// What the fresh-root build needs to know.
 #[derive(Debug)]
-pub(crate) struct FreshRootBuild<'a> {
+pub(crate) struct FreshRootBuild {
     /// The checkout whose tracked files are built.
-    pub(crate) root: &'a Path,
+    pub(crate) root: PathBuf,
     /// Directory for the Debian root (removed first, removed after success).
     pub(crate) dir: PathBuf,
     pub(crate) source_date_epoch: u64,
@@ -174,14 +174,40 @@ pub(crate) fn host_linked_versions() -> String {
     versions(None, LINKED)
 }
 
-/// Makes the root, installs the build group, builds `dist` in it.
-pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
+/// A root made and provisioned by [`prepare`]: packages installed, crates fetched, mounts held.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    dir: PathBuf,
+    mounts: Mounts,
+    env: Vec<String>,
+    started: Instant,
+}
+
+/// Everything before the compiler runs, in a thread beside the QEMU tests if the caller likes
+/// (network and disk, little CPU): debootstrap, sources, the tree, `.ci/install-packages build`,
+/// `cargo fetch`. With `log`, the commands' output goes there instead of the terminal.
+pub(crate) fn prepare(opts: &FreshRootBuild, log: Option<&Path>) -> Result<Prepared> {
     let dir = &opts.dir;
     if !is_root() {
         bail!(
             "the fresh-root build needs root (debootstrap, mount, chroot): run as root, or pass \
              --no-fresh-root to build the second copy on this system"
         );
+    }
+    let output = |cmd: &mut Command| -> Result<()> {
+        if let Some(log) = log {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .with_context(|| format!("open {}", log.display()))?;
+            let err = file.try_clone().context("clone the log handle")?;
+            cmd.stdout(file).stderr(err);
+        }
+        Ok(())
+    };
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
     }
     if dir.exists() {
         // A stale root from an interrupted run: unmount what may still be mounted, then remove.
@@ -199,16 +225,16 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
                 .arg(dir),
         )?;
     }
-    if let Some(parent) = dir.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
-    }
     let started = Instant::now();
+    let mut debootstrap = Command::new("debootstrap");
+    debootstrap
+        .args(["--variant=minbase", SUITE])
+        .arg(dir)
+        .arg(MIRROR);
+    output(&mut debootstrap)?;
     run(
         &format!("debootstrap --variant=minbase {SUITE} {}", dir.display()),
-        Command::new("debootstrap")
-            .args(["--variant=minbase", SUITE])
-            .arg(dir)
-            .arg(MIRROR),
+        &mut debootstrap,
     )?;
     // A stock Debian 12's sources: the release, its updates and security.
     let sources = format!(
@@ -221,7 +247,7 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
 
     // The tree as a new user would have it, at another path.
     let src = dir.join(SOURCE_DIR);
-    crate::tasks::copy_tree(opts.root, &src)?;
+    crate::tasks::copy_tree(&opts.root, &src)?;
     if !opts.drop_packages.is_empty() {
         let list_path = src.join(".ci/packages");
         let list = std::fs::read_to_string(&list_path)
@@ -237,37 +263,68 @@ pub(crate) fn build(opts: &FreshRootBuild<'_>) -> Result<FreshRootOutput> {
     let mut mounts = Mounts::default();
     mounts.proc(&dir.join("proc"))?;
     mounts.bind(Path::new("/dev"), &dir.join("dev"), false)?;
-    let sysroot = toolchain_sysroot(opts.root)?;
+    let sysroot = toolchain_sysroot(&opts.root)?;
     mounts.bind(&sysroot, &dir.join(TOOLCHAIN_MOUNT), true)?;
 
+    let prepared = Prepared {
+        dir: dir.clone(),
+        mounts,
+        env: vec![
+            format!("PATH=/{TOOLCHAIN_MOUNT}/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+            "HOME=/root".to_owned(),
+            format!("CARGO_HOME=/{CARGO_HOME}"),
+            "CARGO_INCREMENTAL=0".to_owned(),
+            format!("SOURCE_DATE_EPOCH={}", opts.source_date_epoch),
+            "LANG=C.UTF-8".to_owned(),
+        ],
+        started,
+    };
+    // Only the build group: what a new machine with nothing but Rust would be given.
     let script = format!(
-        "set -eu\ncd /{SOURCE_DIR}\nbash {installer} {group}\ncargo xtask dist\n",
+        "set -eu\ncd /{SOURCE_DIR}\nbash {installer} {group}\ncargo fetch --locked\n",
         installer = packages::INSTALLER,
         group = packages::BUILD,
     );
+    let mut provision = prepared.chroot(&script);
+    output(&mut provision)?;
     run(
-        "install the build group, then `cargo xtask dist`",
-        Command::new("chroot")
-            .arg(dir)
-            .args(["/usr/bin/env", "-i"])
-            .arg(format!(
-                "PATH=/{TOOLCHAIN_MOUNT}/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-            ))
-            .arg("HOME=/root")
-            .arg(format!("CARGO_HOME=/{CARGO_HOME}"))
-            .arg("CARGO_INCREMENTAL=0")
-            .arg(format!("SOURCE_DATE_EPOCH={}", opts.source_date_epoch))
-            .arg("LANG=C.UTF-8")
-            .args(["bash", "-c", &script]),
+        "`.ci/install-packages build`, `cargo fetch`",
+        &mut provision,
     )?;
-    let linked_versions = versions(Some(dir), LINKED);
+    Ok(prepared)
+}
+
+impl Prepared {
+    fn chroot(&self, script: &str) -> Command {
+        let mut cmd = Command::new("chroot");
+        cmd.arg(&self.dir)
+            .args(["/usr/bin/env", "-i"])
+            .args(&self.env)
+            .args(["bash", "-c", script]);
+        cmd
+    }
+}
+
+/// `cargo xtask dist` in a prepared root; returns its output and unmounts.
+pub(crate) fn build(prepared: Prepared) -> Result<FreshRootOutput> {
+    run(
+        "`cargo xtask dist`",
+        &mut prepared.chroot(&format!("set -eu\ncd /{SOURCE_DIR}\ncargo xtask dist\n")),
+    )?;
+    let linked_versions = versions(Some(&prepared.dir), LINKED);
+    let Prepared {
+        dir,
+        mounts,
+        started,
+        ..
+    } = prepared;
     drop(mounts);
-    let dist = src.join("dist");
+    let dist = dir.join(SOURCE_DIR).join("dist");
     let sums_path = dist.join("SHA256SUMS");
     let sums = std::fs::read_to_string(&sums_path)
         .with_context(|| format!("read {}", sums_path.display()))?;
     eprintln!(
-        "xtask: fresh root: built in {:.0} s (root, packages, crates and dist)",
+        "xtask: fresh root: done in {:.0} s (root, packages, crates and dist)",
         started.elapsed().as_secs_f64()
     );
     Ok(FreshRootOutput {

@@ -156,7 +156,8 @@ pub(crate) fn repro(args: &[String]) -> Result<()> {
     let root = workspace_root();
     eprintln!("xtask: reproducibility build 1 in {}", root.display());
     let first = dist(&dist_options(&root))?;
-    repro_against(&root, &first.sums, &opts)
+    let second = start_second_build(&root, &opts, None);
+    finish_second_build(&root, &first.sums, second)
 }
 
 /// `dist` in `<root>` (output `dist/`, target directory `target/dist`).
@@ -171,47 +172,116 @@ fn dist_options(root: &Path) -> DistOptions {
     }
 }
 
-/// The second reproducibility build, from an empty target directory at another path; its
-/// checksums must equal `first` (the workspace's build).
-fn repro_against(root: &Path, first: &str, opts: &ReproOptions) -> Result<()> {
-    let base = root.join("target").join("repro");
-    let (second, where_built, fresh_dir) = if opts.no_fresh_root {
-        let _ = std::fs::remove_dir_all(&base);
-        let dir = base.join("second-build").join("nested").join("src");
-        copy_tree(root, &dir)?;
-        eprintln!("xtask: reproducibility build 2 in {}", dir.display());
-        let second = dist(&dist_options(&dir))?;
-        (second.sums, dir.display().to_string(), None)
-    } else {
-        let dir = base.join("fresh-root");
-        eprintln!(
-            "xtask: reproducibility build 2 in a fresh Debian 12 root at {}",
-            dir.display()
-        );
-        let out = crate::fresh_root::build(&crate::fresh_root::FreshRootBuild {
-            root,
-            dir: dir.clone(),
-            source_date_epoch: source_date_epoch(),
-            drop_packages: opts.drop_packages.clone(),
-        })?;
-        let host = crate::fresh_root::host_linked_versions();
-        if host != out.linked_versions {
-            eprintln!(
-                "xtask: linked packages differ (host, then fresh root):\n{host}--\n{}",
-                out.linked_versions
-            );
+/// The second reproducibility build, started.
+#[derive(Debug)]
+enum SecondBuild {
+    /// In a copy of the tree on this system (`--no-fresh-root`).
+    Copy,
+    /// In a fresh Debian root, being provisioned (in a thread while the QEMU tests run).
+    Fresh {
+        dir: PathBuf,
+        log: Option<PathBuf>,
+        provisioning: std::thread::JoinHandle<Result<crate::fresh_root::Prepared>>,
+    },
+}
+
+impl SecondBuild {
+    /// Waits for a provisioning thread and releases the root's mounts (a failed run must not
+    /// leave `/dev` bind-mounted under `target/`).
+    fn abandon(self) {
+        if let Self::Fresh { provisioning, .. } = self {
+            eprintln!("xtask: waiting for the fresh-root provisioning to stop");
+            drop(provisioning.join());
         }
-        (
-            out.sums,
-            format!("fresh Debian 12 root, {}", out.dist.display()),
-            Some(dir),
-        )
+    }
+}
+
+/// Starts the second build's preparation: for the fresh root, debootstrap, packages and crates
+/// in a thread (output to `log` when given), since that is network and disk, not CPU.
+fn start_second_build(root: &Path, opts: &ReproOptions, log: Option<PathBuf>) -> SecondBuild {
+    if opts.no_fresh_root {
+        return SecondBuild::Copy;
+    }
+    let dir = root.join("target").join("repro").join("fresh-root");
+    let build = crate::fresh_root::FreshRootBuild {
+        root: root.to_path_buf(),
+        dir: dir.clone(),
+        source_date_epoch: source_date_epoch(),
+        drop_packages: opts.drop_packages.clone(),
+    };
+    if let Some(log) = &log {
+        let _ = std::fs::remove_file(log);
+        eprintln!(
+            "xtask: provisioning the fresh Debian root for reproducibility build 2 in the \
+             background (log: {})",
+            log.display()
+        );
+    }
+    let thread_log = log.clone();
+    let provisioning =
+        std::thread::spawn(move || crate::fresh_root::prepare(&build, thread_log.as_deref()));
+    SecondBuild::Fresh {
+        dir,
+        log,
+        provisioning,
+    }
+}
+
+/// Finishes the second build from an empty target directory at another path; its checksums
+/// must equal `first` (the workspace's build).
+fn finish_second_build(root: &Path, first: &str, second: SecondBuild) -> Result<()> {
+    let base = root.join("target").join("repro");
+    let (sums, where_built, fresh_dir) = match second {
+        SecondBuild::Copy => {
+            let _ = std::fs::remove_dir_all(&base);
+            let dir = base.join("second-build").join("nested").join("src");
+            copy_tree(root, &dir)?;
+            eprintln!("xtask: reproducibility build 2 in {}", dir.display());
+            let second = dist(&dist_options(&dir))?;
+            (second.sums, dir.display().to_string(), None)
+        }
+        SecondBuild::Fresh {
+            dir,
+            log,
+            provisioning,
+        } => {
+            let prepared = provisioning
+                .join()
+                .map_err(|_| anyhow::anyhow!("the fresh-root thread panicked"))?
+                .map_err(|error| {
+                    if let Some(log) = &log {
+                        let text = std::fs::read_to_string(log).unwrap_or_default();
+                        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+                        for line in tail.iter().rev() {
+                            eprintln!("  | {line}");
+                        }
+                    }
+                    error
+                })?;
+            eprintln!(
+                "xtask: reproducibility build 2 in a fresh Debian 12 root at {}",
+                dir.display()
+            );
+            let out = crate::fresh_root::build(prepared)?;
+            let host = crate::fresh_root::host_linked_versions();
+            if host != out.linked_versions {
+                eprintln!(
+                    "xtask: linked packages differ (host, then fresh root):\n{host}--\n{}",
+                    out.linked_versions
+                );
+            }
+            (
+                out.sums,
+                format!("fresh Debian 12 root, {}", out.dist.display()),
+                Some(dir),
+            )
+        }
     };
     println!(
-        "build 1 ({}):\n{first}build 2 ({where_built}):\n{second}",
+        "build 1 ({}):\n{first}build 2 ({where_built}):\n{sums}",
         root.display(),
     );
-    if first != second {
+    if first != sums {
         bail!(
             "builds differ: compare with `diffoscope {}/dist <build 2's dist>` ({where_built})",
             root.display(),
@@ -432,13 +502,27 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
             .args(selection)
             .args(["--tests", "--", "--test-threads=2"]);
     }
-    timings.stage("QEMU boot tests", || run("QEMU boot tests", &mut qemu))?;
-    // The boot benchmark once (one run per variant), with the test image's init, so that it
-    // cannot silently break; `cargo xtask bench` gives the figures (release init, 5 runs).
-    timings.stage("boot benchmark (1 run each)", || {
-        let init = qemu_tests::image::init_binary().context("the QEMU tests' init")?;
-        run_bench(&root, &init, &["--runs".to_owned(), "1".to_owned()])
-    })?;
+    // The fresh root's debootstrap, packages and crates download meanwhile (no compiler).
+    let second = start_second_build(
+        &root,
+        repro_opts,
+        Some(root.join("target").join("fresh-root-provisioning.log")),
+    );
+    let tested = timings
+        .stage("QEMU boot tests", || run("QEMU boot tests", &mut qemu))
+        .and_then(|()| {
+            // The boot benchmark once (one run per variant), with the test image's init, so
+            // that it cannot silently break; `cargo xtask bench` gives the figures (release
+            // init, 5 runs).
+            timings.stage("boot benchmark (1 run each)", || {
+                let init = qemu_tests::image::init_binary().context("the QEMU tests' init")?;
+                run_bench(&root, &init, &["--runs".to_owned(), "1".to_owned()])
+            })
+        });
+    if let Err(error) = tested {
+        second.abandon();
+        return Err(error);
+    }
     prune_if_short(
         &root,
         &[
@@ -448,7 +532,7 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
     );
     timings.stage("reproducibility build 2 (fresh Debian root)", || {
         eprintln!("xtask: == reproducibility (the build above and one in a fresh Debian root)");
-        repro_against(&root, &out.sums, repro_opts)
+        finish_second_build(&root, &out.sums, second)
     })
 }
 
