@@ -248,7 +248,7 @@ fn finish_second_build(root: &Path, first: &str, second: SecondBuild) -> Result<
             let prepared = provisioning
                 .join()
                 .map_err(|_| anyhow::anyhow!("the fresh-root thread panicked"))?
-                .map_err(|error| {
+                .inspect_err(|_| {
                     if let Some(log) = &log {
                         let text = std::fs::read_to_string(log).unwrap_or_default();
                         let tail: Vec<&str> = text.lines().rev().take(40).collect();
@@ -256,7 +256,6 @@ fn finish_second_build(root: &Path, first: &str, second: SecondBuild) -> Result<
                             eprintln!("  | {line}");
                         }
                     }
-                    error
                 })?;
             eprintln!(
                 "xtask: reproducibility build 2 in a fresh Debian 12 root at {}",
