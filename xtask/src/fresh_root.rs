@@ -244,6 +244,13 @@ pub(crate) fn prepare(opts: &FreshRootBuild, log: Option<&Path>) -> Result<Prepa
     write_root_file(dir, "etc/apt/sources.list", &sources)?;
     let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
     write_root_file(dir, "etc/resolv.conf", &resolv)?;
+    // The site's own CA certificates (a TLS-intercepting egress proxy, say) are network
+    // configuration like resolv.conf, not a package: the root trusts what the host trusts once
+    // its ca-certificates package is installed (its postinst reads this directory).
+    copy_local_cas(
+        Path::new(LOCAL_CA_DIR),
+        &dir.join(LOCAL_CA_DIR.trim_start_matches('/')),
+    )?;
 
     // The tree as a new user would have it, at another path.
     let src = dir.join(SOURCE_DIR);
@@ -342,6 +349,30 @@ pub(crate) fn remove(dir: &Path) {
         .status();
 }
 
+/// Debian's directory of locally added CA certificates.
+const LOCAL_CA_DIR: &str = "/usr/local/share/ca-certificates";
+
+/// Copies the `*.crt` files under `from` (recursively) to `to`; a missing `from` copies nothing.
+fn copy_local_cas(from: &Path, to: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(0);
+    };
+    let mut copied = 0;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("list {}", from.display()))?;
+        let path = entry.path();
+        let target = to.join(entry.file_name());
+        if path.is_dir() {
+            copied += copy_local_cas(&path, &target)?;
+        } else if path.extension().is_some_and(|e| e == "crt") {
+            std::fs::create_dir_all(to).with_context(|| format!("create {}", to.display()))?;
+            std::fs::copy(&path, &target).with_context(|| format!("copy {}", path.display()))?;
+            copied += 1;
+        }
+    }
+    Ok(copied)
+}
+
 fn write_root_file(dir: &Path, rel: &str, text: &str) -> Result<()> {
     let path = dir.join(rel);
     if let Some(parent) = path.parent() {
@@ -353,6 +384,27 @@ fn write_root_file(dir: &Path, rel: &str, text: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_cas_are_copied_recursively_and_only_crt_files() {
+        let from = tempfile::tempdir().unwrap();
+        let to = tempfile::tempdir().unwrap();
+        std::fs::create_dir(from.path().join("site")).unwrap();
+        std::fs::write(from.path().join("a.crt"), "A").unwrap();
+        std::fs::write(from.path().join("site/b.crt"), "B").unwrap();
+        std::fs::write(from.path().join("notes.txt"), "x").unwrap();
+        let dest = to.path().join("usr/local/share/ca-certificates");
+        assert_eq!(copy_local_cas(from.path(), &dest).unwrap(), 2);
+        assert_eq!(
+            std::fs::read_to_string(dest.join("site/b.crt")).unwrap(),
+            "B"
+        );
+        assert!(!dest.join("notes.txt").exists());
+        assert_eq!(
+            copy_local_cas(&from.path().join("absent"), &dest).unwrap(),
+            0
+        );
+    }
 
     #[test]
     fn dropping_a_package_removes_exactly_its_line() {
