@@ -153,6 +153,25 @@ pub(crate) fn dist(opts: &DistOptions) -> Result<DistOutput> {
     })
 }
 
+/// `dist` builds release images only: an `insecure-*` feature (simulated TEE, test hooks) makes
+/// an image no verifier may accept, so it never lands in `dist/` (the demo and the QEMU tests
+/// build such images under `target/`).
+fn refuse_insecure(features: &[String]) -> Result<()> {
+    let insecure: Vec<&str> = features
+        .iter()
+        .map(String::as_str)
+        .filter(|f| f.trim().starts_with("insecure-"))
+        .collect();
+    if !insecure.is_empty() {
+        bail!(
+            "dist builds the release image and refuses {}: test images are built by `cargo xtask \
+             demo` and the QEMU tests, under target/",
+            insecure.join(", ")
+        );
+    }
+    Ok(())
+}
+
 pub(crate) fn dist_cmd(args: &[String]) -> Result<()> {
     crate::packages::ensure(&[crate::packages::BUILD])?;
     let root = workspace_root();
@@ -182,6 +201,7 @@ pub(crate) fn dist_cmd(args: &[String]) -> Result<()> {
             ),
         }
     }
+    refuse_insecure(&opts.features)?;
     let out = dist(&opts)?;
     print!("{}", out.sums);
     eprintln!(
@@ -190,4 +210,19 @@ pub(crate) fn dist_cmd(args: &[String]) -> Result<()> {
         out.initramfs.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dist_refuses_insecure_features() {
+        assert!(refuse_insecure(&[]).is_ok());
+        assert!(refuse_insecure(&["some-feature".to_owned()]).is_ok());
+        let error = refuse_insecure(&["a".to_owned(), "insecure-simulated-tee".to_owned()])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("refuses insecure-simulated-tee"), "{error}");
+    }
 }
