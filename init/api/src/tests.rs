@@ -1101,3 +1101,38 @@ fn check_arguments_decodes_like_dispatch_without_running() {
         }
     }
 }
+
+/// Clients that send absolute-form targets (`POST http://unix.socket/Info`) and no `Host`
+/// header, pipelined on one connection, on both sockets.
+#[test]
+fn absolute_form_targets_and_no_host_are_served_pipelined() {
+    let f = fixture();
+    let mut input = b"POST http://unix.socket/Info HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    input.extend_from_slice(b"POST http://dstack/GetQuote HTTP/1.1\r\nHost: dstack\r\nContent-Length: 22\r\n\r\n{\"report_data\":\"0102\"}");
+    input.extend_from_slice(b"GET /Version HTTP/1.1\r\n\r\n");
+    input.extend_from_slice(
+        b"GET HTTPS://localhost/prpc/DstackGuest.Info?json HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let replies = exchange(&f.state, Service::DstackGuest, &input);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200], "{replies:?}");
+    assert_eq!(replies[0].1["app_id"], hex::encode([0xa1; 20]));
+    assert_eq!(
+        replies[1].1["report_data"],
+        format!("0102{}", "00".repeat(62))
+    );
+    assert_eq!(replies[3].1["app_id"], replies[0].1["app_id"]);
+    let legacy = exchange(
+        &f.state,
+        Service::Tappd,
+        b"POST http://localhost/prpc/Tappd.Info HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(legacy[0].0, 200);
+    // Other forms still fail, and the server answers.
+    let bad = exchange(
+        &f.state,
+        Service::DstackGuest,
+        b"GET ftp://x/Info HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(bad[0].0, 400);
+}
