@@ -34,6 +34,8 @@ pub use crate::state::{ApiState, ResumeMode, StateError, WorkloadInfo};
 pub const DEFAULT_SOCKET: &str = "/var/run/dstack.sock";
 /// Default path of the legacy `Tappd` socket.
 pub const DEFAULT_LEGACY_SOCKET: &str = "/var/run/tappd.sock";
+/// Where dstack keeps the boot's GPU attestation output (`GPU_ATTESTATION_OUTPUT`).
+pub const DEFAULT_GPU_ATTESTATION: &str = "/run/nvidia-gpu-attestation/attestation.out";
 
 /// Errors of configuring and running the server.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +104,9 @@ pub struct ServerConfig {
     pub sys_config: Option<PathBuf>,
     /// dstack's `.appkeys.json` (private, 0600), which enables `GetKey`.
     pub app_keys: Option<PathBuf>,
+    /// The GPU attestation output `GpuInfo` returns (dstack's
+    /// `/run/nvidia-gpu-attestation/attestation.out`; absent reads as empty).
+    pub gpu_attestation: PathBuf,
     /// Socket file mode (workloads connect through bind mounts).
     pub socket_mode: u32,
     /// Connections served at once; more are answered 503 and closed.
@@ -119,6 +124,7 @@ impl Default for ServerConfig {
             app_compose: None,
             sys_config: None,
             app_keys: None,
+            gpu_attestation: PathBuf::from(DEFAULT_GPU_ATTESTATION),
             socket_mode: 0o666,
             max_connections: 64,
             limits: Limits::default(),
@@ -128,8 +134,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Parses `--socket P`, `--legacy-socket P` (or `--no-legacy-socket`), `--event-log P`,
-    /// `--app-compose P`, `--sys-config P`, `--app-keys P` (the arguments after the `guest-api` word) over
-    /// the defaults.
+    /// `--app-compose P`, `--sys-config P`, `--app-keys P`, `--gpu-attestation P` (the arguments
+    /// after the `guest-api` word) over the defaults.
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Self, ApiError> {
         let mut config = Self::default();
         let mut args = args.into_iter();
@@ -141,7 +147,7 @@ impl ServerConfig {
             }
             let slot = match flag.as_str() {
                 "--socket" | "--legacy-socket" | "--event-log" | "--app-compose"
-                | "--sys-config" | "--app-keys" => flag.clone(),
+                | "--sys-config" | "--app-keys" | "--gpu-attestation" => flag.clone(),
                 _ => return Err(ApiError::ParseArgument { argument: flag }),
             };
             let value = PathBuf::from(
@@ -154,6 +160,7 @@ impl ServerConfig {
                 "--event-log" => config.event_log = value,
                 "--app-compose" => config.app_compose = Some(value),
                 "--app-keys" => config.app_keys = Some(value),
+                "--gpu-attestation" => config.gpu_attestation = value,
                 _ => config.sys_config = Some(value),
             }
         }
@@ -427,7 +434,9 @@ pub fn run<T: Tee + Send + 'static>(
         .map_err(prepare)?,
         None => WorkloadInfo::default(),
     };
-    let mut state = ApiState::open(tee, mode, &config.event_log, workload).map_err(prepare)?;
+    let mut state = ApiState::open(tee, mode, &config.event_log, workload)
+        .map_err(prepare)?
+        .with_gpu_attestation(config.gpu_attestation.clone());
     if let Some(path) = &config.app_keys {
         let load = |source: Box<dyn std::error::Error + Send + Sync>| ApiError::LoadAppKeys {
             path: path.clone(),

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app_sign;
 pub mod env;
 pub mod kdf;
 pub mod kms;
