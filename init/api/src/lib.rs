@@ -1,6 +1,7 @@
 //! `guest-api`: the dstack-compatible guest agent API for workloads — `Info`, `GetQuote`,
-//! `EmitEvent` on `/var/run/dstack.sock` and the legacy Tappd `Info`, `TdxQuote` on
-//! `/var/run/tappd.sock` — so unmodified dstack SDKs work.
+//! `Attest`, `EmitEvent`, `GetKey`, `GetTlsKey`, `Sign`, `Verify`, `GpuInfo`, `Version` on
+//! `/var/run/dstack.sock` and the legacy Tappd `Info`, `TdxQuote`, `RawQuote`, `DeriveKey`,
+//! `DeriveK256Key`, `Version` on `/var/run/tappd.sock` — so unmodified dstack SDKs work.
 //!
 //! It runs as its own process (PID 1 is single-threaded and forks; this server uses a thread
 //! per connection): the init execs its own binary as
