@@ -170,7 +170,10 @@ impl ServiceError {
                 EventLogError::LogOutOfStep { .. } => Status::ServiceUnavailable,
                 _ => Status::InternalServerError,
             },
-            Self::Tee { .. } => Status::InternalServerError,
+            Self::Tee { source, .. } => match **source {
+                StateError::AttestV2EventLog => Status::NotImplemented,
+                _ => Status::InternalServerError,
+            },
         }
     }
 }

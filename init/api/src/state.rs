@@ -110,6 +110,11 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// `Attest` on a log with V2 events: dstack's MessagePack attestation is not implemented.
+    #[error(
+        "Attest for an event log with V2 events (dstack's MessagePack attestation) is not implemented"
+    )]
+    AttestV2EventLog,
     /// Reading the GPU attestation output failed (other than it being absent).
     #[error("read GPU attestation output {path}")]
     ReadGpuAttestation {
@@ -527,6 +532,16 @@ impl<T: Tee> ApiState<T> {
         report_data: &[u8; REPORT_DATA_LEN],
     ) -> Result<cvm_keys::sign_cert::TdxAttestation, StateError> {
         let mut live = self.lock();
+        // dstack encodes a log with V2 events as the MessagePack V1 attestation; V0 carries no
+        // event version, so a verifier would replay V2 events with V1 digests and fail.
+        if live
+            .log
+            .events()
+            .iter()
+            .any(|e| e.version == EventLogVersion::V2)
+        {
+            return Err(StateError::AttestV2EventLog);
+        }
         let quote = live
             .log
             .rtmr_mut()

@@ -1409,6 +1409,18 @@ fn attest_answers_a_dstack_versioned_attestation() {
     let long = format!(r#"{{"report_data":"{}"}}"#, "00".repeat(65));
     let replies = exchange(&f.state, Service::DstackGuest, &post("/Attest", &long));
     assert_eq!(replies[0].0, 400);
+    // A V2 event log would need dstack's MessagePack form: refused, not answered wrongly.
+    let (tee, text) = booted(EventLogVersion::V2);
+    let state = ApiState::resume(
+        tee,
+        ResumeMode::RegistersHoldLog,
+        &text,
+        Box::new(SharedSink::default()),
+        workload(),
+    )
+    .unwrap();
+    let replies = exchange(&state, Service::DstackGuest, &post("/Attest", "{}"));
+    assert_eq!(replies[0].0, 501, "{:?}", replies[0].1);
 }
 
 /// `EmitEvent`'s reply is the JSON `null` of dstack's `google.protobuf.Empty`; `Version`
