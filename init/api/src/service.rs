@@ -118,12 +118,6 @@ pub enum ServiceError {
         #[source]
         source: EventLogError,
     },
-    /// `GetKey` could not derive the key (unknown algorithm, bad app key).
-    #[error("derive the key")]
-    DeriveKey {
-        #[source]
-        source: cvm_keys::kdf::KdfError,
-    },
     /// The TEE failed.
     #[error("{method}")]
     Tee {
@@ -159,10 +153,6 @@ impl ServiceError {
             | Self::DecodeHex { .. }
             | Self::BuildReportData { .. }
             | Self::EmptyEventName => Status::BadRequest,
-            Self::DeriveKey { source } => match source {
-                cvm_keys::kdf::KdfError::UnsupportedAlgorithm { .. } => Status::BadRequest,
-                _ => Status::InternalServerError,
-            },
             Self::EmitEvent { source, .. } => match source {
                 EventLogError::ReservedEventName { .. } => Status::Forbidden,
                 EventLogError::AppEventBeforeSystemReady { .. } => Status::Conflict,
