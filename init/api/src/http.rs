@@ -1,8 +1,10 @@
 //! A small, strict HTTP/1.1 server side: request parsing with bounded sizes and deadlines, and
 //! response encoding.
 //!
-//! What it accepts: `GET` and `POST` with an origin-form target (`/path[?query]`), `HTTP/1.1`
-//! (with `Host`) or `HTTP/1.0`, CRLF line endings, at most [`Limits::max_headers`] fields in at
+//! What it accepts: `GET` and `POST` with an origin-form target (`/path[?query]`) or an
+//! absolute-form one (`http://authority/path[?query]`, RFC 9112 §3.2.2: some dstack clients
+//! send `POST http://unix.socket/Info`; the authority is ignored, as is `Host`, which a legacy
+//! client leaves out on the Unix socket), `HTTP/1.1` or `HTTP/1.0`, CRLF line endings, at most [`Limits::max_headers`] fields in at
 //! most [`Limits::max_head_bytes`], a body framed only by `Content-Length` (at most
 //! [`Limits::max_body_bytes`]), `Expect: 100-continue`, and keep-alive. Everything else is a
 //! typed [`HttpError`] that maps to a status code; parsing never panics.
@@ -62,8 +64,8 @@ pub enum HttpError {
     /// A method other than GET and POST.
     #[error("method {method:?} is not supported")]
     UnsupportedMethod { method: String },
-    /// The target is not an origin-form path.
-    #[error("request target is not an absolute path")]
+    /// The target is neither origin-form (`/path`) nor absolute-form (`http://host/path`).
+    #[error("request target is neither a path nor an http URL")]
     ParseRequestTarget,
     /// Neither HTTP/1.1 nor HTTP/1.0.
     #[error("HTTP version {version:?} is not supported")]
@@ -80,9 +82,6 @@ pub enum HttpError {
     /// Bodies framed by Transfer-Encoding are not supported.
     #[error("Transfer-Encoding is not supported; send Content-Length")]
     UnsupportedTransferEncoding,
-    /// HTTP/1.1 without Host.
-    #[error("HTTP/1.1 request without Host header")]
-    MissingHost,
     /// An expectation other than 100-continue.
     #[error("expectation {value:?} is not supported")]
     UnsupportedExpectation { value: String },
@@ -127,8 +126,7 @@ impl HttpError {
             | Self::ParseRequestTarget
             | Self::ParseHeader { .. }
             | Self::ParseContentLength
-            | Self::DuplicateHeader { .. }
-            | Self::MissingHost => Status::BadRequest,
+            | Self::DuplicateHeader { .. } => Status::BadRequest,
             Self::UnsupportedMethod { .. } => Status::MethodNotAllowed,
             Self::UnsupportedVersion { .. } => Status::VersionNotSupported,
             Self::UnsupportedTransferEncoding => Status::NotImplemented,
@@ -381,16 +379,44 @@ fn parse_request_line(line: &[u8]) -> Result<(Method, String, Option<String>, Ve
         }
         _ => return Err(HttpError::ParseRequestLine),
     };
-    if !target.starts_with(b"/") || !target.iter().all(|b| (0x21..=0x7e).contains(b)) {
+    let (path, query) = parse_target(target)?;
+    Ok((method, path, query, version))
+}
+
+/// The path and query of an origin-form (`/p?q`) or absolute-form (`http://authority/p?q`,
+/// scheme `http` or `https` in any case, authority non-empty and ignored, an empty path read
+/// as `/`) request target. A fragment is never part of a target.
+fn parse_target(target: &[u8]) -> Result<(String, Option<String>), HttpError> {
+    if target.is_empty()
+        || !target.iter().all(|b| (0x21..=0x7e).contains(b))
+        || target.contains(&b'#')
+    {
         return Err(HttpError::ParseRequestTarget);
     }
     // Only visible ASCII, so this is valid UTF-8.
     let target = String::from_utf8_lossy(target);
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path.to_owned(), Some(query.to_owned())),
-        None => (target.into_owned(), None),
+    let origin = if target.starts_with('/') {
+        target.as_ref()
+    } else {
+        let (scheme, rest) = target
+            .split_once("://")
+            .ok_or(HttpError::ParseRequestTarget)?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(HttpError::ParseRequestTarget);
+        }
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, origin) = rest.split_at(authority_end);
+        if authority.is_empty() || authority.contains('@') {
+            return Err(HttpError::ParseRequestTarget);
+        }
+        origin
     };
-    Ok((method, path, query, version))
+    let (path, query) = match origin.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (origin, None),
+    };
+    let path = if path.is_empty() { "/" } else { path };
+    Ok((path.to_owned(), query))
 }
 
 fn parse_content_length(value: &[u8], limit: usize) -> Result<usize, HttpError> {
@@ -429,6 +455,9 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
         parse_request_line(lines.next().ok_or(HttpError::ParseRequestLine)?)?;
 
     let mut content_length = None;
+    // `Host` is checked for duplicates but not required: the sockets are local and a legacy
+    // dstack client sends none (RFC 9112 §3.2 makes it a client requirement; the authority of
+    // an absolute-form target wins anyway).
     let mut host = false;
     let mut close = false;
     let mut keep_alive_token = false;
@@ -476,9 +505,6 @@ pub fn parse_head(buf: &[u8], limits: &Limits) -> Result<Option<(RequestHead, us
                 });
             }
         }
-    }
-    if version == Version::Http11 && !host {
-        return Err(HttpError::MissingHost);
     }
     let keep_alive = match version {
         Version::Http11 => !close,
@@ -686,10 +712,47 @@ mod tests {
                 "cut at {cut}"
             );
         }
-        assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\n\r\n", &Limits::default()),
-            Err(HttpError::MissingHost)
-        ));
+        // No Host: a legacy client on the Unix socket sends none.
+        let (request, used) = parse_request(b"GET /Info HTTP/1.1\r\n\r\n", &Limits::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!((request.head.path.as_str(), used), ("/Info", 22));
+    }
+
+    /// RFC 9112 §3.2.2: a server must accept the absolute form; dstack clients send
+    /// `POST http://unix.socket/<Method>` (and `http://localhost/...`, `http://dstack/...`).
+    #[test]
+    fn absolute_form_targets() {
+        let cases: &[(&[u8], &str, Option<&str>)] = &[
+            (
+                b"POST http://unix.socket/Info HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+                "/Info",
+                None,
+            ),
+            (
+                b"POST HTTP://dstack/GetQuote HTTP/1.1\r\nHost: dstack\r\n\r\n",
+                "/GetQuote",
+                None,
+            ),
+            (
+                b"GET https://localhost:8090/prpc/Tappd.Info?json HTTP/1.1\r\n\r\n",
+                "/prpc/Tappd.Info",
+                Some("json"),
+            ),
+            (b"GET http://localhost HTTP/1.1\r\n\r\n", "/", None),
+            (
+                b"GET http://localhost?json HTTP/1.0\r\n\r\n",
+                "/",
+                Some("json"),
+            ),
+            (b"GET /Info?a=b HTTP/1.1\r\n\r\n", "/Info", Some("a=b")),
+        ];
+        for (input, path, query) in cases {
+            let (head, len) = parse(input).unwrap().unwrap();
+            assert_eq!(len, input.len(), "{:?}", String::from_utf8_lossy(input));
+            assert_eq!(head.path, *path);
+            assert_eq!(head.query.as_deref(), *query);
+        }
     }
 
     #[test]
@@ -743,14 +806,29 @@ mod tests {
                 b"DELETE / HTTP/1.1\r\nHost: x\r\n\r\n",
                 |e| matches!(e, HttpError::UnsupportedMethod { method } if method == "DELETE"),
             ),
-            (b"GET http://x/ HTTP/1.1\r\nHost: x\r\n\r\n", |e| {
+            (b"GET ftp://x/ HTTP/1.1\r\nHost: x\r\n\r\n", |e| {
+                matches!(e, HttpError::ParseRequestTarget)
+            }),
+            (b"GET http:///Info HTTP/1.1\r\n\r\n", |e| {
+                matches!(e, HttpError::ParseRequestTarget)
+            }),
+            (b"GET http://u@x/Info HTTP/1.1\r\n\r\n", |e| {
+                matches!(e, HttpError::ParseRequestTarget)
+            }),
+            (b"GET unix.socket:80 HTTP/1.1\r\n\r\n", |e| {
+                matches!(e, HttpError::ParseRequestTarget)
+            }),
+            (b"OPTIONS * HTTP/1.1\r\n\r\n", |e| {
+                matches!(e, HttpError::UnsupportedMethod { .. })
+            }),
+            (b"GET * HTTP/1.1\r\n\r\n", |e| {
+                matches!(e, HttpError::ParseRequestTarget)
+            }),
+            (b"GET /Info#frag HTTP/1.1\r\n\r\n", |e| {
                 matches!(e, HttpError::ParseRequestTarget)
             }),
             (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", |e| {
                 matches!(e, HttpError::UnsupportedVersion { .. })
-            }),
-            (b"GET / HTTP/1.1\r\n\r\n", |e| {
-                matches!(e, HttpError::MissingHost)
             }),
             (b"GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n", |e| {
                 matches!(e, HttpError::DuplicateHeader { name: "Host" })

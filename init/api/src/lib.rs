@@ -1,6 +1,7 @@
 //! `guest-api`: the dstack-compatible guest agent API for workloads — `Info`, `GetQuote`,
-//! `EmitEvent` on `/var/run/dstack.sock` and the legacy Tappd `Info`, `TdxQuote` on
-//! `/var/run/tappd.sock` — so unmodified dstack SDKs work.
+//! `Attest`, `EmitEvent`, `GetKey`, `GetTlsKey`, `Sign`, `Verify`, `GpuInfo`, `Version` on
+//! `/var/run/dstack.sock` and the legacy Tappd `Info`, `TdxQuote`, `RawQuote`, `DeriveKey`,
+//! `DeriveK256Key`, `Version` on `/var/run/tappd.sock` — so unmodified dstack SDKs work.
 //!
 //! It runs as its own process (PID 1 is single-threaded and forks; this server uses a thread
 //! per connection): the init execs its own binary as
@@ -34,6 +35,8 @@ pub use crate::state::{ApiState, ResumeMode, StateError, WorkloadInfo};
 pub const DEFAULT_SOCKET: &str = "/var/run/dstack.sock";
 /// Default path of the legacy `Tappd` socket.
 pub const DEFAULT_LEGACY_SOCKET: &str = "/var/run/tappd.sock";
+/// Where dstack keeps the boot's GPU attestation output (`GPU_ATTESTATION_OUTPUT`).
+pub const DEFAULT_GPU_ATTESTATION: &str = "/run/nvidia-gpu-attestation/attestation.out";
 
 /// Errors of configuring and running the server.
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +105,9 @@ pub struct ServerConfig {
     pub sys_config: Option<PathBuf>,
     /// dstack's `.appkeys.json` (private, 0600), which enables `GetKey`.
     pub app_keys: Option<PathBuf>,
+    /// The GPU attestation output `GpuInfo` returns (dstack's
+    /// `/run/nvidia-gpu-attestation/attestation.out`; absent reads as empty).
+    pub gpu_attestation: PathBuf,
     /// Socket file mode (workloads connect through bind mounts).
     pub socket_mode: u32,
     /// Connections served at once; more are answered 503 and closed.
@@ -119,6 +125,7 @@ impl Default for ServerConfig {
             app_compose: None,
             sys_config: None,
             app_keys: None,
+            gpu_attestation: PathBuf::from(DEFAULT_GPU_ATTESTATION),
             socket_mode: 0o666,
             max_connections: 64,
             limits: Limits::default(),
@@ -128,8 +135,8 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Parses `--socket P`, `--legacy-socket P` (or `--no-legacy-socket`), `--event-log P`,
-    /// `--app-compose P`, `--sys-config P`, `--app-keys P` (the arguments after the `guest-api` word) over
-    /// the defaults.
+    /// `--app-compose P`, `--sys-config P`, `--app-keys P`, `--gpu-attestation P` (the arguments
+    /// after the `guest-api` word) over the defaults.
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Self, ApiError> {
         let mut config = Self::default();
         let mut args = args.into_iter();
@@ -141,7 +148,7 @@ impl ServerConfig {
             }
             let slot = match flag.as_str() {
                 "--socket" | "--legacy-socket" | "--event-log" | "--app-compose"
-                | "--sys-config" | "--app-keys" => flag.clone(),
+                | "--sys-config" | "--app-keys" | "--gpu-attestation" => flag.clone(),
                 _ => return Err(ApiError::ParseArgument { argument: flag }),
             };
             let value = PathBuf::from(
@@ -154,6 +161,7 @@ impl ServerConfig {
                 "--event-log" => config.event_log = value,
                 "--app-compose" => config.app_compose = Some(value),
                 "--app-keys" => config.app_keys = Some(value),
+                "--gpu-attestation" => config.gpu_attestation = value,
                 _ => config.sys_config = Some(value),
             }
         }
@@ -427,7 +435,9 @@ pub fn run<T: Tee + Send + 'static>(
         .map_err(prepare)?,
         None => WorkloadInfo::default(),
     };
-    let mut state = ApiState::open(tee, mode, &config.event_log, workload).map_err(prepare)?;
+    let mut state = ApiState::open(tee, mode, &config.event_log, workload)
+        .map_err(prepare)?
+        .with_gpu_attestation(config.gpu_attestation.clone());
     if let Some(path) = &config.app_keys {
         let load = |source: Box<dyn std::error::Error + Send + Sync>| ApiError::LoadAppKeys {
             path: path.clone(),

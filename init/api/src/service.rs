@@ -2,26 +2,32 @@
 //! routing by path, JSON arguments, and JSON replies in the shapes the dstack SDKs parse.
 //!
 //! * `DstackGuest` (`dstack.sock`, paths `/<Method>`, `/prpc/<Method>`,
-//!   `/prpc/DstackGuest.<Method>`): `Info`, `GetQuote`, `EmitEvent`, `Version`.
+//!   `/prpc/DstackGuest.<Method>`): `Info`, `GetQuote`, `Attest`, `EmitEvent`, `GetKey`,
+//!   `GetTlsKey`, `Sign`, `Verify`, `GpuInfo`, `Version`.
 //! * `Tappd` (`tappd.sock`, paths `/prpc/Tappd.<Method>`, `/prpc/<Method>`, `/<Method>`):
-//!   `Info`, `TdxQuote`, `RawQuote`, `Version`.
-//! * `GetKey` (with app keys from the key provider, `--app-keys`): HKDF-SHA256 (salt `RATLS`) of
-//!   the k256 app key with the path, and the chain [app key's recoverable signature over
-//!   Keccak-256(`purpose:hex(pubkey)`), KMS signature over the app key] (`cvm_keys::kdf::get_key`).
+//!   `Info`, `TdxQuote`, `RawQuote`, `DeriveKey`, `DeriveK256Key`, `Version`.
+//! * `GetKey`, `Sign`, `DeriveK256Key` (with app keys from the key provider, `--app-keys`):
+//!   `cvm_keys::app_sign` — HKDF-SHA256 (salt `RATLS`) of the k256 app key with the path, a
+//!   secp256k1 or ed25519 key, and the chain [app key's recoverable signature over
+//!   Keccak-256(`purpose:hex(pubkey)`), KMS signature over the app key]; `Sign` uses path
+//!   `vms`, purpose `signing`. `Verify` needs no keys.
 //! * `GetTlsKey` (with a KMS key provider): a fresh P-256 key certified by the app CA through
 //!   the KMS `SignCert` call (`cvm_keys::sign_cert`): the CSR carries a quote binding the key
 //!   and the RTMR3 log, the connection is the same mutual RA-TLS as the init's `GetAppKey`
 //!   (temporary CA and KMS root from `.appkeys.json`), and the reply chain
 //!   `[leaf, app CA, KMS root]` is checked (leaf = our key, path validation to the KMS root)
 //!   before it is returned as `{key: PEM, certificate_chain: [PEM…]}`.
-//! * `Sign`, `Verify`, `DeriveKey`, `DeriveK256Key` and `Attest` answer 501.
+//! * `Attest`: dstack's SCALE `VersionedAttestation` V0 (quote, event log, runtime events,
+//!   report data, .sys-config.json).
+//! * `DeriveKey` (Tappd, KMS key provider): the P-256 key HKDF(k256 app key, path) (or a random
+//!   one for `random_seed`) certified through `SignCert` like `GetTlsKey`.
 //!
 //! Arguments come as a JSON object in a POST body (empty body = `{}`) or as GET query pairs;
 //! byte fields are hex; missing fields take protobuf defaults; unknown fields are ignored.
 //! Errors are `{"error": "<message with cause chain>"}` with a 4xx/5xx status.
 
 use init_core::tee::events::EventLogError;
-use init_core::tee::report_data::{self, ReportDataError, ReportDataHash};
+use init_core::tee::report_data::{self, ReportDataError};
 use init_core::tee::{REPORT_DATA_LEN, RtmrIndex, Tee};
 use serde::Deserialize;
 use serde_json::json;
@@ -45,21 +51,40 @@ pub enum ServiceError {
     /// No such method on this socket.
     #[error("unknown method {path:?}")]
     UnknownMethod { path: String },
-    /// The method needs app keys and this boot has none from a KMS.
-    #[error("{method} is not available: this boot has no app keys from a KMS")]
+    /// The method needs app keys and this boot has none (key provider `none`).
+    #[error("{method} is not available: this boot has no app keys")]
     KeysNotAvailable { method: &'static str },
-    /// `GetTlsKey` needs a KMS (the key provider of this boot is not one).
-    #[error("GetTlsKey is not available: this boot's key provider is not a KMS")]
-    NoKmsForTlsKey,
+    /// `GetTlsKey`/`DeriveKey` need a KMS (the key provider of this boot is not one).
+    #[error("{method} is not available: this boot's key provider is not a KMS")]
+    NoKmsForTlsKey { method: &'static str },
+    /// `GetTlsKey` with `not_before` not before `not_after` (dstack refuses it too).
+    #[error("not_before ({not_before}) must be earlier than not_after ({not_after})")]
+    CertValidity { not_before: u64, not_after: u64 },
     /// The KMS `SignCert` call failed or was refused.
     #[error("get a certificate from the KMS")]
     SignCert {
         #[source]
         source: cvm_keys::sign_cert::SignCertError,
     },
-    /// The method exists in dstack but is not implemented here.
-    #[error("{method} is not implemented")]
-    NotImplemented { method: &'static str },
+    /// `Sign`/`GetKey`/`Verify`/`DeriveKey` could not derive, sign or parse a key.
+    #[error("{method}")]
+    AppKey {
+        method: &'static str,
+        #[source]
+        source: cvm_keys::app_sign::AppSignError,
+    },
+    /// `TdxQuote` with a hash algorithm dstack does not accept.
+    #[error("invalid hash algorithm {name:?}")]
+    UnsupportedHash { name: String },
+    /// `TdxQuote`'s `raw` report data is not exactly 64 bytes.
+    #[error("raw report data must be exactly 64 bytes, got {len}")]
+    RawReportDataLength { len: usize },
+    /// Reading the GPU attestation output failed.
+    #[error("GpuInfo")]
+    GpuInfo {
+        #[source]
+        source: Box<StateError>,
+    },
     /// The query string is malformed.
     #[error("malformed query string")]
     DecodeQuery,
@@ -93,12 +118,6 @@ pub enum ServiceError {
         #[source]
         source: EventLogError,
     },
-    /// `GetKey` could not derive the key (unknown algorithm, bad app key).
-    #[error("derive the key")]
-    DeriveKey {
-        #[source]
-        source: cvm_keys::kdf::KdfError,
-    },
     /// The TEE failed.
     #[error("{method}")]
     Tee {
@@ -113,9 +132,15 @@ impl ServiceError {
     pub fn status(&self) -> Status {
         match self {
             Self::UnknownMethod { .. } => Status::NotFound,
-            Self::KeysNotAvailable { .. } | Self::NotImplemented { .. } | Self::NoKmsForTlsKey => {
-                Status::NotImplemented
-            }
+            Self::KeysNotAvailable { .. } | Self::NoKmsForTlsKey { .. } => Status::NotImplemented,
+            Self::CertValidity { .. } => Status::BadRequest,
+            Self::AppKey { source, .. } => match source {
+                cvm_keys::app_sign::AppSignError::DeriveKey { .. }
+                | cvm_keys::app_sign::AppSignError::SignSecp256k1 => Status::InternalServerError,
+                _ => Status::BadRequest,
+            },
+            Self::UnsupportedHash { .. } | Self::RawReportDataLength { .. } => Status::BadRequest,
+            Self::GpuInfo { .. } => Status::InternalServerError,
             Self::SignCert { source } => match source {
                 cvm_keys::sign_cert::SignCertError::Refused { .. }
                 | cvm_keys::sign_cert::SignCertError::Transport { .. } => {
@@ -128,10 +153,6 @@ impl ServiceError {
             | Self::DecodeHex { .. }
             | Self::BuildReportData { .. }
             | Self::EmptyEventName => Status::BadRequest,
-            Self::DeriveKey { source } => match source {
-                cvm_keys::kdf::KdfError::UnsupportedAlgorithm { .. } => Status::BadRequest,
-                _ => Status::InternalServerError,
-            },
             Self::EmitEvent { source, .. } => match source {
                 EventLogError::ReservedEventName { .. } => Status::Forbidden,
                 EventLogError::AppEventBeforeSystemReady { .. } => Status::Conflict,
@@ -139,21 +160,12 @@ impl ServiceError {
                 EventLogError::LogOutOfStep { .. } => Status::ServiceUnavailable,
                 _ => Status::InternalServerError,
             },
-            Self::Tee { .. } => Status::InternalServerError,
+            Self::Tee { source, .. } => match **source {
+                StateError::AttestV2EventLog => Status::NotImplemented,
+                _ => Status::InternalServerError,
+            },
         }
     }
-}
-
-/// The whole error chain on one line (`outer: inner: innermost`).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 /// Methods of either service.
@@ -161,12 +173,18 @@ fn chain(error: &dyn std::error::Error) -> String {
 enum Call {
     Info,
     GetQuote,
+    Attest,
     EmitEvent,
+    GetKey,
+    GetTlsKey,
+    Sign,
+    Verify,
+    GpuInfo,
     Version,
     TdxQuote,
     RawQuote,
-    Keys(&'static str),
-    Unimplemented(&'static str),
+    DeriveKey,
+    DeriveK256Key,
 }
 
 fn route(service: Service, path: &str) -> Option<Call> {
@@ -185,15 +203,16 @@ fn route(service: Service, path: &str) -> Option<Call> {
         (_, "Version") => Call::Version,
         (Service::DstackGuest, "GetQuote") => Call::GetQuote,
         (Service::DstackGuest, "EmitEvent") => Call::EmitEvent,
-        (Service::DstackGuest, "GetKey") => Call::Keys("GetKey"),
-        (Service::DstackGuest, "GetTlsKey") => Call::Keys("GetTlsKey"),
-        (Service::DstackGuest, "Sign") => Call::Keys("Sign"),
-        (Service::DstackGuest, "Verify") => Call::Keys("Verify"),
-        (Service::DstackGuest, "Attest") => Call::Unimplemented("Attest"),
+        (Service::DstackGuest, "GetKey") => Call::GetKey,
+        (Service::DstackGuest, "GetTlsKey") => Call::GetTlsKey,
+        (Service::DstackGuest, "Sign") => Call::Sign,
+        (Service::DstackGuest, "Verify") => Call::Verify,
+        (Service::DstackGuest, "Attest") => Call::Attest,
+        (Service::DstackGuest, "GpuInfo") => Call::GpuInfo,
         (Service::Tappd, "TdxQuote") => Call::TdxQuote,
         (Service::Tappd, "RawQuote") => Call::RawQuote,
-        (Service::Tappd, "DeriveKey") => Call::Keys("DeriveKey"),
-        (Service::Tappd, "DeriveK256Key") => Call::Keys("DeriveK256Key"),
+        (Service::Tappd, "DeriveKey") => Call::DeriveKey,
+        (Service::Tappd, "DeriveK256Key") => Call::DeriveK256Key,
         _ => return None,
     })
 }
@@ -204,7 +223,7 @@ pub fn dispatch<T: Tee>(state: &ApiState<T>, service: Service, request: &Request
         Ok(value) => Response::ok(value.to_string().into_bytes()),
         Err(error) => {
             let status = error.status();
-            let message = chain(&error);
+            let message = init_core::error_chain::one_line(&error);
             if status == Status::InternalServerError {
                 log::error!("guest-api: {message}");
             } else {
@@ -282,11 +301,57 @@ struct GetTlsKeyArgs {
     with_app_info: bool,
 }
 
+/// Tappd `DeriveKey` arguments (dstack `DeriveKeyArgs`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct DeriveKeyArgs {
+    path: String,
+    subject: String,
+    alt_names: Vec<String>,
+    usage_ra_tls: bool,
+    usage_server_auth: bool,
+    usage_client_auth: bool,
+    random_seed: bool,
+}
+
+/// `Sign` arguments (dstack `SignRequest`), `data` hex.
+#[derive(Deserialize)]
+struct SignArgs {
+    #[serde(default)]
+    algorithm: String,
+    #[serde(default)]
+    data: String,
+}
+
+/// `Verify` arguments (dstack `VerifyRequest`), byte fields hex.
+#[derive(Deserialize)]
+struct VerifyArgs {
+    #[serde(default)]
+    algorithm: String,
+    #[serde(default)]
+    data: String,
+    #[serde(default)]
+    signature: String,
+    #[serde(default)]
+    public_key: String,
+}
+
 /// Name servers for reaching the KMS by name (PID 1 writes this file from the DHCP lease).
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// The content tag of the hashed report-data form when the caller gives none.
 const DEFAULT_PREFIX: &str = "app-data";
+
+/// The hash `TdxQuote` uses when the caller names none (dstack `DEFAULT_HASH_ALGORITHM`).
+const DEFAULT_HASH: &str = "sha512";
+
+/// What `Version` reports: the dstack OS release whose guest-agent surface this server
+/// implements (dstack answers its own `CARGO_PKG_VERSION`, i.e. the OS release; clients gate
+/// features such as ed25519 keys and the 0.5.7 `GetTlsKey` options on it).
+pub const DSTACK_VERSION: &str = "0.5.11";
+
+/// `Version`'s `rev` (dstack answers its git revision): this implementation and its version.
+pub const VERSION_REV: &str = concat!("cvm-init-", env!("CARGO_PKG_VERSION"));
 
 fn call<T: Tee>(
     state: &ApiState<T>,
@@ -301,11 +366,11 @@ fn call<T: Tee>(
     match call {
         Call::Info => info(state),
         Call::Version => Ok(json!({
-            "version": env!("CARGO_PKG_VERSION"),
-            "rev": "",
+            "version": DSTACK_VERSION,
+            "rev": VERSION_REV,
         })),
         Call::GetQuote => {
-            let report_data = get_quote_report_data(request)?;
+            let report_data = get_quote_report_data("GetQuote", request)?;
             let quoted = quote(state, "GetQuote", &report_data)?;
             Ok(json!({
                 "quote": hex::encode(&quoted.0),
@@ -313,6 +378,17 @@ fn call<T: Tee>(
                 "report_data": hex::encode(report_data),
                 "vm_config": state.workload().vm_config,
             }))
+        }
+        Call::Attest => {
+            let report_data = get_quote_report_data("Attest", request)?;
+            let attestation =
+                state
+                    .attestation(&report_data)
+                    .map_err(|source| ServiceError::Tee {
+                        method: "Attest",
+                        source: Box::new(source),
+                    })?;
+            Ok(json!({ "attestation": hex::encode(attestation.encode()) }))
         }
         Call::TdxQuote => tdx_quote(state, &tdx_quote_args(request)?),
         Call::RawQuote => tdx_quote(state, &raw_quote_args(request)?),
@@ -325,32 +401,71 @@ fn call<T: Tee>(
                 }
             })?;
             log::info!("guest-api: RTMR3 app event {} digest {digest}", args.event);
-            Ok(json!({}))
+            // google.protobuf.Empty: dstack's pRPC JSON encodes the unit reply as `null`, and
+            // its Rust SDK decodes exactly that (`{}` fails there).
+            Ok(serde_json::Value::Null)
         }
-        Call::Keys("GetKey") => {
+        Call::GetKey | Call::DeriveK256Key => {
+            let method = if call == Call::GetKey {
+                "GetKey"
+            } else {
+                "DeriveK256Key"
+            };
             let keys = state
                 .app_keys()
-                .ok_or(ServiceError::KeysNotAvailable { method: "GetKey" })?;
-            let (args, algorithm) = get_key_args(request)?;
-            let derived = cvm_keys::kdf::get_key(
+                .ok_or(ServiceError::KeysNotAvailable { method })?;
+            let (args, key_type) = get_key_args(method, request)?;
+            let derived = cvm_keys::app_sign::get_key(
                 &keys.k256_key,
                 &keys.k256_signature,
                 &args.path,
                 &args.purpose,
-                algorithm,
+                key_type,
             )
-            .map_err(|source| ServiceError::DeriveKey { source })?;
+            .map_err(|source| ServiceError::AppKey { method, source })?;
             let key = zeroize::Zeroizing::new(hex::encode(derived.key.expose()));
+            let chain: Vec<String> = derived.signature_chain.iter().map(hex::encode).collect();
+            Ok(if call == Call::GetKey {
+                json!({ "key": key.as_str(), "signature_chain": chain })
+            } else {
+                json!({ "k256_key": key.as_str(), "k256_signature_chain": chain })
+            })
+        }
+        Call::Sign => {
+            let keys = state
+                .app_keys()
+                .ok_or(ServiceError::KeysNotAvailable { method: "Sign" })?;
+            let (algorithm, data) = sign_args(request)?;
+            let signed =
+                cvm_keys::app_sign::sign(&keys.k256_key, &keys.k256_signature, algorithm, &data)
+                    .map_err(|source| ServiceError::AppKey {
+                        method: "Sign",
+                        source,
+                    })?;
             Ok(json!({
-                "key": key.as_str(),
-                "signature_chain": derived.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
+                "signature": hex::encode(&signed.signature),
+                "signature_chain": signed.signature_chain.iter().map(hex::encode).collect::<Vec<_>>(),
+                "public_key": hex::encode(&signed.public_key),
             }))
         }
-        Call::Keys("GetTlsKey") => {
-            let keys = state.app_keys().ok_or(ServiceError::KeysNotAvailable {
-                method: "GetTlsKey",
-            })?;
-            let kms = keys.kms.as_ref().ok_or(ServiceError::NoKmsForTlsKey)?;
+        Call::Verify => {
+            let (algorithm, data, signature, public_key) = verify_args(request)?;
+            let valid = cvm_keys::app_sign::verify(algorithm, &data, &signature, &public_key)
+                .map_err(|source| ServiceError::AppKey {
+                    method: "Verify",
+                    source,
+                })?;
+            Ok(json!({ "valid": valid }))
+        }
+        Call::GpuInfo => {
+            let attestation = state
+                .gpu_attestation()
+                .map_err(|source| ServiceError::GpuInfo {
+                    source: Box::new(source),
+                })?;
+            Ok(json!({ "attestation": attestation }))
+        }
+        Call::GetTlsKey => {
             let args = get_tls_key_args(request)?;
             let config = cvm_keys::sign_cert::CertConfig {
                 org_name: None,
@@ -363,39 +478,89 @@ fn call<T: Tee>(
                 not_before: args.not_before,
                 not_after: args.not_after,
             };
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            let sign_err = |source| ServiceError::SignCert { source };
-            let prepared = state
-                .prepare_sign_cert(kms, config, now)
-                .map_err(sign_err)?;
-            let tls = cvm_keys::sign_cert::send(
-                &mut cvm_keys::transport::TlsTransport::new(Box::new(
-                    cvm_keys::transport::ResolvConfResolver::from_file(std::path::Path::new(
-                        RESOLV_CONF,
-                    )),
-                )),
-                prepared,
-                kms,
-                &state.workload().vm_config,
-                now,
-            )
-            .map_err(sign_err)?;
-            log::info!(
-                "guest-api: GetTlsKey: {} certificates from {}",
-                tls.certificate_chain.len(),
-                kms.url
-            );
+            let tls = sign_cert(state, "GetTlsKey", None, config)?;
             Ok(json!({
                 "key": tls.key_pem.expose(),
                 "certificate_chain": tls.certificate_chain,
             }))
         }
-        Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
-        Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
+        Call::DeriveKey => {
+            let args = derive_key_args(request)?;
+            let keys = state.app_keys().ok_or(ServiceError::KeysNotAvailable {
+                method: "DeriveKey",
+            })?;
+            let app_key_err = |source| ServiceError::AppKey {
+                method: "DeriveKey",
+                source,
+            };
+            // dstack derives from 32 fresh random bytes for `random_seed`, which is a uniformly
+            // random key: the fresh key `GetTlsKey` uses.
+            let key = if args.random_seed {
+                None
+            } else {
+                let key = cvm_keys::app_sign::tappd_p256_key(&keys.k256_key, &args.path)
+                    .map_err(app_key_err)?;
+                Some(cvm_keys::app_sign::p256_key_pair(&key).map_err(app_key_err)?)
+            };
+            let config = cvm_keys::sign_cert::CertConfig {
+                org_name: None,
+                subject: args.subject,
+                subject_alt_names: args.alt_names,
+                usage_server_auth: args.usage_server_auth,
+                usage_client_auth: args.usage_client_auth,
+                ext_quote: args.usage_ra_tls,
+                ext_app_info: false,
+                not_before: None,
+                not_after: None,
+            };
+            let tls = sign_cert(state, "DeriveKey", key, config)?;
+            Ok(json!({
+                "key": tls.key_pem.expose(),
+                "certificate_chain": tls.certificate_chain,
+            }))
+        }
     }
+}
+
+/// A certificate chain for `key` (a fresh P-256 key when `None`) from the KMS `SignCert`
+/// (`GetTlsKey`, `DeriveKey`): quotes under the state lock, the network call without it.
+fn sign_cert<T: Tee>(
+    state: &ApiState<T>,
+    method: &'static str,
+    key: Option<cvm_keys::app_sign::CertKeyPair>,
+    config: cvm_keys::sign_cert::CertConfig,
+) -> Result<cvm_keys::sign_cert::TlsKey, ServiceError> {
+    let keys = state
+        .app_keys()
+        .ok_or(ServiceError::KeysNotAvailable { method })?;
+    let kms = keys
+        .kms
+        .as_ref()
+        .ok_or(ServiceError::NoKmsForTlsKey { method })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let sign_err = |source| ServiceError::SignCert { source };
+    let prepared = state
+        .prepare_sign_cert(kms, key, config, now)
+        .map_err(sign_err)?;
+    let tls = cvm_keys::sign_cert::send(
+        &mut cvm_keys::transport::TlsTransport::new(Box::new(
+            cvm_keys::transport::ResolvConfResolver::from_file(std::path::Path::new(RESOLV_CONF)),
+        )),
+        prepared,
+        kms,
+        &state.workload().vm_config,
+        now,
+    )
+    .map_err(sign_err)?;
+    log::info!(
+        "guest-api: {method}: {} certificates from {}",
+        tls.certificate_chain.len(),
+        kms.url
+    );
+    Ok(tls)
 }
 
 /// Routes `request` and decodes its arguments exactly as [`dispatch`] would (JSON body or GET
@@ -410,19 +575,26 @@ pub fn check_arguments(service: Service, request: &Request) -> Result<&'static s
     match call {
         Call::Info => Ok("Info"),
         Call::Version => Ok("Version"),
-        Call::GetQuote => get_quote_report_data(request).map(|_| "GetQuote"),
+        Call::GpuInfo => Ok("GpuInfo"),
+        Call::GetQuote => get_quote_report_data("GetQuote", request).map(|_| "GetQuote"),
+        Call::Attest => get_quote_report_data("Attest", request).map(|_| "Attest"),
         Call::TdxQuote => tdx_report_data(&tdx_quote_args(request)?).map(|_| "TdxQuote"),
         Call::RawQuote => tdx_report_data(&raw_quote_args(request)?).map(|_| "RawQuote"),
         Call::EmitEvent => emit_event_args(request).map(|_| "EmitEvent"),
-        Call::Keys("GetKey") => get_key_args(request).map(|_| "GetKey"),
-        Call::Keys("GetTlsKey") => get_tls_key_args(request).map(|_| "GetTlsKey"),
-        Call::Keys(method) => Err(ServiceError::KeysNotAvailable { method }),
-        Call::Unimplemented(method) => Err(ServiceError::NotImplemented { method }),
+        Call::GetKey => get_key_args("GetKey", request).map(|_| "GetKey"),
+        Call::DeriveK256Key => get_key_args("DeriveK256Key", request).map(|_| "DeriveK256Key"),
+        Call::GetTlsKey => get_tls_key_args(request).map(|_| "GetTlsKey"),
+        Call::DeriveKey => derive_key_args(request).map(|_| "DeriveKey"),
+        Call::Sign => sign_args(request).map(|_| "Sign"),
+        Call::Verify => verify_args(request).map(|_| "Verify"),
     }
 }
 
-fn get_quote_report_data(request: &Request) -> Result<[u8; REPORT_DATA_LEN], ServiceError> {
-    let args: RawQuoteArgs = arguments("GetQuote", request)?;
+fn get_quote_report_data(
+    method: &'static str,
+    request: &Request,
+) -> Result<[u8; REPORT_DATA_LEN], ServiceError> {
+    let args: RawQuoteArgs = arguments(method, request)?;
     let bytes = from_hex("report_data", &args.report_data)?;
     report_data::from_raw(&bytes).map_err(|source| ServiceError::BuildReportData { source })
 }
@@ -450,32 +622,126 @@ fn emit_event_args(request: &Request) -> Result<(EmitEventArgs, Vec<u8>), Servic
 }
 
 fn get_key_args(
+    method: &'static str,
     request: &Request,
-) -> Result<(GetKeyArgs, cvm_keys::kdf::KeyAlgorithm), ServiceError> {
-    let args: GetKeyArgs = arguments("GetKey", request)?;
-    let algorithm = cvm_keys::kdf::KeyAlgorithm::parse(&args.algorithm)
-        .map_err(|source| ServiceError::DeriveKey { source })?;
-    Ok((args, algorithm))
+) -> Result<(GetKeyArgs, cvm_keys::app_sign::KeyType), ServiceError> {
+    let args: GetKeyArgs = arguments(method, request)?;
+    let key_type = cvm_keys::app_sign::KeyType::parse(&args.algorithm)
+        .map_err(|source| ServiceError::AppKey { method, source })?;
+    Ok((args, key_type))
+}
+
+fn sign_args(
+    request: &Request,
+) -> Result<(cvm_keys::app_sign::SignAlgorithm, Vec<u8>), ServiceError> {
+    let args: SignArgs = arguments("Sign", request)?;
+    let algorithm =
+        cvm_keys::app_sign::SignAlgorithm::parse(&args.algorithm).map_err(|source| {
+            ServiceError::AppKey {
+                method: "Sign",
+                source,
+            }
+        })?;
+    Ok((algorithm, from_hex("data", &args.data)?))
+}
+
+type VerifyInputs = (cvm_keys::app_sign::SignAlgorithm, Vec<u8>, Vec<u8>, Vec<u8>);
+
+fn verify_args(request: &Request) -> Result<VerifyInputs, ServiceError> {
+    let args: VerifyArgs = arguments("Verify", request)?;
+    let algorithm =
+        cvm_keys::app_sign::SignAlgorithm::parse(&args.algorithm).map_err(|source| {
+            ServiceError::AppKey {
+                method: "Verify",
+                source,
+            }
+        })?;
+    Ok((
+        algorithm,
+        from_hex("data", &args.data)?,
+        from_hex("signature", &args.signature)?,
+        from_hex("public_key", &args.public_key)?,
+    ))
 }
 
 fn get_tls_key_args(request: &Request) -> Result<GetTlsKeyArgs, ServiceError> {
-    arguments("GetTlsKey", request)
+    let args: GetTlsKeyArgs = arguments("GetTlsKey", request)?;
+    if let (Some(not_before), Some(not_after)) = (args.not_before, args.not_after)
+        && not_before >= not_after
+    {
+        return Err(ServiceError::CertValidity {
+            not_before,
+            not_after,
+        });
+    }
+    Ok(args)
 }
 
-/// The report data of `TdxQuote`/`RawQuote`, the hash used and the prefix applied.
+fn derive_key_args(request: &Request) -> Result<DeriveKeyArgs, ServiceError> {
+    arguments("DeriveKey", request)
+}
+
+/// `H(tag ":" content)` zero-padded to 64 bytes with `H` one of dstack's names (exactly:
+/// `sha256`, `sha384`, `sha512`, `sha3-256`, `sha3-384`, `sha3-512`, `keccak256`, `keccak384`,
+/// `keccak512`), or `raw`: the content itself, exactly 64 bytes.
+pub fn hashed_report_data(
+    hash: &str,
+    tag: &str,
+    content: &[u8],
+) -> Result<[u8; REPORT_DATA_LEN], ServiceError> {
+    // sha2 0.10 and sha3 0.12 implement different `digest` versions: one macro, not a
+    // generic function.
+    macro_rules! digest {
+        ($hasher:ty, $trait:path) => {{
+            use $trait as _;
+            let mut hasher = <$hasher>::new();
+            hasher.update(tag.as_bytes());
+            hasher.update(b":");
+            hasher.update(content);
+            let output = hasher.finalize();
+            let mut padded = [0u8; REPORT_DATA_LEN];
+            padded[..output.len()].copy_from_slice(&output);
+            padded
+        }};
+    }
+    Ok(match hash {
+        "sha256" => digest!(sha2::Sha256, sha2::Digest),
+        "sha384" => digest!(sha2::Sha384, sha2::Digest),
+        "sha512" => digest!(sha2::Sha512, sha2::Digest),
+        "sha3-256" => digest!(sha3::Sha3_256, sha3::Digest),
+        "sha3-384" => digest!(sha3::Sha3_384, sha3::Digest),
+        "sha3-512" => digest!(sha3::Sha3_512, sha3::Digest),
+        "keccak256" => digest!(sha3::Keccak256, sha3::Digest),
+        "keccak384" => digest!(sha3::Keccak384, sha3::Digest),
+        "keccak512" => digest!(sha3::Keccak512, sha3::Digest),
+        "raw" => <[u8; REPORT_DATA_LEN]>::try_from(content)
+            .map_err(|_| ServiceError::RawReportDataLength { len: content.len() })?,
+        _ => {
+            return Err(ServiceError::UnsupportedHash {
+                name: hash.to_owned(),
+            });
+        }
+    })
+}
+
+/// The report data of `TdxQuote`/`RawQuote`, the hash name echoed and the prefix applied (as
+/// dstack: an empty hash is `sha512`, an empty prefix `app-data`, `raw` has no prefix).
 fn tdx_report_data(
     args: &TdxQuoteArgs,
-) -> Result<([u8; REPORT_DATA_LEN], ReportDataHash, &str), ServiceError> {
+) -> Result<([u8; REPORT_DATA_LEN], &str, &str), ServiceError> {
     let content = from_hex("report_data", &args.report_data)?;
-    let hash = ReportDataHash::parse(&args.hash_algorithm)
-        .map_err(|source| ServiceError::BuildReportData { source })?;
-    let prefix = match hash {
-        ReportDataHash::Raw => "",
-        _ if args.prefix.is_empty() => DEFAULT_PREFIX,
-        _ => &args.prefix,
+    let hash = if args.hash_algorithm.is_empty() {
+        DEFAULT_HASH
+    } else {
+        &args.hash_algorithm
     };
-    let report_data = report_data::hashed(prefix, &content, hash)
-        .map_err(|source| ServiceError::BuildReportData { source })?;
+    let tag = if args.prefix.is_empty() {
+        DEFAULT_PREFIX
+    } else {
+        &args.prefix
+    };
+    let report_data = hashed_report_data(hash, tag, &content)?;
+    let prefix = if hash == "raw" { "" } else { tag };
     Ok((report_data, hash, prefix))
 }
 
@@ -486,17 +752,11 @@ fn tdx_quote<T: Tee>(
     args: &TdxQuoteArgs,
 ) -> Result<serde_json::Value, ServiceError> {
     let (report_data, hash, prefix) = tdx_report_data(args)?;
-    let hash_name = match hash {
-        ReportDataHash::Sha256 => "sha256",
-        ReportDataHash::Sha384 => "sha384",
-        ReportDataHash::Sha512 => "sha512",
-        ReportDataHash::Raw => "raw",
-    };
     let quoted = quote(state, "TdxQuote", &report_data)?;
     Ok(json!({
         "quote": hex::encode(&quoted.0),
         "event_log": quoted.1,
-        "hash_algorithm": hash_name,
+        "hash_algorithm": hash,
         "prefix": prefix,
     }))
 }

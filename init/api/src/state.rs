@@ -110,6 +110,18 @@ pub enum StateError {
         #[source]
         source: io::Error,
     },
+    /// `Attest` on a log with V2 events: dstack's MessagePack attestation is not implemented.
+    #[error(
+        "Attest for an event log with V2 events (dstack's MessagePack attestation) is not implemented"
+    )]
+    AttestV2EventLog,
+    /// Reading the GPU attestation output failed (other than it being absent).
+    #[error("read GPU attestation output {path}")]
+    ReadGpuAttestation {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     /// app-compose.json or .sys-config.json does not parse.
     #[error("parse {path}")]
     ParseWorkloadFile {
@@ -141,6 +153,9 @@ pub struct WorkloadInfo {
     pub app_compose: String,
     /// `vm_config` from .sys-config.json exactly as given (a JSON string).
     pub vm_config: String,
+    /// .sys-config.json exactly as given (`Attest`'s `config`, as dstack's guest agent fills
+    /// it); empty without one.
+    pub sys_config: String,
     /// DMI `sys_vendor`.
     pub cloud_vendor: String,
     /// DMI `product_name`.
@@ -167,16 +182,18 @@ impl WorkloadInfo {
                 path: app_compose.to_owned(),
                 source,
             })?;
-        let vm_config = match sys_config {
+        let (vm_config, sys_config) = match sys_config {
             Some(path) => {
-                SysConfig::parse(&read(path)?)
+                let bytes = read(path)?;
+                let vm_config = SysConfig::parse(&bytes)
                     .map_err(|source| StateError::ParseWorkloadFile {
                         path: path.to_owned(),
                         source,
                     })?
-                    .vm_config_raw
+                    .vm_config_raw;
+                (vm_config, String::from_utf8_lossy(&bytes).into_owned())
             }
-            None => String::new(),
+            None => (String::new(), String::new()),
         };
         let dmi = |name: &str| {
             dmi_dir
@@ -188,6 +205,7 @@ impl WorkloadInfo {
             app_name: compose.name.clone(),
             app_compose: String::from_utf8_lossy(&compose_bytes).into_owned(),
             vm_config,
+            sys_config,
             cloud_vendor: dmi("sys_vendor"),
             cloud_product: dmi("product_name"),
         })
@@ -367,6 +385,8 @@ pub struct ApiState<T> {
     workload: WorkloadInfo,
     /// App keys from the key provider (`None` until the init passes `.appkeys.json`).
     keys: Option<cvm_keys::kms::GuestKeys>,
+    /// Where `GpuInfo` reads the boot's GPU attestation output (`None`: no GPU attestation).
+    gpu_attestation: Option<PathBuf>,
 }
 
 impl<T> std::fmt::Debug for ApiState<T> {
@@ -463,6 +483,7 @@ impl<T: Tee> ApiState<T> {
             app_event_version,
             workload,
             keys: None,
+            gpu_attestation: None,
         };
         let report = state.report()?;
         let actual = *report.report.td_info.rtmrs.register(RtmrIndex::R3);
@@ -502,6 +523,62 @@ impl<T: Tee> ApiState<T> {
         })
     }
 
+    /// dstack's `VersionedAttestation` V0 for `report_data` (what `Attest` returns): a quote and
+    /// the event log that replays to it, taken under the lock — the firmware events (digests),
+    /// the RTMR3 events (digest, name, payload), the runtime events again as (name, payload),
+    /// the report data, and .sys-config.json as `config`.
+    pub fn attestation(
+        &self,
+        report_data: &[u8; REPORT_DATA_LEN],
+    ) -> Result<cvm_keys::sign_cert::TdxAttestation, StateError> {
+        let mut live = self.lock();
+        // dstack encodes a log with V2 events as the MessagePack V1 attestation; V0 carries no
+        // event version, so a verifier would replay V2 events with V1 digests and fail.
+        if live
+            .log
+            .events()
+            .iter()
+            .any(|e| e.version == EventLogVersion::V2)
+        {
+            return Err(StateError::AttestV2EventLog);
+        }
+        let quote = live
+            .log
+            .rtmr_mut()
+            .tee
+            .quote(report_data)
+            .map_err(|source| StateError::GetQuote { source })?;
+        let runtime = live.log.events();
+        Ok(cvm_keys::sign_cert::TdxAttestation {
+            quote,
+            event_log: self
+                .boot_log()
+                .into_iter()
+                .chain(runtime.iter().map(cvm_keys::sign_cert::TdxEvent::runtime))
+                .collect(),
+            runtime_events: runtime
+                .iter()
+                .map(|e| (e.name.clone(), e.payload.clone()))
+                .collect(),
+            report_data: *report_data,
+            config: self.workload.sys_config.clone(),
+        })
+    }
+
+    /// The firmware boot events in the attestation form.
+    fn boot_log(&self) -> Vec<cvm_keys::sign_cert::TdxEvent> {
+        self.boot_events
+            .iter()
+            .map(|e| cvm_keys::sign_cert::TdxEvent {
+                imr: e.imr,
+                event_type: e.event_type,
+                digest: hex::decode(&e.digest).unwrap_or_default(),
+                event: e.event.clone(),
+                event_payload: hex::decode(&e.event_payload).unwrap_or_default(),
+            })
+            .collect()
+    }
+
     /// A TDREPORT (zero report data) and the runtime events that go with it.
     pub fn report(&self) -> Result<ReportWithLog, StateError> {
         let mut live = self.lock();
@@ -528,30 +605,29 @@ impl<T: Tee> ApiState<T> {
         self.lock().log.emit_app_event(event)
     }
 
-    /// The TEE half of a KMS `SignCert` request, under the lock: a fresh key, its quote and
+    /// The TEE half of a KMS `SignCert` request, under the lock: `key` (a fresh one when
+    /// `None`), its quote and
     /// the RTMR3 log that goes with it, and the RA-TLS client certificate for the connection
     /// (`cvm_keys::sign_cert::prepare`). The network half runs without the lock.
     pub fn prepare_sign_cert(
         &self,
         kms: &cvm_keys::sign_cert::KmsAccess,
+        key: Option<cvm_keys::app_sign::CertKeyPair>,
         config: cvm_keys::sign_cert::CertConfig,
         now_unix: u64,
     ) -> Result<cvm_keys::sign_cert::PreparedRequest, cvm_keys::sign_cert::SignCertError> {
-        let boot_log: Vec<cvm_keys::sign_cert::TdxEvent> = self
-            .boot_events
-            .iter()
-            .map(|e| cvm_keys::sign_cert::TdxEvent {
-                imr: e.imr,
-                event_type: e.event_type,
-                digest: hex::decode(&e.digest).unwrap_or_default(),
-                event: e.event.clone(),
-                event_payload: hex::decode(&e.event_payload).unwrap_or_default(),
-            })
-            .collect();
+        let boot_log = self.boot_log();
         let mut live = self.lock();
         let events = live.log.events().to_vec();
         let tee = &mut live.log.rtmr_mut().tee;
-        cvm_keys::sign_cert::prepare_with_boot_log(tee, &boot_log, &events, kms, config, now_unix)
+        match key {
+            Some(key) => cvm_keys::sign_cert::prepare_with_key(
+                key, tee, &boot_log, &events, kms, config, now_unix,
+            ),
+            None => cvm_keys::sign_cert::prepare_with_boot_log(
+                tee, &boot_log, &events, kms, config, now_unix,
+            ),
+        }
     }
 
     /// The app keys, if the key provider gave any.
@@ -563,6 +639,28 @@ impl<T: Tee> ApiState<T> {
     pub fn with_app_keys(mut self, keys: cvm_keys::kms::GuestKeys) -> Self {
         self.keys = Some(keys);
         self
+    }
+
+    /// Makes `GpuInfo` answer the GPU attestation output at `path` (read on every call, as
+    /// dstack's guest agent does; a missing file reads as empty).
+    pub fn with_gpu_attestation(mut self, path: PathBuf) -> Self {
+        self.gpu_attestation = Some(path);
+        self
+    }
+
+    /// `GpuInfo`'s text: the GPU attestation output verbatim, or empty when there is none.
+    pub fn gpu_attestation(&self) -> Result<String, StateError> {
+        let Some(path) = &self.gpu_attestation else {
+            return Ok(String::new());
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(String::new()),
+            Err(source) => Err(StateError::ReadGpuAttestation {
+                path: path.clone(),
+                source,
+            }),
+        }
     }
 
     /// The workload's descriptive data.

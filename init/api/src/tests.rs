@@ -16,7 +16,7 @@ use measure::dstack_event_log::parse_event_log;
 use measure::quote::Quote;
 use measure::rtmr::extend;
 use measure::runtime_event::replay_rtmr3;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sha2::{Digest, Sha512};
 
 use super::*;
@@ -66,6 +66,7 @@ fn workload() -> WorkloadInfo {
         app_name: "demo".into(),
         app_compose: r#"{"manifest_version":2,"name":"demo"}"#.into(),
         vm_config: r#"{"cpu_count":1}"#.into(),
+        sys_config: r#"{"vm_config":"{\"cpu_count\":1}"}"#.into(),
         cloud_vendor: String::new(),
         cloud_product: String::new(),
     }
@@ -275,7 +276,7 @@ fn bad_requests_get_errors_and_the_connection_keeps_serving() {
     let f = fixture();
     let mut input = Vec::new();
     let too_long = format!(r#"{{"report_data":"{}"}}"#, "00".repeat(65));
-    let cases: [(Vec<u8>, u16, &str); 9] = [
+    let cases: [(Vec<u8>, u16, &str); 10] = [
         (post("/GetQuote", &too_long), 400, "at most 64"),
         (
             post("/GetQuote", r#"{"report_data":"xyz"}"#),
@@ -293,9 +294,18 @@ fn bad_requests_get_errors_and_the_connection_keeps_serving() {
             "decode GetQuote arguments",
         ),
         (post("/NoSuchMethod", "{}"), 404, "unknown method"),
-        (post("/GetKey", "{}"), 501, "KMS"),
-        (post("/GetTlsKey", "{}"), 501, "KMS"),
-        (post("/Attest", "{}"), 501, "not implemented"),
+        (post("/GetKey", "{}"), 501, "no app keys"),
+        (post("/GetTlsKey", "{}"), 501, "no app keys"),
+        (
+            post("/Sign", r#"{"algorithm":"ed25519","data":"00"}"#),
+            501,
+            "no app keys",
+        ),
+        (
+            post("/Verify", r#"{"algorithm":"rsa"}"#),
+            400,
+            "unsupported algorithm",
+        ),
         (post("/TdxQuote", "{}"), 404, "unknown method"),
     ];
     for (request, _, _) in &cases {
@@ -482,8 +492,12 @@ fn tappd_tdx_quote_hashes_like_dstack() {
             "exactly 64",
         ),
         (
-            r#"{"report_data":"07","hash_algorithm":"keccak256"}"#,
-            "unsupported",
+            r#"{"report_data":"07","hash_algorithm":"md5"}"#,
+            "invalid hash algorithm",
+        ),
+        (
+            r#"{"report_data":"07","hash_algorithm":"SHA512"}"#,
+            "invalid hash algorithm",
         ),
     ] {
         let replies = exchange(
@@ -992,6 +1006,42 @@ fn get_tls_key_gets_a_chain_from_the_kms() {
     let (_, events) = leaf.verify_binding().unwrap();
     assert!(events.iter().any(|e| e.name == "compose-hash"));
 
+    // Tappd DeriveKey: the P-256 key HKDF(k256 app key, path), certified the same way.
+    let replies = exchange(
+        &state,
+        Service::Tappd,
+        &post(
+            "/prpc/Tappd.DeriveKey",
+            r#"{"path":"my/path","subject":"derived.example","usage_server_auth":true}"#,
+        ),
+    );
+    let (200, body) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let derived = cvm_keys::kdf::p256_from_pem(body["key"].as_str().unwrap()).unwrap();
+    let want =
+        cvm_keys::app_sign::tappd_p256_key(&cvm_keys::secret::Secret::new([1; 32]), "my/path")
+            .unwrap();
+    assert_eq!(derived.to_bytes(), want.to_bytes());
+    let chain: Vec<String> = serde_json::from_value(body["certificate_chain"].clone()).unwrap();
+    let (_, spki) = cvm_keys::kms::certificate_der_and_spki(&chain[0]).unwrap();
+    assert_eq!(spki, cvm_keys::kdf::p256_spki_der(&want.public_key()));
+    cvm_keys::sign_cert::verify_chain(&chain, &root_der, &spki, 1_800_000_000).unwrap();
+    // The same path again gives the same key; random_seed a fresh one.
+    let again = exchange(
+        &state,
+        Service::Tappd,
+        &post("/DeriveKey", r#"{"path":"my/path"}"#),
+    );
+    assert_eq!(again[0].1["key"], body["key"]);
+    let random = exchange(
+        &state,
+        Service::Tappd,
+        &post("/DeriveKey", r#"{"path":"my/path","random_seed":true}"#),
+    );
+    assert_eq!(random[0].0, 200, "{:?}", random[0].1);
+    assert_ne!(random[0].1["key"], body["key"]);
+
     // The KMS refuses this app: 503 with its reason.
     let state = state.with_app_keys(guest_keys(&refusing.url()));
     let replies = exchange(&state, Service::DstackGuest, &post("/GetTlsKey", "{}"));
@@ -1004,6 +1054,8 @@ fn get_tls_key_gets_a_chain_from_the_kms() {
     keys.kms = None;
     let state = state.with_app_keys(keys);
     let replies = exchange(&state, Service::DstackGuest, &post("/GetTlsKey", "{}"));
+    assert_eq!(replies[0].0, 501);
+    let replies = exchange(&state, Service::Tappd, &post("/DeriveKey", "{}"));
     assert_eq!(replies[0].0, 501);
 }
 
@@ -1100,4 +1152,355 @@ fn check_arguments_decodes_like_dispatch_without_running() {
             );
         }
     }
+}
+
+/// Clients that send absolute-form targets (`POST http://unix.socket/Info`) and no `Host`
+/// header, pipelined on one connection, on both sockets.
+#[test]
+fn absolute_form_targets_and_no_host_are_served_pipelined() {
+    let f = fixture();
+    let mut input = b"POST http://unix.socket/Info HTTP/1.1\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}".to_vec();
+    input.extend_from_slice(b"POST http://dstack/GetQuote HTTP/1.1\r\nHost: dstack\r\nContent-Length: 22\r\n\r\n{\"report_data\":\"0102\"}");
+    input.extend_from_slice(b"GET /Version HTTP/1.1\r\n\r\n");
+    input.extend_from_slice(
+        b"GET HTTPS://localhost/prpc/DstackGuest.Info?json HTTP/1.1\r\nConnection: close\r\n\r\n",
+    );
+    let replies = exchange(&f.state, Service::DstackGuest, &input);
+    let statuses: Vec<u16> = replies.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 200, 200, 200], "{replies:?}");
+    assert_eq!(replies[0].1["app_id"], hex::encode([0xa1; 20]));
+    assert_eq!(
+        replies[1].1["report_data"],
+        format!("0102{}", "00".repeat(62))
+    );
+    assert_eq!(replies[3].1["app_id"], replies[0].1["app_id"]);
+    let legacy = exchange(
+        &f.state,
+        Service::Tappd,
+        b"POST http://localhost/prpc/Tappd.Info HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+    );
+    assert_eq!(legacy[0].0, 200);
+    // Other forms still fail, and the server answers.
+    let bad = exchange(
+        &f.state,
+        Service::DstackGuest,
+        b"GET ftp://x/Info HTTP/1.1\r\n\r\n",
+    );
+    assert_eq!(bad[0].0, 400);
+}
+
+// ---- conformance with dstack's known answers ---------------------------------------------------
+
+/// dstack's cross-SDK signature-chain vectors (`testdata/signature_chain.json`): the fake KMS
+/// root scalar `"KMS-root-test-key-do-not-use!!!" ‖ 01` and the app id of the file.
+fn vector_keys() -> (Value, cvm_keys::kms::GuestKeys) {
+    let vectors: Value =
+        serde_json::from_str(include_str!("../testdata/signature_chain.json")).unwrap();
+    let app_id = hex::decode(vectors["app_id"].as_str().unwrap()).unwrap();
+    let (k256_key, kms_signature) =
+        cvm_keys::kdf::app_k256_key(b"KMS-root-test-key-do-not-use!!!\x01", &app_id).unwrap();
+    let keys = cvm_keys::kms::GuestKeys {
+        k256_key,
+        k256_signature: kms_signature.to_vec(),
+        ca_cert_pem: String::new(),
+        kms: None,
+    };
+    (vectors, keys)
+}
+
+#[test]
+fn sign_matches_the_dstack_signature_chain_vectors() {
+    let (vectors, keys) = vector_keys();
+    let f = fixture();
+    let state = f.state.with_app_keys(keys);
+    for case in vectors["cases"].as_array().unwrap() {
+        let algorithm = case["algorithm"].as_str().unwrap();
+        let body = json!({ "algorithm": algorithm, "data": case["data"] }).to_string();
+        let replies = exchange(&state, Service::DstackGuest, &post("/Sign", &body));
+        let (200, reply) = &replies[0] else {
+            panic!("{algorithm}: {replies:?}")
+        };
+        assert_eq!(reply["signature"], case["signature"], "{algorithm}");
+        assert_eq!(reply["public_key"], case["public_key"], "{algorithm}");
+        assert_eq!(
+            reply["signature_chain"], case["signature_chain"],
+            "{algorithm}"
+        );
+        // Verify accepts it (no keys needed, either socket path spelling).
+        let body = json!({
+            "algorithm": algorithm,
+            "data": case["data"],
+            "signature": case["signature"],
+            "public_key": case["public_key"],
+        })
+        .to_string();
+        let replies = exchange(
+            &state,
+            Service::DstackGuest,
+            &post("/prpc/DstackGuest.Verify", &body),
+        );
+        assert_eq!(replies[0], (200, json!({ "valid": true })), "{algorithm}");
+    }
+    for case in vectors["invalid_cases"].as_array().unwrap() {
+        let body = json!({
+            "algorithm": case["algorithm"],
+            "data": case["data"],
+            "signature": case["signature"],
+            "public_key": case["public_key"],
+        })
+        .to_string();
+        let replies = exchange(&state, Service::DstackGuest, &post("/Verify", &body));
+        // Well-formed but not valid: 200 with `false`, as dstack (high-S included).
+        assert_eq!(
+            replies[0],
+            (200, json!({ "valid": false })),
+            "{}",
+            case["name"]
+        );
+    }
+    // A malformed key or signature is an error, as in dstack; a prehashed Sign needs 32 bytes.
+    let replies = exchange(
+        &state,
+        Service::DstackGuest,
+        &post(
+            "/Verify",
+            r#"{"algorithm":"ed25519","data":"00","signature":"00","public_key":"00"}"#,
+        ),
+    );
+    assert_eq!(replies[0].0, 400);
+    let replies = exchange(
+        &state,
+        Service::DstackGuest,
+        &post(
+            "/Sign",
+            r#"{"algorithm":"secp256k1_prehashed","data":"00"}"#,
+        ),
+    );
+    assert_eq!(replies[0].0, 400);
+    assert!(
+        replies[0].1["error"]
+            .as_str()
+            .unwrap()
+            .contains("32-byte digest")
+    );
+}
+
+#[test]
+fn get_key_ed25519_and_secp256k1_match_the_dstack_chain() {
+    let (vectors, keys) = vector_keys();
+    let kms_root = hex::decode(vectors["kms_root_pubkey"].as_str().unwrap()).unwrap();
+    let app_root = *keys.k256_key.expose();
+    let f = fixture();
+    let state = f.state.with_app_keys(keys);
+    for (algorithm, case) in [("ed25519", 0), ("secp256k1", 1), ("k256", 1), ("", 1)] {
+        let case = &vectors["cases"][case];
+        let body = json!({ "path": "vms", "purpose": "signing", "algorithm": algorithm });
+        let replies = exchange(
+            &state,
+            Service::DstackGuest,
+            &post("/GetKey", &body.to_string()),
+        );
+        let (200, reply) = &replies[0] else {
+            panic!("{algorithm}: {replies:?}")
+        };
+        // GetKey's chain is Sign's chain without the data signature.
+        assert_eq!(reply["signature_chain"][0], case["signature_chain"][1]);
+        assert_eq!(reply["signature_chain"][1], case["signature_chain"][2]);
+        let key: [u8; 32] = hex::decode(reply["key"].as_str().unwrap())
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let public = if algorithm == "ed25519" {
+            cvm_keys::app_sign::ed25519_public_key(&key).to_vec()
+        } else {
+            cvm_keys::kdf::k256_public_key(&key).unwrap().to_vec()
+        };
+        assert_eq!(hex::encode(public), case["public_key"].as_str().unwrap());
+        // Tappd DeriveK256Key: the same answer under dstack's legacy field names.
+        let replies = exchange(
+            &state,
+            Service::Tappd,
+            &post("/prpc/Tappd.DeriveK256Key", &body.to_string()),
+        );
+        assert_eq!(replies[0].1["k256_key"], reply["key"]);
+        assert_eq!(
+            replies[0].1["k256_signature_chain"],
+            reply["signature_chain"]
+        );
+    }
+    // The chain's links recover to the app root key and to the KMS root key.
+    let kms_sig = hex::decode(vectors["cases"][0]["signature_chain"][2].as_str().unwrap()).unwrap();
+    let app_id = hex::decode(vectors["app_id"].as_str().unwrap()).unwrap();
+    let app_root_pub = cvm_keys::kdf::k256_public_key(&app_root).unwrap();
+    assert_eq!(
+        hex::encode(app_root_pub),
+        vectors["app_root_pubkey"].as_str().unwrap()
+    );
+    let message = cvm_keys::kdf::kms_signed_message(b"dstack-kms-issued", &app_id, &app_root_pub);
+    assert_eq!(
+        cvm_keys::kdf::recover_keccak256_signer(&message, &kms_sig).unwrap()[..],
+        kms_root[..]
+    );
+}
+
+/// Decodes a SCALE `VersionedAttestation` with the CSR decoder of `cvm_keys::sign_cert` (the
+/// attestation is the CSR's last field).
+fn decode_attestation(bytes: &[u8]) -> cvm_keys::sign_cert::TdxAttestation {
+    use cvm_keys::sign_cert::{CONFIRM, CertConfig, CertSigningRequest, TdxAttestation};
+    let empty = CertSigningRequest {
+        confirm: CONFIRM.into(),
+        pubkey: Vec::new(),
+        config: CertConfig::default(),
+        attestation: TdxAttestation::default(),
+    }
+    .encode();
+    let head = empty.len() - TdxAttestation::default().encode().len();
+    let mut csr = empty[..head].to_vec();
+    csr.extend_from_slice(bytes);
+    CertSigningRequest::decode(&csr).unwrap().attestation
+}
+
+/// dstack's own guest-agent fixture (`testdata/guest-agent-attestation-v0.bin`) decodes and
+/// re-encodes byte for byte with the codec `Attest` uses, and `Attest`'s answer has the same
+/// shape: V0, DstackTdx, the quote for the padded report data, every event with its digest,
+/// the runtime events again, and .sys-config.json as `config`.
+#[test]
+fn attest_answers_a_dstack_versioned_attestation() {
+    let fixture_bytes = include_bytes!("../testdata/guest-agent-attestation-v0.bin");
+    let upstream = decode_attestation(fixture_bytes);
+    assert_eq!(upstream.encode(), fixture_bytes);
+    assert_eq!(upstream.event_log.len(), 33);
+    assert_eq!(upstream.runtime_events.len(), 9);
+    assert!(upstream.config.starts_with(r#"{"kms_urls":"#));
+
+    let f = fixture();
+    let replies = exchange(
+        &f.state,
+        Service::DstackGuest,
+        &post("/Attest", r#"{"report_data":"c0ffee"}"#),
+    );
+    let (200, reply) = &replies[0] else {
+        panic!("{replies:?}")
+    };
+    let bytes = hex::decode(reply["attestation"].as_str().unwrap()).unwrap();
+    assert_eq!(&bytes[..2], [0, 0]);
+    let ours = decode_attestation(&bytes);
+    assert_eq!(ours.encode(), bytes);
+    let mut want = [0u8; 64];
+    want[..3].copy_from_slice(&[0xc0, 0xff, 0xee]);
+    assert_eq!(ours.report_data, want);
+    let quote = Quote::parse(&ours.quote).unwrap();
+    assert_eq!(quote.body.report_data.0, want);
+    assert_eq!(*quote.rtmrs().register(RtmrIndex::R3), f.rtmr3);
+    let runtime = ours.runtime_events();
+    assert_eq!(replay_rtmr3(&runtime), f.rtmr3);
+    let names: Vec<&str> = ours
+        .runtime_events
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        runtime.iter().map(|e| e.name.as_str()).collect::<Vec<_>>()
+    );
+    assert!(ours.event_log.iter().all(|e| e.digest.len() == 48));
+    assert_eq!(ours.config, workload().sys_config);
+    // Like GetQuote: more than 64 bytes is refused.
+    let long = format!(r#"{{"report_data":"{}"}}"#, "00".repeat(65));
+    let replies = exchange(&f.state, Service::DstackGuest, &post("/Attest", &long));
+    assert_eq!(replies[0].0, 400);
+    // A V2 event log would need dstack's MessagePack form: refused, not answered wrongly.
+    let (tee, text) = booted(EventLogVersion::V2);
+    let state = ApiState::resume(
+        tee,
+        ResumeMode::RegistersHoldLog,
+        &text,
+        Box::new(SharedSink::default()),
+        workload(),
+    )
+    .unwrap();
+    let replies = exchange(&state, Service::DstackGuest, &post("/Attest", "{}"));
+    assert_eq!(replies[0].0, 501, "{:?}", replies[0].1);
+}
+
+/// `EmitEvent`'s reply is the JSON `null` of dstack's `google.protobuf.Empty`; `Version`
+/// reports the dstack OS release; `GpuInfo` is the GPU attestation output verbatim or empty.
+#[test]
+fn emit_event_version_and_gpu_info_reply_as_dstack() {
+    let f = fixture();
+    let (raw, _) = exchange_with(
+        &f.state,
+        Service::DstackGuest,
+        &Limits::default(),
+        &post("/EmitEvent", r#"{"event":"app-started","payload":"01"}"#),
+    );
+    let text = String::from_utf8(raw).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nnull"), "{text}");
+    for service in [Service::DstackGuest, Service::Tappd] {
+        let replies = exchange(&f.state, service, &post("/Version", ""));
+        assert_eq!(
+            replies[0],
+            (200, json!({ "version": "0.5.11", "rev": "cvm-init-0.1.0" }))
+        );
+    }
+    let replies = exchange(&f.state, Service::DstackGuest, &post("/GpuInfo", "{}"));
+    assert_eq!(replies[0], (200, json!({ "attestation": "" })));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("attestation.out");
+    let state = f.state.with_gpu_attestation(path.clone());
+    let replies = exchange(&state, Service::DstackGuest, &post("/GpuInfo", "{}"));
+    assert_eq!(replies[0], (200, json!({ "attestation": "" })));
+    let evidence = "{\"result_code\":0,\"claims\":[]}\n";
+    std::fs::write(&path, evidence).unwrap();
+    let replies = exchange(&state, Service::DstackGuest, &post("/GpuInfo", "{}"));
+    assert_eq!(replies[0], (200, json!({ "attestation": evidence })));
+    // Not a Tappd method.
+    let replies = exchange(&state, Service::Tappd, &post("/GpuInfo", "{}"));
+    assert_eq!(replies[0].0, 404);
+}
+
+/// Every hash dstack's `TdxQuote` accepts: `H("app-data:" ‖ content)` (or the given prefix)
+/// zero-padded, the name echoed; Keccak-256 against an independent known answer.
+#[test]
+fn tdx_quote_accepts_every_dstack_hash() {
+    use sha3::Digest as _;
+    let f = fixture();
+    let preimage = b"app-data:\x12\x34";
+    let cases: [(&str, Vec<u8>); 9] = [
+        ("sha256", sha2::Sha256::digest(preimage).to_vec()),
+        ("sha384", sha2::Sha384::digest(preimage).to_vec()),
+        ("sha512", sha2::Sha512::digest(preimage).to_vec()),
+        ("sha3-256", sha3::Sha3_256::digest(preimage).to_vec()),
+        ("sha3-384", sha3::Sha3_384::digest(preimage).to_vec()),
+        ("sha3-512", sha3::Sha3_512::digest(preimage).to_vec()),
+        ("keccak256", sha3::Keccak256::digest(preimage).to_vec()),
+        ("keccak384", sha3::Keccak384::digest(preimage).to_vec()),
+        ("keccak512", sha3::Keccak512::digest(preimage).to_vec()),
+    ];
+    for (name, digest) in cases {
+        let body = json!({ "report_data": "1234", "hash_algorithm": name }).to_string();
+        let replies = exchange(
+            &f.state,
+            Service::Tappd,
+            &post("/prpc/Tappd.TdxQuote", &body),
+        );
+        let (200, reply) = &replies[0] else {
+            panic!("{name}: {replies:?}")
+        };
+        let mut want = [0u8; 64];
+        want[..digest.len()].copy_from_slice(&digest);
+        assert_eq!(quote_of(reply).body.report_data.0, want, "{name}");
+        assert_eq!(reply["hash_algorithm"], name);
+        assert_eq!(reply["prefix"], "app-data");
+    }
+    // Keccak-256 (not SHA3-256): the Ethereum known answer for the empty input, and the
+    // report data of an empty tag and content is Keccak-256(":").
+    assert_eq!(
+        hex::encode(sha3::Keccak256::digest(b"")),
+        "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
+    );
+    let colon = service::hashed_report_data("keccak256", "", b"").unwrap();
+    assert_eq!(colon[..32], sha3::Keccak256::digest(b":")[..]);
+    assert_eq!(colon[32..], [0; 32]);
 }

@@ -28,6 +28,7 @@ mod tests {
     use measure::rtmr::extend;
     use serde_json::Value;
     use sha2::{Digest, Sha512};
+    use sha3::Digest as _;
 
     /// Appends to the log file the way PID 1 does.
     struct FileAppend(std::fs::File);
@@ -273,7 +274,50 @@ mod tests {
         assert_eq!(chain[1], kms_signature.to_vec());
         assert_eq!(out["oversize_get_quote"]["status"], 400);
 
-        // EmitEvent extended RTMR3 and the log.
+        // Version: the dstack release whose surface this implements.
+        assert_eq!(out["version"]["version"], "0.5.11");
+        // GetKey ed25519: the same HKDF key, the chain over the 32-byte ed25519 public key.
+        let ed = &out["get_key_ed25519"];
+        assert_eq!(ed["key"], key["key"]);
+        let ed_public = cvm_keys::app_sign::ed25519_public_key(&derived);
+        let chain0 = hex::decode(ed["signature_chain"][0].as_str().unwrap()).unwrap();
+        let message = format!("sdk-test:{}", hex::encode(ed_public));
+        assert_eq!(
+            cvm_keys::kdf::recover_keccak256_signer(message.as_bytes(), &chain0).unwrap(),
+            app_public
+        );
+        // Sign/Verify through the SDK: each signature verifies here too, with the key of
+        // GetKey(path "vms", purpose "signing"), and the SDK's Verify agrees.
+        for algorithm in ["ed25519", "secp256k1", "secp256k1_prehashed"] {
+            let signed = &out["sign"][algorithm];
+            let parsed = cvm_keys::app_sign::SignAlgorithm::parse(algorithm).unwrap();
+            let bytes = |v: &Value| hex::decode(v.as_str().unwrap()).unwrap();
+            assert_eq!(
+                cvm_keys::app_sign::verify(
+                    parsed,
+                    &bytes(&signed["data"]),
+                    &bytes(&signed["signature"]),
+                    &bytes(&signed["public_key"])
+                ),
+                Ok(true),
+                "{algorithm}"
+            );
+            assert_eq!(signed["valid"], true, "{algorithm}");
+            assert_eq!(signed["tampered_valid"], false, "{algorithm}");
+            assert_eq!(signed["signature_chain"][0], signed["signature"]);
+            assert_eq!(bytes(&signed["signature_chain"][2]), kms_signature.to_vec());
+        }
+        // Attest: a SCALE V0 VersionedAttestation (DstackTdx) carrying the report data.
+        let attestation = out["attest"].as_str().unwrap();
+        assert!(attestation.starts_with("0000"), "{attestation:.16}");
+        assert!(attestation.contains(&hex::encode(padded)));
+        assert_eq!(out["gpu_info"]["attestation"], "");
+        // GetTlsKey with the 0.5.7 options (the SDK probed Version first).
+        let timed = &out["get_tls_key_timed"];
+        assert_eq!(timed["certificate_chain"].as_array().unwrap().len(), 3);
+
+        // EmitEvent extended RTMR3 and the log; its reply is dstack's `null`.
+        assert_eq!(out["emit_event_reply"], Value::Null);
         let event = RuntimeEvent::new("sdk-test-event", b"hello from the sdk".to_vec());
         let after_rtmr3 = extend(&rtmr3, &event.digest());
         let after = &out["quote_after_event"];
@@ -301,5 +345,22 @@ mod tests {
         assert_eq!(quote(&tappd["raw_quote"]).body.report_data.0, left_padded);
         assert_eq!(tappd["info_app_id"], info["app_id"]);
         assert_eq!(tappd["info_rtmr3"], after_rtmr3.to_string());
+        let keccak: [u8; 32] =
+            sha3::Keccak256::digest([b"app-data:".as_slice(), report_data].concat()).into();
+        assert_eq!(
+            quote(&tappd["keccak256_quote"]).body.report_data.0[..32],
+            keccak
+        );
+        // Tappd DeriveKey: HKDF(k256 app key, path) as a P-256 key, certified by the KMS.
+        let derived_tls = &tappd["derive_key"];
+        let derived_key =
+            cvm_keys::kdf::p256_from_pem(derived_tls["key"].as_str().unwrap()).unwrap();
+        let (app_key, _) = cvm_keys::kdf::app_k256_key(&[9; 32], &[0xA1; 20]).unwrap();
+        let want = cvm_keys::app_sign::tappd_p256_key(&app_key, "legacy/path").unwrap();
+        assert_eq!(derived_key.to_bytes(), want.to_bytes());
+        let chain: Vec<String> =
+            serde_json::from_value(derived_tls["certificate_chain"].clone()).unwrap();
+        let spki = cvm_keys::kdf::p256_spki_der(&want.public_key());
+        cvm_keys::sign_cert::verify_chain(&chain, &root_der, &spki, 1_800_000_000).unwrap();
     }
 }

@@ -4,6 +4,7 @@ object with what it got. Usage: sdk_client.py DSTACK_SOCKET TAPPD_SOCKET REPORT_
 Run by tests/sdk.rs, which checks the results; this script only records them, except that it
 fails loudly when a call that must succeed raises."""
 
+import hashlib
 import json
 import sys
 import warnings
@@ -71,7 +72,47 @@ def main():
         lambda: raw_post(socket, "/GetQuote", {"report_data": "00" * 65})
     )
 
-    client.emit_event("sdk-test-event", b"hello from the sdk")
+    # The SDK probes Version before an ed25519 key and before the 0.5.7 GetTlsKey options.
+    version = client.version()
+    out["version"] = {"version": version.version, "rev": version.rev}
+    ed_key = client.get_key("some/path", "sdk-test", algorithm="ed25519")
+    out["get_key_ed25519"] = {
+        "key": ed_key.decode_key().hex(),
+        "signature_chain": [s.hex() for s in ed_key.decode_signature_chain()],
+    }
+    out["sign"] = {}
+    message = b"signed by the sdk test"
+    digest = hashlib.sha256(message).digest()
+    for algorithm, data in [
+        ("ed25519", message),
+        ("secp256k1", message),
+        ("secp256k1_prehashed", digest),
+    ]:
+        signed = client.sign(algorithm, data)
+        verified = client.verify(algorithm, data, signed.decode_signature(), signed.decode_public_key())
+        tampered = client.verify(algorithm, data[:-1] + b"!", signed.decode_signature(), signed.decode_public_key())
+        out["sign"][algorithm] = {
+            "data": data.hex(),
+            "signature": signed.signature,
+            "public_key": signed.public_key,
+            "signature_chain": list(signed.signature_chain),
+            "valid": verified.valid,
+            "tampered_valid": tampered.valid,
+        }
+    attest = client.attest(report_data)
+    out["attest"] = attest.attestation
+    out["gpu_info"] = raw_post(socket, "/GpuInfo", {})
+    timed = client.get_tls_key(
+        subject="timed.example",
+        usage_server_auth=True,
+        not_before=1_700_000_000,
+        not_after=1_900_000_000,
+        with_app_info=True,
+    )
+    out["get_tls_key_timed"] = {"key": timed.key, "certificate_chain": list(timed.certificate_chain)}
+
+    emitted = client.emit_event("sdk-test-event", b"hello from the sdk")
+    out["emit_event_reply"] = emitted
     after = client.get_quote(report_data)
     out["quote_after_event"] = {
         "quote": after.quote,
@@ -85,11 +126,15 @@ def main():
         tappd_quote = tappd.tdx_quote(report_data, "sha512")
         tappd_raw = tappd.tdx_quote(report_data, "raw")
         tappd_info = tappd.info()
+        tappd_keccak = tappd.tdx_quote(report_data, "keccak256")
+        tappd_derived = tappd.derive_key("legacy/path", "legacy.example", ["legacy.example"])
     out["tappd"] = {
         "sha512_quote": tappd_quote.quote,
         "raw_quote": tappd_raw.quote,
         "info_app_id": tappd_info.app_id,
         "info_rtmr3": tappd_info.tcb_info.rtmr3,
+        "keccak256_quote": tappd_keccak.quote,
+        "derive_key": {"key": tappd_derived.key, "certificate_chain": list(tappd_derived.certificate_chain)},
     }
     print(json.dumps(out))
 

@@ -181,26 +181,6 @@ pub struct PortPolicy {
     pub restrict_mode: bool,
 }
 
-/// `requirements.gpu_policy`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct GpuPolicy {
-    /// Attest GPUs before release of keys.
-    #[serde(default = "default_true")]
-    pub attest_gpu: bool,
-    /// Optional Rego policy text.
-    #[serde(default)]
-    pub rego: Option<String>,
-    /// Accept GPUs in devtools mode.
-    #[serde(default)]
-    pub allow_devtools: bool,
-    /// Accept debug GPU firmware.
-    #[serde(default)]
-    pub allow_debug: bool,
-    /// Accept GPUs without secure boot.
-    #[serde(default)]
-    pub allow_insecure_boot: bool,
-}
-
 /// `requirements` (manifest v3; unknown keys are rejected as dstack does).
 #[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -217,7 +197,8 @@ pub struct Requirements {
     /// SHA-256 of the launch token (hex).
     #[serde(default)]
     pub launch_token_hash: Option<String>,
-    /// GPU policy; the raw value is hashed for `gpu-policy-hash`.
+    /// GPU policy; the raw value is hashed for `gpu-policy-hash` and interpreted by
+    /// `nv_verify::policy::GpuPolicy` (the one typed reading of it).
     #[serde(default)]
     pub gpu_policy: Option<Value>,
 }

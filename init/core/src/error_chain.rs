@@ -1,11 +1,14 @@
-//! Rendering of `std::error::Error` source chains: PID 1 prints a fatal error's whole chain once.
+//! The one renderer of `std::error::Error` source chains for the whole workspace: PID 1 prints
+//! a fatal error's whole chain once (`fatal: <stage>: <one_line>`), the guest API, the KMS
+//! client and the tools log with it. Messages never repeat their `#[source]`, so joining the
+//! chain with `: ` reads as one sentence from the failed operation down to the root cause.
 
 use std::error::Error;
 
 /// Every message in the chain, outermost first.
-pub fn messages(error: &(dyn Error + 'static)) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut current: Option<&(dyn Error + 'static)> = Some(error);
+pub fn messages(error: &dyn Error) -> Vec<String> {
+    let mut out = vec![error.to_string()];
+    let mut current = error.source();
     while let Some(e) = current {
         out.push(e.to_string());
         current = e.source();
@@ -14,7 +17,7 @@ pub fn messages(error: &(dyn Error + 'static)) -> Vec<String> {
 }
 
 /// The chain on one line, `outer: middle: root cause`.
-pub fn one_line(error: &(dyn Error + 'static)) -> String {
+pub fn one_line(error: &dyn Error) -> String {
     let mut line = messages(error).join(": ");
     // A console line must stay one line even if a message embeds a newline.
     line.retain(|c| c != '\n' && c != '\r');

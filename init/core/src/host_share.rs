@@ -86,13 +86,10 @@ pub enum HostShareError {
     /// A file name outside [`HOST_SHARE_FILES`] was handed to [`HostShare::from_files`].
     #[error("unexpected host share file {name}")]
     UnexpectedFile { name: String },
-    /// app-compose.json, .sys-config.json or .instance_info failed to parse.
-    #[error("parse host share file {name}")]
-    ParseFile {
-        name: &'static str,
-        #[source]
-        source: AppComposeError,
-    },
+    /// app-compose.json, .sys-config.json or .instance_info failed to parse. Every
+    /// [`AppComposeError`] names its file or field, so this adds no segment of its own.
+    #[error(transparent)]
+    ParseFile(AppComposeError),
 }
 
 /// Checks one file's size against its cap (call before and after reading: the size reported by
@@ -142,14 +139,13 @@ impl HostShare {
             }
         }
         let mut take = |file: HostShareFile| files.remove(file.name);
-        let parse_err = |name| move |source| HostShareError::ParseFile { name, source };
         let app_compose = AppComposeFile::parse(take(APP_COMPOSE).unwrap_or_default())
-            .map_err(parse_err(APP_COMPOSE.name))?;
+            .map_err(HostShareError::ParseFile)?;
         let sys_config = SysConfig::parse(&take(SYS_CONFIG).unwrap_or_default())
-            .map_err(parse_err(SYS_CONFIG.name))?;
+            .map_err(HostShareError::ParseFile)?;
         let instance_info = match take(INSTANCE_INFO) {
             Some(bytes) if !bytes.iter().all(u8::is_ascii_whitespace) => {
-                InstanceInfo::parse(&bytes).map_err(parse_err(INSTANCE_INFO.name))?
+                InstanceInfo::parse(&bytes).map_err(HostShareError::ParseFile)?
             }
             _ => InstanceInfo::default(),
         };
@@ -334,10 +330,9 @@ mod tests {
         files.insert("app-compose.json".into(), b"{".to_vec());
         assert!(matches!(
             HostShare::from_files(files),
-            Err(HostShareError::ParseFile {
-                name: "app-compose.json",
-                ..
-            })
+            Err(HostShareError::ParseFile(
+                AppComposeError::ParseAppCompose { .. }
+            ))
         ));
         check_len(&ENCRYPTED_ENV, 256 * 1024).unwrap();
     }

@@ -9,8 +9,9 @@
 //!   what the running kernel shows in `/proc` and `/sys` (the Debian test kernel has no
 //!   `/proc/config.gz` and builds most of these as modules).
 //!
-//! Each feature names the boot stage that needs it. Only features of stages that are in the boot
-//! plan are required, so a stage that a later issue adds brings its features with it. A missing
+//! Each feature names the boot [`Stage`] that needs it (a typo does not compile). Only features of
+//! stages that are in the checked plan are required, so a stage added to the plan brings its
+//! features with it. A missing
 //! required feature stops the boot with an error naming every missing feature. TDX features are
 //! required only when the image has no simulated TEE to fall back on; recommended features are
 //! in the fragment but only warned about (the init has another path without them).
@@ -118,17 +119,13 @@ pub struct Feature {
     pub option: &'static str,
     /// What the init uses it for.
     pub description: &'static str,
-    /// Name of the boot stage that needs it ([`Stage::name`], or one of [`LATER_STAGES`]).
-    pub stage: &'static str,
+    /// The boot stage that needs it.
+    pub stage: Stage,
     pub need: Need,
     /// Any one of these shows the feature when there is no `/proc/config.gz`. Empty only for
     /// recommended options that leave no trace at run time (menus, dependencies).
     pub probes: &'static [Probe],
 }
-
-/// Stages that later issues add (keys, disk, GPU, workloads). Their features are in the fragment
-/// now and become required as soon as a stage of that name is in the boot plan.
-pub const LATER_STAGES: &[&str] = &["keys", "disk", "gpu", "workloads"];
 
 /// The option behind each kernel module the test image loads (`initramfs/manifest.toml`): the
 /// production kernel builds these in instead. `cargo xtask yocto-check` requires an entry for
@@ -170,13 +167,10 @@ pub fn module_option(module: &str) -> Option<&'static str> {
         .map(|(_, option)| *option)
 }
 
-/// The stage name of the check itself (its own features: the config it reads).
-pub const CONTRACT_STAGE: &str = "kernel-contract";
-
 const fn feature(
     option: &'static str,
     description: &'static str,
-    stage: &'static str,
+    stage: Stage,
     need: Need,
     probes: &'static [Probe],
 ) -> Feature {
@@ -197,44 +191,56 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_BLK_DEV_INITRD",
         "initramfs support (cvm-init is its /init)",
-        "early",
+        Stage::Early,
         Required,
         &[Probe::Exists("/init")],
     ),
     feature(
         "CONFIG_RD_GZIP",
         "gzip initramfs (the compression of cargo xtask dist)",
-        "early",
+        Stage::Early,
         Required,
         &[Probe::Exists("/init")],
     ),
     feature(
         "CONFIG_RD_ZSTD",
         "zstd initramfs (cvm-initramfs --compression zstd)",
-        "early",
+        Stage::Early,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_EFI",
         "UEFI runtime (TDVF boots the kernel through its EFI stub)",
-        "early",
+        Stage::Early,
         Tdx,
         &[Probe::Exists("/sys/firmware/efi")],
     ),
     feature(
         "CONFIG_EFI_STUB",
         "EFI stub: direct kernel boot from TDVF, measured into RTMR1/RTMR2",
-        "early",
+        Stage::Early,
         Tdx,
         &[Probe::Exists("/sys/firmware/efi")],
     ),
-    feature("CONFIG_PROC_FS", "/proc", "early", Required, &[fs("proc")]),
-    feature("CONFIG_SYSFS", "/sys", "early", Required, &[fs("sysfs")]),
+    feature(
+        "CONFIG_PROC_FS",
+        "/proc",
+        Stage::Early,
+        Required,
+        &[fs("proc")],
+    ),
+    feature(
+        "CONFIG_SYSFS",
+        "/sys",
+        Stage::Early,
+        Required,
+        &[fs("sysfs")],
+    ),
     feature(
         "CONFIG_DEVTMPFS",
         "/dev without udev",
-        "early",
+        Stage::Early,
         Required,
         &[fs("devtmpfs")],
     ),
@@ -242,28 +248,28 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_UNIX98_PTYS",
         "/dev/pts (devpts)",
-        "mount",
+        Stage::Mount,
         Required,
         &[fs("devpts")],
     ),
     feature(
         "CONFIG_TMPFS",
         "/run, /tmp and the private host-share copy",
-        "mount",
+        Stage::Mount,
         Required,
         &[fs("tmpfs")],
     ),
     feature(
         "CONFIG_CGROUPS",
         "cgroup2 at /sys/fs/cgroup",
-        "mount",
+        Stage::Mount,
         Required,
         &[fs("cgroup2")],
     ),
     feature(
         "CONFIG_SECURITYFS",
         "securityfs at /sys/kernel/security",
-        "mount",
+        Stage::Mount,
         Required,
         &[fs("securityfs")],
     ),
@@ -271,7 +277,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_CONFIGFS_FS",
         "configfs at /sys/kernel/config (configfs-tsm quotes)",
-        "mount-late",
+        Stage::MountLate,
         Required,
         &[fs("configfs")],
     ),
@@ -279,14 +285,14 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_IKCONFIG",
         "embedded kernel configuration",
-        CONTRACT_STAGE,
+        Stage::KernelContract,
         Recommended,
         &[Probe::Exists("/proc/config.gz")],
     ),
     feature(
         "CONFIG_IKCONFIG_PROC",
         "/proc/config.gz for this check",
-        CONTRACT_STAGE,
+        Stage::KernelContract,
         Recommended,
         &[Probe::Exists("/proc/config.gz")],
     ),
@@ -294,7 +300,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_VIRTIO_CONSOLE",
         "virtio-serial results port",
-        "results",
+        Stage::Results,
         Recommended,
         &[Probe::Exists("/sys/class/virtio-ports")],
     ),
@@ -302,77 +308,77 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_PCI",
         "PCI bus of the virtio devices",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[Probe::Exists("/sys/bus/pci")],
     ),
     feature(
         "CONFIG_VIRTIO",
         "virtio core",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[Probe::Exists("/sys/bus/virtio")],
     ),
     feature(
         "CONFIG_VIRTIO_MENU",
         "virtio drivers menu",
-        "host-share",
+        Stage::HostShare,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_VIRTIO_PCI",
         "virtio over PCI (every virtio device of the VM)",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[Probe::Exists("/sys/bus/pci/drivers/virtio-pci")],
     ),
     feature(
         "CONFIG_BLOCK",
         "block layer",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[Probe::Exists("/sys/class/block")],
     ),
     feature(
         "CONFIG_VIRTIO_BLK",
         "virtio-blk disks (host share, data disk)",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[Probe::Exists("/sys/bus/virtio/drivers/virtio_blk")],
     ),
     feature(
         "CONFIG_EXT4_FS",
         "ext4 host-share disk and data filesystem",
-        "host-share",
+        Stage::HostShare,
         Required,
         &[fs("ext4")],
     ),
     feature(
         "CONFIG_VFAT_FS",
         "FAT host-share disk (QEMU vvfat)",
-        "host-share",
+        Stage::HostShare,
         Recommended,
         &[fs("vfat")],
     ),
     feature(
         "CONFIG_NET_9P",
         "9p host share",
-        "host-share",
+        Stage::HostShare,
         Recommended,
         &[Probe::Module("9pnet")],
     ),
     feature(
         "CONFIG_NET_9P_VIRTIO",
         "9p over virtio",
-        "host-share",
+        Stage::HostShare,
         Recommended,
         &[Probe::Exists("/sys/bus/virtio/drivers/9pnet_virtio")],
     ),
     feature(
         "CONFIG_9P_FS",
         "9p filesystem (host-shared tag)",
-        "host-share",
+        Stage::HostShare,
         Recommended,
         &[fs("9p")],
     ),
@@ -380,35 +386,35 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_HYPERVISOR_GUEST",
         "dependency of INTEL_TDX_GUEST",
-        "measure",
+        Stage::Measure,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_PARAVIRT",
         "dependency of INTEL_TDX_GUEST",
-        "measure",
+        Stage::Measure,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_X86_X2APIC",
         "dependency of INTEL_TDX_GUEST",
-        "measure",
+        Stage::Measure,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_VIRT_DRIVERS",
         "menu of TDX_GUEST_DRIVER",
-        "measure",
+        Stage::Measure,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_INTEL_TDX_GUEST",
         "run as an Intel TDX guest",
-        "measure",
+        Stage::Measure,
         Tdx,
         &[Probe::Listed {
             file: CPUINFO,
@@ -418,7 +424,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_TDX_GUEST_DRIVER",
         "/dev/tdx_guest: TDREPORTs, RTMR extends",
-        "measure",
+        Stage::Measure,
         Tdx,
         &[
             Probe::Exists("/dev/tdx_guest"),
@@ -431,14 +437,14 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_TSM_REPORTS",
         "configfs-tsm quotes (selected by TDX_GUEST_DRIVER)",
-        "measure",
+        Stage::Measure,
         Tdx,
         &[Probe::Exists("/sys/kernel/config/tsm/report")],
     ),
     feature(
         "CONFIG_TSM_MEASUREMENTS",
         "tsm-mr RTMR sysfs, where the kernel has it (else the ioctl)",
-        "measure",
+        Stage::Measure,
         Recommended,
         &[Probe::Exists(
             "/sys/devices/virtual/misc/tdx_guest/measurements",
@@ -448,7 +454,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_UNIX",
         "Unix sockets (dstack.sock, tappd.sock)",
-        "guest-api",
+        Stage::GuestApi,
         Required,
         &[Probe::Exists("/proc/net/unix")],
     ),
@@ -456,7 +462,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_INPUT_EVDEV",
         "power button events",
-        "ready",
+        Stage::Ready,
         Recommended,
         &[Probe::Listed {
             file: INPUT_HANDLERS,
@@ -466,7 +472,7 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_ACPI_BUTTON",
         "ACPI power button",
-        "ready",
+        Stage::Ready,
         Recommended,
         &[Probe::Exists("/sys/bus/acpi/drivers/button")],
     ),
@@ -474,42 +480,42 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_NET",
         "networking",
-        "network",
+        Stage::Network,
         Required,
         &[Probe::Exists("/proc/net")],
     ),
     feature(
         "CONFIG_INET",
         "TCP/IP (KMS, registries)",
-        "network",
+        Stage::Network,
         Required,
         &[Probe::Exists("/proc/net/tcp")],
     ),
     feature(
         "CONFIG_PACKET",
         "raw packets for DHCP",
-        "network",
+        Stage::Network,
         Recommended,
         &[Probe::Exists("/proc/net/packet")],
     ),
     feature(
         "CONFIG_VIRTIO_NET",
         "virtio-net NIC",
-        "network",
+        Stage::Network,
         Required,
         &[Probe::Exists("/sys/bus/virtio/drivers/virtio_net")],
     ),
     feature(
         "CONFIG_VSOCKETS",
         "vsock (host API notifications)",
-        "keys",
+        Stage::Keys,
         Recommended,
         &[Probe::Module("vsock")],
     ),
     feature(
         "CONFIG_VIRTIO_VSOCKETS",
         "vsock over virtio",
-        "keys",
+        Stage::Keys,
         Recommended,
         &[Probe::Module("vmw_vsock_virtio_transport")],
     ),
@@ -517,14 +523,14 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_MD",
         "multiple-devices menu (device mapper)",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[],
     ),
     feature(
         "CONFIG_BLK_DEV_DM",
         "device mapper",
-        "disk",
+        Stage::Disk,
         Required,
         &[Probe::Listed {
             file: MISC,
@@ -534,99 +540,99 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_DM_CRYPT",
         "dm-crypt target",
-        "disk",
+        Stage::Disk,
         Required,
         &[Probe::Module("dm_crypt")],
     ),
     feature(
         "CONFIG_DM_INTEGRITY",
         "dm-integrity target (authentication tags)",
-        "disk",
+        Stage::Disk,
         Required,
         &[Probe::Module("dm_integrity")],
     ),
     feature(
         "CONFIG_CRYPTO_AES",
         "AES",
-        "disk",
+        Stage::Disk,
         Required,
         &[crypto("aes")],
     ),
     feature(
         "CONFIG_CRYPTO_GCM",
         "GCM mode (AEAD; not the data disk's construction, kept for dm-crypt gcm users)",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[Probe::Module("gcm"), crypto("gcm(aes)")],
     ),
     feature(
         "CONFIG_CRYPTO_CTR",
         "CTR mode (used by GCM)",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[Probe::Module("ctr"), crypto("ctr(aes)")],
     ),
     feature(
         "CONFIG_CRYPTO_GHASH",
         "GHASH (used by GCM)",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[crypto("ghash")],
     ),
     feature(
         "CONFIG_CRYPTO_SEQIV",
         "IV generator of the kernel's AEAD templates",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[Probe::Module("seqiv")],
     ),
     feature(
         "CONFIG_CRYPTO_AES_NI_INTEL",
         "AES-NI implementation",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[crypto("aes-aesni")],
     ),
     feature(
         "CONFIG_CRYPTO_GHASH_CLMUL_NI_INTEL",
         "PCLMULQDQ GHASH implementation",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[crypto("ghash-clmulni")],
     ),
     feature(
         "CONFIG_CRYPTO_XTS",
         "XTS mode (the data disk's authenc(hmac(sha256),xts(aes)))",
-        "disk",
+        Stage::Disk,
         Required,
         &[Probe::Module("xts"), crypto("xts(aes)")],
     ),
     feature(
         "CONFIG_CRYPTO_AUTHENC",
         "authenc(hmac(sha256),xts(aes)) construction",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[Probe::Module("authenc")],
     ),
     feature(
         "CONFIG_CRYPTO_HMAC",
         "HMAC (authenc, dm-integrity journal MAC)",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[Probe::Module("hmac"), crypto("hmac(sha256)")],
     ),
     feature(
         "CONFIG_CRYPTO_SHA256",
         "SHA-256",
-        "disk",
+        Stage::Disk,
         Recommended,
         &[crypto("sha256")],
     ),
-    // gpu: NVIDIA's confidential-computing driver is out of tree.
+    // measure (its GPU gate): NVIDIA's confidential-computing driver is out of tree.
     feature(
         "CONFIG_MODULES",
         "loadable modules (the out-of-tree NVIDIA driver)",
-        "gpu",
+        Stage::Measure,
         Recommended,
         &[Probe::Exists("/proc/modules")],
     ),
@@ -634,84 +640,84 @@ pub const FEATURES: &[Feature] = &[
     feature(
         "CONFIG_NAMESPACES",
         "namespaces",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[Probe::Exists("/proc/self/ns")],
     ),
     feature(
         "CONFIG_PID_NS",
         "PID namespaces",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[Probe::Exists("/proc/self/ns/pid")],
     ),
     feature(
         "CONFIG_IPC_NS",
         "IPC namespaces",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[Probe::Exists("/proc/self/ns/ipc")],
     ),
     feature(
         "CONFIG_UTS_NS",
         "UTS namespaces",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[Probe::Exists("/proc/self/ns/uts")],
     ),
     feature(
         "CONFIG_NET_NS",
         "network namespaces",
-        "workloads",
+        Stage::Workloads,
         Recommended,
         &[Probe::Exists("/proc/self/ns/net")],
     ),
     feature(
         "CONFIG_CGROUP_SCHED",
         "cgroup2 cpu controller",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[cgroup("cpu")],
     ),
     feature(
         "CONFIG_MEMCG",
         "cgroup2 memory controller",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[cgroup("memory")],
     ),
     feature(
         "CONFIG_CGROUP_PIDS",
         "cgroup2 pids controller",
-        "workloads",
+        Stage::Workloads,
         Required,
         &[cgroup("pids")],
     ),
     feature(
         "CONFIG_CPUSETS",
         "cgroup2 cpuset controller",
-        "workloads",
+        Stage::Workloads,
         Recommended,
         &[cgroup("cpuset")],
     ),
     feature(
         "CONFIG_BLK_CGROUP",
         "cgroup2 io controller",
-        "workloads",
+        Stage::Workloads,
         Recommended,
         &[cgroup("io")],
     ),
     feature(
         "CONFIG_OVERLAY_FS",
         "overlay root filesystems for containers",
-        "workloads",
+        Stage::Workloads,
         Recommended,
         &[fs("overlay")],
     ),
     feature(
         "CONFIG_SECCOMP",
         "seccomp filters of container specs",
-        "workloads",
+        Stage::Workloads,
         Recommended,
         &[Probe::Exists("/proc/sys/kernel/seccomp")],
     ),
@@ -751,7 +757,7 @@ pub enum KernelContractError {
 pub struct Missing {
     pub option: &'static str,
     pub description: &'static str,
-    pub stage: &'static str,
+    pub stage: Stage,
     pub why: Absence,
 }
 
@@ -909,17 +915,12 @@ impl ContractReport {
             .collect()
     }
 
-    /// Required features of stages that are not in the plan yet and that this kernel lacks:
-    /// adding such a stage would stop the boot.
-    pub fn absent_for_later_stages(&self) -> Vec<&'static str> {
+    /// Required features that this kernel lacks of stages not in the checked plan: adding such
+    /// a stage would stop the boot.
+    pub fn absent_for_stages_not_in_plan(&self) -> Vec<&'static str> {
         self.checked
             .iter()
-            .filter(|c| {
-                !c.enforced
-                    && c.feature.need == Need::Required
-                    && LATER_STAGES.contains(&c.feature.stage)
-                    && c.result.is_err()
-            })
+            .filter(|c| !c.enforced && c.feature.need == Need::Required && c.result.is_err())
             .map(|c| c.feature.option)
             .collect()
     }
@@ -944,8 +945,7 @@ pub enum TeeExpectation {
 
 /// Whether `feature` must be present in a boot with `plan`.
 pub fn enforced(feature: &Feature, plan: &[Stage], tee: TeeExpectation) -> bool {
-    let in_plan =
-        feature.stage == CONTRACT_STAGE || plan.iter().any(|stage| stage.name() == feature.stage);
+    let in_plan = feature.stage == Stage::KernelContract || plan.contains(&feature.stage);
     in_plan
         && match feature.need {
             Need::Required => true,
@@ -1040,11 +1040,11 @@ pub fn render_fragment() -> String {
          # do not edit by hand (a test compares the two). The init checks the same list at\n\
          # boot (stage kernel-contract) from /proc/config.gz.\n",
     );
-    let mut stage = "";
+    let mut stage = None;
     for feature in FEATURES {
-        if feature.stage != stage {
-            stage = feature.stage;
-            out.push_str(&format!("\n# stage {stage}\n"));
+        if stage != Some(feature.stage) {
+            stage = Some(feature.stage);
+            out.push_str(&format!("\n# stage {}\n", feature.stage));
         }
         out.push_str(&format!(
             "# {} ({})\n{}=y\n",
@@ -1147,25 +1147,15 @@ mod tests {
     }
 
     #[test]
-    fn every_feature_names_a_known_stage() {
+    fn every_feature_names_a_stage_of_the_boot_plan() {
         for feature in FEATURES {
-            let known = feature.stage == CONTRACT_STAGE
-                || BOOT_PLAN.iter().any(|s| s.name() == feature.stage)
-                || LATER_STAGES.contains(&feature.stage);
-            assert!(known, "{} names stage {}", feature.option, feature.stage);
+            assert!(
+                BOOT_PLAN.contains(&feature.stage),
+                "{} names stage {}",
+                feature.option,
+                feature.stage
+            );
             assert!(feature.option.starts_with("CONFIG_"), "{}", feature.option);
-        }
-    }
-
-    #[test]
-    fn later_stage_names_are_not_in_the_plan_twice() {
-        // A stage name in both lists would be ambiguous about when its features bind.
-        for name in LATER_STAGES {
-            let planned = BOOT_PLAN.iter().any(|s| s.name() == *name);
-            // Once a later issue adds the stage to the plan, its name may leave LATER_STAGES;
-            // either way its features are required exactly when it is planned.
-            let features = FEATURES.iter().filter(|f| f.stage == *name).count();
-            assert!(planned || features > 0, "{name} has no features");
         }
     }
 
@@ -1212,7 +1202,7 @@ mod tests {
         assert_eq!(unprobed, 7); // menus and hidden dependencies
         assert_eq!(report.present(), FEATURES.len() - unprobed);
         assert!(!report.from_config);
-        assert!(report.absent_for_later_stages().is_empty());
+        assert!(report.absent_for_stages_not_in_plan().is_empty());
     }
 
     #[test]
@@ -1248,19 +1238,16 @@ mod tests {
         let without_disk: Vec<Stage> = BOOT_PLAN
             .iter()
             .copied()
-            .filter(|s| s.name() != "disk")
+            .filter(|s| *s != Stage::Disk)
             .collect();
         let mut kernel = without(everything(), &Probe::Module("dm_crypt"));
         let report = check(&without_disk, TeeExpectation::Tdx, None, &mut kernel)
             .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(report.absent_for_later_stages(), ["CONFIG_DM_CRYPT"]);
+        assert_eq!(report.absent_for_stages_not_in_plan(), ["CONFIG_DM_CRYPT"]);
         assert_eq!(report.absent_unenforced(), ["CONFIG_DM_CRYPT (disk)"]);
         // With the disk stage in the plan it is required.
-        let with_disk: Vec<Stage> = BOOT_PLAN.to_vec();
-        if with_disk.iter().any(|s| s.name() == "disk") {
-            let missing = missing_of(check(&with_disk, TeeExpectation::Tdx, None, &mut kernel));
-            assert_eq!(missing, ["CONFIG_DM_CRYPT"]);
-        }
+        let missing = missing_of(check(BOOT_PLAN, TeeExpectation::Tdx, None, &mut kernel));
+        assert_eq!(missing, ["CONFIG_DM_CRYPT"]);
         // A plan that stops before host-share does not need ext4.
         let mut kernel = without(everything(), &fs("ext4"));
         let early = &BOOT_PLAN[..3];

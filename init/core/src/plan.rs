@@ -1,9 +1,18 @@
 //! The boot plan: the ordered stages PID 1 runs, and the mounts each mount stage performs.
-//! `cvm-init` executes exactly this list, so the boot sequence reads top to bottom here.
+//! `cvm-init` executes exactly this list (`init/pid1/src/boot.rs` calls one typed function per
+//! stage, in this order), so the boot sequence reads top to bottom here.
+//!
+//! [`Stage`] is the one name of a stage everywhere: the plan, the kernel contract
+//! (`kernel_contract::Feature::stage`), the results records and the tests. On the console and the
+//! results channel a stage is its [`Stage::name`] (serde writes the same kebab-case name).
 
-/// One boot stage. Later issues insert `Measure`, `Keys`, `Disk`, `Gpu` and `Workloads` before
-/// `Ready`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One boot stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum Stage {
     /// /proc, /sys and /dev: what reading the command line and logging need.
     Early,
@@ -23,7 +32,8 @@ pub enum Stage {
     /// Copy the host-shared configuration (app-compose.json, .sys-config.json, ...) into a
     /// private tmpfs and validate it.
     HostShare,
-    /// Pick the TEE and extend the app identity into RTMR3 (`system-preparing` .. `boot-mr-done`).
+    /// Pick the TEE, attest the GPUs (the GPU gate runs inside this stage, as in dstack) and
+    /// extend the app identity into RTMR3 (`system-preparing` .. `boot-mr-done`).
     Measure,
     /// `lo` and the first Ethernet interface up, DHCP, `/etc/resolv.conf`; required when
     /// `kms_urls` is set, otherwise best effort.
@@ -93,6 +103,11 @@ impl Stage {
         }
     }
 
+    /// The stage of a [`Stage::name`].
+    pub fn from_name(name: &str) -> Option<Self> {
+        BOOT_PLAN.iter().copied().find(|s| s.name() == name)
+    }
+
     /// The mounts a mount stage performs, in order; empty for other stages.
     pub const fn mounts(self) -> &'static [MountSpec] {
         match self {
@@ -101,6 +116,12 @@ impl Stage {
             Self::MountLate => LATE_MOUNTS,
             _ => &[],
         }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -220,6 +241,18 @@ mod tests {
                 "ready"
             ]
         );
+    }
+
+    #[test]
+    fn serde_and_display_use_the_stage_name() {
+        for &stage in BOOT_PLAN {
+            let json = serde_json::to_string(&stage).unwrap();
+            assert_eq!(json, format!("\"{}\"", stage.name()));
+            assert_eq!(serde_json::from_str::<Stage>(&json).unwrap(), stage);
+            assert_eq!(stage.to_string(), stage.name());
+            assert_eq!(Stage::from_name(stage.name()), Some(stage));
+        }
+        assert_eq!(Stage::from_name("gpu"), None);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::plan::Stage;
+
 /// One results-channel record. `mono_us` is `CLOCK_MONOTONIC` in microseconds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
@@ -12,11 +14,11 @@ pub enum Record {
         mono_us: u64,
     },
     StageStarted {
-        stage: String,
+        stage: Stage,
         mono_us: u64,
     },
     StageFinished {
-        stage: String,
+        stage: Stage,
         mono_us: u64,
         duration_us: u64,
     },
@@ -130,7 +132,7 @@ pub enum Record {
         mono_us: u64,
     },
     Fatal {
-        stage: String,
+        stage: Stage,
         error: String,
         chain: Vec<String>,
         mono_us: u64,
@@ -196,7 +198,7 @@ mod tests {
     #[test]
     fn records_have_the_documented_shape() {
         let r = Record::StageFinished {
-            stage: "mount".into(),
+            stage: Stage::Mount,
             mono_us: 10,
             duration_us: 3,
         };
@@ -205,7 +207,7 @@ mod tests {
             "{\"event\":\"stage_finished\",\"stage\":\"mount\",\"mono_us\":10,\"duration_us\":3}\n"
         );
         let f = Record::Fatal {
-            stage: "cmdline".into(),
+            stage: Stage::Cmdline,
             error: "a: b".into(),
             chain: vec!["a".into(), "b".into()],
             mono_us: 1,

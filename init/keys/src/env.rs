@@ -47,7 +47,7 @@ pub enum EnvError {
     #[error("encrypted env uses a low-order ephemeral key")]
     LowOrderEphemeralKey,
     /// AES-GCM authentication failed (tampered blob or wrong key).
-    #[error("decrypt the env: authentication failed")]
+    #[error("authentication failed")]
     DecryptEnv,
     /// Encryption failed.
     #[error("encrypt the env")]

@@ -2,6 +2,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod app_sign;
 pub mod env;
 pub mod kdf;
 pub mod kms;
@@ -12,17 +13,9 @@ pub mod sign_cert;
 pub mod stage;
 pub mod transport;
 
-/// An error and its sources on one line, `outer: inner: …` (secrets are never in errors).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(err) = source {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        source = err.source();
-    }
-    out
-}
+/// An error and its sources on one line, `outer: inner: …` (secrets are never in errors): the
+/// workspace's one chain printer, [`init_core::error_chain::one_line`].
+pub use init_core::error_chain::one_line as error_chain;
 
 #[cfg(test)]
 mod tests {

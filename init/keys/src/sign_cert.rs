@@ -645,6 +645,20 @@ pub fn prepare_with_boot_log(
             what: "generate",
             source,
         })?;
+    prepare_with_key(key, tee, boot_log, events, kms, config, now_unix)
+}
+
+/// [`prepare_with_boot_log`] for a given P-256 key (the guest API's Tappd `DeriveKey`
+/// certifies a key derived from the app key).
+pub fn prepare_with_key(
+    key: KeyPair,
+    tee: &mut dyn QuoteSource,
+    boot_log: &[TdxEvent],
+    events: &[RuntimeEvent],
+    kms: &KmsAccess,
+    config: CertConfig,
+    now_unix: u64,
+) -> Result<PreparedRequest, SignCertError> {
     let key_spki = key.subject_public_key_info();
     let report_data = ratls_report_data(&key_spki);
     let quote = tee

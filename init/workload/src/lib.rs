@@ -2,12 +2,14 @@
 //!
 //! Everything here is either pure (compose model, runtime-spec generation, supervisor state
 //! machine) or plain file/HTTP I/O without `unsafe` (pull, unpack). Launching containers is the
-//! job of the libcontainer adapter in `init/pid1`.
+//! job of the libcontainer adapter in `init/pid1`. The compose model and parser are the pure
+//! `cvm-compose` crate (shared with the auditor), re-exported here as `compose` and `digest`.
 
 #![forbid(unsafe_code)]
 
-pub mod compose;
-pub mod digest;
+pub use cvm_compose as compose;
+pub use cvm_compose::digest;
+
 pub mod logs;
 pub mod oci;
 pub mod prepare;

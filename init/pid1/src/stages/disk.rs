@@ -97,8 +97,35 @@ fn fresh() -> Result<Fresh, DiskStageError> {
     })
 }
 
-/// Run the stage. `Ok(None)`: no data disk.
+/// Runs the stage with the keys stage's `app_keys` (the disk key); writes the `disk` record.
+/// `Ok(None)`: no data disk.
 pub(crate) fn run(
+    config: &Config,
+    app_keys: Option<&cvm_keys::kms::AppKeys>,
+    results: &mut crate::results::Results,
+) -> Result<Option<Mounted>, DiskStageError> {
+    let mounted = open_and_mount(config, app_keys)?;
+    results.record(&init_core::results::Record::Disk {
+        device: mounted
+            .as_ref()
+            .map_or_else(|| "none".to_owned(), |m| m.disk.display().to_string()),
+        mount_point: mounted
+            .as_ref()
+            .map(|_| MOUNT_POINT.to_owned())
+            .unwrap_or_default(),
+        formatted: mounted.as_ref().is_some_and(|m| m.opened.formatted),
+        data_bytes: mounted.as_ref().map_or(0, |m| m.opened.data_bytes),
+        mono_us: init_sys::clock::monotonic_us(),
+    });
+    #[cfg(feature = "insecure-test-hooks")]
+    if mounted.is_some() {
+        test_hooks::run(config, results);
+    }
+    Ok(mounted)
+}
+
+/// Selects the data disk, opens (or formats) its volume and mounts it. `Ok(None)`: no data disk.
+fn open_and_mount(
     config: &Config,
     app_keys: Option<&cvm_keys::kms::AppKeys>,
 ) -> Result<Option<Mounted>, DiskStageError> {

@@ -1,6 +1,7 @@
-//! The guest API process: PID 1 runs its own binary as `cvm-init guest-api ...` after
-//! `system-ready`. The child owns the runtime event log from then on (PID 1 drops its handle),
-//! so workload traffic never reaches PID 1.
+//! The `guest-api` stage: PID 1 runs its own binary as `cvm-init guest-api ...` after
+//! `system-ready` and waits until `GET /Info` answers 200. The child owns the runtime event log
+//! from then on (the `system-ready` stage consumed PID 1's handle), so workload traffic never
+//! reaches PID 1. After `ready`, `crate::supervisor` restarts it with backoff when it dies.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -38,6 +39,13 @@ pub(crate) enum GuestApiStageError {
     },
     #[error("guest API answered Info with `{status_line}`")]
     BadInfo { status_line: String },
+}
+
+/// Runs the stage: the API process over the host-share copies in `share_copy`.
+pub(crate) fn run(share_copy: &Path) -> Result<Child, GuestApiStageError> {
+    let child = start(share_copy)?;
+    log::info!("guest API serving on {DSTACK_SOCKET} (pid {})", child.id());
+    Ok(child)
 }
 
 /// Start the API process with the private host-share copies and wait until `Info` answers 200.

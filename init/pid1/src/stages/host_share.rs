@@ -77,12 +77,23 @@ pub(crate) enum HostShareStageError {
         #[source]
         source: Errno,
     },
-    /// The copied files broke a host-share rule (missing, too large, malformed).
-    #[error("validate host share")]
-    ValidateHostShare {
-        #[source]
-        source: HostShareError,
-    },
+    /// The copied files broke a host-share rule (missing, too large, malformed); its messages
+    /// name the file, so this layer adds no segment of its own.
+    #[error(transparent)]
+    ValidateHostShare(HostShareError),
+}
+
+/// Runs the stage with the default paths: the parsed share, its copies in [`copy_dir`].
+pub(crate) fn run() -> Result<HostShare, HostShareStageError> {
+    let (share, source) = load_host_share(&HostShareOptions::default())?;
+    log::info!("host share: loaded from {source:?}");
+    Ok(share)
+}
+
+/// Where the stage copies the share (a private tmpfs; the keys stage adds `.appkeys.json`, the
+/// guest API reads it).
+pub(crate) fn copy_dir() -> PathBuf {
+    HostShareOptions::default().copy_dir
 }
 
 /// Paths and switches of the stage (all parameters so tests can use a tempdir).
@@ -153,8 +164,7 @@ pub(crate) fn load_host_share(
         });
     let files = copied?;
     unmounted?;
-    let share = HostShare::from_files(files)
-        .map_err(|source| HostShareStageError::ValidateHostShare { source })?;
+    let share = HostShare::from_files(files).map_err(HostShareStageError::ValidateHostShare)?;
     Ok((share, source))
 }
 
@@ -260,7 +270,7 @@ pub(crate) fn copy_share_files(
             Err(e) => return Err(read_err(e)),
         };
         let meta = file.metadata().map_err(read_err)?;
-        let invalid = |source| HostShareStageError::ValidateHostShare { source };
+        let invalid = HostShareStageError::ValidateHostShare;
         if !meta.file_type().is_file() {
             return Err(invalid(HostShareError::NotRegularFile { name: spec.name }));
         }
@@ -362,12 +372,10 @@ mod tests {
         let err = copy_share_files(share.path(), copy.path()).unwrap_err();
         assert!(matches!(
             err,
-            HostShareStageError::ValidateHostShare {
-                source: HostShareError::FileTooLarge {
-                    name: ".sys-config.json",
-                    ..
-                }
-            }
+            HostShareStageError::ValidateHostShare(HostShareError::FileTooLarge {
+                name: ".sys-config.json",
+                ..
+            })
         ));
     }
 
@@ -377,9 +385,7 @@ mod tests {
         fs::create_dir(share.path().join("app-compose.json")).unwrap();
         assert!(matches!(
             copy_share_files(share.path(), copy.path()).unwrap_err(),
-            HostShareStageError::ValidateHostShare {
-                source: HostShareError::NotRegularFile { .. }
-            }
+            HostShareStageError::ValidateHostShare(HostShareError::NotRegularFile { .. })
         ));
         let (share, copy) = share_with(&[("app-compose.json", COMPOSE)]);
         nix::unistd::mkfifo(
@@ -389,9 +395,7 @@ mod tests {
         .unwrap();
         assert!(matches!(
             copy_share_files(share.path(), copy.path()).unwrap_err(),
-            HostShareStageError::ValidateHostShare {
-                source: HostShareError::NotRegularFile { .. }
-            }
+            HostShareStageError::ValidateHostShare(HostShareError::NotRegularFile { .. })
         ));
     }
 
@@ -413,10 +417,9 @@ mod tests {
         let files = copy_share_files(share.path(), copy.path()).unwrap();
         assert!(matches!(
             HostShare::from_files(files),
-            Err(HostShareError::ParseFile {
-                name: "app-compose.json",
-                ..
-            })
+            Err(HostShareError::ParseFile(
+                init_core::app_compose::AppComposeError::ParseAppCompose { .. }
+            ))
         ));
     }
 

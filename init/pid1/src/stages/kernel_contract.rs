@@ -137,13 +137,6 @@ pub(crate) fn run() -> Result<ContractReport, KernelContractStageError> {
             absent.join(", ")
         );
     }
-    let later = report.absent_for_later_stages();
-    if !later.is_empty() {
-        log::info!(
-            "kernel contract: later stages would lack: {}",
-            later.join(", ")
-        );
-    }
     Ok(report)
 }
 

@@ -1,7 +1,8 @@
-//! The `keys` stage: app keys from the KMS over RA-TLS (`cvm_keys::stage::kms_stage`: launch
-//! token, `key_provider_id` pin, MRCONFIGID, GetTempCaCert → RA-TLS client certificate →
-//! GetAppKey, env decryption), the `os-image-hash` / `key-provider` events extended right away,
-//! and `.appkeys.json` (0600) in the private host-share copy for the guest API's `GetKey`.
+//! The `keys` stage ([`run`]): app keys from the KMS over RA-TLS (`cvm_keys::stage::kms_stage`:
+//! launch token, `key_provider_id` pin, MRCONFIGID, GetTempCaCert → RA-TLS client certificate →
+//! GetAppKey, env decryption), the `os-image-hash` / `key-provider` events extended right away
+//! through the measure stage's log, and `.appkeys.json` (0600) in the private host-share copy
+//! for the guest API's `GetKey`. It hands on [`Keys`]: the key material (or none).
 //!
 //! Providers: `kms` (the KMS protocol; needs the network stage), `none` (dev only: no keys,
 //! `key-provider` `{"name":"none"}` in RTMR3 so a verifier sees it, an encrypted env cannot be
@@ -19,7 +20,13 @@ use cvm_keys::transport::{ResolvConfResolver, TlsTransport};
 use init_core::app_compose::KeyProviderKind;
 use init_core::host_share::HostShare;
 use init_core::identity::AppIdentity;
+use init_core::results::Record;
+use init_core::tee::events::EventLogError;
 use init_core::tee::{QuoteSource, RuntimeEvent};
+
+use crate::results::Results;
+use crate::stages::measure::Measured;
+use crate::stages::network::Network;
 
 /// Where the guest API finds the app keys (dstack's `.appkeys.json`), inside the 0700 tmpfs.
 pub(crate) const APP_KEYS_FILE: &str = ".appkeys.json";
@@ -33,8 +40,12 @@ pub(crate) enum KeysStageError {
     EnvWithoutKms,
     #[error("key provider kms: no network (the network stage found no interface or lease)")]
     NoNetwork,
-    #[error("KMS")]
-    Kms(#[source] KeyStageError),
+    /// The KMS flow failed; its messages name the step (launch token, key request, MRCONFIGID,
+    /// env), so this layer adds no segment of its own.
+    #[error(transparent)]
+    Kms(KeyStageError),
+    #[error("emit RTMR3 events")]
+    EmitEvents(#[source] EventLogError),
     #[error("write {path}")]
     WriteAppKeys {
         path: PathBuf,
@@ -43,9 +54,112 @@ pub(crate) enum KeysStageError {
     },
 }
 
-/// What the stage produced.
+/// The key material the stage hands on.
 #[derive(Debug)]
-pub(crate) enum KeysOutcome {
+pub(crate) enum Keys {
+    /// Keys from a KMS (`os-image-hash` and `key-provider` are extended) and the decrypted,
+    /// filtered environment.
+    Kms {
+        keys: Box<AppKeys>,
+        env: DecryptedEnv,
+    },
+    /// Key provider `none`: no keys (dev only); `key-provider` is still to be extended.
+    NoProvider,
+}
+
+impl Keys {
+    /// The app keys (the data disk key among them), if a KMS gave them.
+    pub(crate) fn app_keys(&self) -> Option<&AppKeys> {
+        match self {
+            Self::Kms { keys, .. } => Some(keys),
+            Self::NoProvider => None,
+        }
+    }
+
+    /// The decrypted environment for the workloads, if any.
+    pub(crate) fn env(&self) -> Option<&DecryptedEnv> {
+        match self {
+            Self::Kms { env, .. } => Some(env),
+            Self::NoProvider => None,
+        }
+    }
+
+    /// Whether this stage already extended `key-provider` (and `os-image-hash`).
+    pub(crate) fn extended_key_provider(&self) -> bool {
+        matches!(self, Self::Kms { .. })
+    }
+}
+
+/// Runs the stage: keys for `share`'s key provider, quoting through `measured`'s TEE and
+/// extending the key events into its log; `network` is the network stage's lease (`None`
+/// offline); `.appkeys.json` goes into `share_copy`.
+pub(crate) fn run(
+    share: &HostShare,
+    measured: &mut Measured,
+    network: Option<&Network>,
+    share_copy: &Path,
+    results: &mut Results,
+) -> Result<Keys, KeysStageError> {
+    let dns = network.map(|n| n.config.dns_servers.clone());
+    let events = measured.log.events().to_vec();
+    let outcome = fetch(
+        share,
+        &measured.identity,
+        &events,
+        measured.log.rtmr_mut(),
+        dns,
+        Some(measured.gpu_policy_hash),
+    )?;
+    let mono_us = init_sys::clock::monotonic_us();
+    match outcome {
+        KeysOutcome::Kms {
+            keys,
+            env,
+            events,
+            mr_config_version,
+        } => {
+            // Measure what the boot now trusts before anything uses the keys.
+            measured
+                .log
+                .emit_plan(events)
+                .map_err(KeysStageError::EmitEvents)?;
+            let path = write_app_keys(share_copy, &keys)?;
+            let names: Vec<String> = env.names().into_iter().map(str::to_owned).collect();
+            log::info!(
+                "keys: from {} (root key {}), {} env variable(s) accepted, MRCONFIGID v{}; app keys in {}",
+                keys.kms_url,
+                hex::encode(&keys.root_spki_der),
+                names.len(),
+                mr_config_version,
+                path.display()
+            );
+            results.record(&Record::Keys {
+                provider: "kms".into(),
+                kms_url: keys.kms_url.clone(),
+                key_provider_id: hex::encode(&keys.root_spki_der),
+                env_names: names,
+                mr_config_version,
+                mono_us,
+            });
+            Ok(Keys::Kms { keys, env })
+        }
+        KeysOutcome::NoProvider => {
+            results.record(&Record::Keys {
+                provider: "none".into(),
+                kms_url: String::new(),
+                key_provider_id: String::new(),
+                env_names: Vec::new(),
+                mr_config_version: 0,
+                mono_us,
+            });
+            Ok(Keys::NoProvider)
+        }
+    }
+}
+
+/// What the key provider produced.
+#[derive(Debug)]
+enum KeysOutcome {
     /// Keys from a KMS; `events` still have to be extended (in order).
     Kms {
         keys: Box<AppKeys>,
@@ -70,9 +184,9 @@ fn lease_resolver(dns: Vec<Ipv4Addr>) -> ResolvConfResolver {
     }
 }
 
-/// Runs the stage for `share`'s key provider. `events` is the RTMR3 log so far; `tee` quotes
-/// for the RA-TLS certificate; `dns` is the lease's DNS servers (`None` without a network).
-pub(crate) fn run<T: QuoteSource + ?Sized>(
+/// Keys from `share`'s key provider. `events` is the RTMR3 log so far; `tee` quotes for the
+/// RA-TLS certificate; `dns` is the lease's DNS servers (`None` without a network).
+fn fetch<T: QuoteSource + ?Sized>(
     share: &HostShare,
     identity: &AppIdentity,
     events: &[RuntimeEvent],
@@ -127,7 +241,7 @@ pub(crate) fn run<T: QuoteSource + ?Sized>(
 }
 
 /// Writes `.appkeys.json` (0600, created new) into `dir` for the guest API.
-pub(crate) fn write_app_keys(dir: &Path, keys: &AppKeys) -> Result<PathBuf, KeysStageError> {
+fn write_app_keys(dir: &Path, keys: &AppKeys) -> Result<PathBuf, KeysStageError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let path = dir.join(APP_KEYS_FILE);

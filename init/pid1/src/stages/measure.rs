@@ -1,27 +1,27 @@
-//! The `measure` stage: pick the TEE backend, open the RTMR3 runtime event log and emit the
-//! dstack event sequence (`init_core::tee::events`, target dstack v0.5.11).
+//! The `measure` stage ([`run`]): pick the TEE backend, open the RTMR3 runtime event log, run
+//! the GPU gate ([`gpu`]) and emit the app-identity events (`init_core::tee::events`, target
+//! dstack v0.5.11). It hands on [`Measured`]: the identity, the event log over the TEE, and the
+//! `gpu-policy-hash`.
 //!
-//! Order the boot follows:
-//! 1. [`select_tee`] ([`TdxTee::probe`], or with the feature `insecure-simulated-tee` the
-//!    simulated TEE when no TDX is present), after configfs is mounted on `/sys/kernel/config`;
+//! 1. [`select_tee_with_root`] ([`TdxTee::probe`], or with the feature `insecure-simulated-tee`
+//!    the simulated TEE when no TDX is present), after configfs is mounted on `/sys/kernel/config`;
 //! 2. [`open_event_log`] with the app's event-log version (from `HostShare`);
-//! 3. [`measure_app_info`] (system-preparing … boot-mr-done) → the `AppIdentity`;
-//! 4. key provisioning (KMS issue) → `KeyProviderInfo` (and the KMS's os-image-hash);
-//! 5. [`measure_system_ready`] (os-image-hash?, key-provider, storage-fs, system-ready).
+//! 3. the GPU gate: `gpu-policy-hash`, [`gpu-attestation`];
+//! 4. [`measure_app_info`] (system-preparing … boot-mr-done) → the `AppIdentity`.
 //!
-//! Any error is fatal for the boot: no later stage runs.
+//! The `keys` stage extends `os-image-hash` / `key-provider` through the same log, and the
+//! `system-ready` stage (`stages/system_ready.rs`) closes it.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use init_core::app_compose::StorageFs;
 use init_core::host_share::HostShare;
 use init_core::identity::{AppIdentity, ID_LEN, IdentityError};
+use init_core::results::Record;
 use init_core::tee::events::{
-    EventLogError, EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events,
-    system_ready_events,
+    EventLogError, EventLogSink, RUNTIME_EVENT_LOG_PATH, RuntimeEventLog, app_info_events,
 };
 use init_core::tee::{
     BootEventLog, BoxError, EventLogVersion, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex,
@@ -32,6 +32,10 @@ use init_sys::tdx_guest::{TDX_GUEST_PATH, TdxGuest};
 use init_sys::tsm_report::{TSM_REPORT_ROOT, TsmReport};
 use init_sys::tsm_rtmr::{TSM_MEASUREMENTS_DIR, TsmRtmr};
 use nix::fcntl::OFlag;
+
+use crate::results::Results;
+
+pub(crate) mod gpu;
 
 /// Name of this init's configfs-tsm report entry.
 const TSM_REPORT_ENTRY: &str = "cvm-init";
@@ -107,6 +111,73 @@ pub(crate) enum MeasureStageError {
         #[source]
         source: EventLogError,
     },
+    /// The GPU gate refused (every message of [`gpu::GpuStageError`] names the GPU step, so
+    /// this layer adds no segment of its own).
+    #[error(transparent)]
+    Gpu(gpu::GpuStageError),
+}
+
+/// What the stage hands on: the app identity and the RTMR3 event log (over the TEE), which the
+/// `keys` stage extends and the `system-ready` stage closes.
+pub(crate) struct Measured {
+    pub(crate) identity: AppIdentity,
+    pub(crate) log: RuntimeEventLog<BoxedTee, FileSink>,
+    /// The `gpu-policy-hash` payload (MRCONFIGID v3 binds it).
+    pub(crate) gpu_policy_hash: [u8; 32],
+}
+
+impl std::fmt::Debug for Measured {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Measured")
+            .field("identity", &self.identity)
+            .field("events", &self.log.events().len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runs the stage for `share`.
+pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, MeasureStageError> {
+    let (tee, insecure_root) = select_tee_with_root(&TdxPaths::default())?;
+    if let Some(pem) = insecure_root {
+        results.record(&Record::InsecureSimulatedRoot {
+            pem,
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+    }
+    let version = event_log_version(share)?;
+    let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)?;
+    let seed = random_seed(Path::new("/dev/urandom"))?;
+    let gpu_policy = share
+        .app_compose
+        .compose()
+        .requirements
+        .as_ref()
+        .and_then(|r| r.gpu_policy.as_ref());
+    let gpu = gpu::run(
+        gpu_policy,
+        Path::new("/sys/bus/pci/devices"),
+        Path::new(gpu::HELPER_PATH),
+        Path::new(gpu::RIM_DIR),
+    )
+    .map_err(MeasureStageError::Gpu)?;
+    log::info!(
+        "gpu: {} NVIDIA GPU(s), ready state {}, policy hash {}",
+        gpu.gpus,
+        if gpu.ready { "set" } else { "off" },
+        hex::encode(gpu.policy_hash)
+    );
+    results.record(&Record::Gpu {
+        gpus: u32::try_from(gpu.gpus).unwrap_or(u32::MAX),
+        ready: gpu.ready,
+        policy_hash: hex::encode(gpu.policy_hash),
+        mono_us: init_sys::clock::monotonic_us(),
+    });
+    let identity = measure_app_info(&mut log, share, seed, gpu.events)?;
+    Ok(Measured {
+        identity,
+        log,
+        gpu_policy_hash: gpu.policy_hash,
+    })
 }
 
 /// Where the real TDX interfaces live (parameters for tests).
@@ -394,7 +465,7 @@ pub(crate) fn random_seed(urandom: &Path) -> Result<[u8; ID_LEN], MeasureStageEr
     Ok(seed)
 }
 
-/// Phase 1: derives the identity from the host share and emits `system-preparing`, `app-id`,
+/// Derives the identity from the host share and emits `system-preparing`, `app-id`,
 /// `compose-hash`, `instance-id`, `boot-mr-done`. Call before requesting keys.
 pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
     log: &mut RuntimeEventLog<R, S>,
@@ -425,34 +496,12 @@ pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
     Ok(identity)
 }
 
-/// Phase 2: emits [`os-image-hash`], `key-provider`, `storage-fs`, `system-ready`. After this
-/// only workload events (non-reserved names) can be added.
-pub(crate) fn measure_system_ready<R: Rtmr, S: EventLogSink>(
-    log: &mut RuntimeEventLog<R, S>,
-    share: &HostShare,
-    key_provider: Option<&KeyProviderInfo>,
-    storage_fs: StorageFs,
-) -> Result<(), MeasureStageError> {
-    let version = event_log_version(share)?;
-    // `None`: the keys stage already extended os-image-hash and key-provider (KMS provider).
-    let placeholder = KeyProviderInfo::none();
-    let events = system_ready_events(
-        None,
-        key_provider.unwrap_or(&placeholder),
-        storage_fs,
-        version,
-    )
-    .into_iter()
-    .filter(|e| key_provider.is_some() || e.name != init_core::tee::events::names::KEY_PROVIDER)
-    .collect();
-    log.emit_plan(events)
-        .map_err(|source| MeasureStageError::EmitEvents { source })
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
 
+    use init_core::app_compose::StorageFs;
+    use init_core::tee::events::KeyProviderInfo;
     use init_core::tee::runtime_event::{decode_log, replay_rtmr3};
     use init_core::tee::testing::{FakeTee, TeeCall};
 
@@ -479,7 +528,7 @@ mod tests {
         let mut tee = FakeTee::default();
         let mut log = open_event_log(&mut tee, &path, EventLogVersion::V1).unwrap();
         let identity = measure_app_info(&mut log, &share, [3; 20], Vec::new()).unwrap();
-        measure_system_ready(
+        crate::stages::system_ready::emit_events(
             &mut log,
             &share,
             Some(&KeyProviderInfo::none()),

@@ -13,9 +13,13 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use init_core::host_share::HostShare;
 use init_core::net::Ipv4Config;
 use init_core::net::dhcp::{self, Client, MessageType, Reply};
+use init_core::results::Record;
 use init_sys::net::{NetControl, NetError, bind_to_device};
+
+use crate::results::Results;
 
 /// ARPHRD_ETHER in `/sys/class/net/<if>/type`.
 const ETHERNET_TYPE: &str = "1";
@@ -52,6 +56,60 @@ pub(crate) enum NetworkStageError {
         #[source]
         source: io::Error,
     },
+    #[error("no network interface, but kms_urls needs the network")]
+    Required,
+}
+
+/// Runs the stage for `share` (required when it names KMS URLs); `Ok(None)` offline. Writes
+/// the `network` record.
+pub(crate) fn run(
+    share: &HostShare,
+    results: &mut Results,
+) -> Result<Option<Network>, NetworkStageError> {
+    let required = !share.sys_config.kms_urls.is_empty();
+    let mono_us = init_sys::clock::monotonic_us;
+    match bring_up(&NetworkOptions::default()) {
+        Ok(Some(network)) => {
+            let config = &network.config;
+            log::info!(
+                "network: {} {}/{} via {:?}, dns {:?}, lease {} s",
+                network.interface,
+                config.address,
+                config.prefix_len,
+                config.gateway,
+                config.dns_servers,
+                config.lease_secs
+            );
+            results.record(&Record::Network {
+                interface: network.interface.clone(),
+                address: format!("{}/{}", config.address, config.prefix_len),
+                gateway: config.gateway.map(|g| g.to_string()).unwrap_or_default(),
+                dns: config.dns_servers.iter().map(ToString::to_string).collect(),
+                mono_us: mono_us(),
+            });
+            Ok(Some(network))
+        }
+        Ok(None) if required => Err(NetworkStageError::Required),
+        Ok(None) => {
+            log::info!("network: no Ethernet interface; offline");
+            results.record(&Record::Network {
+                interface: "none".into(),
+                address: String::new(),
+                gateway: String::new(),
+                dns: Vec::new(),
+                mono_us: mono_us(),
+            });
+            Ok(None)
+        }
+        Err(e) if required => Err(e),
+        Err(e) => {
+            log::warn!(
+                "network: {} (offline; nothing in the configuration needs it)",
+                init_core::error_chain::one_line(&e)
+            );
+            Ok(None)
+        }
+    }
 }
 
 /// Knobs of the stage (paths are overridable for tests).
@@ -105,8 +163,8 @@ pub(crate) fn ethernet_interfaces(sys_class_net: &Path) -> Vec<String> {
     names
 }
 
-/// Runs the stage: `lo` up, then DHCP on the first Ethernet interface. `Ok(None)` when there
-/// is no interface (the caller decides whether that is fatal).
+/// `lo` up, then DHCP on the first Ethernet interface. `Ok(None)` when there is no interface
+/// ([`run`] decides whether that is fatal).
 pub(crate) fn bring_up(options: &NetworkOptions) -> Result<Option<Network>, NetworkStageError> {
     let control = NetControl::open().map_err(NetworkStageError::Interface)?;
     control.set_up("lo").map_err(NetworkStageError::Interface)?;

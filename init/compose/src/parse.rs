@@ -1,174 +1,19 @@
-//! The docker-compose subset cvm-init runs, parsed into our own typed model.
-//!
-//! The YAML is read into a generic tree, every string value is interpolated from the given
-//! environment (compose semantics: before the file is interpreted), then each mapping is walked
-//! with an explicit list of known keys. Any other key is an error naming its path, except `x-`
-//! extensions, which are ignored. Everything the init cannot honour faithfully (bridge networks,
-//! port remaps, `env_file`, `build`, host binds outside the dstack sockets) is refused here,
-//! before any network traffic.
-
-mod interpolate;
-mod value;
+//! The YAML walk: interpolation, known keys per mapping, refusals, typed values.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-pub use interpolate::{InterpolateError, interpolate};
 use serde_norway::Value;
-use value::Node;
 
-use crate::digest::{DigestError, ImageRef};
-
-/// Errors of this module. Paths are dotted (`services.web.ports[0]`).
-#[derive(Debug, thiserror::Error)]
-pub enum ComposeError {
-    /// The runner named in app-compose.json is not supported.
-    #[error(
-        "runner {runner:?} is not supported: cvm-init runs docker-compose files itself, without a shell runner"
-    )]
-    RefuseRunner {
-        /// The runner name.
-        runner: String,
-    },
-    /// The compose text is not YAML.
-    #[error("parse docker-compose YAML")]
-    ParseYaml(#[source] serde_norway::Error),
-    /// Interpolation of a value failed.
-    #[error("interpolate {path}")]
-    Interpolate {
-        /// Where.
-        path: String,
-        /// Why.
-        #[source]
-        source: InterpolateError,
-    },
-    /// A key the subset does not know.
-    #[error("{path}: unknown key {key:?}")]
-    UnknownKey {
-        /// The mapping holding the key.
-        path: String,
-        /// The key.
-        key: String,
-    },
-    /// A value of the wrong YAML type.
-    #[error("{path}: expected {expected}")]
-    WrongType {
-        /// Where.
-        path: String,
-        /// What was expected.
-        expected: &'static str,
-    },
-    /// A value of the right type that is not acceptable.
-    #[error("{path}: {reason}")]
-    InvalidValue {
-        /// Where.
-        path: String,
-        /// Why.
-        reason: String,
-    },
-    /// A known compose feature the init refuses on purpose.
-    #[error("{path}: {reason}")]
-    Refuse {
-        /// Where.
-        path: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// The image is not a digest-pinned reference.
-    #[error("services.{service}.image")]
-    ParseImage {
-        /// Service.
-        service: String,
-        /// Why.
-        #[source]
-        source: DigestError,
-    },
-    /// A host bind mount outside the allowed sockets.
-    #[error(
-        "services.{service}.volumes: host bind of {source_path:?} is refused (only /var/run/dstack.sock and /var/run/tappd.sock may be bound)"
-    )]
-    RefuseHostBind {
-        /// Service.
-        service: String,
-        /// Host path.
-        source_path: String,
-    },
-    /// A `ports` entry that publishes on a different port than the container listens on.
-    #[error(
-        "services.{service}.ports: {published}:{target} remaps a port; only host networking is supported, so the published and container ports must be equal"
-    )]
-    RefusePortRemap {
-        /// Service.
-        service: String,
-        /// Host side.
-        published: u16,
-        /// Container side.
-        target: u16,
-    },
-    /// Two services publish the same port.
-    #[error(
-        "port {port}/{protocol} is published by both {first} and {second} (host networking shares one port space)"
-    )]
-    RefusePortClash {
-        /// Port.
-        port: u16,
-        /// tcp or udp.
-        protocol: Protocol,
-        /// First service.
-        first: String,
-        /// Second service.
-        second: String,
-    },
-    /// `depends_on` names a service that does not exist.
-    #[error("services.{service}.depends_on: unknown service {dependency:?}")]
-    ResolveDependency {
-        /// Service.
-        service: String,
-        /// Missing dependency.
-        dependency: String,
-    },
-    /// The `depends_on` graph has a cycle.
-    #[error("depends_on cycle: {}", cycle.join(" -> "))]
-    OrderServices {
-        /// The services on the cycle, first repeated at the end.
-        cycle: Vec<String>,
-    },
-}
-
-/// `text` with control characters escaped (`\0`, `\n`, `\u{1b}`): paths and keys come from
-/// the compose file and end up on the console.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
-
-impl ComposeError {
-    fn unknown(path: &str, key: &str) -> Self {
-        Self::UnknownKey {
-            path: printable(path),
-            key: printable(key),
-        }
-    }
-    fn invalid(path: &str, reason: impl Into<String>) -> Self {
-        Self::InvalidValue {
-            path: printable(path),
-            reason: reason.into(),
-        }
-    }
-    fn refuse(path: &str, reason: &'static str) -> Self {
-        Self::Refuse {
-            path: printable(path),
-            reason,
-        }
-    }
-}
+use crate::digest::ImageRef;
+use crate::interpolate::interpolate;
+use crate::model::{
+    App, ConfigMount, Dependency, DependencyCondition, DeviceMapping, GpuRequest, HealthTest,
+    Healthcheck, Port, Protocol, Resources, RestartPolicy, SIGNALS, Service, Ulimit, VolumeMount,
+};
+use crate::order::order_services;
+use crate::value::{self, Node};
+use crate::{ComposeError, printable};
 
 /// What the caller allows beyond the default subset.
 #[derive(Debug, Clone, Default)]
@@ -180,249 +25,6 @@ pub struct ComposePolicy {
 /// Paths of the guest API sockets a service may bind-mount.
 pub const SOCKET_BINDS: [&str; 2] = ["/var/run/dstack.sock", "/var/run/tappd.sock"];
 
-/// A parsed app.
-#[derive(Debug, Clone, PartialEq)]
-pub struct App {
-    /// Services in start order (every service after the ones it depends on).
-    pub services: Vec<Service>,
-    /// Declared named volumes.
-    pub volumes: BTreeSet<String>,
-    /// Inline configs by name.
-    pub configs: BTreeMap<String, String>,
-}
-
-impl App {
-    /// The service named `name`.
-    pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.name == name)
-    }
-}
-
-/// One service.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Service {
-    /// Service name (also its host name in the generated /etc/hosts).
-    pub name: String,
-    /// Pinned image.
-    pub image: ImageRef,
-    /// `container_name`, if given.
-    pub container_name: Option<String>,
-    /// Overrides the image's Cmd.
-    pub command: Option<Vec<String>>,
-    /// Overrides the image's Entrypoint (and resets its Cmd).
-    pub entrypoint: Option<Vec<String>>,
-    /// Environment on top of the image's.
-    pub environment: BTreeMap<String, String>,
-    /// Mounts.
-    pub volumes: Vec<VolumeMount>,
-    /// Restart policy.
-    pub restart: RestartPolicy,
-    /// Dependencies.
-    pub depends_on: Vec<Dependency>,
-    /// Health check (`None` = none declared or disabled).
-    pub healthcheck: Option<Healthcheck>,
-    /// Published ports (equal on host and container side).
-    pub ports: Vec<Port>,
-    /// Config files.
-    pub configs: Vec<ConfigMount>,
-    /// `user` (`uid[:gid]` or names resolved in the image).
-    pub user: Option<String>,
-    /// Absolute working directory.
-    pub working_dir: Option<String>,
-    /// Privileged container.
-    pub privileged: bool,
-    /// Device nodes.
-    pub devices: Vec<DeviceMapping>,
-    /// rlimits.
-    pub ulimits: Vec<Ulimit>,
-    /// cgroup limits and GPU reservations.
-    pub resources: Resources,
-    /// Signal name, e.g. `SIGTERM`.
-    pub stop_signal: String,
-    /// Grace period before SIGKILL.
-    pub stop_grace_period: Duration,
-}
-
-/// One mount of a service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VolumeMount {
-    /// A named volume: a directory on the encrypted data disk.
-    Named {
-        /// Volume name.
-        name: String,
-        /// Container path.
-        target: String,
-        /// Read-only.
-        read_only: bool,
-    },
-    /// A host bind (the dstack sockets, or any path when the policy allows).
-    Bind {
-        /// Host path.
-        source: String,
-        /// Container path.
-        target: String,
-        /// Read-only.
-        read_only: bool,
-    },
-    /// A tmpfs.
-    Tmpfs {
-        /// Container path.
-        target: String,
-    },
-}
-
-/// Restart policies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestartPolicy {
-    /// Never restart.
-    No,
-    /// Always restart.
-    Always,
-    /// Restart on a non-zero exit, at most `max_retries` times (`None` = unlimited).
-    OnFailure {
-        /// Limit.
-        max_retries: Option<u32>,
-    },
-    /// Like always (no manual stop exists in the init).
-    UnlessStopped,
-}
-
-/// `depends_on` conditions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DependencyCondition {
-    /// The dependency has started.
-    Started,
-    /// The dependency's health check passed.
-    Healthy,
-    /// The dependency exited 0.
-    CompletedSuccessfully,
-}
-
-/// One dependency.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Dependency {
-    /// Service depended on.
-    pub service: String,
-    /// Condition.
-    pub condition: DependencyCondition,
-    /// `required: false` lets the dependent start even if the dependency is missing or fails.
-    pub required: bool,
-}
-
-/// Health check test.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HealthTest {
-    /// Exec argv.
-    Exec(Vec<String>),
-    /// Run through `/bin/sh -c`.
-    Shell(String),
-}
-
-/// Health check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Healthcheck {
-    /// The test.
-    pub test: HealthTest,
-    /// Interval between checks.
-    pub interval: Duration,
-    /// Timeout of one check.
-    pub timeout: Duration,
-    /// Consecutive failures before unhealthy.
-    pub retries: u32,
-    /// Failures during this period do not count.
-    pub start_period: Duration,
-    /// Interval during the start period.
-    pub start_interval: Duration,
-}
-
-/// tcp or udp.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Protocol {
-    /// TCP.
-    Tcp,
-    /// UDP.
-    Udp,
-}
-
-impl std::fmt::Display for Protocol {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Tcp => "tcp",
-            Self::Udp => "udp",
-        })
-    }
-}
-
-/// A published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Port {
-    /// Port number (host = container).
-    pub port: u16,
-    /// Protocol.
-    pub protocol: Protocol,
-}
-
-/// A config file in a container.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigMount {
-    /// Top-level config name.
-    pub source: String,
-    /// Absolute container path.
-    pub target: String,
-    /// File mode.
-    pub mode: u32,
-    /// Owner uid.
-    pub uid: u32,
-    /// Owner gid.
-    pub gid: u32,
-}
-
-/// A device node mapping.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceMapping {
-    /// Host device path.
-    pub host: String,
-    /// Container path.
-    pub container: String,
-    /// cgroup permissions (`rwm` subset).
-    pub permissions: String,
-}
-
-/// An rlimit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ulimit {
-    /// OCI name, e.g. `RLIMIT_NOFILE`.
-    pub name: String,
-    /// Soft limit.
-    pub soft: u64,
-    /// Hard limit.
-    pub hard: u64,
-}
-
-/// GPU request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum GpuRequest {
-    /// Every GPU the gate admitted.
-    All,
-    /// This many GPUs.
-    Count(u32),
-    /// These device ids (indices or UUIDs).
-    Ids(Vec<String>),
-}
-
-/// cgroup limits and reservations.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Resources {
-    /// memory.max in bytes.
-    pub memory_bytes: Option<u64>,
-    /// CPUs (fractional).
-    pub cpus: Option<f64>,
-    /// pids.max.
-    pub pids: Option<u64>,
-    /// NVIDIA GPU reservation.
-    pub gpus: Option<GpuRequest>,
-}
-
 /// Parses the compose text of an app whose app-compose.json names `runner`.
 ///
 /// `env` is the decrypted environment used for interpolation and for list-form variables
@@ -432,6 +34,37 @@ pub fn parse(
     yaml: &str,
     env: &BTreeMap<String, String>,
     policy: &ComposePolicy,
+) -> Result<App, ComposeError> {
+    parse_with(runner, yaml, env, policy, Images::FromEnvironment)
+}
+
+/// Parses the compose text as an auditor sees it: without the (encrypted) environment, so every
+/// variable is unset, under the default policy. An `image` that needs interpolation is refused
+/// ([`ComposeError::RefuseImageInterpolation`]): the environment, which the compose-hash does
+/// not cover, would choose it.
+pub fn parse_without_environment(runner: Option<&str>, yaml: &str) -> Result<App, ComposeError> {
+    parse_with(
+        runner,
+        yaml,
+        &BTreeMap::new(),
+        &ComposePolicy::default(),
+        Images::FromComposeText,
+    )
+}
+
+/// Whether a service's `image` may come from interpolation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Images {
+    FromEnvironment,
+    FromComposeText,
+}
+
+fn parse_with(
+    runner: Option<&str>,
+    yaml: &str,
+    env: &BTreeMap<String, String>,
+    policy: &ComposePolicy,
+    images: Images,
 ) -> Result<App, ComposeError> {
     match runner {
         None | Some("docker-compose") | Some("nerdctl-compose") => {}
@@ -443,6 +76,9 @@ pub fn parse(
     }
     let mut root: Value = serde_norway::from_str(yaml).map_err(ComposeError::ParseYaml)?;
     root.apply_merge().map_err(ComposeError::ParseYaml)?;
+    if images == Images::FromComposeText {
+        refuse_image_interpolation(&root)?;
+    }
     interpolate_tree(&mut root, env, "")?;
     let root = Node::new("", &root);
     let top = root.mapping()?;
@@ -489,6 +125,28 @@ pub fn parse(
         volumes,
         configs,
     })
+}
+
+/// Refuses a service `image` with a `$` in it: interpolation (or a `$$` escape, which no valid
+/// reference contains) would decide the reference.
+fn refuse_image_interpolation(root: &Value) -> Result<(), ComposeError> {
+    let Some(Value::Mapping(services)) = root.get("services") else {
+        return Ok(());
+    };
+    for (name, service) in services {
+        let name = name.as_str().unwrap_or("?");
+        if name.starts_with("x-") {
+            continue;
+        }
+        if let Some(Value::String(image)) = service.get("image")
+            && image.contains('$')
+        {
+            return Err(ComposeError::RefuseImageInterpolation {
+                service: printable(name),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn interpolate_tree(
@@ -1589,19 +1247,6 @@ fn parse_resources(m: &value::Mapping<'_>) -> Result<Resources, ComposeError> {
     Ok(r)
 }
 
-/// Signal names a container may be stopped with.
-pub const SIGNALS: &[(&str, i32)] = &[
-    ("SIGHUP", 1),
-    ("SIGINT", 2),
-    ("SIGQUIT", 3),
-    ("SIGKILL", 9),
-    ("SIGUSR1", 10),
-    ("SIGUSR2", 12),
-    ("SIGTERM", 15),
-    ("SIGWINCH", 28),
-    ("SIGPWR", 30),
-];
-
 fn parse_signal(node: &Node<'_>) -> Result<String, ComposeError> {
     let text = node.scalar_string()?;
     let upper = text.to_ascii_uppercase();
@@ -1625,67 +1270,3 @@ fn parse_signal(node: &Node<'_>) -> Result<String, ComposeError> {
         ))
     }
 }
-
-/// Orders services so each comes after its dependencies (stable: file order otherwise).
-fn order_services(services: Vec<Service>) -> Result<Vec<Service>, ComposeError> {
-    let names: BTreeSet<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    for s in &services {
-        for d in &s.depends_on {
-            if !names.contains(d.service.as_str()) && d.required {
-                return Err(ComposeError::ResolveDependency {
-                    service: s.name.clone(),
-                    dependency: d.service.clone(),
-                });
-            }
-        }
-    }
-    #[derive(Clone, Copy, PartialEq)]
-    enum Mark {
-        New,
-        Visiting,
-        Done,
-    }
-    fn visit(
-        i: usize,
-        services: &[Service],
-        marks: &mut [Mark],
-        stack: &mut Vec<usize>,
-        order: &mut Vec<usize>,
-    ) -> Result<(), ComposeError> {
-        match marks[i] {
-            Mark::Done => return Ok(()),
-            Mark::Visiting => {
-                let start = stack.iter().position(|&j| j == i).unwrap_or(0);
-                let mut cycle: Vec<String> = stack[start..]
-                    .iter()
-                    .map(|&j| services[j].name.clone())
-                    .collect();
-                cycle.push(services[i].name.clone());
-                return Err(ComposeError::OrderServices { cycle });
-            }
-            Mark::New => {}
-        }
-        marks[i] = Mark::Visiting;
-        stack.push(i);
-        for d in &services[i].depends_on {
-            if let Some(j) = services.iter().position(|s| s.name == d.service) {
-                visit(j, services, marks, stack, order)?;
-            }
-        }
-        stack.pop();
-        marks[i] = Mark::Done;
-        order.push(i);
-        Ok(())
-    }
-    let mut marks = vec![Mark::New; services.len()];
-    let mut order = Vec::with_capacity(services.len());
-    let mut stack = Vec::new();
-    for i in 0..services.len() {
-        visit(i, &services, &mut marks, &mut stack, &mut order)?;
-    }
-    let mut slots: Vec<Option<Service>> = services.into_iter().map(Some).collect();
-    Ok(order.into_iter().filter_map(|i| slots[i].take()).collect())
-}
-
-#[cfg(test)]
-mod tests;

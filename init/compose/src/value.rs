@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_norway::Value;
 
-use super::ComposeError;
+use crate::ComposeError;
 
 /// A YAML value and where it sits in the document.
 #[derive(Debug, Clone)]

@@ -1,3 +1,6 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
 use super::*;
 
 const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
@@ -630,4 +633,48 @@ fn control_characters_in_names_are_escaped_in_errors() {
     let text = err.to_string();
     assert!(text.contains("bad\\u{1b}key"), "{text}");
     assert!(!text.contains('\u{1b}'));
+}
+
+#[test]
+fn without_environment_an_interpolated_image_is_refused() {
+    // The same file parses for the init, whose environment picks the image.
+    let yaml = format!("services:\n  a:\n    image: \"${{IMAGE:-nginx@{D}}}\"\n");
+    let app = parse_ok(&yaml);
+    assert_eq!(app.services[0].image.digest.to_string(), D);
+    let err = parse_without_environment(None, &yaml).unwrap_err();
+    assert!(
+        matches!(err, ComposeError::RefuseImageInterpolation { ref service } if service == "a"),
+        "{err:?}"
+    );
+    // Interpolation elsewhere is fine: every variable is unset.
+    let app = parse_without_environment(
+        None,
+        &svc("    environment:\n      - GREETING=hi ${NAME:-there}\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        app.services[0]
+            .environment
+            .get("GREETING")
+            .map(String::as_str),
+        Some("hi there")
+    );
+    // An unpinned image fails as it does in the init.
+    let err = parse_without_environment(None, "services:\n  a:\n    image: redis:7\n").unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ComposeError::ParseImage {
+                source: crate::digest::DigestError::MissingDigest { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // `x-` services are ignored in both.
+    parse_without_environment(
+        None,
+        &format!("services:\n  x-b:\n    image: $X\n  a:\n    image: nginx@{D}\n"),
+    )
+    .unwrap();
 }
