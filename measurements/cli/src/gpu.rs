@@ -14,7 +14,7 @@ use nv_verify::{
 };
 use serde::Serialize;
 
-use crate::{read, text};
+use crate::input::{read, text};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub(crate) enum OcspArg {

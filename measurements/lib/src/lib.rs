@@ -17,6 +17,8 @@ pub mod rtmr;
 pub mod runtime_event;
 pub mod tdreport;
 pub mod tdvf;
+#[cfg(feature = "verify")]
+pub mod verify;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,186 @@
+//! `cvm-measure verify`: loads the evidence and the references, runs `measure::verify`'s
+//! checklist and renders it (text or JSON); the policy itself lives in the library.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use measure::dstack_event_log::DstackEvent;
+use measure::quote::Quote;
+use measure::quote_verify::Collateral;
+use measure::replay::Replay;
+use measure::rtmr::RtmrIndex;
+use measure::runtime_event::RuntimeEvent;
+use measure::verify::{self, Decision, Evidence, References, Status};
+use serde::Serialize;
+
+use crate::VerifyArgs;
+use crate::input::{
+    LogInput, hex_arg, load_log, load_quote_bytes, load_runtime_events, read, text,
+};
+
+/// One checklist line of `--json`.
+#[derive(Debug, Serialize)]
+struct CheckLine<'a> {
+    section: &'static str,
+    check: &'static str,
+    status: Status,
+    reason: &'a str,
+}
+
+fn load_collateral(path: &Path) -> Result<Collateral> {
+    let text = text(path, &read(path)?)?;
+    Collateral::from_json(&text).with_context(|| format!("parse collateral {}", path.display()))
+}
+
+pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
+    let input = load_log(&args.event_log)?;
+    let (mut replay, embedded_quote) = match input {
+        LogInput::Tcg(log) => (Replay::from_tcg_log(&log).context("replay TCG log")?, None),
+        LogInput::Dstack(events) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            None,
+        ),
+        LogInput::GetQuote(events, quote) => (
+            Replay::from_dstack_events(&events).context("replay dstack log")?,
+            Some(quote),
+        ),
+        LogInput::Runtime(lines) => (
+            Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
+            None,
+        ),
+    };
+    let mut runtime: Vec<RuntimeEvent> = match load_log(&args.event_log)? {
+        LogInput::Runtime(lines) => lines.into_iter().map(|l| l.event).collect(),
+        LogInput::Dstack(events) | LogInput::GetQuote(events, _) => events
+            .iter()
+            .filter_map(DstackEvent::runtime_event)
+            .collect(),
+        LogInput::Tcg(_) => Vec::new(),
+    };
+    if let Some(path) = &args.runtime_events {
+        let extra = load_runtime_events(path)?;
+        replay.append_runtime_events(&extra);
+        runtime.extend(extra);
+    }
+    let quote_bytes = match (&args.quote, embedded_quote) {
+        (Some(path), _) => load_quote_bytes(path)?,
+        (None, Some(bytes)) => bytes,
+        (None, None) => bail!("no quote: pass --quote or a GetQuote response as --event-log"),
+    };
+    let quote = Quote::parse(&quote_bytes).context("parse quote")?;
+    let now = match args.now {
+        Some(now) => now,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .context("read the system clock")?
+            .as_secs(),
+    };
+    let collateral = args
+        .collateral
+        .as_deref()
+        .map(load_collateral)
+        .transpose()?;
+    let expected: Option<serde_json::Value> = match &args.expected {
+        Some(path) => Some(
+            serde_json::from_slice(&read(path)?)
+                .with_context(|| format!("parse expected measurements {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let whitelist = match &args.os_image_whitelist {
+        Some(path) => Some(text(path, &read(path)?)?),
+        None => None,
+    };
+    let compose = args.app_compose.as_deref().map(read).transpose()?;
+    let challenge = args
+        .challenge
+        .as_deref()
+        .map(|c| hex_arg("--challenge", c))
+        .transpose()?;
+    let kms_attestation = match &args.kms_quote {
+        Some(path) => {
+            let bytes = load_quote_bytes(path)?;
+            let kms_quote = Quote::parse(&bytes)
+                .with_context(|| format!("parse KMS quote {}", path.display()))?;
+            let spki = hex_arg(
+                "--kms-identity",
+                args.kms_identity.as_deref().unwrap_or_default(),
+            )?;
+            let kms_collateral = args.kms_collateral.as_ref().or(args.collateral.as_ref());
+            Some(verify::kms_attestation(
+                &bytes,
+                &kms_quote,
+                &spki,
+                now,
+                || kms_collateral.map(|p| load_collateral(p)).transpose(),
+            )?)
+        }
+        None => None,
+    };
+
+    let verdict = verify::verify(
+        &Evidence {
+            quote_bytes: &quote_bytes,
+            quote: &quote,
+            runtime_events: &runtime,
+            replayed_rtmr3: *replay.rtmrs.register(RtmrIndex::R3),
+        },
+        &References {
+            now,
+            collateral: collateral.as_ref(),
+            expected: expected.as_ref(),
+            os_image_whitelist: whitelist.as_deref(),
+            app_compose: compose.as_deref(),
+            challenge: challenge.as_deref(),
+            kms_identity: args.kms_identity.as_deref(),
+            kms_attestation: kms_attestation.as_ref(),
+        },
+    );
+
+    if args.json {
+        let lines: Vec<CheckLine<'_>> = verdict
+            .checks
+            .iter()
+            .map(|c| CheckLine {
+                section: c.id.section().name(),
+                check: c.id.title(),
+                status: c.status,
+                reason: &c.reason,
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&lines)?)?;
+    } else {
+        if verdict.simulated {
+            writeln!(
+                out,
+                "WARNING: INSECURE SIMULATED TEE — the platform lines below are marked SIMULATED; \
+                 no verifier may accept this evidence."
+            )?;
+        }
+        let mut section = None;
+        for check in &verdict.checks {
+            if section != Some(check.id.section()) {
+                section = Some(check.id.section());
+                writeln!(out, "{}:", check.id.section().name())?;
+            }
+            let mark = match check.status {
+                Status::Pass => "✓",
+                Status::Fail => "✗",
+                Status::Skipped => "-",
+                Status::Simulated => "~ SIMULATED",
+            };
+            writeln!(out, "  {mark} {}: {}", check.id.title(), check.reason)?;
+        }
+    }
+    match verdict.decision() {
+        Decision::Accept => Ok(()),
+        Decision::RejectFailed(failed) => {
+            let titles: Vec<&str> = failed.iter().map(|c| c.title()).collect();
+            bail!("{} check(s) failed: {}", failed.len(), titles.join(", "))
+        }
+        Decision::RejectSimulated => {
+            bail!("rejected: evidence from the INSECURE simulated TEE (every other check passed)")
+        }
+    }
+}
