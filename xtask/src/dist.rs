@@ -218,8 +218,8 @@ mod tests {
 
     #[test]
     fn dist_refuses_insecure_features() {
-        assert!(refuse_insecure(&[]).is_ok());
-        assert!(refuse_insecure(&["some-feature".to_owned()]).is_ok());
+        refuse_insecure(&[]).unwrap();
+        refuse_insecure(&["some-feature".to_owned()]).unwrap();
         let error = refuse_insecure(&["a".to_owned(), "insecure-simulated-tee".to_owned()])
             .unwrap_err()
             .to_string();
