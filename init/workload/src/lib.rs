@@ -16,5 +16,6 @@ pub mod prepare;
 pub mod pull;
 pub mod registry;
 pub mod spec;
+pub mod stream;
 pub mod supervisor;
 pub mod unpack;

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 
 use crate::compose::App;
 use crate::digest::Sha256Digest;
-use crate::pull::{PullError, PullOptions, PulledImage, Store, pull_with_options};
+use crate::pull::{PullError, PulledImage, Store};
 use crate::registry::RegistryClient;
 use crate::spec::ImageFiles;
-use crate::unpack::{UnpackError, UnpackOptions, read_file_in_root, unpack_image};
+use crate::stream::{StreamError, StreamOptions, Unpacked, pull_and_unpack};
+use crate::unpack::{UnpackError, UnpackOptions, read_file_in_root};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,15 @@ pub enum PrepareError {
         /// Why.
         #[source]
         source: Box<PullError>,
+    },
+    /// Running the pull and unpack threads failed.
+    #[error("pull and unpack image of service {service}")]
+    Stream {
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: Box<StreamError>,
     },
     /// Unpacking a service's image failed.
     #[error("unpack image of service {service}")]
@@ -58,23 +68,30 @@ pub fn prepare_images(
         if out.contains_key(&service.image.digest) {
             continue;
         }
-        // diff_ids are checked by the unpacker before the root is renamed into place, so
-        // each layer is decompressed once.
-        let pull_options = PullOptions {
-            verify_diff_ids: false,
+        // Layers are downloaded concurrently and unpacked while they arrive; every digest and
+        // diff_id is checked before anything is committed (`crate::stream`).
+        let stream_options = StreamOptions {
+            unpack: options,
+            ..StreamOptions::default()
         };
-        let pulled =
-            pull_with_options(store, client, &service.image, pull_options).map_err(|source| {
-                PrepareError::Pull {
-                    service: service.name.clone(),
-                    source: Box::new(source),
-                }
-            })?;
         let unpack_err = |source| PrepareError::Unpack {
             service: service.name.clone(),
             source: Box::new(source),
         };
-        let rootfs = unpack_image(store, &pulled, options).map_err(unpack_err)?;
+        let Unpacked { pulled, rootfs } =
+            pull_and_unpack(store, client, &service.image, stream_options).map_err(
+                |e| match e {
+                    StreamError::Unpack(source) => unpack_err(source),
+                    StreamError::Pull(source) => PrepareError::Pull {
+                        service: service.name.clone(),
+                        source: Box::new(source),
+                    },
+                    other => PrepareError::Stream {
+                        service: service.name.clone(),
+                        source: Box::new(other),
+                    },
+                },
+            )?;
         let text = |path: &str| -> Result<Option<String>, PrepareError> {
             Ok(read_file_in_root(&rootfs, path, 1 << 20)
                 .map_err(unpack_err)?

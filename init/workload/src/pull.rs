@@ -146,7 +146,7 @@ pub struct Store {
     root: PathBuf,
 }
 
-fn write_err(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
+pub(crate) fn write_err(path: &Path) -> impl FnOnce(io::Error) -> PullError + '_ {
     move |source| PullError::WriteStore {
         path: path.to_owned(),
         source,
@@ -175,7 +175,7 @@ impl Store {
         self.root.join("blobs/sha256").join(digest.hex())
     }
 
-    fn tmp_path(&self, digest: &Sha256Digest) -> PathBuf {
+    pub(crate) fn tmp_path(&self, digest: &Sha256Digest) -> PathBuf {
         self.root
             .join("tmp")
             .join(format!("{}.{}.partial", digest.hex(), std::process::id()))
@@ -192,6 +192,27 @@ impl Store {
             .and_then(|d| d.sync_all())
             .map_err(write_err(&dir))?;
         Ok(dest)
+    }
+
+    /// Moves temp files whose contents were verified and synced (`sync_all`) into place, then
+    /// makes the renames durable with one fsync of the blob directory.
+    pub(crate) fn commit_synced(
+        &self,
+        verified: &[(&Path, &Sha256Digest)],
+    ) -> Result<(), PullError> {
+        for (tmp, digest) in verified {
+            let dest = self.blob_path(digest);
+            fs::rename(tmp, &dest).map_err(write_err(&dest))?;
+        }
+        let dir = self.root.join("blobs/sha256");
+        File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_err(&dir))
+    }
+
+    /// Whether a layer blob of `size` bytes is in the store (its digests are checked on use).
+    pub(crate) fn has_layer(&self, digest: &Sha256Digest, size: u64) -> bool {
+        fs::metadata(self.blob_path(digest)).is_ok_and(|m| m.is_file() && m.len() == size)
     }
 
     /// Reads a small cached blob if present and intact; a corrupt one is removed.
@@ -343,51 +364,15 @@ pub fn pull_with_options(
     options: PullOptions,
 ) -> Result<PulledImage, PullError> {
     let mut downloaded = 0u64;
-    let (top, top_type) = document(store, client, image, &image.digest, None, &mut downloaded)?;
-    let parsed =
-        oci::parse_document(&top, top_type.as_deref()).map_err(|source| PullError::Parse {
-            what: "manifest",
-            digest: image.digest,
-            source,
-        })?;
-    let (manifest_digest, manifest) = match parsed {
-        Document::Manifest(m) => (image.digest, m),
-        Document::Index(child) => {
-            let (bytes, ct) = document(
-                store,
-                client,
-                image,
-                &child.digest,
-                Some(child.size),
-                &mut downloaded,
-            )?;
-            match oci::parse_document(&bytes, ct.as_deref()).map_err(|source| PullError::Parse {
-                what: "manifest",
-                digest: child.digest,
-                source,
-            })? {
-                Document::Manifest(m) => (child.digest, m),
-                Document::Index(_) => {
-                    return Err(PullError::NestedIndex {
-                        digest: child.digest,
-                    });
-                }
-            }
-        }
-    };
-    let config_bytes = config_blob(store, client, image, &manifest.config, &mut downloaded)?;
-    let config = oci::parse_config(&config_bytes, manifest.layers.len()).map_err(|source| {
-        PullError::Parse {
-            what: "config",
-            digest: manifest.config.digest,
-            source,
-        }
-    })?;
+    let Resolved {
+        manifest_digest,
+        manifest,
+        config,
+    } = resolve(store, client, image, &mut downloaded)?;
     let mut layers = Vec::with_capacity(manifest.layers.len());
     for ((desc, compression), diff_id) in manifest.layers.iter().zip(&config.diff_ids) {
         let path = store.blob_path(&desc.digest);
-        let cached = fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == desc.size);
-        if !cached {
+        if !store.has_layer(&desc.digest, desc.size) {
             let check = options.verify_diff_ids.then_some(diff_id);
             downloaded += download_layer(store, client, image, desc, *compression, check)?;
         }
@@ -406,6 +391,70 @@ pub fn pull_with_options(
         config,
         layers,
         downloaded_bytes: downloaded,
+    })
+}
+
+/// The linux/amd64 manifest and the config of an image, verified.
+pub(crate) struct Resolved {
+    /// Manifest digest (the pinned one, or the index's linux/amd64 child).
+    pub(crate) manifest_digest: Sha256Digest,
+    /// The manifest.
+    pub(crate) manifest: oci::ImageManifest,
+    /// The parsed config (as many `diff_ids` as layers).
+    pub(crate) config: ImageConfig,
+}
+
+/// Fetches (store first) and verifies the index, manifest and config of `image`.
+pub(crate) fn resolve(
+    store: &Store,
+    client: &RegistryClient,
+    image: &ImageRef,
+    downloaded: &mut u64,
+) -> Result<Resolved, PullError> {
+    let (top, top_type) = document(store, client, image, &image.digest, None, downloaded)?;
+    let parsed =
+        oci::parse_document(&top, top_type.as_deref()).map_err(|source| PullError::Parse {
+            what: "manifest",
+            digest: image.digest,
+            source,
+        })?;
+    let (manifest_digest, manifest) = match parsed {
+        Document::Manifest(m) => (image.digest, m),
+        Document::Index(child) => {
+            let (bytes, ct) = document(
+                store,
+                client,
+                image,
+                &child.digest,
+                Some(child.size),
+                downloaded,
+            )?;
+            match oci::parse_document(&bytes, ct.as_deref()).map_err(|source| PullError::Parse {
+                what: "manifest",
+                digest: child.digest,
+                source,
+            })? {
+                Document::Manifest(m) => (child.digest, m),
+                Document::Index(_) => {
+                    return Err(PullError::NestedIndex {
+                        digest: child.digest,
+                    });
+                }
+            }
+        }
+    };
+    let config_bytes = config_blob(store, client, image, &manifest.config, downloaded)?;
+    let config = oci::parse_config(&config_bytes, manifest.layers.len()).map_err(|source| {
+        PullError::Parse {
+            what: "config",
+            digest: manifest.config.digest,
+            source,
+        }
+    })?;
+    Ok(Resolved {
+        manifest_digest,
+        manifest,
+        config,
     })
 }
 
@@ -473,7 +522,11 @@ fn config_blob(
     Ok(bytes)
 }
 
-fn check_size(digest: &Sha256Digest, expected: u64, actual: u64) -> Result<(), PullError> {
+pub(crate) fn check_size(
+    digest: &Sha256Digest,
+    expected: u64,
+    actual: u64,
+) -> Result<(), PullError> {
     if expected == actual {
         Ok(())
     } else {

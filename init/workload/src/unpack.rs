@@ -145,6 +145,11 @@ impl Default for UnpackOptions {
     }
 }
 
+/// Where the unpacked root of manifest `manifest` lives: `<store>/rootfs/<manifest hex>`.
+pub fn root_path(store: &Store, manifest: &Sha256Digest) -> PathBuf {
+    store.root().join("rootfs").join(manifest.hex())
+}
+
 /// Unpacks `image` to `<store>/rootfs/<manifest hex>` (reusing it if already complete) and
 /// returns that path.
 pub fn unpack_image(
@@ -152,33 +157,77 @@ pub fn unpack_image(
     image: &PulledImage,
     options: UnpackOptions,
 ) -> Result<PathBuf, UnpackError> {
-    let base = store.root().join("rootfs");
-    fs::create_dir_all(&base).map_err(apply_err("create directory", &base))?;
-    let dest = base.join(image.manifest.hex());
+    let dest = root_path(store, &image.manifest);
     if dest.is_dir() {
         return Ok(dest);
     }
-    let tmp = base.join(format!(".tmp-{}", image.manifest.hex()));
-    if fs::symlink_metadata(&tmp).is_ok() {
-        fs::remove_dir_all(&tmp).map_err(apply_err("remove stale", &tmp))?;
+    let root = RootBuilder::begin(store, &image.manifest)?;
+    for layer in &image.layers {
+        apply_layer_file(root.path(), layer, options)?;
     }
-    fs::create_dir(&tmp).map_err(apply_err("create directory", &tmp))?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755))
-        .map_err(apply_err("chmod", &tmp))?;
-    let result = (|| {
-        for layer in &image.layers {
-            apply_layer_file(&tmp, layer, options)?;
+    root.sync()?;
+    root.commit()
+}
+
+/// A root being built in `rootfs/.tmp-<manifest hex>`: invisible under its final name until
+/// [`RootBuilder::commit`], removed when dropped uncommitted (a failed unpack leaves nothing).
+#[derive(Debug)]
+pub(crate) struct RootBuilder {
+    base: PathBuf,
+    tmp: PathBuf,
+    dest: PathBuf,
+    committed: bool,
+}
+
+impl RootBuilder {
+    /// Creates the empty temp root (removing a stale one from an interrupted attempt).
+    pub(crate) fn begin(store: &Store, manifest: &Sha256Digest) -> Result<Self, UnpackError> {
+        let base = store.root().join("rootfs");
+        fs::create_dir_all(&base).map_err(apply_err("create directory", &base))?;
+        let dest = root_path(store, manifest);
+        let tmp = base.join(format!(".tmp-{}", manifest.hex()));
+        if fs::symlink_metadata(&tmp).is_ok() {
+            fs::remove_dir_all(&tmp).map_err(apply_err("remove stale", &tmp))?;
         }
-        sync_filesystem(&tmp)?;
-        fs::rename(&tmp, &dest).map_err(apply_err("rename", &dest))?;
-        File::open(&base)
-            .and_then(|d| d.sync_all())
-            .map_err(apply_err("fsync", &base))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_dir_all(&tmp);
+        fs::create_dir(&tmp).map_err(apply_err("create directory", &tmp))?;
+        let builder = Self {
+            base,
+            tmp,
+            dest,
+            committed: false,
+        };
+        fs::set_permissions(&builder.tmp, fs::Permissions::from_mode(0o755))
+            .map_err(apply_err("chmod", &builder.tmp))?;
+        Ok(builder)
     }
-    result.map(|()| dest)
+
+    /// The temp root layers are applied to.
+    pub(crate) fn path(&self) -> &Path {
+        &self.tmp
+    }
+
+    /// Syncs the file system holding the root (and the store).
+    pub(crate) fn sync(&self) -> Result<(), UnpackError> {
+        sync_filesystem(&self.tmp)
+    }
+
+    /// Renames the synced root to its final name, durably; returns that name.
+    pub(crate) fn commit(mut self) -> Result<PathBuf, UnpackError> {
+        fs::rename(&self.tmp, &self.dest).map_err(apply_err("rename", &self.dest))?;
+        self.committed = true;
+        File::open(&self.base)
+            .and_then(|d| d.sync_all())
+            .map_err(apply_err("fsync", &self.base))?;
+        Ok(std::mem::take(&mut self.dest))
+    }
+}
+
+impl Drop for RootBuilder {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
+    }
 }
 
 fn sync_filesystem(path: &Path) -> Result<(), UnpackError> {
@@ -278,6 +327,22 @@ pub fn apply_layer_file(
             actual: actual_diff,
         });
     }
+    applier.finish()
+}
+
+/// Applies the uncompressed tar stream of `layer` onto `root` and reads `tar` to its end (past
+/// tar's end-of-archive blocks, so a hash over the stream covers all of it). The caller checks
+/// the digests and discards the root if they do not match.
+pub(crate) fn apply_layer_stream(
+    root: &Path,
+    layer: Sha256Digest,
+    tar: impl Read,
+    options: UnpackOptions,
+) -> Result<(), UnpackError> {
+    let mut applier = Applier::new(root, layer, options);
+    let mut rest = applier.apply(tar)?;
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|source| UnpackError::ReadLayer { layer, source })?;
     applier.finish()
 }
 

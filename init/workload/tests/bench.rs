@@ -1,5 +1,8 @@
 //! Benchmark (ignored by default): pull + unpack of a generated multi-layer image of at least
-//! 200 MB from the loopback registry, against `skopeo copy` + `umoci unpack` of the same image.
+//! 200 MB from the loopback registry, against `skopeo copy` + `umoci unpack` of the same image:
+//! the streaming path (`pull_and_unpack`, what the init uses), the earlier sequential path
+//! (`pull` then `unpack_image`) and the tools, five runs each in round robin, one table of
+//! medians and ratios.
 //!
 //! ```sh
 //! cargo test --release -p cvm-workload --test bench -- --ignored --nocapture bench_pull_unpack
@@ -26,12 +29,15 @@ use cvm_workload::digest::{ImageRef, Sha256Digest};
 use cvm_workload::oci::media;
 use cvm_workload::pull::{PullOptions, Store, pull_with_options};
 use cvm_workload::registry::{RegistryClient, RegistryConfig};
+use cvm_workload::stream::{StreamOptions, pull_and_unpack};
 use cvm_workload::unpack::{UnpackOptions, unpack_image};
 use sha2::Digest as _;
 
 const LAYERS: usize = 8;
 const FILES_PER_LAYER: usize = 300;
 const FILE_SIZE: usize = 100 * 1024;
+/// Runs of each contender (`BENCH_RUNS` overrides); the table shows the median.
+const RUNS: usize = 5;
 
 struct HashingWriter<W: Write> {
     inner: W,
@@ -112,19 +118,22 @@ fn write_layer(
     )
 }
 
-fn timed(cmd: &mut Command) -> (f64, u64) {
+/// Runs `/usr/bin/time -f "%e %M %U %S" ...`; returns (wall s, peak RSS KiB, CPU s).
+fn timed(cmd: &mut Command) -> (f64, u64, f64) {
     let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     for line in stderr.lines().filter(|l| l.starts_with("ours:")) {
         eprintln!("{line}");
     }
     assert!(out.status.success(), "{cmd:?} failed: {stderr}");
-    // `/usr/bin/time -f "%e %M"` prints its line last.
+    // `/usr/bin/time -f "%e %M %U %S"` prints its line last.
     let last = stderr.lines().last().unwrap();
     let mut parts = last.split_whitespace();
     let secs: f64 = parts.next().unwrap().parse().unwrap();
     let kib: u64 = parts.next().unwrap().parse().unwrap();
-    (secs, kib)
+    let user: f64 = parts.next().unwrap().parse().unwrap();
+    let system: f64 = parts.next().unwrap().parse().unwrap();
+    (secs, kib, user + system)
 }
 
 #[test]
@@ -165,75 +174,148 @@ fn bench_pull_unpack() {
     assert!(total_tar >= 200_000_000);
     let reference = format!("{}/bench/big@{md}", reg.addr);
 
-    // Ours, in a child process so that its peak RSS is only the pull's.
-    let store = work.path().join("ours");
-    let (ours_s, ours_kib) = timed(
-        Command::new("/usr/bin/time")
-            .args(["-f", "%e %M"])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "bench_child",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("BENCH_REF", &reference)
-            .env("BENCH_STORE", &store)
-            .env("BENCH_HOST", &reg.addr),
-    );
-    eprintln!(
-        "ours: pull+unpack {ours_s:.2} s, peak RSS {:.1} MB",
-        ours_kib as f64 / 1024.0
-    );
-
-    if Command::new("skopeo").arg("--version").output().is_err()
-        || Command::new("umoci").arg("--version").output().is_err()
-    {
+    let have_tools = Command::new("skopeo").arg("--version").output().is_ok()
+        && Command::new("umoci").arg("--version").output().is_ok();
+    if !have_tools {
         eprintln!("skopeo/umoci not installed: no comparison (apt-get install skopeo umoci)");
-        return;
     }
-    let layout = work.path().join("layout");
-    let (copy_s, copy_kib) = timed(
-        Command::new("/usr/bin/time")
-            .args([
-                "-f",
-                "%e %M",
-                "skopeo",
-                "copy",
-                "--quiet",
-                "--src-tls-verify=false",
-            ])
-            .arg(format!("docker://{reference}"))
-            .arg(format!("oci:{}:bench", layout.display())),
-    );
-    let (unpack_s, unpack_kib) = timed(
-        Command::new("/usr/bin/time")
-            .args(["-f", "%e %M", "umoci", "unpack", "--image"])
-            .arg(format!("{}:bench", layout.display()))
-            .arg(work.path().join("bundle")),
-    );
-    let theirs = copy_s + unpack_s;
-    eprintln!(
-        "skopeo copy {copy_s:.2} s (peak {:.1} MB) + umoci unpack {unpack_s:.2} s (peak {:.1} MB) = {theirs:.2} s",
-        copy_kib as f64 / 1024.0,
-        unpack_kib as f64 / 1024.0
-    );
-    eprintln!(
-        "ratio ours/theirs: time {:.2}, peak RSS {:.2} (vs the larger of the two)",
-        ours_s / theirs,
-        ours_kib as f64 / copy_kib.max(unpack_kib) as f64
-    );
+    // Round robin, so that a neighbour's load hits every contender alike.
+    let runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RUNS);
+    let mut stream = Vec::new();
+    let mut sequential = Vec::new();
+    let mut theirs = Vec::new();
+    for run in 0..runs {
+        for (mode, out) in [("stream", &mut stream), ("sequential", &mut sequential)] {
+            // Ours, in a child process so that its peak RSS is only the pull's.
+            let store = work.path().join(format!("ours-{mode}"));
+            let (secs, kib, cpu) = timed(
+                Command::new("/usr/bin/time")
+                    .args(["-f", "%e %M %U %S"])
+                    .arg(std::env::current_exe().unwrap())
+                    .args([
+                        "--exact",
+                        "bench_child",
+                        "--ignored",
+                        "--nocapture",
+                        "--test-threads=1",
+                    ])
+                    .env("BENCH_REF", &reference)
+                    .env("BENCH_STORE", &store)
+                    .env("BENCH_HOST", &reg.addr)
+                    .env("BENCH_MODE", mode),
+            );
+            let sample = std::fs::read(
+                store
+                    .join("rootfs")
+                    .join(md.hex())
+                    .join("data/layer3/file0007"),
+            )
+            .unwrap();
+            std::fs::remove_dir_all(&store).unwrap();
+            out.push(Run {
+                secs,
+                kib,
+                cpu,
+                parts: (0.0, 0.0),
+                sample,
+            });
+        }
+        if !have_tools {
+            continue;
+        }
+        let layout = work.path().join("layout");
+        let bundle = work.path().join("bundle");
+        let (copy_s, copy_kib, copy_cpu) = timed(
+            Command::new("/usr/bin/time")
+                .args([
+                    "-f",
+                    "%e %M %U %S",
+                    "skopeo",
+                    "copy",
+                    "--quiet",
+                    "--src-tls-verify=false",
+                ])
+                .arg(format!("docker://{reference}"))
+                .arg(format!("oci:{}:bench", layout.display())),
+        );
+        let (unpack_s, unpack_kib, unpack_cpu) = timed(
+            Command::new("/usr/bin/time")
+                .args(["-f", "%e %M %U %S", "umoci", "unpack", "--image"])
+                .arg(format!("{}:bench", layout.display()))
+                .arg(&bundle),
+        );
+        let sample = std::fs::read(bundle.join("rootfs/data/layer3/file0007")).unwrap();
+        std::fs::remove_dir_all(&layout).unwrap();
+        std::fs::remove_dir_all(&bundle).unwrap();
+        theirs.push(Run {
+            secs: copy_s + unpack_s,
+            kib: copy_kib.max(unpack_kib),
+            cpu: copy_cpu + unpack_cpu,
+            parts: (copy_s, unpack_s),
+            sample,
+        });
+        eprintln!("run {}/{runs} done", run + 1);
+    }
     // Same content on disk.
-    let a = std::fs::read(
-        store
-            .join("rootfs")
-            .join(md.hex())
-            .join("data/layer3/file0007"),
-    )
-    .unwrap();
-    let b = std::fs::read(work.path().join("bundle/rootfs/data/layer3/file0007")).unwrap();
-    assert_eq!(a, b);
+    for r in stream.iter().chain(&sequential).chain(&theirs) {
+        assert_eq!(r.sample, stream[0].sample);
+    }
+    let median = |runs: &[Run], f: &dyn Fn(&Run) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(f).collect();
+        v.sort_by(f64::total_cmp);
+        (v[v.len() / 2], v[0], v[v.len() - 1])
+    };
+    let secs = |r: &Run| r.secs;
+    let mb = |r: &Run| r.kib as f64 / 1024.0;
+    let base = (!theirs.is_empty()).then(|| (median(&theirs, &secs).0, median(&theirs, &mb).0));
+    eprintln!();
+    eprintln!(
+        "pull + unpack, {LAYERS} layers, {:.0} MB, loopback registry, median of {runs} (min-max)",
+        total_tar as f64 / 1e6
+    );
+    eprintln!(
+        "| {:<40} | {:>19} | {:>11} | {:>6} | {:>10} | {:>9} |",
+        "", "time s", "peak RSS MB", "CPU s", "time ratio", "RSS ratio"
+    );
+    eprintln!(
+        "|{:-<42}|{:-<21}|{:-<13}|{:-<8}|{:-<12}|{:-<11}|",
+        "", "", "", "", "", ""
+    );
+    let row = |name: &str, runs: &[Run]| {
+        let (t, t0, t1) = median(runs, &secs);
+        let (m, _, _) = median(runs, &mb);
+        let (c, _, _) = median(runs, &|r: &Run| r.cpu);
+        let (tr, mr) = base.map_or(("-".to_owned(), "-".to_owned()), |(bt, bm)| {
+            (format!("{:.2}", t / bt), format!("{:.2}", m / bm))
+        });
+        eprintln!(
+            "| {name:<40} | {:>19} | {m:>11.1} | {c:>6.2} | {tr:>10} | {mr:>9} |",
+            format!("{t:.2} ({t0:.2}-{t1:.2})")
+        );
+    };
+    row("cvm-workload streaming (pull_and_unpack)", &stream);
+    row("cvm-workload sequential (pull, unpack)", &sequential);
+    if !theirs.is_empty() {
+        row("skopeo copy + umoci unpack", &theirs);
+        let (c, _, _) = median(&theirs, &|r: &Run| r.parts.0);
+        let (u, _, _) = median(&theirs, &|r: &Run| r.parts.1);
+        eprintln!(
+            "(skopeo copy {c:.2} s + umoci unpack {u:.2} s; their RSS is the larger of the two)"
+        );
+    }
+}
+
+struct Run {
+    secs: f64,
+    kib: u64,
+    /// User + system CPU seconds.
+    cpu: f64,
+    /// skopeo copy, umoci unpack.
+    parts: (f64, f64),
+    sample: Vec<u8>,
 }
 
 /// The measured child of `bench_pull_unpack`.
@@ -254,20 +336,31 @@ fn bench_child() {
     });
     let store = Store::open(Path::new(&store)).unwrap();
     let t = Instant::now();
-    // As prepare_images does: diff_ids are verified once, by the unpacker.
-    let pull_options = PullOptions {
-        verify_diff_ids: std::env::var("BENCH_PULL_DIFF_IDS").is_ok(),
+    let root = if std::env::var("BENCH_MODE").as_deref() == Ok("sequential") {
+        // The earlier path: download every layer, then unpack (diff_ids verified once, by the
+        // unpacker).
+        let pull_options = PullOptions {
+            verify_diff_ids: false,
+        };
+        let pulled = pull_with_options(&store, &client, &image, pull_options).unwrap();
+        let pull_s = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        let root = unpack_image(&store, &pulled, UnpackOptions::default()).unwrap();
+        eprintln!(
+            "ours: sequential: pull {pull_s:.2} s ({} MB), unpack {:.2} s",
+            pulled.downloaded_bytes / 1_000_000,
+            t.elapsed().as_secs_f64(),
+        );
+        root
+    } else {
+        let done = pull_and_unpack(&store, &client, &image, StreamOptions::default()).unwrap();
+        eprintln!(
+            "ours: streaming: pull + unpack {:.2} s ({} MB)",
+            t.elapsed().as_secs_f64(),
+            done.pulled.downloaded_bytes / 1_000_000,
+        );
+        done.rootfs
     };
-    let pulled = pull_with_options(&store, &client, &image, pull_options).unwrap();
-    let pull_s = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let root = unpack_image(&store, &pulled, UnpackOptions::default()).unwrap();
-    eprintln!(
-        "ours: pull {pull_s:.2} s ({} MB), unpack {:.2} s into {}",
-        pulled.downloaded_bytes / 1_000_000,
-        t.elapsed().as_secs_f64(),
-        root.display()
-    );
     let mut f = File::open(root.join("data/layer0/file0000")).unwrap();
     let mut buf = Vec::new();
     f.read_to_end(&mut buf).unwrap();
