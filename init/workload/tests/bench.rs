@@ -7,6 +7,8 @@
 //! ```sh
 //! cargo test --release -p cvm-workload --test bench -- --ignored --nocapture bench_pull_unpack
 //! ```
+//! `BENCH_RUNS=N` changes the number of runs, `BENCH_CONCURRENCY=N` the streaming path's
+//! concurrent downloads (default 3).
 //! Needs `/usr/bin/docker-registry`, `/usr/bin/time`, and for the comparison `skopeo` and
 //! `umoci` (Debian packages of the same names).
 
@@ -353,7 +355,14 @@ fn bench_child() {
         );
         root
     } else {
-        let done = pull_and_unpack(&store, &client, &image, StreamOptions::default()).unwrap();
+        let mut options = StreamOptions::default();
+        if let Some(n) = std::env::var("BENCH_CONCURRENCY")
+            .ok()
+            .and_then(|n| n.parse().ok())
+        {
+            options.concurrency = n;
+        }
+        let done = pull_and_unpack(&store, &client, &image, options).unwrap();
         eprintln!(
             "ours: streaming: pull + unpack {:.2} s ({} MB)",
             t.elapsed().as_secs_f64(),
