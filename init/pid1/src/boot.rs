@@ -58,6 +58,7 @@ impl Runner {
             stage,
             mono_us: started,
         });
+        stages::host_api::boot_progress(stage.name());
         let out = run(&mut self.results).map_err(|e| Fatal {
             stage,
             error: Box::new(e),
@@ -106,9 +107,14 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     })?;
     run.stage(Stage::KernelContract, |_| stages::kernel_contract::run())?;
     let share = run.stage(Stage::HostShare, |_| stages::host_share::run())?;
+    stages::host_api::configure(&share);
     let share_copy = stages::host_share::copy_dir();
     let mut measured = run.stage(Stage::Measure, |r| stages::measure::run(&share, r))?;
+    // Before anything can fail on the identity: the VMM keeps the seed for the next boot, so
+    // the instance id, and with it the KMS disk key, survives a reboot.
+    stages::host_api::instance_info(&measured.identity);
     let network = run.stage(Stage::Network, |r| stages::network::run(&share, r))?;
+    stages::host_api::network_up();
     let keys = run.stage(Stage::Keys, |r| {
         stages::keys::run(&share, &mut measured, network.as_ref(), &share_copy, r)
     })?;

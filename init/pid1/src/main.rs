@@ -15,6 +15,7 @@ mod stages {
     pub(crate) mod disk;
     pub(crate) mod early;
     pub(crate) mod guest_api;
+    pub(crate) mod host_api;
     pub(crate) mod host_share;
     pub(crate) mod kernel_contract;
     pub(crate) mod keys;
@@ -84,6 +85,7 @@ fn main() {
     let mut results = runner.results;
     let now = init_sys::clock::monotonic_us();
     results.record(&Record::Ready { mono_us: now });
+    stages::host_api::boot_progress("done");
     let boot_ms = now.saturating_sub(started_us) / 1000;
     log::info!("ready ({boot_ms} ms after PID 1 started)");
 
@@ -107,6 +109,7 @@ fn report_fatal(runner: &mut Runner, signals: Option<&mut Signals>, fatal: &Fata
     let error = fatal.error.as_ref();
     let line = error_chain::one_line(error);
     log::error!("fatal: {}: {line}", fatal.stage);
+    stages::host_api::boot_error(fatal.stage, &line);
     runner.open_results_best_effort();
     runner.results.record(&Record::Fatal {
         stage: fatal.stage,

@@ -46,6 +46,7 @@ pub(crate) fn shutdown(
         reason: reason.name().into(),
         mono_us: now(),
     });
+    crate::stages::host_api::shutdown_progress(reason.name());
 
     let stopped = stop_all_processes(signals);
     let zombies_left =

@@ -17,3 +17,4 @@ pub mod tdx_guest;
 pub mod tsm_report;
 pub mod tsm_rtmr;
 pub mod virtio_port;
+pub mod vsock;
