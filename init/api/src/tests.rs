@@ -5,12 +5,12 @@ use std::net::Shutdown;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use cvm_sim_tee::InsecureSimulatedTee;
 use init_core::app_compose::StorageFs;
 use init_core::identity::{AppId, AppIdentity, ComposeHash, InstanceId};
 use init_core::tee::events::{
     EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events, system_ready_events,
 };
-use init_core::tee::simulated::InsecureSimulatedTee;
 use init_core::tee::{BoxError, EventLogVersion, Rtmr, RtmrIndex, RuntimeEvent, Sha384Digest};
 use measure::dstack_event_log::parse_event_log;
 use measure::quote::Quote;

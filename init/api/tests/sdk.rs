@@ -16,13 +16,13 @@ mod tests {
     use std::process::Command;
     use std::time::{Duration, Instant};
 
+    use cvm_sim_tee::InsecureSimulatedTee;
     use guest_api::{ApiState, ResumeMode, ServerConfig, WorkloadInfo, serve};
     use init_core::app_compose::StorageFs;
     use init_core::identity::{AppId, AppIdentity, ComposeHash, InstanceId};
     use init_core::tee::events::{
         EventLogSink, KeyProviderInfo, RuntimeEventLog, app_info_events, system_ready_events,
     };
-    use init_core::tee::simulated::InsecureSimulatedTee;
     use init_core::tee::{BoxError, EventLogVersion, RtmrIndex, RuntimeEvent, Sha384Digest};
     use measure::quote::Quote;
     use measure::rtmr::extend;

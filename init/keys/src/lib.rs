@@ -42,7 +42,7 @@ mod tests {
         .unwrap();
         let signer =
             crate::ratls::CaSigner::from_pem("ca", &ca.cert_pem, ca.key_pem.expose()).unwrap();
-        let mut tee = init_core::tee::simulated::InsecureSimulatedTee::try_new().unwrap();
+        let mut tee = cvm_sim_tee::InsecureSimulatedTee::try_new().unwrap();
         let events = tee.pre_extended_events();
         let cert = crate::ratls::client_certificate(&signer, &mut tee, &events, 0).unwrap();
         let quote = tee.quote(&[0; 64]).unwrap();

@@ -576,8 +576,8 @@ impl RaTlsCert {
 
 #[cfg(test)]
 mod tests {
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::tee::Rtmr as _;
-    use init_core::tee::simulated::InsecureSimulatedTee;
 
     use super::*;
 

@@ -1075,7 +1075,7 @@ mod tests {
             temp_ca_cert_pem: ca.cert_pem.clone(),
             temp_ca_key_pem: Secret::new(ca.key_pem.expose().clone()),
         };
-        let mut tee = init_core::tee::simulated::InsecureSimulatedTee::try_new().unwrap();
+        let mut tee = cvm_sim_tee::InsecureSimulatedTee::try_new().unwrap();
         let mut events = tee.pre_extended_events();
         let event = RuntimeEvent::new("app-id", vec![1; 20]);
         tee.extend_rtmr(init_core::tee::RtmrIndex::R3, &event.digest())

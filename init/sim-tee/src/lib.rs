@@ -1,5 +1,6 @@
-//! **INSECURE** software TEE (feature `insecure-simulated-tee`) for QEMU guests without TDX and
-//! for host tests. Never in a release image.
+//! **INSECURE** software TEE for QEMU guests without TDX and for host tests, behind the traits of
+//! `init_core::tee`. Never in a release image: `cvm-init` depends on this crate only with its
+//! feature `insecure-simulated-tee`.
 //!
 //! It keeps RTMR0-3 in memory (extend = SHA-384(old ‖ digest)), produces TDREPORTs in the real
 //! 1024-byte layout and v4 quotes built with the auditor's own `measure::quote` types (so the
@@ -11,7 +12,7 @@
 //! [`InsecureSimulatedTee::insecure_root_certificate_der`] to verify such quotes. The QE vendor id
 //! is the ASCII marker `INSECURE-SIM-TEE`, the QE report's MRSIGNER is [`QE_MRSIGNER_MARKER`], and
 //! the TEE's very first act is extending the marker event
-//! [`names::INSECURE_SIMULATED_TEE`](super::events::names::INSECURE_SIMULATED_TEE) into RTMR3, so
+//! [`names::INSECURE_SIMULATED_TEE`] into RTMR3, so
 //! RTMR3 can never equal a value a verifier expects from a real boot.
 
 pub mod pck;
@@ -29,8 +30,10 @@ use measure::rtmr::Rtmrs;
 use measure::runtime_event::RuntimeEvent;
 use measure::tdreport::{REPORT_TYPE_TDX, ReportMac, TdInfo, TdReport, TeeTcbInfo};
 
-use super::events::names;
-use super::{BootEventLog, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex, Sha384Digest, TeeError};
+use init_core::tee::events::names;
+use init_core::tee::{
+    BootEventLog, QuoteSource, REPORT_DATA_LEN, Rtmr, RtmrIndex, Sha384Digest, TeeError,
+};
 
 /// Payload of the marker event.
 pub const MARKER_PAYLOAD: &[u8] =
@@ -335,8 +338,8 @@ mod tests {
     use measure::runtime_event::replay_rtmr3;
 
     use super::*;
-    use crate::tee::events::{RuntimeEventLog, app_info_events};
-    use crate::tee::testing::RecordingSink;
+    use init_core::tee::events::{RuntimeEventLog, app_info_events};
+    use init_core::tee::testing::RecordingSink;
 
     #[test]
     fn marker_is_extended_first_and_logged_first() {
@@ -349,9 +352,9 @@ mod tests {
         assert_ne!(*tee.rtmrs().register(RtmrIndex::R3), Sha384Digest::ZERO);
 
         let mut sink = RecordingSink::default();
-        let identity = crate::identity::AppIdentity {
-            compose_hash: crate::identity::ComposeHash([1; 32]),
-            app_id: crate::identity::AppId([1; 20]),
+        let identity = init_core::identity::AppIdentity {
+            compose_hash: init_core::identity::ComposeHash([1; 32]),
+            app_id: init_core::identity::AppId([1; 20]),
             instance_id_seed: vec![],
             instance_id: None,
         };

@@ -23,7 +23,7 @@ use x509_cert::ext::Extension;
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, KeyUsages};
 use x509_cert::name::Name;
 
-use crate::tee::BoxError;
+use init_core::tee::BoxError;
 
 /// Subject (and issuer) of the simulated root CA.
 pub const ROOT_SUBJECT: &str =

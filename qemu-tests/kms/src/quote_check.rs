@@ -1,4 +1,4 @@
-//! Verifies quotes of cvm-init's **INSECURE** simulated TEE (`init_core::tee::simulated`), shaped
+//! Verifies quotes of cvm-init's **INSECURE** simulated TEE (`cvm_sim_tee`), shaped
 //! like Intel DCAP: the PCK chain (leaf → intermediate → root) in the type-6/type-5
 //! certification data must end in the trusted simulated root; the QE report must be signed by
 //! the PCK leaf key and bind SHA-256(attestation key ‖ QE auth data); the quote must be signed
@@ -181,8 +181,8 @@ pub fn verify_simulated_quote(quote: &Quote, trust: &QuoteTrust) -> Result<(), Q
 
 #[cfg(test)]
 mod tests {
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::tee::QuoteSource as _;
-    use init_core::tee::simulated::InsecureSimulatedTee;
 
     use super::*;
 

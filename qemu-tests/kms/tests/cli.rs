@@ -10,7 +10,7 @@ mod tests {
     use cvm_keys::env::DisallowedEnv;
     use cvm_keys::kms::{KeyRequest, RetryPolicy, ThreadSleeper, request_app_keys};
     use cvm_keys::transport::TlsTransport;
-    use init_core::tee::simulated::InsecureSimulatedTee;
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
 
     const BIN: &str = env!("CARGO_BIN_EXE_test-kms");

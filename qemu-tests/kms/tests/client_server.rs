@@ -9,7 +9,7 @@ mod tests {
     use cvm_keys::env::{DisallowedEnv, EnvError, LaunchTokenError};
     use cvm_keys::kms::{KeyRequest, KmsError, RetryPolicy, Sleeper, request_app_keys};
     use cvm_keys::transport::TlsTransport;
-    use init_core::tee::simulated::InsecureSimulatedTee;
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
     use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust};
 

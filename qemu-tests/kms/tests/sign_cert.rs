@@ -16,7 +16,7 @@ mod tests {
         CertConfig, CertSigningRequest, KmsAccess, SignCertError, request_tls_key, verify_chain,
     };
     use cvm_keys::transport::TlsTransport;
-    use init_core::tee::simulated::InsecureSimulatedTee;
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
     use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust};
 

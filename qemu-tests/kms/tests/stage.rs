@@ -11,10 +11,10 @@ mod tests {
     use cvm_keys::kms::{RetryPolicy, Sleeper};
     use cvm_keys::stage::{KeyStageError, KmsStageInput, kms_stage};
     use cvm_keys::transport::TlsTransport;
+    use cvm_sim_tee::InsecureSimulatedTee;
     use init_core::app_compose::{AppComposeFile, InstanceInfo, SysConfig};
     use init_core::identity::AppIdentity;
     use init_core::tee::events::app_info_events;
-    use init_core::tee::simulated::InsecureSimulatedTee;
     use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
     use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust};
 

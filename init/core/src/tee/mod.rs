@@ -4,13 +4,11 @@
 //!
 //! Backends: `pid1` wires the real TDX interfaces of `init-sys` (tsm-mr sysfs or the legacy
 //! ioctl for extends, configfs-tsm for quotes, `TDX_CMD_GET_REPORT0`, CCEL) behind these traits;
-//! [`simulated`] (feature `insecure-simulated-tee`) is a software TEE for QEMU without TDX and
-//! host tests; [`testing`] holds recording fakes.
+//! the crate `cvm-sim-tee` (`init/sim-tee`, only in `insecure-simulated-tee` builds) is a software
+//! TEE for QEMU without TDX and host tests; [`testing`] holds recording fakes.
 
 pub mod events;
 pub mod report_data;
-#[cfg(any(test, feature = "insecure-simulated-tee"))]
-pub mod simulated;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

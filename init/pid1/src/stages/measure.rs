@@ -48,7 +48,7 @@ pub(crate) enum MeasureStageError {
     #[error("create the INSECURE simulated TEE")]
     SimulatedTee {
         #[source]
-        source: init_core::tee::simulated::SimulatedTeeError,
+        source: cvm_sim_tee::SimulatedTeeError,
     },
     /// The simulated TEE's signer could not be handed to the guest API server.
     #[cfg(feature = "insecure-simulated-tee")]
@@ -276,12 +276,8 @@ pub(crate) fn select_tee_for_guest_api(paths: &TdxPaths) -> Result<BoxedTee, Mea
         Err(e) => {
             log::warn!("guest-api: {e}; using the INSECURE simulated TEE");
             let tee = match fs::read(&paths.insecure_simulated_signer) {
-                Ok(bytes) => {
-                    init_core::tee::simulated::InsecureSimulatedTee::try_with_exported_signer(
-                        &bytes,
-                    )
-                }
-                Err(_) => init_core::tee::simulated::InsecureSimulatedTee::try_new(),
+                Ok(bytes) => cvm_sim_tee::InsecureSimulatedTee::try_with_exported_signer(&bytes),
+                Err(_) => cvm_sim_tee::InsecureSimulatedTee::try_new(),
             }
             .map_err(|source| MeasureStageError::SimulatedTee { source })?;
             Ok(Box::new(tee))
@@ -313,7 +309,7 @@ pub(crate) fn select_tee_with_root(
         #[cfg(feature = "insecure-simulated-tee")]
         Err(e) => {
             log::warn!("measure: {e}; using the INSECURE simulated TEE");
-            let tee = init_core::tee::simulated::InsecureSimulatedTee::try_new()
+            let tee = cvm_sim_tee::InsecureSimulatedTee::try_new()
                 .map_err(|source| MeasureStageError::SimulatedTee { source })?;
             let root = tee
                 .insecure_root_certificate_pem()
