@@ -2,7 +2,6 @@
 
 #![forbid(unsafe_code)]
 
-use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -85,13 +84,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(error) => {
-            let mut message = format!("cvm-initramfs: {error}");
-            let mut source = error.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("cvm-initramfs: {}", cvm_error_chain::joined(&error));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,6 @@
 //! Images are content-addressed under `target/qemu-build/images`; a file lock makes parallel
 //! test processes build once, and a `OnceLock` makes each process build at most once.
 
-use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -381,11 +380,5 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
 
 /// `error: source: source...` on one line.
 pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let _ = write!(text, ": {inner}");
-        source = inner.source();
-    }
-    text
+    cvm_error_chain::joined(error)
 }

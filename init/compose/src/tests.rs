@@ -519,20 +519,9 @@ fn refusals() {
     for (name, yaml, check, text) in cases {
         let err = parse_err(&yaml);
         assert!(check(&err), "{name}: unexpected error variant {err:?}");
-        let chain = error_chain(&err);
+        let chain = cvm_error_chain::joined(&err);
         assert!(chain.contains(text), "{name}: {chain:?} lacks {text:?}");
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }
 
 #[test]

@@ -49,16 +49,7 @@ fn main() -> ExitCode {
     let open = move || -> Result<Box<dyn Backend>, String> {
         Nvml::load(&library)
             .map(|nvml| Box::new(Loaded(nvml)) as Box<dyn Backend>)
-            .map_err(|e| {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(s) = source {
-                    text.push_str(": ");
-                    text.push_str(&s.to_string());
-                    source = s.source();
-                }
-                text
-            })
+            .map_err(|e| cvm_error_chain::joined(&e))
     };
     let stdin = std::io::stdin().lock();
     let stdout = std::io::stdout().lock();

@@ -45,17 +45,6 @@ pub trait Backend {
     fn set_ready_state(&mut self, state: u32) -> Result<(), NvmlError>;
 }
 
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 fn arch_name(nvml_architecture: u32) -> String {
     nv_verify::Arch::from_nvml(nvml_architecture).map_or_else(
         || format!("NVML-ARCH-{nvml_architecture}"),
@@ -151,7 +140,8 @@ pub fn handle(
                     Err(e) => Err(e),
                     Ok(inventory) => {
                         response.pci = Some(inventory);
-                        collect(nvml, &nonce, &mut response).map_err(|e| chain(&e))
+                        collect(nvml, &nonce, &mut response)
+                            .map_err(|e| cvm_error_chain::joined(&e))
                     }
                 },
             }
@@ -161,7 +151,7 @@ pub fn handle(
             response.ready_state = Some(nvml.ready_state()?);
             Ok(())
         })()
-        .map_err(|e: NvmlError| chain(&e)),
+        .map_err(|e: NvmlError| cvm_error_chain::joined(&e)),
         Request::SetReady | Request::SetNotReady => {
             let target = u32::from(request == Request::SetReady);
             (|| {
@@ -171,7 +161,7 @@ pub fn handle(
                 response.ready_state = Some(nvml.ready_state()?);
                 Ok(())
             })()
-            .map_err(|e: NvmlError| chain(&e))
+            .map_err(|e: NvmlError| cvm_error_chain::joined(&e))
         }
         Request::Quit => Ok(()),
     };
@@ -193,7 +183,8 @@ pub fn serve(
     sysfs_root: PathBuf,
 ) -> std::io::Result<()> {
     let mut opened: Option<Box<dyn Backend>> = None;
-    let pci = move || crate::sysfs::pci_inventory(&sysfs_root).map_err(|e| chain(&e));
+    let pci =
+        move || crate::sysfs::pci_inventory(&sysfs_root).map_err(|e| cvm_error_chain::joined(&e));
     for line in input.lines() {
         let line = line?;
         if line.trim().is_empty() {

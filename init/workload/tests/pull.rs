@@ -268,12 +268,7 @@ fn retries_server_errors_with_backoff() {
     let store = Store::open(store_dir.path()).unwrap();
     let img = ImageRef::parse(&format!("{}/r/app@{md}", fake.addr)).unwrap();
     let err = pull(&store, &client, &img).unwrap_err();
-    let mut chain = err.to_string();
-    let mut cur = std::error::Error::source(&err);
-    while let Some(e) = cur {
-        chain.push_str(&format!(": {e}"));
-        cur = e.source();
-    }
+    let chain = cvm_error_chain::joined(&err);
     assert!(chain.contains("HTTP 503"), "{chain}");
 }
 

@@ -346,14 +346,7 @@ fn write_text(report: &GpuReport<'_>, out: &mut String) -> Result<()> {
         }
         writeln!(out, "gate: {:?}", gate.decision)?;
         for failure in &gate.failures {
-            let mut line = failure.to_string();
-            let mut source = std::error::Error::source(failure);
-            while let Some(s) = source {
-                line.push_str(": ");
-                line.push_str(&s.to_string());
-                source = s.source();
-            }
-            writeln!(out, "  - {line}")?;
+            writeln!(out, "  - {}", cvm_error_chain::joined(failure))?;
         }
     }
     writeln!(

@@ -273,14 +273,7 @@ fn serialize_gate_failures<S: serde::Serializer>(
     use serde::ser::SerializeSeq as _;
     let mut seq = serializer.serialize_seq(Some(failures.len()))?;
     for f in failures {
-        let mut text = f.to_string();
-        let mut source = std::error::Error::source(f);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        seq.serialize_element(&text)?;
+        seq.serialize_element(&cvm_error_chain::joined(f))?;
     }
     seq.end()
 }

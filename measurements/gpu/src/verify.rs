@@ -321,14 +321,7 @@ impl Failure {
 
     /// The whole error chain on one line.
     pub fn message(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        cvm_error_chain::joined(self)
     }
 }
 
