@@ -487,7 +487,7 @@ mod tests {
                 stage: "workloads",
                 chain: &[
                     "parse docker_compose_file",
-                    "parse docker-compose YAML",
+                    "not valid YAML",
                     "control characters are not allowed at position 19",
                 ],
             },

@@ -44,8 +44,9 @@ pub enum ComposeError {
         /// The runner name.
         runner: String,
     },
-    /// The compose text is not YAML.
-    #[error("parse docker-compose YAML")]
+    /// The compose text is not YAML. (The caller names the file; this names only what is
+    /// wrong with it, so the chain does not say "parse" twice.)
+    #[error("not valid YAML")]
     ParseYaml(#[source] serde_norway::Error),
     /// Interpolation of a value failed.
     #[error("interpolate {path}")]

@@ -483,7 +483,7 @@ fn refusals() {
             "not yaml",
             "services: [\n".into(),
             |e| matches!(e, ComposeError::ParseYaml(_)),
-            "YAML",
+            "not valid YAML",
         ),
         (
             "no services",
