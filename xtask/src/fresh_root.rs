@@ -69,18 +69,9 @@ pub(crate) fn is_root() -> bool {
         .is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }
 
+/// One step in the root, timed like every xtask step.
 fn run(step: &str, cmd: &mut Command) -> Result<()> {
-    eprintln!("xtask: fresh root: {step}");
-    let started = Instant::now();
-    let status = cmd.status().with_context(|| format!("start: {step}"))?;
-    if !status.success() {
-        bail!("fresh root: {step} failed with {status}");
-    }
-    eprintln!(
-        "xtask: fresh root: {step}: ok in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    Ok(())
+    crate::tasks::run(&format!("fresh root: {step}"), cmd)
 }
 
 /// Mounts made inside the root, unmounted (lazily, innermost first) when dropped.

@@ -14,7 +14,7 @@ fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }
 
-fn run(step: &str, cmd: &mut Command) -> Result<()> {
+pub(crate) fn run(step: &str, cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: == {step}");
     let started = Instant::now();
     let status = cmd.status().with_context(|| format!("start {step}"))?;
