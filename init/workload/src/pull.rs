@@ -704,27 +704,7 @@ fn stream_layer(
     let mut diff_error = None;
     let mut buf = vec![0u8; 256 * 1024];
     let mut total = 0u64;
-    loop {
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(PullError::Download {
-                    digest: desc.digest,
-                    source,
-                });
-            }
-        };
-        total += n as u64;
-        if total > desc.size {
-            return Err(PullError::BlobSizeMismatch {
-                digest: desc.digest,
-                expected: desc.size,
-                actual: total,
-                truncated: true,
-            });
-        }
+    while let Some(n) = read_blob_chunk(&mut body, &mut buf, desc, &mut total)? {
         let chunk = &buf[..n];
         file.write_all(chunk).map_err(write_err(tmp))?;
         hasher.write_all(chunk).map_err(write_err(tmp))?;
@@ -759,4 +739,38 @@ fn stream_layer(
     }
     store.commit(tmp, file, &desc.digest)?;
     Ok(total)
+}
+
+/// Reads the next chunk of blob `desc` from `body` into `buf`: its length, or `None` at the end.
+/// Counts it into `total` and refuses a body longer than the descriptor's size; a read error is
+/// a download error of that blob (an interrupted read is retried).
+pub(crate) fn read_blob_chunk(
+    body: &mut impl Read,
+    buf: &mut [u8],
+    desc: &Descriptor,
+    total: &mut u64,
+) -> Result<Option<usize>, PullError> {
+    let n = loop {
+        match body.read(buf) {
+            Ok(0) => return Ok(None),
+            Ok(n) => break n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(source) => {
+                return Err(PullError::Download {
+                    digest: desc.digest,
+                    source,
+                });
+            }
+        }
+    };
+    *total += n as u64;
+    if *total > desc.size {
+        return Err(PullError::BlobSizeMismatch {
+            digest: desc.digest,
+            expected: desc.size,
+            actual: *total,
+            truncated: true,
+        });
+    }
+    Ok(Some(n))
 }

@@ -456,26 +456,9 @@ fn download(
         if ctx.aborted() {
             return Ok(None);
         }
-        let n = match body.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => {
-                return Err(PullError::Download {
-                    digest: desc.digest,
-                    source,
-                });
-            }
+        let Some(n) = crate::pull::read_blob_chunk(&mut body, &mut buf, desc, &mut total)? else {
+            break;
         };
-        total += n as u64;
-        if total > desc.size {
-            return Err(PullError::BlobSizeMismatch {
-                digest: desc.digest,
-                expected: desc.size,
-                actual: total,
-                truncated: true,
-            });
-        }
         let chunk = &buf[..n];
         (&*file).write_all(chunk).map_err(write_err(tmp))?;
         hasher.write_all(chunk).map_err(write_err(tmp))?;
