@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 use measure::dstack_event_log::{self, DstackEvent};
 use measure::event_log::{EV_NO_ACTION, EventLog};
 use measure::quote::Quote;
+use measure::replay::Replay;
 use measure::runtime_event::{self, DecodedLogLine, RuntimeEvent};
 
 pub(crate) fn read(path: &Path) -> Result<Vec<u8>> {
@@ -32,6 +33,37 @@ impl LogInput {
             Self::Dstack(_) => "dstack-json",
             Self::GetQuote(..) => "dstack-getquote",
             Self::Runtime(_) => "runtime-log",
+        }
+    }
+
+    /// The replay of this log, and the quote when the file was a GetQuote response.
+    pub(crate) fn replay(&self) -> Result<(Replay, Option<Vec<u8>>)> {
+        Ok(match self {
+            Self::Tcg(log) => (Replay::from_tcg_log(log).context("replay TCG log")?, None),
+            Self::Dstack(events) => (
+                Replay::from_dstack_events(events).context("replay dstack log")?,
+                None,
+            ),
+            Self::GetQuote(events, quote) => (
+                Replay::from_dstack_events(events).context("replay dstack log")?,
+                Some(quote.clone()),
+            ),
+            Self::Runtime(lines) => (
+                Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
+                None,
+            ),
+        })
+    }
+
+    /// The runtime (RTMR3) events this log carries (none for a TCG log).
+    pub(crate) fn runtime_events(&self) -> Vec<RuntimeEvent> {
+        match self {
+            Self::Runtime(lines) => lines.iter().map(|l| l.event.clone()).collect(),
+            Self::Dstack(events) | Self::GetQuote(events, _) => events
+                .iter()
+                .filter_map(DstackEvent::runtime_event)
+                .collect(),
+            Self::Tcg(_) => Vec::new(),
         }
     }
 }

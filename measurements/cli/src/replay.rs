@@ -9,7 +9,7 @@ use measure::rtmr::{RtmrIndex, Sha384Digest};
 use serde::Serialize;
 
 use crate::ReplayArgs;
-use crate::input::{LogInput, load_log, load_quote, load_runtime_events, truncate};
+use crate::input::{load_log, load_quote, load_runtime_events, truncate};
 
 #[derive(Serialize)]
 struct ReplayOutput<'a> {
@@ -30,21 +30,7 @@ struct QuoteCheck {
 pub(crate) fn replay(args: &ReplayArgs, out: &mut String) -> Result<()> {
     let input = load_log(&args.event_log)?;
     let kind = input.kind();
-    let (mut replay, embedded_quote) = match input {
-        LogInput::Tcg(log) => (Replay::from_tcg_log(&log).context("replay TCG log")?, None),
-        LogInput::Dstack(events) => (
-            Replay::from_dstack_events(&events).context("replay dstack log")?,
-            None,
-        ),
-        LogInput::GetQuote(events, quote) => (
-            Replay::from_dstack_events(&events).context("replay dstack log")?,
-            Some(quote),
-        ),
-        LogInput::Runtime(lines) => (
-            Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
-            None,
-        ),
-    };
+    let (mut replay, embedded_quote) = input.replay()?;
     if let Some(path) = &args.runtime_events {
         replay.append_runtime_events(&load_runtime_events(path)?);
     }

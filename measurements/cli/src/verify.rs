@@ -5,19 +5,14 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use measure::dstack_event_log::DstackEvent;
 use measure::quote::Quote;
 use measure::quote_verify::Collateral;
-use measure::replay::Replay;
 use measure::rtmr::RtmrIndex;
-use measure::runtime_event::RuntimeEvent;
 use measure::verify::{self, Decision, Evidence, References, Status};
 use serde::Serialize;
 
 use crate::VerifyArgs;
-use crate::input::{
-    LogInput, hex_arg, load_log, load_quote_bytes, load_runtime_events, read, text,
-};
+use crate::input::{hex_arg, load_log, load_quote_bytes, load_runtime_events, read, text};
 
 /// One checklist line of `--json`.
 #[derive(Debug, Serialize)]
@@ -35,29 +30,8 @@ fn load_collateral(path: &Path) -> Result<Collateral> {
 
 pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
     let input = load_log(&args.event_log)?;
-    let (mut replay, embedded_quote) = match input {
-        LogInput::Tcg(log) => (Replay::from_tcg_log(&log).context("replay TCG log")?, None),
-        LogInput::Dstack(events) => (
-            Replay::from_dstack_events(&events).context("replay dstack log")?,
-            None,
-        ),
-        LogInput::GetQuote(events, quote) => (
-            Replay::from_dstack_events(&events).context("replay dstack log")?,
-            Some(quote),
-        ),
-        LogInput::Runtime(lines) => (
-            Replay::from_runtime_events(lines.iter().map(|l| &l.event)),
-            None,
-        ),
-    };
-    let mut runtime: Vec<RuntimeEvent> = match load_log(&args.event_log)? {
-        LogInput::Runtime(lines) => lines.into_iter().map(|l| l.event).collect(),
-        LogInput::Dstack(events) | LogInput::GetQuote(events, _) => events
-            .iter()
-            .filter_map(DstackEvent::runtime_event)
-            .collect(),
-        LogInput::Tcg(_) => Vec::new(),
-    };
+    let (mut replay, embedded_quote) = input.replay()?;
+    let mut runtime = input.runtime_events();
     if let Some(path) = &args.runtime_events {
         let extra = load_runtime_events(path)?;
         replay.append_runtime_events(&extra);
