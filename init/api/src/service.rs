@@ -631,17 +631,20 @@ fn get_key_args(
     Ok((args, key_type))
 }
 
+/// The `algorithm` argument of `method` (`Sign`, `Verify`).
+fn sign_algorithm(
+    method: &'static str,
+    name: &str,
+) -> Result<cvm_keys::app_sign::SignAlgorithm, ServiceError> {
+    cvm_keys::app_sign::SignAlgorithm::parse(name)
+        .map_err(|source| ServiceError::AppKey { method, source })
+}
+
 fn sign_args(
     request: &Request,
 ) -> Result<(cvm_keys::app_sign::SignAlgorithm, Vec<u8>), ServiceError> {
     let args: SignArgs = arguments("Sign", request)?;
-    let algorithm =
-        cvm_keys::app_sign::SignAlgorithm::parse(&args.algorithm).map_err(|source| {
-            ServiceError::AppKey {
-                method: "Sign",
-                source,
-            }
-        })?;
+    let algorithm = sign_algorithm("Sign", &args.algorithm)?;
     Ok((algorithm, from_hex("data", &args.data)?))
 }
 
@@ -649,13 +652,7 @@ type VerifyInputs = (cvm_keys::app_sign::SignAlgorithm, Vec<u8>, Vec<u8>, Vec<u8
 
 fn verify_args(request: &Request) -> Result<VerifyInputs, ServiceError> {
     let args: VerifyArgs = arguments("Verify", request)?;
-    let algorithm =
-        cvm_keys::app_sign::SignAlgorithm::parse(&args.algorithm).map_err(|source| {
-            ServiceError::AppKey {
-                method: "Verify",
-                source,
-            }
-        })?;
+    let algorithm = sign_algorithm("Verify", &args.algorithm)?;
     Ok((
         algorithm,
         from_hex("data", &args.data)?,
