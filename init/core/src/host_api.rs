@@ -246,7 +246,8 @@ impl Reply {
                 .flatten()
         });
         match length {
-            Some(n) if bytes.len() < end + 4 + n => Self::Incomplete,
+            // A hostile Content-Length must not overflow the sum.
+            Some(n) if bytes.len() < end.saturating_add(4).saturating_add(n) => Self::Incomplete,
             _ => Self::Complete,
         }
     }

@@ -29,6 +29,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("dhcp_reply", dhcp_reply),
     ("dns_response", dns_response),
     ("endpoint", endpoint),
+    ("host_api", host_api),
     ("ratls_cert", ratls_cert),
     ("env_plaintext", env_plaintext),
     ("kms_http_response", kms_http_response),
@@ -73,6 +74,20 @@ pub fn endpoint(data: &[u8]) {
         assert_ne!(endpoint.port, 0);
         assert!(!endpoint.path.ends_with('/'));
     }
+}
+
+/// `host_api_url` from `.sys-config.json` (first line) and the VMM's reply to `Notify` (the
+/// whole input): a parsed vsock URL has a path without `/` at its end, the reply parser decides
+/// completeness and status without a panic whatever the headers say.
+pub fn host_api(data: &[u8]) {
+    use init_core::host_api::{Endpoint, Reply};
+    let text = String::from_utf8_lossy(data);
+    if let Ok(endpoint) = Endpoint::parse(text.lines().next().unwrap_or_default()) {
+        assert!(!endpoint.path.ends_with('/'));
+        assert!(endpoint.notify_target().ends_with("/Notify?json"));
+    }
+    let _ = Reply::progress(data);
+    let _ = Reply::status(data);
 }
 
 /// Kernel command line (`/proc/cmdline`): test hooks only ever widen what is accepted.

@@ -130,6 +130,11 @@ fn endpoint() {
 }
 
 #[test]
+fn host_api() {
+    run("host_api", 300);
+}
+
+#[test]
 fn ratls_cert() {
     run("ratls_cert", 300);
 }
