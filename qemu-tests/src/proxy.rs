@@ -44,7 +44,9 @@ pub enum ProxyError {
 /// How a failed connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Accept, then close at once with a FIN: the client reads end-of-file.
+    /// Accept, then close at once with a FIN: the client reads end-of-file. What the client
+    /// sends is read and discarded until it closes too (or for [`FIRST_BYTE_WAIT`] of
+    /// silence), so its request never meets a closed socket and draws an RST instead.
     Drop,
     /// Accept, wait for the client's first bytes, then close with `SO_LINGER` 0: an RST, the
     /// client's next read or write fails with "connection reset".
@@ -310,7 +312,10 @@ fn handle(client: TcpStream, mode: Mode, shared: &Shared) -> bool {
 fn fail(client: TcpStream, fault: Fault) {
     match fault {
         Fault::Drop => {
-            let _ = client.shutdown(Shutdown::Both);
+            let _ = client.shutdown(Shutdown::Write);
+            let _ = client.set_read_timeout(Some(FIRST_BYTE_WAIT));
+            let mut sink = [0u8; 4096];
+            while matches!((&client).read(&mut sink), Ok(n) if n > 0) {}
         }
         Fault::Reset => {
             // Let the client start talking, so the reset hits a request in flight.
