@@ -166,6 +166,7 @@ mod tests {
             names
                 == [
                     "insecure-simulated-tee",
+                    "insecure-test-build",
                     "system-preparing",
                     "app-id",
                     "compose-hash",

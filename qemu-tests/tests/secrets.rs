@@ -1,20 +1,23 @@
-//! Secrets hygiene (issue 10, item 4): one boot with the real test KMS (RA-TLS, app keys from
-//! its KDF), an encrypted env of three secret values and a fresh 64 MiB data disk that the init
-//! formats with the KMS disk key (dm-integrity + dm-crypt AEAD). Afterwards every key — the
-//! disk key, the env (X25519) key and the k256 app key as derived by `test-kms`'s KDF for this
-//! app and instance, and a test disk key constant — and every env value is searched for in
-//! raw bytes, lowercase and uppercase hex and base64 (standard and url-safe, padded and not)
-//! on the serial console, in the results channel file, and in the WHOLE data disk image
-//! (header, GPT, dm-integrity metadata and the ciphertext: a plaintext hit anywhere fails).
-//! A positive control plants one spelling in a copy of the disk bytes and requires the scanner
-//! to find it at the planted offset, so the scan can fail.
+//! Secrets hygiene (issue 10, item 4; container output: issue 15, item 4): one boot with the
+//! real test KMS (RA-TLS, app keys from its KDF), an encrypted env of three secret values, a
+//! fresh 64 MiB data disk that the init formats with the KMS disk key (dm-integrity + dm-crypt
+//! AEAD), and one container from the loopback registry that prints two env values
+//! (`public_logs: false`). Afterwards every key — the disk key, the env (X25519) key and the
+//! k256 app key as derived by `test-kms`'s KDF for this app and instance, and a test disk key
+//! constant — and every env value is searched for in raw bytes, lowercase and uppercase hex and
+//! base64 (standard and url-safe, padded and not) on the serial console, in the results
+//! channel file, and in the WHOLE data disk image (header, GPT, dm-integrity metadata and the
+//! ciphertext: a plaintext hit anywhere fails). The container's output is proven to be in its
+//! log on the encrypted disk by the log file's SHA-256 (test hook
+//! `cvm.test_dump=container-log-digests`, taken after the stop), and none of it is on the
+//! console. A positive control plants one spelling in a copy of the disk bytes and requires
+//! the scanner to find it at the planted offset, so the scan can fail.
 //!
-//! Not scanned: container log files (no workload runs in this boot; the logs would live on the
-//! encrypted disk, which is scanned as a whole).
-//!
-//! Runtime: one TCG boot with network and a first-boot disk format, ~40-70 s on the 2-core CI
-//! box, plus ~2 s of scanning.
+//! Runtime: one TCG boot with network, a pull and a first-boot disk format, ~50-80 s on the
+//! 2-core CI box, plus ~2 s of scanning.
 #![cfg(any(feature = "qemu", qemu_testenv, clippy))]
+
+mod fault_common;
 
 #[cfg(test)]
 mod tests {
@@ -26,8 +29,11 @@ mod tests {
     use cvm_keys::env::{encrypt_blob, env_plaintext};
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, kms_sys_config};
     use qemu_tests::matrix::find_needles;
+    use qemu_tests::registry::{busybox_layer, free_port, work_dir};
     use qemu_tests::results::{finished_stages, raw_records};
     use qemu_tests::{CvmSetup, data_disk};
+
+    use crate::fault_common::{registry, wait_state};
     use sha2::{Digest, Sha256};
     use test_kms::{KmsKeys, Policy, leak_needles};
 
@@ -60,16 +66,31 @@ mod tests {
         let setup = CvmSetup::new()?;
         let dir = tempfile::tempdir()?;
         let keys = Arc::new(KmsKeys::generate(&[])?);
+        let reg_dir = work_dir("secrets");
+        let _ = std::fs::remove_dir_all(&reg_dir);
+        std::fs::create_dir_all(&reg_dir)?;
+        let Some(reg) = registry(&reg_dir, free_port()?)? else {
+            return Ok(());
+        };
+        let image = reg.push_image(
+            "printer",
+            &busybox_layer(&setup.artifacts.busybox)?,
+            &serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sh", "-c"]}),
+        )?;
+        // API_KEY through the container's environment, DB_PASSWORD by compose interpolation.
+        let services = format!(
+            "services:\n  printer:\n    image: {image}\n    environment:\n      - API_KEY=${{API_KEY}}\n    command: [\"echo printer-start; echo key=$$API_KEY; echo db=${{DB_PASSWORD}}; echo printer-done\"]\n    restart: \"no\"\n"
+        );
         let compose = serde_json::to_vec_pretty(&serde_json::json!({
             "manifest_version": 2,
             "name": "secrets-test",
             "runner": "docker-compose",
-            "docker_compose_file": "services: {}\n",
+            "docker_compose_file": services,
             "kms_enabled": true,
             "gateway_enabled": false,
             "local_key_provider_enabled": false,
             "key_provider_id": keys.key_provider_id(),
-            "public_logs": true,
+            "public_logs": false,
             "public_sysinfo": true,
             "allowed_envs": ENV.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
             "no_instance_id": false,
@@ -111,9 +132,15 @@ mod tests {
             .with_qemu_arg("virtio-net-pci,netdev=n0")
             .with_qemu_arg("-drive")
             .with_qemu_arg(&data_disk::drive_arg(&disk))
-            .with_cmdline("cvm.on_ready=poweroff cvm.test_disk=write,read")
+            .with_memory("1G")
+            .with_cmdline(
+                "cvm.on_ready=wait cvm.test_disk=write,read cvm.test_dump=container-log-digests",
+            )
             .boot()?;
         vm.hand_simulated_root_to(&root_file, TIMEOUT)?;
+        vm.wait_for_event("ready", TIMEOUT)?;
+        wait_state(&mut vm, "printer", "exited")?;
+        vm.system_powerdown()?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let exit = vm.wait_for_exit(TIMEOUT)?;
         ensure!(exit.success(), "QEMU exit {exit:?}");
@@ -133,6 +160,20 @@ mod tests {
         );
         let d = raw_records(&records, "disk");
         ensure!(d.first().is_some_and(|d| d["formatted"] == true), "{d:?}");
+        // The container's output is in its log on the encrypted disk, byte for byte.
+        let want_log = format!(
+            "printer-start\nkey={}\ndb={}\nprinter-done\n",
+            ENV[0].1, ENV[1].1
+        );
+        let digests = raw_records(&records, "test_dump");
+        let digest = digests
+            .iter()
+            .find(|d| d["name"] == "container-log-sha256:printer")
+            .with_context(|| format!("no log digest of printer: {digests:?}"))?;
+        ensure!(
+            digest["hex"] == hex::encode(Sha256::digest(want_log.as_bytes())),
+            "printer's log is not the expected 4 lines: {digest}"
+        );
         ensure!(
             data_disk::sha256(&disk)? != blank,
             "the disk was not written"
@@ -162,6 +203,17 @@ mod tests {
         let results = std::fs::read(vm.tmpdir().join("results.jsonl"))?;
         let image = std::fs::read(&disk)?;
         ensure!(!console.is_empty() && !results.is_empty());
+        // Only lifecycle lines reach the console: none of the output, secret or not.
+        ensure!(
+            console.contains("workloads: printer started"),
+            "no lifecycle line on the console"
+        );
+        for line in ["printer-start", "printer-done", "printer| "] {
+            ensure!(
+                !console.contains(line),
+                "container output {line:?} on the console"
+            );
+        }
         let mut found = Vec::new();
         for (what, hay) in [
             ("console", console.as_bytes()),

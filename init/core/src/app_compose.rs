@@ -289,6 +289,12 @@ pub struct AppCompose {
     /// Data-disk filesystem.
     #[serde(default)]
     pub storage_fs: Option<StorageFs>,
+    /// cvm-init extension: a data disk that was initialised before (a first format that did
+    /// not finish, a volume header that is blank or replayed) may be formatted again, losing
+    /// its data; the boot measures `disk-formatted` `again`. Off by default: such a disk
+    /// stops the boot (dstack has no such field; it formats silently).
+    #[serde(default)]
+    pub allow_disk_reformat: bool,
     /// Swap size.
     #[serde(default)]
     pub swap_size: Option<SwapSize>,

@@ -90,7 +90,8 @@ pub enum TestDiskOp {
     Bench,
 }
 
-/// A file a test build copies onto the results channel before `ready` (test hooks only).
+/// What a test build copies onto the results channel (test hooks only): a file before
+/// `ready`, or the container logs' digests after the workloads stop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestDump {
     /// The firmware's TPM event log, `/sys/kernel/security/tpm0/binary_bios_measurements`
@@ -98,6 +99,9 @@ pub enum TestDump {
     TpmEventLog,
     /// The RTMR3 runtime event log the init wrote.
     RuntimeEventLog,
+    /// The SHA-256 of each container's log file, once the workloads are stopped (never the
+    /// log's bytes: they stay private to the VM).
+    ContainerLogDigests,
 }
 
 impl TestDump {
@@ -105,13 +109,16 @@ impl TestDump {
         match self {
             Self::TpmEventLog => "tpm-event-log",
             Self::RuntimeEventLog => "runtime-event-log",
+            Self::ContainerLogDigests => "container-log-digests",
         }
     }
 
-    pub const fn path(self) -> &'static str {
+    /// The file copied before `ready`; `None` for the digests taken at the stop.
+    pub const fn path(self) -> Option<&'static str> {
         match self {
-            Self::TpmEventLog => "/sys/kernel/security/tpm0/binary_bios_measurements",
-            Self::RuntimeEventLog => "/run/log/dstack/runtime_events.log",
+            Self::TpmEventLog => Some("/sys/kernel/security/tpm0/binary_bios_measurements"),
+            Self::RuntimeEventLog => Some("/run/log/dstack/runtime_events.log"),
+            Self::ContainerLogDigests => None,
         }
     }
 }
@@ -305,7 +312,12 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                     let dump = match item {
                         "tpm-event-log" => TestDump::TpmEventLog,
                         "runtime-event-log" => TestDump::RuntimeEventLog,
-                        _ => return Err(invalid("a list of `tpm-event-log`, `runtime-event-log`")),
+                        "container-log-digests" => TestDump::ContainerLogDigests,
+                        _ => {
+                            return Err(invalid(
+                                "a list of `tpm-event-log`, `runtime-event-log`, `container-log-digests`",
+                            ));
+                        }
                     };
                     if !config.test_dump.contains(&dump) {
                         config.test_dump.push(dump);

@@ -49,6 +49,9 @@ pub enum Record {
         device: String,
         mount_point: String,
         formatted: bool,
+        /// `none`, `blank` (a new disk) or `again` (formatted again under
+        /// `allow_disk_reformat`).
+        format: String,
         data_bytes: u64,
         mono_us: u64,
     },
@@ -125,7 +128,8 @@ pub enum Record {
         pid: u32,
         mono_us: u64,
     },
-    /// Test builds only (`cvm.test_dump`): a file copied out of the guest, hex-encoded.
+    /// Test builds only (`cvm.test_dump`): a file copied out of the guest, hex-encoded, or
+    /// (`container-log-sha256:<service>`) the SHA-256 of a container log, never its bytes.
     TestDump {
         name: String,
         hex: String,

@@ -78,6 +78,39 @@ pub struct Fresh {
     pub now: u32,
 }
 
+/// Whether a disk that was initialised before may be formatted again (app-compose
+/// `allow_disk_reformat`). A blank disk (all zeros where this reads) is always formatted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reformat {
+    /// Refuse: the disk stays as it is and the boot stops with the reason.
+    Refuse,
+    /// Format again (the boot measures `disk-formatted` with the reason).
+    Allow,
+}
+
+/// Why this boot formatted the volume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Formatted {
+    /// It did not: the volume was opened.
+    No,
+    /// The disk was blank: a first boot.
+    Blank,
+    /// The disk had been initialised (a format that did not finish, or a header that was
+    /// zeroed or replayed) and app-compose allowed formatting it again.
+    Again,
+}
+
+impl Formatted {
+    /// `none`, `blank` or `again` (records and the `disk-formatted` event).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::No => "none",
+            Self::Blank => "blank",
+            Self::Again => "again",
+        }
+    }
+}
+
 /// The opened volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
@@ -85,6 +118,8 @@ pub struct Opened {
     pub device: PathBuf,
     /// Whether this boot formatted it.
     pub formatted: bool,
+    /// Why, when it did.
+    pub format: Formatted,
     pub partition: Partition,
     pub data_bytes: u64,
 }
@@ -111,6 +146,12 @@ pub enum VolumeError {
     Gpt(#[source] GptError),
     #[error("volume header")]
     Header(#[source] HeaderError),
+    #[error(
+        "the data disk was initialised before and {why}: refusing to format it again (its data \
+         would be lost, or a host rolled the disk back); attach a blank disk, or set \
+         `allow_disk_reformat: true` in app-compose to allow it"
+    )]
+    ReformatRefused { why: &'static str },
     #[error("create DM device {name}")]
     CreateDevice {
         name: &'static str,
@@ -358,39 +399,92 @@ fn fill<K: Kernel>(
     volume.sync().map_err(VolumeError::SyncVolume)
 }
 
-/// Open the volume on the data partition, formatting it first when it is new or a format was
-/// cut short. The header area is read once; a header that does not verify stops here with
-/// nothing written.
+/// How many evenly spaced 4 KiB probes decide whether a disk without a partition table is
+/// blank.
+const BLANK_PROBES: u64 = 64;
+
+/// Whether the whole disk reads as never written: no partition table and zeros at
+/// [`BLANK_PROBES`] evenly spaced 4 KiB probes (a new virtual disk is sparse, all zeros).
+fn looks_blank<B: BlockDev>(disk: &mut B, size: u64, gpt_area: &[u8]) -> Result<bool, VolumeError> {
+    if !gpt_area.iter().all(|&b| b == 0) {
+        return Ok(false);
+    }
+    const PROBE: u64 = 4096;
+    if size <= PROBE {
+        return Ok(true);
+    }
+    let step = (size - PROBE) / BLANK_PROBES;
+    for i in 1..=BLANK_PROBES {
+        let offset = (i * step) & !(PROBE - 1);
+        if !read(disk, offset, PROBE as usize)?.iter().all(|&b| b == 0) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Open the volume on the data partition, formatting it first when the disk is blank; a disk
+/// that was initialised before (a format that did not finish, a zeroed or replayed header) is
+/// formatted again only with [`Reformat::Allow`]. The header area is read once; a header that
+/// does not verify stops here with nothing written.
 pub fn open_or_format<K: Kernel>(
     kernel: &mut K,
     disk: &mut K::Block,
     logical_block_size: u64,
     key: &DiskKey,
     fresh: &Fresh,
+    reformat: Reformat,
 ) -> Result<Opened, VolumeError> {
     // Verify the header before anything is written (also before a GPT grow).
     let size = disk.size().map_err(VolumeError::DiskSize)?;
     let area = read(disk, 0, gpt::PRIMARY_AREA_LEN)?;
+    let mut header_blank_with_table = false;
     if !area.iter().all(|&b| b == 0) {
         let current = gpt::find(&area, size, logical_block_size).map_err(VolumeError::Gpt)?;
         let header_area = read(disk, current.partition.offset, HEADER_AREA_LEN)?;
-        inspect(&header_area, key).map_err(VolumeError::Header)?;
+        header_blank_with_table =
+            inspect(&header_area, key).map_err(VolumeError::Header)? == Found::Blank;
+    }
+    let blank_disk = looks_blank(disk, size, &area)?;
+    let again = |why: &'static str| match reformat {
+        Reformat::Refuse => Err(VolumeError::ReformatRefused { why }),
+        Reformat::Allow => {
+            log::warn!(
+                "disk: the disk was initialised before and {why}; formatting it AGAIN (allow_disk_reformat)"
+            );
+            Ok(())
+        }
+    };
+    // Refused before anything is written: the partition table stays as found.
+    if header_blank_with_table {
+        again("its volume header is blank")?;
+    } else if area.iter().all(|&b| b == 0) && !blank_disk {
+        again("its partition table is gone but data is left")?;
     }
     let part = partition(disk, logical_block_size, fresh)?;
     let header_area = read(disk, part.offset, HEADER_AREA_LEN)?;
     let found = inspect(&header_area, key).map_err(VolumeError::Header)?;
-    let (header, formatted) = match found {
-        Found::Volume(h) if h.state == VolumeState::Ready => (h, false),
+    let (header, format_kind) = match found {
+        Found::Volume(h) if h.state == VolumeState::Ready => (h, Formatted::No),
         Found::Volume(h) => {
-            log::warn!("disk: a format was interrupted; formatting again");
-            (format(kernel, disk, part, &h, key, fresh)?, true)
+            again("a format of it did not finish (or its header was replayed)")?;
+            (
+                format(kernel, disk, part, &h, key, fresh)?,
+                Formatted::Again,
+            )
         }
         Found::Blank => {
-            log::info!("disk: blank volume, formatting");
+            let kind = if blank_disk {
+                log::info!("disk: blank disk, formatting");
+                Formatted::Blank
+            } else {
+                Formatted::Again
+            };
             let h = Header::formatting(fresh.salt, fresh.fs_uuid);
-            (format(kernel, disk, part, &h, key, fresh)?, true)
+            (format(kernel, disk, part, &h, key, fresh)?, kind)
         }
     };
+    let formatted = format_kind != Formatted::No;
     let mapped = map(
         kernel,
         disk.number(),
@@ -402,6 +496,7 @@ pub fn open_or_format<K: Kernel>(
     Ok(Opened {
         device: mapped.path,
         formatted,
+        format: format_kind,
         partition: part,
         data_bytes: header.provided_data_sectors * 512,
     })
@@ -565,6 +660,15 @@ pub(crate) mod tests {
         key: u8,
         budget: Option<usize>,
     ) -> (Result<Opened, VolumeError>, State, Vec<String>) {
+        boot_with(state, key, budget, Reformat::Refuse)
+    }
+
+    fn boot_with(
+        state: State,
+        key: u8,
+        budget: Option<usize>,
+        reformat: Reformat,
+    ) -> (Result<Opened, VolumeError>, State, Vec<String>) {
         let shared = Shared {
             state: Rc::new(RefCell::new(state)),
             budget: Rc::new(RefCell::new(budget)),
@@ -588,6 +692,7 @@ pub(crate) mod tests {
             512,
             &DiskKey::from_bytes([key; 32]),
             &fresh(),
+            reformat,
         );
         let log = shared.log.borrow().clone();
         if result.is_err() {
@@ -625,6 +730,7 @@ pub(crate) mod tests {
         let (r, state, log) = boot(blank(), 1, None);
         let opened = r.unwrap();
         assert!(opened.formatted);
+        assert_eq!(opened.format, Formatted::Blank);
         assert_eq!(opened.partition.offset, 1 << 20);
         assert_eq!(opened.data_bytes, 12 << 20);
         assert_ext4(&state);
@@ -642,7 +748,9 @@ pub(crate) mod tests {
             ]
         );
         let (r, again, log) = boot(state.clone(), 1, None);
-        assert!(!r.unwrap().formatted);
+        let opened = r.unwrap();
+        assert!(!opened.formatted);
+        assert_eq!(opened.format, Formatted::No);
         assert_eq!(log.len(), 2);
         assert_eq!(again.disk, state.disk, "an open writes nothing to the disk");
     }
@@ -678,8 +786,21 @@ pub(crate) mod tests {
             if r.is_ok() {
                 break;
             }
-            // The boot after the cut finishes (restarting the format) and opens a full ext4.
-            let (r2, after, _) = boot(state, 1, None);
+            // Without the app-compose opt-in a cut format is never redone silently (a cut
+            // after the format finished opens the volume as it is).
+            if state.disk.iter().any(|&b| b != 0) {
+                let (again, kept, _) = boot(state.clone(), 1, None);
+                match again {
+                    Err(VolumeError::ReformatRefused { .. }) => {
+                        assert!(kept.disk == state.disk, "a refusal wrote to the disk");
+                    }
+                    Ok(o) if !o.formatted => {}
+                    other => panic!("cut at step {steps}: {other:?}"),
+                }
+            }
+            // …with it, the boot after the cut finishes (restarting the format) and opens a
+            // full ext4.
+            let (r2, after, _) = boot_with(state, 1, None, Reformat::Allow);
             let opened = r2.unwrap_or_else(|e| panic!("cut at step {steps}: {e:?}"));
             assert!(opened.formatted || steps > 0, "cut at step {steps}");
             assert_ext4(&after);
@@ -687,5 +808,49 @@ pub(crate) mod tests {
             assert!(steps < 2000);
         }
         assert!(steps > 20, "only {steps} steps");
+    }
+
+    /// The host zeroes the volume header, zeroes the partition table too, or replays the
+    /// first-boot "formatting" header of a disk in use: each is refused with nothing written;
+    /// with the opt-in each formats again and says so.
+    #[test]
+    fn zeroed_or_replayed_header_is_not_reformatted_silently() {
+        let (r, first, _) = boot(blank(), 1, None);
+        let part = r.unwrap().partition;
+        // The header of the first format's start, as a host would have copied it.
+        let formatting =
+            Header::formatting(fresh().salt, fresh().fs_uuid).encode(&DiskKey::from_bytes([1; 32]));
+        let header = part.offset as usize;
+        let mut zeroed = first.clone();
+        zeroed.disk[header..header + HEADER_AREA_LEN].fill(0);
+        let mut no_table = zeroed.clone();
+        no_table.disk[..gpt::PRIMARY_AREA_LEN].fill(0);
+        let mut replayed = first.clone();
+        for i in 0..2 {
+            let at = header + i * SLOT_LEN;
+            replayed.disk[at..at + SLOT_LEN].copy_from_slice(&formatting);
+        }
+        for (what, state) in [
+            ("zeroed", zeroed),
+            ("no table", no_table),
+            ("replayed", replayed),
+        ] {
+            let (r, after, log) = boot(state.clone(), 1, None);
+            let err = r.unwrap_err();
+            assert!(
+                matches!(err, VolumeError::ReformatRefused { .. }),
+                "{what}: {err:?}"
+            );
+            assert!(
+                err.to_string().contains("allow_disk_reformat"),
+                "{what}: {err}"
+            );
+            assert!(
+                log.is_empty() && after.disk == state.disk,
+                "{what}: wrote {log:?}"
+            );
+            let (r, _, _) = boot_with(state, 1, None, Reformat::Allow);
+            assert_eq!(r.unwrap().format, Formatted::Again, "{what}");
+        }
     }
 }

@@ -119,7 +119,12 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
         stages::keys::run(&share, &mut measured, network.as_ref(), &share_copy, r)
     })?;
     let disk = run.stage(Stage::Disk, |r| {
-        stages::disk::run(&config, keys.app_keys(), r)
+        let reformat = if share.app_compose.compose().allow_disk_reformat {
+            cvm_disk::volume::Reformat::Allow
+        } else {
+            cvm_disk::volume::Reformat::Refuse
+        };
+        stages::disk::run(&config, keys.app_keys(), reformat, r)
     })?;
     run.stage(Stage::SystemReady, |r| {
         stages::system_ready::run(&share, measured, &keys, disk.as_ref(), r)
@@ -129,7 +134,17 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
         let disk_mount = disk
             .as_ref()
             .map(|_| std::path::Path::new(stages::disk::MOUNT_POINT));
-        stages::workloads::run(&share, keys.env(), disk_mount, network.is_some(), r)
+        let digest_logs = config
+            .test_dump
+            .contains(&init_core::cmdline::TestDump::ContainerLogDigests);
+        stages::workloads::run(
+            &share,
+            keys.env(),
+            disk_mount,
+            network.is_some(),
+            digest_logs,
+            r,
+        )
     })?;
     run.stage(Stage::Ready, |r| stages::ready::run(&config, r))?;
     Ok(Booted {

@@ -1,6 +1,7 @@
-//! Container output: split into lines for the console (prefixed with the service name) and
-//! appended to a size-capped file on the encrypted disk (`<name>.log`, rotated once to
-//! `<name>.log.1`, so at most twice the cap is kept).
+//! Container output: split into lines and appended to a size-capped, rotated file on the
+//! encrypted disk (`<name>.log`, then `<name>.log.1` … `<name>.log.<N-1>`, oldest last, so at
+//! most `N` times the cap is kept). Whether a line also reaches the console is the caller's
+//! decision (dstack's `public_logs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -62,19 +63,31 @@ fn clean(line: &[u8]) -> String {
         .collect()
 }
 
-/// A size-capped log file.
+/// A size-capped log file with rotated predecessors.
 #[derive(Debug)]
 pub struct CappedLog {
     path: PathBuf,
     cap: u64,
+    files: u32,
     file: File,
     size: u64,
 }
 
+/// `path` with `.<n>` appended (`n` ≥ 1), or `path` itself for 0.
+fn numbered(path: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        return path.to_owned();
+    }
+    let mut p = path.as_os_str().to_owned();
+    p.push(format!(".{n}"));
+    PathBuf::from(p)
+}
+
 impl CappedLog {
-    /// Opens (appending to) `path`, keeping at most about `cap` bytes in it and `cap` more in
-    /// `path.1`.
-    pub fn open(path: &Path, cap: u64) -> Result<Self, LogError> {
+    /// Opens (appending to) `path`, keeping at most about `cap` bytes in each of `files` files
+    /// (`path`, `path.1` … `path.<files-1>`; `files` below 1 counts as 1: the file is
+    /// truncated at the cap).
+    pub fn open(path: &Path, cap: u64, files: u32) -> Result<Self, LogError> {
         let err = |op| {
             let path = path.to_owned();
             move |source| LogError::WriteLog { op, path, source }
@@ -88,6 +101,7 @@ impl CappedLog {
         Ok(Self {
             path: path.to_owned(),
             cap,
+            files: files.max(1),
             file,
             size,
         })
@@ -116,16 +130,32 @@ impl CappedLog {
         Ok(())
     }
 
+    /// Shifts `path.<k>` to `path.<k+1>` from the oldest down (the oldest is dropped), then
+    /// starts an empty `path`.
     fn rotate(&mut self) -> Result<(), LogError> {
-        let mut old = self.path.clone().into_os_string();
-        old.push(".1");
-        let old = PathBuf::from(old);
-        fs::rename(&self.path, &old).map_err(|source| LogError::WriteLog {
-            op: "rotate",
-            path: self.path.clone(),
-            source,
-        })?;
-        *self = Self::open(&self.path.clone(), self.cap)?;
+        let err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| LogError::WriteLog {
+                op: "rotate",
+                path,
+                source,
+            }
+        };
+        let last = self.files - 1;
+        if last == 0 {
+            self.file.set_len(0).map_err(err(&self.path))?;
+            self.size = 0;
+            return Ok(());
+        }
+        for k in (0..last).rev() {
+            let from = numbered(&self.path, k);
+            match fs::rename(&from, numbered(&self.path, k + 1)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound && k > 0 => {}
+                Err(e) => return Err(err(&from)(e)),
+            }
+        }
+        *self = Self::open(&self.path.clone(), self.cap, self.files)?;
         Ok(())
     }
 }
@@ -153,24 +183,37 @@ mod tests {
     }
 
     #[test]
-    fn rotates_at_the_cap() {
+    fn rotates_at_the_cap_through_several_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("web.log");
-        let mut log = CappedLog::open(&path, 20).unwrap();
+        let mut log = CappedLog::open(&path, 20, 3).unwrap();
         for i in 0..10 {
             log.write_line(&format!("line {i}")).unwrap();
         }
-        let current = fs::read_to_string(&path).unwrap();
-        let previous = fs::read_to_string(dir.path().join("web.log.1")).unwrap();
-        assert!(
-            current.len() <= 20 && previous.len() <= 20,
-            "{current:?} {previous:?}"
-        );
-        assert!(current.ends_with("line 9\n"));
-        assert_eq!(previous, "line 6\nline 7\n");
-        // Reopening continues with the existing size.
-        let mut log = CappedLog::open(&path, 20).unwrap();
-        log.write_line("x").unwrap();
-        assert!(fs::read_to_string(&path).unwrap().len() <= 20);
+        let read = |name: &str| fs::read_to_string(dir.path().join(name)).unwrap();
+        // Two 7-byte lines fit under a 20-byte cap: 8,9 | 6,7 | 4,5; 0..3 are dropped.
+        assert_eq!(read("web.log"), "line 8\nline 9\n");
+        assert_eq!(read("web.log.1"), "line 6\nline 7\n");
+        assert_eq!(read("web.log.2"), "line 4\nline 5\n");
+        assert!(!dir.path().join("web.log.3").exists());
+        // Reopening continues with the existing 14 bytes: a 7-byte line rotates.
+        let mut log = CappedLog::open(&path, 20, 3).unwrap();
+        log.write_line("line x").unwrap();
+        assert_eq!(read("web.log"), "line x\n");
+        assert_eq!(read("web.log.1"), "line 8\nline 9\n");
+        assert_eq!(read("web.log.2"), "line 6\nline 7\n");
+    }
+
+    #[test]
+    fn one_file_truncates_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("one.log");
+        let mut log = CappedLog::open(&path, 10, 0).unwrap();
+        for i in 0..4 {
+            log.write_line(&format!("l{i}")).unwrap();
+        }
+        // 3 bytes a line: l0,l1,l2 fill 9 bytes, l3 truncates and starts again.
+        assert_eq!(fs::read_to_string(&path).unwrap(), "l3\n");
+        assert!(!dir.path().join("one.log.1").exists());
     }
 }

@@ -571,6 +571,10 @@ impl<'a> Applier<'a> {
                 self.opaque.push(parent);
             } else if hidden.is_empty() {
                 return Err(self.unsafe_entry(&raw_name, "empty whiteout"));
+            } else if hidden == b"." || hidden == b".." {
+                // `.wh..` would remove the directory itself (at the top: the whole rootfs),
+                // `.wh...` its parent.
+                return Err(self.unsafe_entry(&raw_name, "whiteout of `.` or `..`"));
             } else {
                 let target = parent.join(OsStr::from_bytes(hidden));
                 Self::remove_any(&target)?;

@@ -174,6 +174,32 @@ fn whiteouts_and_opaque_directories() {
 }
 
 #[test]
+fn whiteouts_of_dot_and_dot_dot_are_refused_and_remove_nothing() {
+    let (dir, root) = setup();
+    let lower = Layer::new()
+        .dir("a")
+        .file("a/kept", 0o644, b"k")
+        .file("top", 0o644, b"t")
+        .tar();
+    apply(&root, &lower).unwrap();
+    fs::write(dir.path().join("beside"), b"outside the root").unwrap();
+    for name in [".wh..", "a/.wh..", "a/.wh...", ".wh..."] {
+        let tar = Layer::new().file(name, 0o644, b"").tar();
+        let err = apply(&root, &tar).unwrap_err();
+        assert!(
+            matches!(&err, UnpackError::UnsafeEntry { reason, .. } if reason.contains("whiteout of")),
+            "{name}: {err:?}"
+        );
+    }
+    assert_eq!(fs::read(root.join("a/kept")).unwrap(), b"k");
+    assert_eq!(fs::read(root.join("top")).unwrap(), b"t");
+    assert_eq!(
+        fs::read(dir.path().join("beside")).unwrap(),
+        b"outside the root"
+    );
+}
+
+#[test]
 fn replaces_entries_and_applies_modes() {
     let (_dir, root) = setup();
     let lower = Layer::new()

@@ -56,10 +56,17 @@ pub mod names {
     pub const GPU_ATTESTATION: &str = "gpu-attestation";
     /// The simulated TEE's marker.
     pub const INSECURE_SIMULATED_TEE: &str = "insecure-simulated-tee";
+    /// First event of every test build (`insecure-*` features), whatever the TEE: a real TDX
+    /// boot of a test image is marked too, so no verifier accepts it.
+    pub const INSECURE_TEST_BUILD: &str = "insecure-test-build";
+    /// This boot formatted the data disk: payload `blank` (a new disk) or `again` (a disk
+    /// initialised before, formatted again under app-compose `allow_disk_reformat`). Not a
+    /// dstack event; dstack verifiers replay it like any other.
+    pub const DISK_FORMATTED: &str = "disk-formatted";
 }
 
 /// Names workloads may never emit: every name dstack or this init uses for system events.
-pub const RESERVED_EVENT_NAMES: [&str; 14] = [
+pub const RESERVED_EVENT_NAMES: [&str; 16] = [
     names::SYSTEM_PREPARING,
     names::APP_ID,
     names::COMPOSE_HASH,
@@ -74,6 +81,8 @@ pub const RESERVED_EVENT_NAMES: [&str; 14] = [
     names::GPU_POLICY_HASH,
     names::GPU_ATTESTATION,
     names::INSECURE_SIMULATED_TEE,
+    names::INSECURE_TEST_BUILD,
+    names::DISK_FORMATTED,
 ];
 
 /// The `key-provider` event payload: compact JSON `{"name":…,"id":…}` (field order as dstack).

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use cvm_disk::kernel::{self, BlockFile, DmKernel, SelectError, Selected};
 use cvm_disk::keys::DiskKey;
-use cvm_disk::volume::{self, BoxError, Fresh, Opened, VolumeError};
+use cvm_disk::volume::{self, BoxError, Formatted, Fresh, Opened, Reformat, VolumeError};
 use init_core::cmdline::Config;
 use init_core::plan::MountFlags;
 
@@ -102,9 +102,10 @@ fn fresh() -> Result<Fresh, DiskStageError> {
 pub(crate) fn run(
     config: &Config,
     app_keys: Option<&cvm_keys::kms::AppKeys>,
+    reformat: Reformat,
     results: &mut crate::results::Results,
 ) -> Result<Option<Mounted>, DiskStageError> {
-    let mounted = open_and_mount(config, app_keys)?;
+    let mounted = open_and_mount(config, app_keys, reformat)?;
     results.record(&init_core::results::Record::Disk {
         device: mounted
             .as_ref()
@@ -114,6 +115,11 @@ pub(crate) fn run(
             .map(|_| MOUNT_POINT.to_owned())
             .unwrap_or_default(),
         formatted: mounted.as_ref().is_some_and(|m| m.opened.formatted),
+        format: mounted
+            .as_ref()
+            .map_or(Formatted::No, |m| m.opened.format)
+            .name()
+            .to_owned(),
         data_bytes: mounted.as_ref().map_or(0, |m| m.opened.data_bytes),
         mono_us: init_sys::clock::monotonic_us(),
     });
@@ -128,6 +134,7 @@ pub(crate) fn run(
 fn open_and_mount(
     config: &Config,
     app_keys: Option<&cvm_keys::kms::AppKeys>,
+    reformat: Reformat,
 ) -> Result<Option<Mounted>, DiskStageError> {
     let configured = config.data_device.as_deref().map(Path::new);
     let Some(selected) = kernel::select(Path::new(CLASS_BLOCK), Path::new("/dev"), configured)
@@ -154,12 +161,10 @@ fn open_and_mount(
     })?;
     let mut dm = DmKernel::new().map_err(DiskStageError::OpenDm)?;
     let lbs = kernel::logical_block_size(Path::new(CLASS_BLOCK), &disk);
-    let opened =
-        volume::open_or_format(&mut dm, &mut block, lbs, &key, &fresh()?).map_err(|source| {
-            DiskStageError::Volume {
-                disk: disk.clone(),
-                source,
-            }
+    let opened = volume::open_or_format(&mut dm, &mut block, lbs, &key, &fresh()?, reformat)
+        .map_err(|source| DiskStageError::Volume {
+            disk: disk.clone(),
+            source,
         })?;
     let flags = MountFlags {
         nosuid: true,

@@ -146,6 +146,13 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
     }
     let version = event_log_version(share)?;
     let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)?;
+    if let Some(marker) = test_build_marker(version) {
+        log::warn!(
+            "measure: INSECURE test build: RTMR3 starts with the `insecure-test-build` event"
+        );
+        log.emit_plan(vec![marker])
+            .map_err(|source| MeasureStageError::EmitEvents { source })?;
+    }
     let seed = random_seed(Path::new("/dev/urandom"))?;
     let gpu_policy = share
         .app_compose
@@ -461,6 +468,28 @@ pub(crate) fn random_seed(urandom: &Path) -> Result<[u8; ID_LEN], MeasureStageEr
     Ok(seed)
 }
 
+/// The `insecure-test-build` event of a build with any `insecure-*` feature (payload: those
+/// features, comma-separated); `None` in a release build.
+fn test_build_marker(version: EventLogVersion) -> Option<init_core::tee::RuntimeEvent> {
+    let features: Vec<&str> = [
+        (cfg!(feature = "insecure-test-hooks"), "insecure-test-hooks"),
+        (
+            cfg!(feature = "insecure-simulated-tee"),
+            "insecure-simulated-tee",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then_some(name))
+    .collect();
+    (!features.is_empty()).then(|| {
+        init_core::tee::RuntimeEvent::new(
+            init_core::tee::events::names::INSECURE_TEST_BUILD,
+            features.join(",").into_bytes(),
+        )
+        .with_version(version)
+    })
+}
+
 /// Derives the identity from the host share and emits `system-preparing`, `app-id`,
 /// `compose-hash`, `instance-id`, `boot-mr-done`. Call before requesting keys.
 pub(crate) fn measure_app_info<R: Rtmr, S: EventLogSink>(
@@ -528,6 +557,7 @@ mod tests {
             &mut log,
             &share,
             Some(&KeyProviderInfo::none()),
+            Some(cvm_disk::volume::Formatted::Blank),
             StorageFs::Ext4,
         )
         .unwrap();
@@ -549,14 +579,16 @@ mod tests {
                 "instance-id",
                 "boot-mr-done",
                 "key-provider",
+                "disk-formatted",
                 "storage-fs",
                 "system-ready"
             ]
         );
         assert_eq!(events[1].payload, identity.app_id.0);
-        assert_eq!(events[6].payload, b"ext4");
+        assert_eq!(events[6].payload, b"blank");
+        assert_eq!(events[7].payload, b"ext4");
         assert_eq!(replay_rtmr3(&events), *tee.rtmrs.register(RtmrIndex::R3));
-        assert_eq!(tee.calls.len(), 8);
+        assert_eq!(tee.calls.len(), 9);
         assert_eq!(
             fs::read_to_string(dir.path().join("log/dstack/runtime_event_version")).unwrap(),
             "1"

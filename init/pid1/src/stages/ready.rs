@@ -25,12 +25,12 @@ pub(crate) enum ReadyStageError {
 #[cfg(feature = "insecure-test-hooks")]
 pub(crate) fn run(config: &Config, results: &mut Results) -> Result<(), ReadyStageError> {
     use init_core::results::Record;
-    for dump in &config.test_dump {
-        let bytes = std::fs::read(dump.path()).map_err(|source| ReadyStageError::ReadDump {
-            path: std::path::PathBuf::from(dump.path()),
+    for (dump, path) in config.test_dump.iter().filter_map(|d| Some((d, d.path()?))) {
+        let bytes = std::fs::read(path).map_err(|source| ReadyStageError::ReadDump {
+            path: std::path::PathBuf::from(path),
             source,
         })?;
-        log::warn!("test hook: dumping {} ({} bytes)", dump.path(), bytes.len());
+        log::warn!("test hook: dumping {path} ({} bytes)", bytes.len());
         results.record(&Record::TestDump {
             name: dump.name().into(),
             hex: hex::encode(&bytes),

@@ -1,5 +1,6 @@
 //! The `system-ready` stage: extend `key-provider` (only when the keys stage did not: provider
-//! `none`), `storage-fs` and `system-ready`, then require a fresh quote's RTMR3 to equal the
+//! `none`), `disk-formatted` (when the disk stage formatted the data disk), `storage-fs` and
+//! `system-ready`, then require a fresh quote's RTMR3 to equal the
 //! event log's replay (proof that the TEE saw every extend) and write the `measured` record.
 //!
 //! It consumes the measure stage's [`Measured`]: PID 1 extends nothing after this stage (the
@@ -71,7 +72,16 @@ pub(crate) fn run(
     };
     // With a KMS the keys stage already extended os-image-hash and key-provider.
     let key_provider = (!keys.extended_key_provider()).then(KeyProviderInfo::none);
-    emit_events(&mut log, share, key_provider.as_ref(), storage_fs)?;
+    let formatted = disk
+        .map(|d| d.opened.format)
+        .filter(|f| *f != cvm_disk::volume::Formatted::No);
+    emit_events(
+        &mut log,
+        share,
+        key_provider.as_ref(),
+        formatted,
+        storage_fs,
+    )?;
     let replayed = measure::runtime_event::replay_rtmr3(log.events());
     // A fresh quote must carry what the log replays to: proves the TEE saw every extend.
     let mut report_data = [0u8; 64];
@@ -116,13 +126,14 @@ pub(crate) fn run(
     Ok(())
 }
 
-/// Emits [`os-image-hash`], `key-provider`, `storage-fs`, `system-ready`. After this only
-/// workload events (non-reserved names) can be added. `key_provider` `None`: the keys stage
-/// already extended `os-image-hash` and `key-provider` (KMS provider).
+/// Emits [`os-image-hash`], `key-provider`, [`disk-formatted`], `storage-fs`, `system-ready`.
+/// After this only workload events (non-reserved names) can be added. `key_provider` `None`:
+/// the keys stage already extended `os-image-hash` and `key-provider` (KMS provider).
 pub(crate) fn emit_events<R: Rtmr, S: EventLogSink>(
     log: &mut RuntimeEventLog<R, S>,
     share: &HostShare,
     key_provider: Option<&KeyProviderInfo>,
+    disk_formatted: Option<cvm_disk::volume::Formatted>,
     storage_fs: StorageFs,
 ) -> Result<(), SystemReadyStageError> {
     let version = share
@@ -139,6 +150,19 @@ pub(crate) fn emit_events<R: Rtmr, S: EventLogSink>(
     )
     .into_iter()
     .filter(|e| key_provider.is_some() || e.name != init_core::tee::events::names::KEY_PROVIDER)
+    .flat_map(|e| {
+        let formatted = (e.name == init_core::tee::events::names::STORAGE_FS)
+            .then_some(disk_formatted)
+            .flatten()
+            .map(|f| {
+                init_core::tee::RuntimeEvent::new(
+                    init_core::tee::events::names::DISK_FORMATTED,
+                    f.name().as_bytes().to_vec(),
+                )
+                .with_version(version)
+            });
+        formatted.into_iter().chain(std::iter::once(e))
+    })
     .collect();
     log.emit_plan(events)
         .map_err(|source| SystemReadyStageError::EmitEvents { source })

@@ -12,8 +12,10 @@
 //! power-off; the `workloads` record says `persistent: false`). Per-container state (overlay
 //! upper layer, generated /etc files, runtime spec) is under `/run/cvm/workloads/<service>/`,
 //! libcontainer's state under `/run/cvm/containers`, cgroups under `/cvm/workloads/<service>`.
-//! Each container's stdout/stderr goes through a pipe that PID 1 reads: every line goes to the
-//! console as `<service>| <line>` and to `<data>/logs/<service>.log` (capped).
+//! Each container's stdout/stderr goes through a pipe that PID 1 reads: every line goes to
+//! `<data>/logs/<service>.log` (on the encrypted disk; capped and rotated) and, only when
+//! app-compose sets `public_logs` (as dstack), to the console as `<service>| <line>`. Without
+//! `public_logs` the host operator sees only the lifecycle lines (started, exited, restarting).
 //!
 //! Launch process model: libcontainer forks and runs Rust code in the children, so the caller
 //! must be single-threaded. PID 1 is (the guest API is a separate process; every stage is
@@ -52,8 +54,10 @@ pub(crate) const STATE_DIR: &str = "/run/cvm/containers";
 pub(crate) const TMPFS_DATA_DIR: &str = "/run/cvm/data";
 /// Under the data disk's mount point.
 const DISK_SUBDIR: &str = "workloads";
-/// Each service's log file is capped at this size.
+/// Each of a service's log files is capped at this size…
 const LOG_CAP: u64 = 8 << 20;
+/// …and this many are kept (`<service>.log`, `.log.1` … `.log.3`).
+const LOG_FILES: u32 = 4;
 
 /// Errors of the stage.
 #[derive(Debug, thiserror::Error)]
@@ -158,6 +162,10 @@ pub(crate) struct Workloads {
     /// Last pid and exit code per service (for the records).
     last: BTreeMap<String, (i32, i32)>,
     logs: Vec<LogPipe>,
+    /// Container output also to the console (app-compose `public_logs`).
+    public_logs: bool,
+    /// Test builds: record each log file's SHA-256 after the stop (`cvm.test_dump`).
+    digest_logs_at_stop: bool,
     /// Running health checks: pid → (service, deadline).
     health: BTreeMap<i32, (String, Instant)>,
 }
@@ -179,12 +187,14 @@ fn plain_http(registry: &str) -> bool {
         .is_ok_and(|ip| ip.is_private() || ip.is_loopback())
 }
 
-/// Runs the stage: `Ok(None)` when there is nothing to run.
+/// Runs the stage: `Ok(None)` when there is nothing to run. `digest_logs_at_stop` (test
+/// builds only) records each service log's SHA-256 once the containers are stopped.
 pub(crate) fn run(
     share: &HostShare,
     env: Option<&cvm_keys::env::DecryptedEnv>,
     disk_mount: Option<&Path>,
     network_up: bool,
+    digest_logs_at_stop: bool,
     results: &mut Results,
 ) -> Result<Option<Workloads>, WorkloadsStageError> {
     let compose = share.app_compose.compose();
@@ -309,8 +319,16 @@ pub(crate) fn run(
         pids: BTreeMap::new(),
         last: BTreeMap::new(),
         logs: Vec::new(),
+        public_logs: compose.public_logs,
+        digest_logs_at_stop,
         health: BTreeMap::new(),
     };
+    if !workloads.public_logs {
+        log::info!(
+            "workloads: container output goes to {} only (app-compose public_logs is false)",
+            workloads.data_dir.join("logs").display()
+        );
+    }
     record(results, names, "");
     let now = workloads.now();
     let actions = workloads.supervisor.poll(now);
@@ -406,6 +424,7 @@ impl Workloads {
     pub(crate) fn drain_logs(&mut self, _all: bool) {
         let mut buf = vec![0u8; 64 << 10];
         let mut closed = Vec::new();
+        let public = self.public_logs;
         for (i, pipe) in self.logs.iter_mut().enumerate() {
             let mut file = std::fs::File::from(match pipe.fd.try_clone() {
                 Ok(fd) => fd,
@@ -415,14 +434,14 @@ impl Workloads {
                 match file.read(&mut buf) {
                     Ok(0) => {
                         if let Some(line) = pipe.splitter.finish() {
-                            emit(&pipe.service, &line, pipe.file.as_mut());
+                            emit(&pipe.service, &line, public, pipe.file.as_mut());
                         }
                         closed.push(i);
                         break;
                     }
                     Ok(n) => {
                         for line in pipe.splitter.push(buf.get(..n).unwrap_or_default()) {
-                            emit(&pipe.service, &line, pipe.file.as_mut());
+                            emit(&pipe.service, &line, public, pipe.file.as_mut());
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -450,6 +469,33 @@ impl Workloads {
             }
             self.drain_logs(false);
             self.on_timer(results);
+        }
+        self.drain_logs(true);
+        if self.digest_logs_at_stop {
+            self.record_log_digests(results);
+        }
+    }
+
+    /// `<data>/logs/<service>.log`.
+    fn log_path(&self, service: &str) -> PathBuf {
+        self.data_dir.join("logs").join(format!("{service}.log"))
+    }
+
+    /// Test hook (`cvm.test_dump=container-log-digests`): one `test_dump` record per service
+    /// whose `hex` is the SHA-256 of its current log file, so a test can prove what the log
+    /// holds without the log's bytes leaving the VM.
+    fn record_log_digests(&self, results: &mut Results) {
+        for service in &self.app.services {
+            let path = self.log_path(&service.name);
+            let Ok(bytes) = std::fs::read(&path) else {
+                log::warn!("test hook: no log file {}", path.display());
+                continue;
+            };
+            results.record(&Record::TestDump {
+                name: format!("container-log-sha256:{}", service.name),
+                hex: Sha256Digest::of(&bytes).hex(),
+                mono_us: init_sys::clock::monotonic_us(),
+            });
         }
     }
 
@@ -667,8 +713,8 @@ impl Workloads {
         containers::delete(Path::new(STATE_DIR), name).map_err(launch_err)?;
         let pid = containers::create_and_start(Path::new(STATE_DIR), name, &bundle, write, write2)
             .map_err(launch_err)?;
-        let log_path = self.data_dir.join("logs").join(format!("{name}.log"));
-        let file = match CappedLog::open(&log_path, LOG_CAP) {
+        let log_path = self.log_path(name);
+        let file = match CappedLog::open(&log_path, LOG_CAP, LOG_FILES) {
             Ok(f) => Some(f),
             Err(e) => {
                 log::warn!("{}", init_core::error_chain::one_line(&e));
@@ -685,8 +731,11 @@ impl Workloads {
     }
 }
 
-fn emit(service: &str, line: &str, file: Option<&mut CappedLog>) {
-    log::info!("{service}| {line}");
+/// One line of a container's output: to its log file, and to the console when public.
+fn emit(service: &str, line: &str, public: bool, file: Option<&mut CappedLog>) {
+    if public {
+        log::info!("{service}| {line}");
+    }
     if let Some(f) = file
         && let Err(e) = f.write_line(line)
     {
