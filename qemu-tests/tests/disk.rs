@@ -35,7 +35,17 @@ mod tests {
     /// comes from the test hook until the KMS issue supplies it.
     fn share_without_kms() -> Result<PathBuf> {
         static SHARE: OnceLock<Option<PathBuf>> = OnceLock::new();
-        let built = SHARE.get_or_init(|| match build_share() {
+        shared(&SHARE, false)
+    }
+
+    /// The same with `allow_disk_reformat: true`.
+    fn share_allowing_reformat() -> Result<PathBuf> {
+        static SHARE: OnceLock<Option<PathBuf>> = OnceLock::new();
+        shared(&SHARE, true)
+    }
+
+    fn shared(cell: &OnceLock<Option<PathBuf>>, allow_reformat: bool) -> Result<PathBuf> {
+        let built = cell.get_or_init(|| match build_share(allow_reformat) {
             Ok(p) => Some(p),
             Err(e) => {
                 eprintln!("build the share without KMS: {e:#}");
@@ -45,17 +55,22 @@ mod tests {
         built.clone().context("no share image")
     }
 
-    fn build_share() -> Result<PathBuf> {
-        let dir =
-            qemu_tests::paths::build_dir().join(format!("disk-test-share-{}", std::process::id()));
+    fn build_share(allow_reformat: bool) -> Result<PathBuf> {
+        let dir = qemu_tests::paths::build_dir().join(format!(
+            "disk-test-share-{}-{allow_reformat}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("staging"))?;
         let mut files = sample_files()?;
         for f in &mut files {
             if f.name == "app-compose.json" {
-                let text = String::from_utf8(f.contents.clone())?
-                    .replace("\"kms_enabled\": true", "\"kms_enabled\": false");
-                f.contents = text.into_bytes();
+                let mut json: serde_json::Value = serde_json::from_slice(&f.contents)?;
+                json["kms_enabled"] = false.into();
+                if allow_reformat {
+                    json["allow_disk_reformat"] = true.into();
+                }
+                f.contents = serde_json::to_vec_pretty(&json)?;
             }
         }
         let image = dir.join("share.img");
@@ -65,8 +80,18 @@ mod tests {
 
     fn disk_vm<'a>(setup: &'a CvmSetup, name: &str, disk: &Path, cmdline: &str) -> TestVm<'a> {
         let share = share_without_kms().unwrap_or_else(|_| setup.host_share.clone());
+        vm_on(setup, &share, name, disk, cmdline)
+    }
+
+    fn vm_on<'a>(
+        setup: &'a CvmSetup,
+        share: &Path,
+        name: &str,
+        disk: &Path,
+        cmdline: &str,
+    ) -> TestVm<'a> {
         setup
-            .vm_with_share(name, &share)
+            .vm_with_share(name, share)
             .with_qemu_arg("-drive")
             .with_qemu_arg(&data_disk::drive_arg(disk))
             .with_cmdline(&format!("cvm.on_ready=poweroff {cmdline}"))
@@ -100,6 +125,30 @@ mod tests {
             .with_context(|| format!("no test_disk {op} record: {records:?}"))
     }
 
+    /// Boots `vm`, which must stop in the disk stage with an error containing `needle`, write
+    /// nothing to `disk` and power off.
+    fn boot_refused_by_disk(vm: TestVm<'_>, disk: &Path, needle: &str) -> Result<()> {
+        let before = data_disk::sha256(disk)?;
+        let mut vm = vm.boot()?;
+        vm.wait_for_event("power_off", TIMEOUT)?;
+        vm.wait_for_exit(TIMEOUT)?;
+        let records = vm.records()?;
+        let fatal = records
+            .iter()
+            .find_map(|r| match r {
+                Record::Fatal { stage, error, .. } => Some((stage.clone(), error.clone())),
+                _ => None,
+            })
+            .context("no fatal record")?;
+        ensure!(fatal.0 == "disk" && fatal.1.contains(needle), "{fatal:?}");
+        ensure!(!records.iter().any(|r| matches!(r, Record::Ready { .. })));
+        ensure!(
+            data_disk::sha256(disk)? == before,
+            "the refused boot wrote to the disk"
+        );
+        Ok(())
+    }
+
     #[test]
     fn format_write_reopen_wrong_key_and_tamper() -> Result<()> {
         let setup = CvmSetup::new()?;
@@ -110,7 +159,10 @@ mod tests {
         // 1. First boot: formats, nothing else.
         let records = boot_ok(disk_vm(&setup, "disk-format", &disk, &key_a))?;
         let d = disk_record(&records)?;
-        ensure!(d["formatted"] == true && d["device"] == "/dev/vdb", "{d}");
+        ensure!(
+            d["formatted"] == true && d["format"] == "blank" && d["device"] == "/dev/vdb",
+            "{d}"
+        );
         ensure!(d["mount_point"] == "/var/volatile/dstack/persistent", "{d}");
         let formatted = dir.path().join("formatted.img");
         std::fs::copy(&disk, &formatted)?;
@@ -141,34 +193,16 @@ mod tests {
         );
 
         // 4. Another key: the header MAC fails, the boot stops, the disk is not written.
-        let before = data_disk::sha256(&disk)?;
-        let mut vm = disk_vm(
-            &setup,
-            "disk-wrong-key",
+        boot_refused_by_disk(
+            disk_vm(
+                &setup,
+                "disk-wrong-key",
+                &disk,
+                &format!("cvm.test_disk_key={KEY_B} cvm.test_disk=write"),
+            ),
             &disk,
-            &format!("cvm.test_disk_key={KEY_B} cvm.test_disk=write"),
-        )
-        .boot()?;
-        vm.wait_for_event("power_off", TIMEOUT)?;
-        vm.wait_for_exit(TIMEOUT)?;
-        let records = vm.records()?;
-        let fatal = records
-            .iter()
-            .find_map(|r| match r {
-                Record::Fatal { stage, error, .. } => Some((stage.clone(), error.clone())),
-                _ => None,
-            })
-            .context("no fatal record")?;
-        ensure!(fatal.0 == "disk", "{fatal:?}");
-        ensure!(
-            fatal.1.contains("does not verify with this disk key"),
-            "{fatal:?}"
-        );
-        ensure!(!records.iter().any(|r| matches!(r, Record::Ready { .. })));
-        ensure!(
-            data_disk::sha256(&disk)? == before,
-            "the wrong-key boot wrote to the disk"
-        );
+            "does not verify with this disk key",
+        )?;
 
         // 5. Flip one byte in the middle of the probe's ciphertext: reading it is an I/O error,
         //    reported by the init.
@@ -189,11 +223,26 @@ mod tests {
                 .is_some_and(|e| e.contains("Input/output error")),
             "{read}"
         );
+
+        // 6. The host zeroes the volume header (1 MiB into the disk, both 4 KiB slots): the
+        //    disk was initialised, so it is not formatted again without the opt-in.
+        {
+            use std::os::unix::fs::FileExt as _;
+            let f = std::fs::OpenOptions::new().write(true).open(&disk)?;
+            f.write_all_at(&[0u8; 8192], 1 << 20)?;
+            f.sync_all()?;
+        }
+        boot_refused_by_disk(
+            disk_vm(&setup, "disk-zeroed-header", &disk, &key_a),
+            &disk,
+            "allow_disk_reformat",
+        )?;
         Ok(())
     }
 
-    /// Kill QEMU at five points of the first-boot format; the next boot must mount a clean
-    /// filesystem (it formats again) and hold a file.
+    /// Kill QEMU at five points of the first-boot format. Without `allow_disk_reformat` the
+    /// next boot refuses to format the disk again (checked at the mid-format cut); with it, the
+    /// next boot formats again, mounts a clean filesystem and holds a file.
     #[test]
     fn power_cut_during_first_format() -> Result<()> {
         let setup = CvmSetup::new()?;
@@ -201,7 +250,7 @@ mod tests {
         let key_a = format!("cvm.test_disk_key={KEY_A}");
         let points: [(&str, u64); 5] = [
             ("disk: data disk /dev/vdb", 0),
-            ("disk: blank volume, formatting", 0),
+            ("disk: blank disk, formatting", 0),
             ("disk: dm-integrity formatted", 0),
             ("disk: dm-integrity formatted", 1500),
             ("disk: filesystem written", 0),
@@ -213,8 +262,22 @@ mod tests {
             std::thread::sleep(Duration::from_millis(*delay_ms));
             vm.kill()?;
             drop(vm);
-            let records = boot_ok(disk_vm(
+            if i == 2 {
+                boot_refused_by_disk(
+                    disk_vm(
+                        &setup,
+                        &format!("disk-refused-after-cut-{i}"),
+                        &disk,
+                        &key_a,
+                    ),
+                    &disk,
+                    "allow_disk_reformat",
+                )?;
+            }
+            let allowing = share_allowing_reformat()?;
+            let records = boot_ok(vm_on(
                 &setup,
+                &allowing,
                 &format!("disk-after-cut-{i}"),
                 &disk,
                 &format!("{key_a} cvm.test_disk=write,read"),
