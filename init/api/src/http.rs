@@ -164,6 +164,8 @@ pub enum Status {
     PayloadTooLarge,
     /// 417.
     ExpectationFailed,
+    /// 429.
+    TooManyRequests,
     /// 431.
     RequestHeaderFieldsTooLarge,
     /// 500.
@@ -190,6 +192,7 @@ impl Status {
             Self::Conflict => 409,
             Self::PayloadTooLarge => 413,
             Self::ExpectationFailed => 417,
+            Self::TooManyRequests => 429,
             Self::RequestHeaderFieldsTooLarge => 431,
             Self::InternalServerError => 500,
             Self::NotImplemented => 501,
@@ -211,6 +214,7 @@ impl Status {
             Self::Conflict => "Conflict",
             Self::PayloadTooLarge => "Payload Too Large",
             Self::ExpectationFailed => "Expectation Failed",
+            Self::TooManyRequests => "Too Many Requests",
             Self::RequestHeaderFieldsTooLarge => "Request Header Fields Too Large",
             Self::InternalServerError => "Internal Server Error",
             Self::NotImplemented => "Not Implemented",

@@ -158,6 +158,7 @@ impl ServiceError {
                 EventLogError::AppEventBeforeSystemReady { .. } => Status::Conflict,
                 EventLogError::EncodeEvent { .. } => Status::BadRequest,
                 EventLogError::LogOutOfStep { .. } => Status::ServiceUnavailable,
+                EventLogError::AppEventBudget { .. } => Status::TooManyRequests,
                 _ => Status::InternalServerError,
             },
             Self::Tee { source, .. } => match **source {

@@ -404,23 +404,51 @@ impl AppKeys {
         events
     }
 
-    /// dstack's `.appkeys.json` (`AppKeys` with the `Kms` key provider), which the guest API reads.
+    /// The guest API's `.appkeys.json`: dstack's `AppKeys` layout (`Kms` key provider) with
+    /// only what the guest API uses — the k256 app key and its signature, the KMS root and the
+    /// temporary CA for `SignCert`. The disk and env keys are left out: the guest API never
+    /// needs them, so a compromised guest API cannot leak them. Every intermediate copy of a
+    /// key is zeroized.
     pub fn to_appkeys_json(&self) -> SecretString {
-        let json = serde_json::json!({
-            "disk_crypt_key": hex::encode(self.disk_crypt_key.expose()),
-            "env_crypt_key": self.env_crypt_key.as_ref().map(|k| hex::encode(k.expose())).unwrap_or_default(),
-            "k256_key": hex::encode(self.k256_key.expose()),
-            "k256_signature": hex::encode(&self.k256_signature),
-            "gateway_app_id": self.gateway_app_id,
-            "ca_cert": self.ca_cert_pem,
-            "key_provider": {"Kms": {
-                "url": self.kms_url,
-                "pubkey": hex::encode(&self.root_spki_der),
-                "tmp_ca_key": self.temp_ca_key_pem.expose(),
-                "tmp_ca_cert": self.temp_ca_cert_pem,
-            }},
-        });
-        Secret::new(json.to_string())
+        #[derive(Serialize)]
+        struct Kms<'a> {
+            url: &'a str,
+            pubkey: &'a str,
+            tmp_ca_key: &'a str,
+            tmp_ca_cert: &'a str,
+        }
+        #[derive(Serialize)]
+        struct Provider<'a> {
+            #[serde(rename = "Kms")]
+            kms: Kms<'a>,
+        }
+        #[derive(Serialize)]
+        struct Out<'a> {
+            k256_key: &'a str,
+            k256_signature: &'a str,
+            gateway_app_id: &'a str,
+            ca_cert: &'a str,
+            key_provider: Provider<'a>,
+        }
+        let k256_key = zeroize::Zeroizing::new(hex::encode(self.k256_key.expose()));
+        let pubkey = hex::encode(&self.root_spki_der);
+        let signature = hex::encode(&self.k256_signature);
+        let out = Out {
+            k256_key: &k256_key,
+            k256_signature: &signature,
+            gateway_app_id: &self.gateway_app_id,
+            ca_cert: &self.ca_cert_pem,
+            key_provider: Provider {
+                kms: Kms {
+                    url: &self.kms_url,
+                    pubkey: &pubkey,
+                    tmp_ca_key: self.temp_ca_key_pem.expose(),
+                    tmp_ca_cert: &self.temp_ca_cert_pem,
+                },
+            },
+        };
+        // Serializing borrowed strings into one buffer leaves no other copy.
+        Secret::new(serde_json::to_string(&out).unwrap_or_default())
     }
 }
 
@@ -718,7 +746,10 @@ mod tests {
         let json = keys.to_appkeys_json();
         let v: serde_json::Value = serde_json::from_str(json.expose()).unwrap();
         assert_eq!(v["key_provider"]["Kms"]["pubkey"], "0102");
-        assert_eq!(v["disk_crypt_key"], "01".repeat(32));
+        // The guest API never gets the disk or the env key.
+        assert!(v.get("disk_crypt_key").is_none() && v.get("env_crypt_key").is_none());
+        assert!(!json.expose().contains(&"01".repeat(32)));
+        assert!(!json.expose().contains(&"02".repeat(32)));
         let back = GuestKeys::from_appkeys_json(json.expose().as_bytes()).unwrap();
         assert_eq!(back.k256_key.expose(), &[3; 32]);
         assert_eq!(back.k256_signature, vec![4; 65]);

@@ -231,7 +231,29 @@ pub enum EventLogError {
     /// An app event with a reserved name.
     #[error("event name {name} is reserved for the system")]
     ReservedEventName { name: String },
+    /// The app's event budget ([`APP_EVENT_MAX_COUNT`] events, [`APP_EVENT_MAX_BYTES`] bytes
+    /// of names and payloads per boot) would be exceeded; nothing was extended.
+    #[error(
+        "event {name}: the app event budget of this boot is spent ({count} events, {bytes} \
+         bytes; at most {APP_EVENT_MAX_COUNT} events and {APP_EVENT_MAX_BYTES} bytes)"
+    )]
+    AppEventBudget {
+        name: String,
+        count: usize,
+        bytes: usize,
+    },
 }
+
+/// At most this many app (`EmitEvent`) events per boot…
+pub const APP_EVENT_MAX_COUNT: usize = 4096;
+/// …with at most this many bytes of names and payloads together. The log line of an event is
+/// at most about 2× its bytes (hex payload) plus 300, so the app's share of the event log's
+/// private tmpfs ([`RUNTIME_EVENT_LOG_TMPFS_BYTES`]) is bounded well below its size: the
+/// system's own appends always find room.
+pub const APP_EVENT_MAX_BYTES: usize = 2 << 20;
+/// Size of the private tmpfs PID 1 mounts for the event log's directory, so nothing else in
+/// `/run` (container roots without a data disk, for one) can fill the log's filesystem.
+pub const RUNTIME_EVENT_LOG_TMPFS_BYTES: usize = 16 << 20;
 
 /// Writes RTMR3 runtime events: extend first, then append the log line.
 #[derive(Debug)]
@@ -295,6 +317,23 @@ impl<R: Rtmr, S: EventLogSink> RuntimeEventLog<R, S> {
         }
         if !self.system_ready {
             return Err(EventLogError::AppEventBeforeSystemReady { name: event.name });
+        }
+        let ready_at = self
+            .events
+            .iter()
+            .rposition(|e| e.name == names::SYSTEM_READY)
+            .map_or(0, |i| i + 1);
+        let app = self.events.get(ready_at..).unwrap_or_default();
+        let count = app.len();
+        let bytes: usize = app.iter().map(|e| e.name.len() + e.payload.len()).sum();
+        if count + 1 > APP_EVENT_MAX_COUNT
+            || bytes + event.name.len() + event.payload.len() > APP_EVENT_MAX_BYTES
+        {
+            return Err(EventLogError::AppEventBudget {
+                name: event.name,
+                count,
+                bytes,
+            });
         }
         self.extend_and_append(event)
     }
@@ -574,6 +613,58 @@ mod tests {
             names,
             ["key-provider", "storage-fs", "system-ready", "my-event"]
         );
+    }
+
+    #[test]
+    fn app_events_stop_at_the_budget_with_nothing_extended() {
+        let mut tee = FakeTee::default();
+        let mut sink = RecordingSink::default();
+        let mut log = RuntimeEventLog::new(&mut tee, &mut sink).unwrap();
+        log.emit_plan(system_ready_events(
+            None,
+            &KeyProviderInfo::none(),
+            StorageFs::Ext4,
+            EventLogVersion::V1,
+        ))
+        .unwrap();
+        // Bytes: two events of half the budget less their names fit, a third byte does not.
+        let half = APP_EVENT_MAX_BYTES / 2 - 1;
+        for _ in 0..2 {
+            log.emit_app_event(RuntimeEvent::new("b", vec![7; half]))
+                .unwrap();
+        }
+        let before = log.events().len();
+        let err = log
+            .emit_app_event(RuntimeEvent::new("c", vec![1]))
+            .unwrap_err();
+        assert!(
+            matches!(err, EventLogError::AppEventBudget { count: 2, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("budget"));
+        assert_eq!(log.events().len(), before, "a refused event is not logged");
+        drop(log);
+        assert_eq!(tee.calls.len(), 3 + 2, "a refused event is not extended");
+
+        // Count: small events stop at APP_EVENT_MAX_COUNT.
+        let mut tee = FakeTee::default();
+        let mut sink = RecordingSink::default();
+        let mut log = RuntimeEventLog::new(&mut tee, &mut sink).unwrap();
+        log.emit_plan(system_ready_events(
+            None,
+            &KeyProviderInfo::none(),
+            StorageFs::Ext4,
+            EventLogVersion::V1,
+        ))
+        .unwrap();
+        for _ in 0..APP_EVENT_MAX_COUNT {
+            log.emit_app_event(RuntimeEvent::new("n", Vec::new()))
+                .unwrap();
+        }
+        assert!(matches!(
+            log.emit_app_event(RuntimeEvent::new("n", Vec::new())),
+            Err(EventLogError::AppEventBudget { .. })
+        ));
     }
 
     #[test]

@@ -60,7 +60,9 @@ pub(crate) fn start(host_share_copy: &Path) -> Result<Child, GuestApiStageError>
     // std resets the signal mask and dispositions in the child, so PID 1's blocked signals do
     // not leak into it.
     let mut command = Command::new("/proc/self/exe");
+    // No inherited environment: PID 1's comes from kernel-cmdline `KEY=value` parameters.
     command
+        .env_clear()
         .arg(SUBCOMMAND)
         .args(["--socket", DSTACK_SOCKET, "--legacy-socket", TAPPD_SOCKET])
         .args(["--event-log", RUNTIME_EVENT_LOG_PATH])

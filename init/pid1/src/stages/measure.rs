@@ -66,6 +66,13 @@ pub(crate) enum MeasureStageError {
         #[source]
         source: init_sys::tdx_guest::TdxGuestError,
     },
+    /// Mounting the event log's private tmpfs failed.
+    #[error("mount the event log's private tmpfs on {}", path.display())]
+    MountEventLogTmpfs {
+        path: PathBuf,
+        #[source]
+        source: init_sys::mount::MountError,
+    },
     /// Creating the event log directory or file failed.
     #[error("open runtime event log {path}")]
     OpenEventLog {
@@ -145,6 +152,7 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
         });
     }
     let version = event_log_version(share)?;
+    mount_event_log_tmpfs(Path::new(RUNTIME_EVENT_LOG_PATH))?;
     let mut log = open_event_log(tee, Path::new(RUNTIME_EVENT_LOG_PATH), version)?;
     if let Some(marker) = test_build_marker(version) {
         log::warn!(
@@ -407,6 +415,32 @@ impl EventLogSink for FileSink {
         self.file.write_all(line.as_bytes())?;
         Ok(())
     }
+}
+
+/// Mounts a tmpfs of its own ([`RUNTIME_EVENT_LOG_TMPFS_BYTES`]) on the event log's
+/// directory: an append that fails after its extend puts the log out of step with RTMR3 for
+/// good, so nothing else in `/run` (container roots on tmpfs, a workload's files) may share
+/// its filesystem; the app's own events are bounded by the `EmitEvent` budget.
+fn mount_event_log_tmpfs(log_path: &Path) -> Result<(), MeasureStageError> {
+    let dir = log_path.parent().unwrap_or(Path::new("/run/log/dstack"));
+    init_sys::mount::mount(
+        "tmpfs",
+        dir,
+        "tmpfs",
+        init_core::plan::MountFlags {
+            nosuid: true,
+            nodev: true,
+            noexec: true,
+        },
+        &format!(
+            "size={},mode=0755",
+            init_core::tee::events::RUNTIME_EVENT_LOG_TMPFS_BYTES
+        ),
+    )
+    .map_err(|source| MeasureStageError::MountEventLogTmpfs {
+        path: dir.to_owned(),
+        source,
+    })
 }
 
 /// Creates the log directory (0755), writes `runtime_event_version` (`1` or `2`, as dstack

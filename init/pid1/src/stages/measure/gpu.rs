@@ -251,7 +251,10 @@ impl HelperSession {
             path: path.to_owned(),
             source,
         };
+        // No inherited environment: PID 1's comes from kernel-cmdline `KEY=value` parameters,
+        // which the host writes (the helper's library and sysfs overrides are test-only).
         let mut child = Command::new(path)
+            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
