@@ -388,6 +388,100 @@ mod tests {
                 stage: "keys",
                 chain: &["key provider none: .encrypted-env cannot be decrypted without a KMS"],
             },
+            // --- app-compose gates (measure stage, before anything is measured) ------------
+            Case {
+                name: "gate-os-version",
+                build: |i| {
+                    i.compose["manifest_version"] = "3".into();
+                    i.compose["requirements"] = serde_json::json!({"os_version": ">=0.6"});
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: requirements.os_version: the app requires OS version `>=0.6`; this image is 0.5.11",
+                ],
+            },
+            Case {
+                name: "gate-platforms",
+                build: |i| {
+                    i.compose["manifest_version"] = "3".into();
+                    i.compose["requirements"] =
+                        serde_json::json!({"platforms": ["dstack-gcp-tdx"]});
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: requirements.platforms: the app runs on [\"dstack-gcp-tdx\"]; this image is `dstack-tdx`",
+                ],
+            },
+            Case {
+                name: "gate-acpi-tables",
+                build: |i| {
+                    i.compose["manifest_version"] = "3".into();
+                    i.compose["requirements"] =
+                        serde_json::json!({"tdx_measure_acpi_tables": true});
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: requirements.tdx_measure_acpi_tables: true needs vm_config.tdx_attestation_variant `legacy`; the VMM gave *",
+                ],
+            },
+            Case {
+                name: "gate-secure-time",
+                build: |i| {
+                    i.compose["secure_time"] = true.into();
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: secure_time: true (dstack's default) waits for NTS-authenticated time*",
+                ],
+            },
+            Case {
+                name: "gate-init-script",
+                build: |i| {
+                    i.compose["init_script"] = "mount -t tmpfs none /mnt".into();
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: init_script: bash scripts cannot run*",
+                ],
+            },
+            Case {
+                name: "gate-pre-launch-script",
+                build: |i| {
+                    i.compose["pre_launch_script"] = "docker login".into();
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: pre_launch_script: bash scripts cannot run*",
+                ],
+            },
+            Case {
+                name: "gate-swap",
+                build: |i| {
+                    i.compose["swap_size"] = "1G".into();
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: swap_size: 1073741824 bytes of swap asked*",
+                ],
+            },
+            Case {
+                name: "gate-verity-volumes",
+                build: |i| {
+                    i.compose["verity_volumes"] = serde_json::json!([{"source": "d.img", "verity_root": "00", "target": "/data"}]);
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose.json asks for what this image does not allow: verity_volumes: 1 dm-verity data volume(s) asked*",
+                ],
+            },
             // --- compose YAML (workloads stage, after the disk: no disk attached) ----------
             Case {
                 name: "yaml-unknown-key",

@@ -349,7 +349,7 @@ const DEFAULT_HASH: &str = "sha512";
 /// What `Version` reports: the dstack OS release whose guest-agent surface this server
 /// implements (dstack answers its own `CARGO_PKG_VERSION`, i.e. the OS release; clients gate
 /// features such as ed25519 keys and the 0.5.7 `GetTlsKey` options on it).
-pub const DSTACK_VERSION: &str = "0.5.11";
+pub const DSTACK_VERSION: &str = init_core::gates::IMAGE_FACTS.os_version;
 
 /// `Version`'s `rev` (dstack answers its git revision): this implementation and its version.
 pub const VERSION_REV: &str = concat!("cvm-init-", env!("CARGO_PKG_VERSION"));

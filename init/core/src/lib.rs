@@ -6,6 +6,7 @@ pub mod app_compose;
 pub mod backoff;
 pub mod cmdline;
 pub mod error_chain;
+pub mod gates;
 pub mod host_api;
 pub mod host_share;
 pub mod identity;

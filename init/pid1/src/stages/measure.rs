@@ -3,6 +3,8 @@
 //! dstack v0.5.11). It hands on [`Measured`]: the identity, the event log over the TEE, and the
 //! `gpu-policy-hash`.
 //!
+//! 0. the app-compose gates (`init_core::gates`: `requirements.*` against this image and VM,
+//!    the fields this image does not do refused by name), before anything is measured;
 //! 1. [`select_tee_with_root`] ([`TdxTee::probe`], or with the feature `insecure-simulated-tee`
 //!    the simulated TEE when no TDX is present), after configfs is mounted on `/sys/kernel/config`;
 //! 2. [`open_event_log`] with the app's event-log version (from `HostShare`);
@@ -66,6 +68,9 @@ pub(crate) enum MeasureStageError {
         #[source]
         source: init_sys::tdx_guest::TdxGuestError,
     },
+    /// An app-compose gate refused the app (its message names every field).
+    #[error(transparent)]
+    Gates(init_core::gates::GateError),
     /// Mounting the event log's private tmpfs failed.
     #[error("mount the event log's private tmpfs on {}", path.display())]
     MountEventLogTmpfs {
@@ -144,6 +149,16 @@ impl std::fmt::Debug for Measured {
 
 /// Runs the stage for `share`.
 pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, MeasureStageError> {
+    // dstack checks its gates before anything is measured (`verify_app_compose_policy`).
+    init_core::gates::check(
+        share.app_compose.compose(),
+        &share.sys_config.vm_config,
+        &init_core::gates::IMAGE_FACTS,
+    )
+    .map_err(MeasureStageError::Gates)?;
+    for warning in init_core::gates::warnings(share.app_compose.compose()) {
+        log::warn!("app-compose {warning}");
+    }
     let (tee, insecure_root) = select_tee_with_root(&TdxPaths::default())?;
     if let Some(pem) = insecure_root {
         results.record(&Record::InsecureSimulatedRoot {
