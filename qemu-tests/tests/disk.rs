@@ -240,6 +240,49 @@ mod tests {
         Ok(())
     }
 
+    /// Key provider `none` and no test key: an ephemeral key formats the disk at every boot;
+    /// what the first boot wrote is gone in the second, and both boots measure
+    /// `disk-formatted` `ephemeral`.
+    #[test]
+    fn key_provider_none_uses_an_ephemeral_disk_key() -> Result<()> {
+        let setup = CvmSetup::new()?;
+        let dir = tempfile::tempdir()?;
+        let disk = data_disk::create(&dir.path().join("data.img"), DISK_MIB)?;
+        let probe = data_disk::probe_sha256();
+        for (boot, ops) in [("first", "write,read"), ("second", "read")] {
+            let records = boot_ok(disk_vm(
+                &setup,
+                &format!("disk-ephemeral-{boot}"),
+                &disk,
+                &format!("cvm.test_disk={ops} cvm.test_dump=runtime-event-log"),
+            ))?;
+            let d = disk_record(&records)?;
+            ensure!(
+                d["formatted"] == true && d["format"] == "ephemeral",
+                "{boot} boot: {d}"
+            );
+            let read = test_disk(&records, "read")?;
+            if boot == "first" {
+                ensure!(read["detail"] == probe.as_str(), "{read}");
+            } else {
+                ensure!(
+                    read["detail"] != probe.as_str() && read["error"] != "",
+                    "the second boot read the first boot's file: {read}"
+                );
+            }
+            let dump = raw(&records, "test_dump")
+                .into_iter()
+                .find(|d| d["name"] == "runtime-event-log")
+                .context("no runtime-event-log dump")?;
+            let log = String::from_utf8(hex::decode(dump["hex"].as_str().unwrap_or(""))?)?;
+            ensure!(
+                log.contains("\"event\":\"disk-formatted\""),
+                "{boot} boot: no disk-formatted event"
+            );
+        }
+        Ok(())
+    }
+
     /// Kill QEMU at five points of the first-boot format. Without `allow_disk_reformat` the
     /// next boot refuses to format the disk again (checked at the mid-format cut); with it, the
     /// next boot formats again, mounts a clean filesystem and holds a file.

@@ -98,6 +98,9 @@ pub enum Formatted {
     /// The disk had been initialised (a format that did not finish, or a header that was
     /// zeroed or replayed) and app-compose allowed formatting it again.
     Again,
+    /// Key provider `none`: a random key of this boot only, so the disk is formatted at every
+    /// boot and nothing on it survives a reboot ([`format_ephemeral`]).
+    Ephemeral,
 }
 
 impl Formatted {
@@ -107,6 +110,7 @@ impl Formatted {
             Self::No => "none",
             Self::Blank => "blank",
             Self::Again => "again",
+            Self::Ephemeral => "ephemeral",
         }
     }
 }
@@ -502,6 +506,51 @@ pub fn open_or_format<K: Kernel>(
     })
 }
 
+/// Formats the data partition with `key`, a random key of this boot only (key provider
+/// `none`): whatever cvm-disk volume was there is unreadable without its old key and is
+/// replaced. Data that is not ours (a partition table without our partition, a header area
+/// that is neither blank nor a cvm-disk header) is refused with nothing written, as in
+/// [`open_or_format`].
+pub fn format_ephemeral<K: Kernel>(
+    kernel: &mut K,
+    disk: &mut K::Block,
+    logical_block_size: u64,
+    key: &DiskKey,
+    fresh: &Fresh,
+) -> Result<Opened, VolumeError> {
+    let size = disk.size().map_err(VolumeError::DiskSize)?;
+    let area = read(disk, 0, gpt::PRIMARY_AREA_LEN)?;
+    if !area.iter().all(|&b| b == 0) {
+        let current = gpt::find(&area, size, logical_block_size).map_err(VolumeError::Gpt)?;
+        let header_area = read(disk, current.partition.offset, HEADER_AREA_LEN)?;
+        let ours = header_area.iter().all(|&b| b == 0)
+            || header_area
+                .chunks_exact(SLOT_LEN)
+                .any(|slot| slot.get(..8) == Some(crate::header::MAGIC.as_slice()));
+        if !ours {
+            return Err(VolumeError::Header(HeaderError::ForeignData));
+        }
+    }
+    let part = partition(disk, logical_block_size, fresh)?;
+    let start = Header::formatting(fresh.salt, fresh.fs_uuid);
+    let header = format(kernel, disk, part, &start, key, fresh)?;
+    let mapped = map(
+        kernel,
+        disk.number(),
+        part,
+        &header,
+        key,
+        IntegrityMode::Journal,
+    )?;
+    Ok(Opened {
+        device: mapped.path,
+        formatted: true,
+        format: Formatted::Ephemeral,
+        partition: part,
+        data_bytes: header.provided_data_sectors * 512,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::cast_possible_truncation)]
 pub(crate) mod tests {
@@ -808,6 +857,54 @@ pub(crate) mod tests {
             assert!(steps < 2000);
         }
         assert!(steps > 20, "only {steps} steps");
+    }
+
+    #[test]
+    fn ephemeral_formats_every_boot_and_refuses_foreign_data() {
+        let boot_ephemeral = |state: State, key: u8| {
+            let shared = Shared {
+                state: Rc::new(RefCell::new(state)),
+                budget: Rc::new(RefCell::new(None)),
+                log: Rc::default(),
+            };
+            let mut kernel = FakeKernel {
+                shared: shared.clone(),
+                devices: BTreeMap::new(),
+            };
+            let mut disk = FakeBlock {
+                shared: shared.clone(),
+                volume: false,
+                number: DevNumber {
+                    major: 254,
+                    minor: 16,
+                },
+            };
+            let r = format_ephemeral(
+                &mut kernel,
+                &mut disk,
+                512,
+                &DiskKey::from_bytes([key; 32]),
+                &fresh(),
+            );
+            let state = shared.state.borrow().clone();
+            (r, state)
+        };
+        let (r, first) = boot_ephemeral(blank(), 7);
+        assert_eq!(r.unwrap().format, Formatted::Ephemeral);
+        assert_ext4(&first);
+        // The next boot has another random key: the old volume is replaced, not refused.
+        let (r, second) = boot_ephemeral(first.clone(), 8);
+        assert_eq!(r.unwrap().format, Formatted::Ephemeral);
+        assert!(second.disk != first.disk);
+        // A disk of another system is never overwritten.
+        let mut foreign = blank();
+        foreign.disk[0x438] = 0x53;
+        let (r, after) = boot_ephemeral(foreign.clone(), 7);
+        assert!(
+            matches!(r, Err(VolumeError::Gpt(GptError::NotGpt))),
+            "{r:?}"
+        );
+        assert!(after.disk == foreign.disk);
     }
 
     /// The host zeroes the volume header, zeroes the partition table too, or replays the

@@ -26,8 +26,6 @@ const CLASS_BLOCK: &str = "/sys/class/block";
 pub(crate) enum DiskStageError {
     #[error("select the data disk")]
     Select(#[source] SelectError),
-    #[error("the data disk {disk} needs a disk key and no key provider supplied one")]
-    NoKey { disk: PathBuf },
     #[error("open data disk {path}")]
     OpenDisk {
         path: PathBuf,
@@ -69,6 +67,15 @@ fn disk_key(config: &Config, app_keys: Option<&cvm_keys::kms::AppKeys>) -> Optio
     }
     let _ = config;
     app_keys.map(|k| DiskKey::from_bytes(*k.disk_crypt_key.expose()))
+}
+
+/// A random disk key of this boot only (key provider `none`).
+fn ephemeral_key() -> Result<DiskKey, DiskStageError> {
+    let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+    File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(bytes.as_mut()))
+        .map_err(DiskStageError::Random)?;
+    Ok(DiskKey::from_bytes(*bytes))
 }
 
 fn fresh() -> Result<Fresh, DiskStageError> {
@@ -153,19 +160,32 @@ fn open_and_mount(
             Selected::OnlyVirtioDisk(_) => "the only writable virtio disk",
         }
     );
-    let key =
-        disk_key(config, app_keys).ok_or_else(|| DiskStageError::NoKey { disk: disk.clone() })?;
+    let key = disk_key(config, app_keys);
     let mut block = BlockFile::open(&disk).map_err(|source| DiskStageError::OpenDisk {
         path: disk.clone(),
         source,
     })?;
     let mut dm = DmKernel::new().map_err(DiskStageError::OpenDm)?;
     let lbs = kernel::logical_block_size(Path::new(CLASS_BLOCK), &disk);
-    let opened = volume::open_or_format(&mut dm, &mut block, lbs, &key, &fresh()?, reformat)
-        .map_err(|source| DiskStageError::Volume {
-            disk: disk.clone(),
-            source,
-        })?;
+    let volume_err = |source| DiskStageError::Volume {
+        disk: disk.clone(),
+        source,
+    };
+    let opened = match key {
+        Some(key) => volume::open_or_format(&mut dm, &mut block, lbs, &key, &fresh()?, reformat)
+            .map_err(volume_err)?,
+        None => {
+            // Key provider none: no key survives the boot, so neither does the data.
+            log::warn!(
+                "disk: key provider none: EPHEMERAL disk key (random, this boot only): {} is \
+                 formatted now and nothing written to it survives a reboot",
+                disk.display()
+            );
+            let key = ephemeral_key()?;
+            volume::format_ephemeral(&mut dm, &mut block, lbs, &key, &fresh()?)
+                .map_err(volume_err)?
+        }
+    };
     let flags = MountFlags {
         nosuid: true,
         nodev: true,
