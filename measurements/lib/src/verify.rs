@@ -26,7 +26,7 @@ pub const SIMULATED_QE_VENDOR_ID: &[u8; 16] = b"INSECURE-SIM-TEE";
 pub const SIMULATED_TEE_EVENT: &str = "insecure-simulated-tee";
 /// The event cvm-init extends into RTMR3 when app-compose selects the KMS key provider without
 /// pinning it (`key_provider_id` empty): the host chose the KMS (see [`CheckId::KeyProviderPinned`]).
-pub const KEY_PROVIDER_UNPINNED_EVENT: &str = "key-provider-unpinned";
+pub const KEY_PROVIDER_UNPINNED_EVENT: &str = dstack_identity::KEY_PROVIDER_UNPINNED;
 /// TDATTRIBUTES bit 0: the TD is debuggable (the host can read and write its memory).
 pub const TD_ATTRIBUTES_DEBUG: u64 = 1;
 

@@ -56,10 +56,26 @@ pub mod names {
     pub const GPU_ATTESTATION: &str = "gpu-attestation";
     /// The simulated TEE's marker.
     pub const INSECURE_SIMULATED_TEE: &str = "insecure-simulated-tee";
+    /// Warning: the KMS key provider is not pinned by `key_provider_id` (cvm-init only).
+    pub const KEY_PROVIDER_UNPINNED: &str = measure::dstack_identity::KEY_PROVIDER_UNPINNED;
+}
+
+/// Payload of the [`names::KEY_PROVIDER_UNPINNED`] event (ASCII).
+pub const KEY_PROVIDER_UNPINNED_PAYLOAD: &str =
+    "app-compose key_provider_id is empty: the KMS root CA is not pinned, the host chose the KMS";
+
+/// The [`names::KEY_PROVIDER_UNPINNED`] warning event, extended before the KMS's
+/// `os-image-hash` and `key-provider` when app-compose selects an unpinned KMS.
+pub fn key_provider_unpinned_event(version: EventLogVersion) -> RuntimeEvent {
+    RuntimeEvent::new(
+        names::KEY_PROVIDER_UNPINNED,
+        KEY_PROVIDER_UNPINNED_PAYLOAD.as_bytes().to_vec(),
+    )
+    .with_version(version)
 }
 
 /// Names workloads may never emit: every name dstack or this init uses for system events.
-pub const RESERVED_EVENT_NAMES: [&str; 14] = [
+pub const RESERVED_EVENT_NAMES: [&str; 15] = [
     names::SYSTEM_PREPARING,
     names::APP_ID,
     names::COMPOSE_HASH,
@@ -74,6 +90,7 @@ pub const RESERVED_EVENT_NAMES: [&str; 14] = [
     names::GPU_POLICY_HASH,
     names::GPU_ATTESTATION,
     names::INSECURE_SIMULATED_TEE,
+    names::KEY_PROVIDER_UNPINNED,
 ];
 
 /// The `key-provider` event payload: compact JSON `{"name":…,"id":…}` (field order as dstack).
