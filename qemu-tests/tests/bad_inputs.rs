@@ -371,6 +371,19 @@ mod tests {
                 chain: &["key_provider_id must be empty for key provider none"],
             },
             Case {
+                name: "kms-unpinned-but-required",
+                build: |i| {
+                    i.compose["key_provider"] = "kms".into();
+                    i.compose["key_provider_id"] = "".into();
+                    i.compose["require_pinned_kms"] = true.into();
+                    Ok(())
+                },
+                stage: "host-share",
+                chain: &[
+                    "require_pinned_kms is set but key_provider_id is empty: the host could choose the KMS",
+                ],
+            },
+            Case {
                 name: "key-provider-tpm-unsupported",
                 build: |i| {
                     i.compose["key_provider"] = "tpm".into();

@@ -1,7 +1,8 @@
 //! The end-to-end demo as a test (issues 7 and 10): the sample app pulled from the loopback
 //! registry, keys from the test KMS over RA-TLS, the app's page reached through a QEMU port
 //! forward, a quote over a fresh challenge fetched from the app and checked by
-//! `cvm-measure verify` (platform lines marked SIMULATED, everything else passing). Same code
+//! `cvm-measure verify` (platform lines marked SIMULATED, the KMS attestation skipped on
+//! request, everything else passing). Same code
 //! as `cargo xtask demo` (`qemu_tests::demo`), here on the test image. About 60-120 s under TCG.
 #![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 

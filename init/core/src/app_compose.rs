@@ -39,6 +39,11 @@ pub enum AppComposeError {
     /// `key_provider_id` must be empty for the `none` and `tpm` providers.
     #[error("key_provider_id must be empty for key provider {provider}")]
     KeyProviderIdNotAllowed { provider: &'static str },
+    /// `require_pinned_kms` is set but the KMS key provider has no `key_provider_id`.
+    #[error(
+        "require_pinned_kms is set but key_provider_id is empty: the host could choose the KMS"
+    )]
+    UnpinnedKmsRefused,
     /// `event_log_version` is neither 1 nor 2.
     #[error("unsupported event_log_version {version}")]
     UnsupportedEventLogVersion { version: u64 },
@@ -107,6 +112,18 @@ impl KeyProviderKind {
             Self::Tpm => "tpm",
         }
     }
+}
+
+/// Whether app-compose pins the KMS it takes its keys from ([`AppCompose::kms_pin`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KmsPin {
+    /// The key provider is not a KMS.
+    NoKms,
+    /// A KMS pinned by `key_provider_id` (the KMS root CA's SPKI).
+    Pinned,
+    /// A KMS with an empty `key_provider_id`: whoever serves `kms_urls` (the host) chooses
+    /// the KMS and learns the disk key and every `GetKey` output.
+    Unpinned,
 }
 
 /// Data-disk filesystem.
@@ -268,6 +285,11 @@ pub struct AppCompose {
     /// Key provider pin (hex): KMS root-CA SPKI DER or MRENCLAVE.
     #[serde(default)]
     pub key_provider_id: String,
+    /// cvm-init only: refuse to boot when the KMS key provider is not pinned by
+    /// `key_provider_id` ([`KmsPin::Unpinned`]). dstack ignores the key; it is covered by the
+    /// compose-hash like every other byte of the file.
+    #[serde(default)]
+    pub require_pinned_kms: bool,
     /// Expose logs through the guest agent.
     #[serde(default)]
     pub public_logs: bool,
@@ -359,8 +381,28 @@ impl AppCompose {
                 provider: provider.as_str(),
             });
         }
+        self.check_kms_pin()?;
         self.event_log_version()?;
         Ok(())
+    }
+
+    /// Whether the key provider is a KMS and `key_provider_id` pins it.
+    pub fn kms_pin(&self) -> KmsPin {
+        match self.key_provider_kind() {
+            KeyProviderKind::Kms if self.key_provider_id.is_empty() => KmsPin::Unpinned,
+            KeyProviderKind::Kms => KmsPin::Pinned,
+            _ => KmsPin::NoKms,
+        }
+    }
+
+    /// The boot's decision on the pin: an unpinned KMS is refused when `require_pinned_kms`
+    /// is set, and otherwise goes on with a warning (console and the `key-provider-unpinned`
+    /// RTMR3 event, extended by the keys stage).
+    pub fn check_kms_pin(&self) -> Result<KmsPin, AppComposeError> {
+        match self.kms_pin() {
+            KmsPin::Unpinned if self.require_pinned_kms => Err(AppComposeError::UnpinnedKmsRefused),
+            pin => Ok(pin),
+        }
     }
 
     /// The manifest version: legacy numbers 1 and 2, or a canonical positive integer string
@@ -699,6 +741,60 @@ mod tests {
         assert!(c.no_instance_id);
         assert!(!c.public_tcbinfo);
         assert!(c.extra.is_empty());
+    }
+
+    #[test]
+    fn unpinned_kms_warns_or_is_refused() {
+        let parse = |t: &str| AppCompose::parse(t.as_bytes());
+        let pin = |t: &str| parse(t).unwrap().check_kms_pin().unwrap();
+        assert_eq!(
+            pin(r#"{"manifest_version":2,"name":"x","key_provider":"kms"}"#),
+            KmsPin::Unpinned
+        );
+        // The legacy selector too.
+        assert_eq!(
+            pin(r#"{"manifest_version":2,"name":"x","kms_enabled":true}"#),
+            KmsPin::Unpinned
+        );
+        assert_eq!(
+            pin(r#"{"manifest_version":2,"name":"x","key_provider":"kms","key_provider_id":"ab"}"#),
+            KmsPin::Pinned
+        );
+        assert_eq!(
+            pin(r#"{"manifest_version":2,"name":"x","key_provider":"none"}"#),
+            KmsPin::NoKms
+        );
+        // require_pinned_kms refuses only the unpinned KMS.
+        assert!(matches!(
+            parse(
+                r#"{"manifest_version":2,"name":"x","key_provider":"kms","require_pinned_kms":true}"#
+            ),
+            Err(AppComposeError::UnpinnedKmsRefused)
+        ));
+        assert!(matches!(
+            parse(
+                r#"{"manifest_version":2,"name":"x","kms_enabled":true,"key_provider_id":"","require_pinned_kms":true}"#
+            ),
+            Err(AppComposeError::UnpinnedKmsRefused)
+        ));
+        let strict = parse(
+            r#"{"manifest_version":2,"name":"x","key_provider":"kms","key_provider_id":"ab","require_pinned_kms":true}"#,
+        )
+        .unwrap();
+        assert!(strict.require_pinned_kms);
+        assert!(strict.extra.is_empty());
+        assert_eq!(
+            pin(
+                r#"{"manifest_version":2,"name":"x","key_provider":"none","require_pinned_kms":true}"#
+            ),
+            KmsPin::NoKms
+        );
+        // Absent, the boot goes on (with the warning).
+        assert!(
+            !parse(r#"{"manifest_version":2,"name":"x"}"#)
+                .unwrap()
+                .require_pinned_kms
+        );
     }
 
     #[test]

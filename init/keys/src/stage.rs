@@ -1,6 +1,7 @@
 //! The `keys` boot stage as one call for PID 1 (`shared/specs/dstack-guest.md` §1.5 step 3,
 //! §5, §5.7, §7): launch token → KMS key request (pin checked before the quote is sent) →
-//! MRCONFIGID check → events to extend (`os-image-hash`, `key-provider`) → decrypted env.
+//! MRCONFIGID check → events to extend (`key-provider-unpinned` for an unpinned KMS,
+//! `os-image-hash`, `key-provider`) → decrypted env.
 //!
 //! The caller extends [`KmsStageOutput::events`] into RTMR3 (through its event log) right after
 //! this returns, then continues with `storage-fs` and the disk. Every failure is a
@@ -85,7 +86,8 @@ pub struct KmsStageInput<'a> {
 pub struct KmsStageOutput {
     /// The keys (write [`AppKeys::to_appkeys_json`] 0600 into the private tmpfs for the guest API).
     pub keys: AppKeys,
-    /// To extend now, in order: `os-image-hash` (if any), `key-provider`.
+    /// To extend now, in order: `key-provider-unpinned` (unpinned KMS only), `os-image-hash`
+    /// (if any), `key-provider` ([`key_events`]).
     pub events: Vec<RuntimeEvent>,
     /// The checked environment for the workloads (names may be reported, values never).
     pub env: DecryptedEnv,
@@ -177,11 +179,27 @@ pub fn kms_stage<T: QuoteSource + ?Sized>(
         }
     };
     Ok(KmsStageOutput {
-        events: keys.key_events(version),
+        events: key_events(compose, &keys, version),
         keys,
         env,
         mr_config_version,
     })
+}
+
+/// The events to extend after `GetAppKey`: `key-provider-unpinned` first when app-compose
+/// does not pin the KMS ([`init_core::app_compose::KmsPin::Unpinned`]), then the KMS's
+/// `os-image-hash` (if any) and `key-provider`.
+pub fn key_events(
+    compose: &init_core::app_compose::AppCompose,
+    keys: &AppKeys,
+    version: init_core::tee::EventLogVersion,
+) -> Vec<RuntimeEvent> {
+    let mut events = Vec::with_capacity(3);
+    if compose.kms_pin() == init_core::app_compose::KmsPin::Unpinned {
+        events.push(init_core::tee::events::key_provider_unpinned_event(version));
+    }
+    events.extend(keys.key_events(version));
+    events
 }
 
 /// Lets a `?Sized` generic quote source be used as `&mut dyn QuoteSource`.
@@ -200,5 +218,59 @@ impl<T: QuoteSource + ?Sized> QuoteSource for AsQuoteSource<'_, T> {
         report_data: &[u8; init_core::tee::REPORT_DATA_LEN],
     ) -> Result<Vec<u8>, init_core::tee::TeeError> {
         self.0.quote(report_data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use init_core::app_compose::AppCompose;
+    use init_core::tee::EventLogVersion;
+
+    use super::*;
+    use crate::secret::Secret;
+
+    fn keys() -> AppKeys {
+        AppKeys {
+            kms_url: "https://kms.example".into(),
+            ca_cert_pem: String::new(),
+            root_spki_der: vec![0x30, 0x59],
+            disk_crypt_key: Secret::new([1; 32]),
+            env_crypt_key: None,
+            k256_key: Secret::new([2; 32]),
+            k256_signature: Vec::new(),
+            gateway_app_id: String::new(),
+            os_image_hash: vec![0x0A; 32],
+            temp_ca_cert_pem: String::new(),
+            temp_ca_key_pem: Secret::new(String::new()),
+        }
+    }
+
+    fn names(compose: &str) -> Vec<String> {
+        let compose = AppCompose::parse(compose.as_bytes()).unwrap();
+        key_events(&compose, &keys(), EventLogVersion::V1)
+            .into_iter()
+            .map(|e| e.name)
+            .collect()
+    }
+
+    #[test]
+    fn an_unpinned_kms_is_recorded_before_the_key_events() {
+        assert_eq!(
+            names(r#"{"manifest_version":2,"name":"x","key_provider":"kms"}"#),
+            ["key-provider-unpinned", "os-image-hash", "key-provider"]
+        );
+        assert_eq!(
+            names(
+                r#"{"manifest_version":2,"name":"x","key_provider":"kms","key_provider_id":"3059"}"#
+            ),
+            ["os-image-hash", "key-provider"]
+        );
+        let compose =
+            AppCompose::parse(br#"{"manifest_version":2,"name":"x","kms_enabled":true}"#).unwrap();
+        let events = key_events(&compose, &keys(), EventLogVersion::V1);
+        assert_eq!(
+            events[0].payload,
+            init_core::tee::events::KEY_PROVIDER_UNPINNED_PAYLOAD.as_bytes()
+        );
     }
 }

@@ -70,7 +70,8 @@ struct VerifyArgs {
     /// Expected measurements of the build (`cvm-measure expected --json` output).
     #[arg(long)]
     expected: Option<PathBuf>,
-    /// Whitelisted OS image hashes (hex, one per line).
+    /// Whitelisted OS measurements, hex SHA-256(MRTD ‖ RTMR0 ‖ RTMR1 ‖ RTMR2), one per line
+    /// (the checklist prints the TD's value; not the KMS-supplied os-image-hash event).
     #[arg(long)]
     os_image_whitelist: Option<PathBuf>,
     /// The app-compose.json the TD was started with.
@@ -82,16 +83,32 @@ struct VerifyArgs {
     /// Expected KMS identity: hex of the KMS root-CA SubjectPublicKeyInfo.
     #[arg(long)]
     kms_identity: Option<String>,
-    /// The KMS's own quote (raw, hex or GetQuote response); verified like the app's, and its
-    /// reportData must be SHA-512("kms-root-ca:" ‖ the --kms-identity SPKI).
-    #[arg(long, requires = "kms_identity")]
+    /// The KMS's own quote (raw, hex or GetQuote response); its reportData must be
+    /// SHA-512("kms-root-ca:" ‖ SPKI) of the app's KMS (key-provider event, and --kms-identity
+    /// if given), its MRTD/RTMR0-2 those of --kms-expected, and it must verify like the app's.
+    #[arg(long)]
     kms_quote: Option<PathBuf>,
+    /// Expected measurements of the KMS's build (`cvm-measure expected --json` output).
+    #[arg(long, requires = "kms_quote")]
+    kms_expected: Option<PathBuf>,
     /// Collateral for --kms-quote (default: --collateral).
     #[arg(long)]
     kms_collateral: Option<PathBuf>,
+    /// Accept a check undecided (its input not given, or not holding); repeatable. A check
+    /// whose input is missing fails unless named here. `quote-signature` covers
+    /// `tcb-up-to-date`. Simulated evidence is rejected whatever is skipped.
+    #[arg(long = "skip", value_name = "CHECK", value_parser = skip_parser())]
+    skip: Vec<String>,
     /// Print JSON instead of the checklist.
     #[arg(long)]
     json: bool,
+}
+
+/// `--skip` accepts exactly the skippable checks' names (clap lists them on a typo).
+fn skip_parser() -> clap::builder::PossibleValuesParser {
+    clap::builder::PossibleValuesParser::new(
+        measure::verify::CheckId::skippable().map(measure::verify::CheckId::name),
+    )
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum, serde::Deserialize)]

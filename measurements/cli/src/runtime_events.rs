@@ -6,6 +6,7 @@ use anyhow::{Result, bail};
 use measure::dstack_event_log::DstackEvent;
 use measure::rtmr::Sha384Digest;
 use measure::runtime_event::{self, DecodedLogLine, LogLineFormat, RuntimeEvent};
+use measure::verify::KEY_PROVIDER_UNPINNED_EVENT;
 use serde::Serialize;
 
 use crate::RuntimeEventsArgs;
@@ -22,6 +23,21 @@ struct RuntimeEventOutput {
     format: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recorded_digest_matches: Option<bool>,
+    /// Set for an event that weakens the boot (`key-provider-unpinned`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warning: Option<String>,
+}
+
+/// What an event the init records as a warning means, if `event` is one.
+fn warning(event: &RuntimeEvent) -> Option<String> {
+    (event.name == KEY_PROVIDER_UNPINNED_EVENT).then(|| {
+        format!(
+            "{}: {}: the KMS is not pinned by app-compose key_provider_id, so the host chose it \
+             and can learn the disk key and every GetKey output",
+            event.name,
+            printable_payload(&event.payload)
+        )
+    })
 }
 
 pub(crate) fn runtime_events(args: &RuntimeEventsArgs, out: &mut String) -> Result<()> {
@@ -61,6 +77,7 @@ pub(crate) fn runtime_events(args: &RuntimeEventsArgs, out: &mut String) -> Resu
                 recorded_digest_matches: line
                     .filter(|l| l.recorded_digest.is_some())
                     .map(DecodedLogLine::recorded_digest_matches),
+                warning: warning(&step.event),
             }
         })
         .collect();
@@ -89,6 +106,9 @@ pub(crate) fn runtime_events(args: &RuntimeEventsArgs, out: &mut String) -> Resu
         }
         let final_rtmr3 = listing.last().map_or(Sha384Digest::ZERO, |s| s.rtmr3_after);
         writeln!(out, "\nRTMR3: {final_rtmr3}")?;
+        for warning in rows.iter().filter_map(|r| r.warning.as_deref()) {
+            writeln!(out, "WARNING: {warning}")?;
+        }
     }
     if rows
         .iter()

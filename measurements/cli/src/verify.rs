@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use measure::quote::Quote;
 use measure::quote_verify::Collateral;
 use measure::rtmr::RtmrIndex;
-use measure::verify::{self, Decision, Evidence, References, Status};
+use measure::verify::{self, CheckId, Decision, Evidence, KmsEvidence, References, Status};
 use serde::Serialize;
 
 use crate::VerifyArgs;
@@ -18,6 +18,8 @@ use crate::input::{hex_arg, load_log, load_quote_bytes, load_runtime_events, rea
 #[derive(Debug, Serialize)]
 struct CheckLine<'a> {
     section: &'static str,
+    /// The stable name (`--skip <name>`).
+    name: &'static str,
     check: &'static str,
     status: Status,
     reason: &'a str,
@@ -26,6 +28,11 @@ struct CheckLine<'a> {
 fn load_collateral(path: &Path) -> Result<Collateral> {
     let text = text(path, &read(path)?)?;
     Collateral::from_json(&text).with_context(|| format!("parse collateral {}", path.display()))
+}
+
+fn load_expected(path: &Path) -> Result<serde_json::Value> {
+    serde_json::from_slice(&read(path)?)
+        .with_context(|| format!("parse expected measurements {}", path.display()))
 }
 
 pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
@@ -55,13 +62,7 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
         .as_deref()
         .map(load_collateral)
         .transpose()?;
-    let expected: Option<serde_json::Value> = match &args.expected {
-        Some(path) => Some(
-            serde_json::from_slice(&read(path)?)
-                .with_context(|| format!("parse expected measurements {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let expected = args.expected.as_deref().map(load_expected).transpose()?;
     let whitelist = match &args.os_image_whitelist {
         Some(path) => Some(text(path, &read(path)?)?),
         None => None,
@@ -72,26 +73,38 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
         .as_deref()
         .map(|c| hex_arg("--challenge", c))
         .transpose()?;
+    let kms_expected = args
+        .kms_expected
+        .as_deref()
+        .map(load_expected)
+        .transpose()?;
     let kms_attestation = match &args.kms_quote {
         Some(path) => {
             let bytes = load_quote_bytes(path)?;
             let kms_quote = Quote::parse(&bytes)
                 .with_context(|| format!("parse KMS quote {}", path.display()))?;
-            let spki = hex_arg(
-                "--kms-identity",
-                args.kms_identity.as_deref().unwrap_or_default(),
-            )?;
             let kms_collateral = args.kms_collateral.as_ref().or(args.collateral.as_ref());
-            Some(verify::kms_attestation(
-                &bytes,
-                &kms_quote,
-                &spki,
+            let kms = KmsEvidence {
+                quote_bytes: &bytes,
+                quote: &kms_quote,
+                identity: args.kms_identity.as_deref(),
+                app_events: &runtime,
+                expected: kms_expected.as_ref(),
                 now,
-                || kms_collateral.map(|p| load_collateral(p)).transpose(),
-            )?)
+            };
+            Some(verify::kms_attestation(&kms, || {
+                kms_collateral.map(|p| load_collateral(p)).transpose()
+            })?)
         }
         None => None,
     };
+    let skip: Vec<CheckId> = args
+        .skip
+        .iter()
+        .map(|name| {
+            CheckId::from_name(name).with_context(|| format!("unknown check {name} for --skip"))
+        })
+        .collect::<Result<_>>()?;
 
     let verdict = verify::verify(
         &Evidence {
@@ -109,6 +122,7 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
             challenge: challenge.as_deref(),
             kms_identity: args.kms_identity.as_deref(),
             kms_attestation: kms_attestation.as_ref(),
+            skip: &skip,
         },
     );
 
@@ -118,6 +132,7 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
             .iter()
             .map(|c| CheckLine {
                 section: c.id.section().name(),
+                name: c.id.name(),
                 check: c.id.title(),
                 status: c.status,
                 reason: &c.reason,
@@ -141,7 +156,7 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
             let mark = match check.status {
                 Status::Pass => "✓",
                 Status::Fail => "✗",
-                Status::Skipped => "-",
+                Status::Skipped => "- SKIPPED (requested)",
                 Status::Simulated => "~ SIMULATED",
             };
             writeln!(out, "  {mark} {}: {}", check.id.title(), check.reason)?;
@@ -150,7 +165,10 @@ pub(crate) fn verify(args: &VerifyArgs, out: &mut String) -> Result<()> {
     match verdict.decision() {
         Decision::Accept => Ok(()),
         Decision::RejectFailed(failed) => {
-            let titles: Vec<&str> = failed.iter().map(|c| c.title()).collect();
+            let titles: Vec<String> = failed
+                .iter()
+                .map(|c| format!("{} ({})", c.title(), c.name()))
+                .collect();
             bail!("{} check(s) failed: {}", failed.len(), titles.join(", "))
         }
         Decision::RejectSimulated => {

@@ -504,11 +504,18 @@ acpi_from_log = "td/dstack-ccel.bin"
             .to_owned()
     }
 
-    #[test]
-    fn verify_checklist_on_the_dstack_fixture() {
-        let dir = tempfile::tempdir().unwrap();
+    fn check_line(json: &serde_json::Value, name: &str) -> serde_json::Value {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == name)
+            .unwrap()
+            .clone()
+    }
+
+    /// The fixture's quote and `expected --json`-shaped values equal to its own registers.
+    fn fixture_quote_and_expected() -> (measure::quote::Quote, serde_json::Value) {
         let log = testdata("dstack-tdx-lite-getquote.json");
-        // Expected measurements: what `expected --json` prints, here the fixture's own values.
         let quote = measure::quote::Quote::parse(
             &measure::dstack_event_log::parse_get_quote_response(
                 &std::fs::read_to_string(&log).unwrap(),
@@ -524,14 +531,135 @@ acpi_from_log = "td/dstack-ccel.bin"
             "rtmr1": {"value": values[1].to_string()},
             "rtmr2": {"value": values[2].to_string()},
         });
+        (quote, expected)
+    }
+
+    /// SHA-256(MRTD ‖ RTMR0 ‖ RTMR1 ‖ RTMR2), computed here from the raw quote bytes.
+    fn os_measurement_hex(quote: &measure::quote::Quote) -> String {
+        use sha2::Digest as _;
+        let bytes = quote.to_bytes().unwrap();
+        // 48-byte header, then the TD 1.0 body: mr_td at body offset 136, rtmr0-2 at
+        // 328..472 (`specs/dstack-guest.md` §4.2).
+        let mut hasher = sha2::Sha256::new();
+        hasher.update(&bytes[48 + 136..48 + 184]);
+        hasher.update(&bytes[48 + 328..48 + 472]);
+        hex::encode(hasher.finalize())
+    }
+
+    const FIXTURE_OS_IMAGE_HASH: &str =
+        "07a2388c7a6a1b6a646d443f1517990a4ec294471d63146cda9d56972765051d";
+
+    #[test]
+    fn verify_checklist_on_the_dstack_fixture() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = testdata("dstack-tdx-lite-getquote.json");
+        let (quote, expected) = fixture_quote_and_expected();
         let expected_path = dir.path().join("expected.json");
         std::fs::write(&expected_path, expected.to_string()).unwrap();
         let whitelist = dir.path().join("whitelist");
-        std::fs::write(
-            &whitelist,
-            "00\n07a2388c7a6a1b6a646d443f1517990a4ec294471d63146cda9d56972765051d\n",
-        )
-        .unwrap();
+        std::fs::write(&whitelist, format!("00\n{}\n", os_measurement_hex(&quote))).unwrap();
+        let challenge = hex::encode("dip1::");
+        // What the fixture cannot give: collateral, its app-compose.json, the KMS's quote.
+        let base = |extra: &[&str]| {
+            let mut args = vec![
+                "verify",
+                "--event-log",
+                path_str(&log),
+                "--expected",
+                path_str(&expected_path),
+                "--os-image-whitelist",
+                path_str(&whitelist),
+                "--challenge",
+                &challenge,
+                "--kms-identity",
+                KMS_ID,
+                "--skip",
+                "compose-hash",
+                "--skip",
+                "images-pinned",
+                "--skip",
+                "key-provider-pinned",
+                "--skip",
+                "kms-attestation",
+            ];
+            args.extend_from_slice(extra);
+            run(&args)
+        };
+        // Without --collateral the signature is never checked: that fails the verdict.
+        let output = base(&["--json"]);
+        assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let line = check_line(&json, "quote-signature");
+        assert_eq!(line["status"], "Fail");
+        assert_eq!(
+            line["reason"],
+            "input not given (--collateral); pass --skip quote-signature to accept that"
+        );
+        assert_eq!(check_line(&json, "tcb-up-to-date")["status"], "Fail");
+        let err = stderr(&output);
+        assert!(
+            err.contains("2 check(s) failed: quote signature valid (quote-signature), TCB status up to date (tcb-up-to-date)"),
+            "{err}"
+        );
+
+        // Named with --skip, the same evidence passes; the line says it was requested.
+        let output = base(&["--skip", "quote-signature", "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        for (name, status) in [
+            ("quote-signature", "Skipped"),
+            ("tcb-up-to-date", "Skipped"),
+            ("platform-measurements", "Pass"),
+            ("os-image-whitelisted", "Pass"),
+            ("rtmr3-replay", "Pass"),
+            ("challenge", "Pass"),
+            ("key-provider", "Pass"),
+            ("compose-hash", "Skipped"),
+            ("kms-attestation", "Skipped"),
+        ] {
+            assert_eq!(check_line(&json, name)["status"], status, "{name}");
+        }
+        assert_eq!(
+            check_line(&json, "quote-signature")["reason"],
+            "requested; input not given (--collateral)"
+        );
+        assert_eq!(
+            check_status(&json, "MRTD and RTMR0-2 match expected"),
+            "Pass"
+        );
+        let output = base(&["--skip", "quote-signature"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let out = stdout(&output);
+        assert!(
+            out.contains("  - SKIPPED (requested) quote signature valid: requested; input not given (--collateral)"),
+            "{out}"
+        );
+
+        // The KMS-supplied os-image-hash is no whitelist entry: only the quote's registers count.
+        std::fs::write(&whitelist, format!("{FIXTURE_OS_IMAGE_HASH}\n")).unwrap();
+        let output = base(&["--skip", "quote-signature", "--json"]);
+        assert_eq!(output.status.code(), Some(1));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let line = check_line(&json, "os-image-whitelisted");
+        assert_eq!(line["status"], "Fail");
+        assert!(
+            line["reason"].as_str().unwrap().contains("KMS's claim"),
+            "{line}"
+        );
+
+        // An unknown --skip name is a usage error that lists the valid names.
+        let output = base(&["--skip", "quote-signatures"]);
+        assert_eq!(output.status.code(), Some(2));
+        let err = stderr(&output);
+        assert!(err.contains("quote-signatures"), "{err}");
+        assert!(err.contains("kms-attestation"), "{err}");
+        assert!(!err.contains("real-tdx-module"), "{err}");
+    }
+
+    #[test]
+    fn verify_reports_wrong_compose_and_kms() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = testdata("dstack-tdx-lite-getquote.json");
         // An app-compose.json with pinned and unpinned images (not the fixture's own file).
         let compose = dir.path().join("app-compose.json");
         std::fs::write(
@@ -539,41 +667,6 @@ acpi_from_log = "td/dstack-ccel.bin"
             r#"{"docker_compose_file":"services:\n  a:\n    image: nginx@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n  b:\n    image: redis:7\n"}"#,
         )
         .unwrap();
-        let output = run(&[
-            "verify",
-            "--event-log",
-            path_str(&log),
-            "--expected",
-            path_str(&expected_path),
-            "--os-image-whitelist",
-            path_str(&whitelist),
-            "--challenge",
-            &hex::encode("dip1::"),
-            "--kms-identity",
-            KMS_ID,
-            "--json",
-        ]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        assert_eq!(
-            check_status(&json, "MRTD and RTMR0-2 match expected"),
-            "Pass"
-        );
-        assert_eq!(check_status(&json, "OS image hash whitelisted"), "Pass");
-        assert_eq!(
-            check_status(&json, "RTMR3 event log replays to the quote"),
-            "Pass"
-        );
-        assert_eq!(
-            check_status(&json, "reportData contains the challenge"),
-            "Pass"
-        );
-        assert_eq!(
-            check_status(&json, "key-provider matches the expected KMS identity"),
-            "Pass"
-        );
-        assert_eq!(check_status(&json, "quote signature valid"), "Skipped");
-
         // Wrong compose file, unpinned image and another KMS: non-zero exit with the reasons.
         let output = run(&[
             "verify",
@@ -600,7 +693,105 @@ acpi_from_log = "td/dstack-ccel.bin"
             "Fail"
         );
         let err = stderr(&output);
-        assert!(err.contains("3 check(s) failed"), "{err}");
+        assert!(
+            err.contains("compose-hash matches app-compose.json (compose-hash)"),
+            "{err}"
+        );
+        // Skipping a failing line accepts it, keeping the reason.
+        let output = run(&[
+            "verify",
+            "--event-log",
+            path_str(&log),
+            "--app-compose",
+            path_str(&compose),
+            "--skip",
+            "compose-hash",
+            "--json",
+        ]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let line = check_line(&json, "compose-hash");
+        assert_eq!(line["status"], "Skipped");
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .starts_with("requested; not holding: event 86b0e55f"),
+            "{line}"
+        );
+    }
+
+    /// app-compose selecting the KMS without `key_provider_id`, or the init's
+    /// `key-provider-unpinned` event: "key-provider pinned" fails unless skipped.
+    #[test]
+    fn verify_fails_an_unpinned_kms() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = testdata("dstack-tdx-lite-getquote.json");
+        let pinned_line = |log: &std::path::Path, compose: &str, extra: &[&str]| {
+            let path = dir.path().join("app-compose.json");
+            std::fs::write(&path, compose).unwrap();
+            let mut args = vec![
+                "verify",
+                "--event-log",
+                path_str(log),
+                "--app-compose",
+                path_str(&path),
+                "--json",
+            ];
+            args.extend_from_slice(extra);
+            let output = run(&args);
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            check_line(&json, "key-provider-pinned")
+        };
+        let unpinned = r#"{"key_provider":"kms","key_provider_id":""}"#;
+        let line = pinned_line(&log, unpinned, &[]);
+        assert_eq!(line["status"], "Fail", "{line}");
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .contains("host chooses the KMS"),
+            "{line}"
+        );
+        let line = pinned_line(&log, unpinned, &["--skip", "key-provider-pinned"]);
+        assert_eq!(line["status"], "Skipped", "{line}");
+        let pinned = format!(r#"{{"key_provider":"kms","key_provider_id":"{KMS_ID}"}}"#);
+        assert_eq!(pinned_line(&log, &pinned, &[])["status"], "Pass");
+        // The fixture's log with the init's warning event before key-provider.
+        let text = std::fs::read_to_string(&log).unwrap();
+        let mut reply: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let mut events: Vec<serde_json::Value> =
+            serde_json::from_str(reply["event_log"].as_str().unwrap()).unwrap();
+        let at = events
+            .iter()
+            .position(|e| e["event"] == "key-provider")
+            .unwrap();
+        events.insert(
+            at,
+            serde_json::json!({"imr": 3, "event_type": 134217729, "digest": "",
+                "event": "key-provider-unpinned",
+                "event_payload": hex::encode("app-compose key_provider_id is empty")}),
+        );
+        reply["event_log"] = serde_json::Value::String(serde_json::to_string(&events).unwrap());
+        let warned = dir.path().join("unpinned.json");
+        std::fs::write(&warned, reply.to_string()).unwrap();
+        let line = pinned_line(&warned, &pinned, &[]);
+        assert_eq!(line["status"], "Fail", "{line}");
+        assert!(
+            line["reason"]
+                .as_str()
+                .unwrap()
+                .contains("recorded key-provider-unpinned"),
+            "{line}"
+        );
+        // `runtime-events` shows the warning.
+        let output = run(&["runtime-events", path_str(&warned)]);
+        let out = stdout(&output);
+        assert!(
+            out.contains("WARNING: key-provider-unpinned: app-compose key_provider_id is empty"),
+            "{out}"
+        );
+        let output = run(&["runtime-events", path_str(&log)]);
+        assert!(!stdout(&output).contains("WARNING"));
     }
 
     /// Evidence carrying the simulated TEE's marker event: every platform line is SIMULATED
@@ -661,8 +852,9 @@ acpi_from_log = "td/dstack-ccel.bin"
         );
     }
 
-    /// The KMS's own quote: its reportData must bind the expected KMS identity, and it must
-    /// verify against stored collateral (here a re-signed-looking copy of the sample fails).
+    /// The KMS's own quote: its reportData must bind the app's KMS identity, its measurements
+    /// must be the KMS build's, and it must verify against stored collateral (here a
+    /// re-signed-looking copy of the sample fails).
     #[test]
     fn verify_kms_attestation_line() {
         use sha2::Digest as _;
@@ -670,13 +862,25 @@ acpi_from_log = "td/dstack-ccel.bin"
         let log = testdata("dstack-tdx-lite-getquote.json");
         let sample = std::fs::read(testdata("dcap-qvl-tdx_quote")).unwrap();
         let collateral = testdata("dcap-qvl-tdx_quote_collateral.json");
-        let kms_line = |quote: &std::path::Path| {
-            let output = run(&[
+        let mut quote = measure::quote::Quote::parse(&sample).unwrap();
+        let values = quote.rtmrs().values();
+        let kms_expected = serde_json::json!({
+            "mrtd": quote.body.mr_td.to_string(),
+            "rtmr0": {"value": values[0].to_string()},
+            "rtmr1": {"value": values[1].to_string()},
+            "rtmr2": {"value": values[2].to_string()},
+        });
+        let kms_expected_path = dir.path().join("kms-expected.json");
+        std::fs::write(&kms_expected_path, kms_expected.to_string()).unwrap();
+        // The app's own measurements: not the KMS VM's.
+        let (_, app_expected) = fixture_quote_and_expected();
+        let app_expected_path = dir.path().join("app-expected.json");
+        std::fs::write(&app_expected_path, app_expected.to_string()).unwrap();
+        let kms_line = |quote: &std::path::Path, extra: &[&str]| {
+            let mut args = vec![
                 "verify",
                 "--event-log",
                 path_str(&log),
-                "--kms-identity",
-                KMS_ID,
                 "--kms-quote",
                 path_str(quote),
                 "--kms-collateral",
@@ -684,36 +888,58 @@ acpi_from_log = "td/dstack-ccel.bin"
                 "--now",
                 "1750377600",
                 "--json",
-            ]);
+            ];
+            args.extend_from_slice(extra);
+            let output = run(&args);
             let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-            let line = json
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|l| l["check"] == "KMS attestation valid")
-                .unwrap()
-                .clone();
+            let line = check_line(&json, "kms-attestation");
             (
                 line["status"].as_str().unwrap().to_owned(),
                 line["reason"].to_string(),
             )
         };
-        // The sample's reportData is not the KMS identity's.
-        let (status, reason) = kms_line(&testdata("dcap-qvl-tdx_quote"));
+        let with_expected = ["--kms-expected", path_str(&kms_expected_path)];
+        // The sample's reportData binds some other key: a quote from another VM.
+        let (status, reason) = kms_line(&testdata("dcap-qvl-tdx_quote"), &with_expected);
         assert_eq!(status, "Fail");
         assert!(reason.contains("is not SHA-512"), "{reason}");
         // With reportData = SHA-512("kms-root-ca:" ‖ SPKI) the binding holds, but the body no
         // longer matches the signature.
-        let mut quote = measure::quote::Quote::parse(&sample).unwrap();
         let mut hasher = sha2::Sha512::new();
         hasher.update(b"kms-root-ca:");
         hasher.update(hex::decode(KMS_ID).unwrap());
         quote.body.report_data.0 = hasher.finalize().into();
         let forged = dir.path().join("kms-quote.bin");
         std::fs::write(&forged, quote.to_bytes().unwrap()).unwrap();
-        let (status, reason) = kms_line(&forged);
+        // The identity comes from the app's key-provider event, or --kms-identity agreeing.
+        for identity in [&[][..], &["--kms-identity", KMS_ID][..]] {
+            let mut extra = with_expected.to_vec();
+            extra.extend_from_slice(identity);
+            let (status, reason) = kms_line(&forged, &extra);
+            assert_eq!(status, "Fail");
+            assert!(reason.contains("KMS quote rejected"), "{reason}");
+        }
+        // --kms-identity naming another KMS than the app's event.
+        let mut extra = with_expected.to_vec();
+        extra.extend_from_slice(&["--kms-identity", "3059"]);
+        let (_, reason) = kms_line(&forged, &extra);
+        assert!(reason.contains("is not the KMS of the app"), "{reason}");
+        // Which VM: without --kms-expected, or with another VM's measurements, it fails
+        // before the signature is looked at.
+        let (status, reason) = kms_line(&forged, &[]);
         assert_eq!(status, "Fail");
-        assert!(reason.contains("KMS quote rejected"), "{reason}");
+        assert!(reason.contains("give --kms-expected"), "{reason}");
+        let (_, reason) = kms_line(&forged, &["--kms-expected", path_str(&app_expected_path)]);
+        assert!(reason.contains("not from the expected KMS VM"), "{reason}");
+        // Without --kms-quote the line fails unless skipped.
+        let output = run(&["verify", "--event-log", path_str(&log), "--json"]);
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        let line = check_line(&json, "kms-attestation");
+        assert_eq!(line["status"], "Fail");
+        assert_eq!(
+            line["reason"],
+            "input not given (--kms-quote); pass --skip kms-attestation to accept that"
+        );
     }
 
     /// `measurements/testdata/expected/*.json` must equal what the tool computes today

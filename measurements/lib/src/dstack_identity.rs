@@ -14,6 +14,9 @@ pub const SYSTEM_READY: &str = "system-ready";
 pub const BOOT_MR_DONE: &str = "boot-mr-done";
 /// Name of the key-provider event.
 pub const KEY_PROVIDER: &str = "key-provider";
+/// Name of cvm-init's warning event: app-compose selects the KMS without pinning it
+/// (`key_provider_id` empty), so the host chose the KMS. Not a dstack event.
+pub const KEY_PROVIDER_UNPINNED: &str = "key-provider-unpinned";
 
 /// The events the system emitted (those before `system-ready`; later ones are app-controlled).
 pub fn system_events(events: &[RuntimeEvent]) -> &[RuntimeEvent] {

@@ -168,6 +168,33 @@ mod tests {
         );
     }
 
+    /// Without `key_provider_id` the keys still come (dstack behaviour), but the stage hands
+    /// `key-provider-unpinned` to extend before the KMS's events.
+    #[test]
+    fn unpinned_kms_is_recorded_first() {
+        let keys = Arc::new(KmsKeys::generate(&["127.0.0.1".into()]).unwrap());
+        let (mut tee, b) = boot("");
+        let handle = kms(&keys, &tee, b.identity.compose_hash.0);
+        let sys = sys_config(&handle.url());
+        let uc = user_config(TOKEN);
+        let events = b.events.clone();
+        let out = kms_stage(
+            &mut TlsTransport::default(),
+            &mut tee,
+            &events,
+            &input(&b, &sys, &uc, None),
+            &mut NoSleep,
+        )
+        .unwrap();
+        assert_eq!(
+            out.events
+                .iter()
+                .map(|e| e.name.as_str())
+                .collect::<Vec<_>>(),
+            ["key-provider-unpinned", "os-image-hash", "key-provider"]
+        );
+    }
+
     #[test]
     fn wrong_launch_token_stops_before_any_kms_call() {
         let keys = Arc::new(KmsKeys::generate(&["127.0.0.1".into()]).unwrap());

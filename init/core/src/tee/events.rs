@@ -63,10 +63,26 @@ pub mod names {
     /// initialised before, formatted again under app-compose `allow_disk_reformat`). Not a
     /// dstack event; dstack verifiers replay it like any other.
     pub const DISK_FORMATTED: &str = "disk-formatted";
+    /// Warning: the KMS key provider is not pinned by `key_provider_id` (cvm-init only).
+    pub const KEY_PROVIDER_UNPINNED: &str = measure::dstack_identity::KEY_PROVIDER_UNPINNED;
+}
+
+/// Payload of the [`names::KEY_PROVIDER_UNPINNED`] event (ASCII).
+pub const KEY_PROVIDER_UNPINNED_PAYLOAD: &str =
+    "app-compose key_provider_id is empty: the KMS root CA is not pinned, the host chose the KMS";
+
+/// The [`names::KEY_PROVIDER_UNPINNED`] warning event, extended before the KMS's
+/// `os-image-hash` and `key-provider` when app-compose selects an unpinned KMS.
+pub fn key_provider_unpinned_event(version: EventLogVersion) -> RuntimeEvent {
+    RuntimeEvent::new(
+        names::KEY_PROVIDER_UNPINNED,
+        KEY_PROVIDER_UNPINNED_PAYLOAD.as_bytes().to_vec(),
+    )
+    .with_version(version)
 }
 
 /// Names workloads may never emit: every name dstack or this init uses for system events.
-pub const RESERVED_EVENT_NAMES: [&str; 16] = [
+pub const RESERVED_EVENT_NAMES: [&str; 17] = [
     names::SYSTEM_PREPARING,
     names::APP_ID,
     names::COMPOSE_HASH,
@@ -83,6 +99,7 @@ pub const RESERVED_EVENT_NAMES: [&str; 16] = [
     names::INSECURE_SIMULATED_TEE,
     names::INSECURE_TEST_BUILD,
     names::DISK_FORMATTED,
+    names::KEY_PROVIDER_UNPINNED,
 ];
 
 /// The `key-provider` event payload: compact JSON `{"name":…,"id":…}` (field order as dstack).

@@ -4,7 +4,8 @@
 //! through the measure stage's log, and `.appkeys.json` (0600) in the private host-share copy
 //! for the guest API's `GetKey`. It hands on [`Keys`]: the key material (or none).
 //!
-//! Providers: `kms` (the KMS protocol; needs the network stage), `none` (dev only: no keys,
+//! Providers: `kms` (the KMS protocol; needs the network stage; unpinned, i.e. an empty
+//! `key_provider_id`, it warns on the console and extends `key-provider-unpinned` first), `none` (dev only: no keys,
 //! `key-provider` `{"name":"none"}` in RTMR3 so a verifier sees it, an encrypted env cannot be
 //! decrypted and stops the boot). `local` (SGX) and `tpm` are refused: fail closed.
 
@@ -17,7 +18,7 @@ use cvm_keys::env::{DecryptedEnv, DisallowedEnv};
 use cvm_keys::kms::{AppKeys, RetryPolicy, ThreadSleeper};
 use cvm_keys::stage::{KeyStageError, KmsStageInput, kms_stage};
 use cvm_keys::transport::{ResolvConfResolver, TlsTransport};
-use init_core::app_compose::KeyProviderKind;
+use init_core::app_compose::{KeyProviderKind, KmsPin};
 use init_core::host_share::HostShare;
 use init_core::identity::AppIdentity;
 use init_core::results::Record;
@@ -209,6 +210,16 @@ fn fetch<T: QuoteSource + ?Sized>(
             Ok(KeysOutcome::NoProvider)
         }
         KeyProviderKind::Kms => {
+            if share.app_compose.compose().kms_pin() == KmsPin::Unpinned {
+                // `require_pinned_kms` already refused this file in the host-share stage.
+                log::warn!(
+                    "WARNING: UNPINNED KMS: app-compose key_provider_id is empty, so whoever \
+                     serves kms_urls (the host) chooses the KMS and can learn the disk key and \
+                     every GetKey output; recorded in RTMR3 as {}. Pin the KMS root CA in \
+                     key_provider_id (and set require_pinned_kms) for production.",
+                    init_core::tee::events::names::KEY_PROVIDER_UNPINNED
+                );
+            }
             let dns = dns.ok_or(KeysStageError::NoNetwork)?;
             let mut transport = TlsTransport::new(Box::new(lease_resolver(dns)));
             let now_unix = SystemTime::now()
