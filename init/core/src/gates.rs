@@ -341,14 +341,12 @@ mod tests {
         assert!(w[0].contains("NOT reachable"));
         let w = warnings(&compose(serde_json::json!({"features": ["tproxy-net"]})));
         assert_eq!(w.len(), 1);
-        assert!(
-            check(
-                &compose(serde_json::json!({"gateway_enabled": true})),
-                &VmConfig::default(),
-                &IMAGE_FACTS
-            )
-            .is_ok()
-        );
+        check(
+            &compose(serde_json::json!({"gateway_enabled": true})),
+            &VmConfig::default(),
+            &IMAGE_FACTS,
+        )
+        .unwrap();
     }
 
     #[test]

@@ -414,13 +414,14 @@ fn looks_blank<B: BlockDev>(disk: &mut B, size: u64, gpt_area: &[u8]) -> Result<
         return Ok(false);
     }
     const PROBE: u64 = 4096;
+    const PROBE_LEN: usize = 4096;
     if size <= PROBE {
         return Ok(true);
     }
     let step = (size - PROBE) / BLANK_PROBES;
     for i in 1..=BLANK_PROBES {
         let offset = (i * step) & !(PROBE - 1);
-        if !read(disk, offset, PROBE as usize)?.iter().all(|&b| b == 0) {
+        if !read(disk, offset, PROBE_LEN)?.iter().all(|&b| b == 0) {
             return Ok(false);
         }
     }
