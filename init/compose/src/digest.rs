@@ -17,7 +17,9 @@ pub enum DigestError {
         text: String,
     },
     /// The reference has a tag (or nothing) but no `@sha256:` digest.
-    #[error("image {text:?} is not pinned by digest (name@sha256:<64 hex> is required)")]
+    #[error(
+        "image {text:?} is not pinned by digest (name@sha256:<64 hex> is required); run `cvm-measure compose pin` to pin it"
+    )]
     MissingDigest {
         /// The rejected reference.
         text: String,
