@@ -31,7 +31,7 @@ pub use model::{
     ServiceNetwork, Ulimit, VolumeMount,
 };
 pub use parse::{
-    ComposePolicy, NAMESPACED_SYSCTLS, SOCKET_BINDS, check_without_environment, parse,
+    ComposePolicy, NAMESPACED_SYSCTLS, SOCKET_BINDS, check, check_without_environment, parse,
     parse_without_environment,
 };
 

@@ -61,10 +61,20 @@ pub fn check_without_environment(
     runner: Option<&str>,
     yaml: &str,
 ) -> Result<App, Vec<ComposeError>> {
+    check(runner, yaml, &BTreeMap::new())
+}
+
+/// [`check_without_environment`] with variables for interpolation (`${VAR:?}` needs one).
+/// Images must still be pinned in the compose text: one chosen by interpolation is refused.
+pub fn check(
+    runner: Option<&str>,
+    yaml: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<App, Vec<ComposeError>> {
     parse_collect(
         runner,
         yaml,
-        &BTreeMap::new(),
+        env,
         &ComposePolicy::default(),
         Images::FromComposeText,
     )
@@ -136,7 +146,10 @@ fn parse_collect(
         None => BTreeMap::new(),
     };
     let volumes = match top.get("volumes") {
-        Some(v) => keep(&mut errors, parse_top_volumes(&v)),
+        Some(v) => {
+            let result = parse_top_volumes(&v, &mut errors);
+            keep(&mut errors, result)
+        }
         None => BTreeSet::new(),
     };
     let configs = match top.get("configs") {
@@ -380,7 +393,12 @@ fn check_service_name(path: &str, name: &str) -> Result<(), ComposeError> {
     }
 }
 
-fn parse_top_volumes(node: &Node<'_>) -> Result<BTreeSet<String>, ComposeError> {
+/// Top-level volumes; a refused one is still declared (its error goes to `errors`), so the
+/// services that mount it are not refused a second time.
+fn parse_top_volumes(
+    node: &Node<'_>,
+    errors: &mut Vec<ComposeError>,
+) -> Result<BTreeSet<String>, ComposeError> {
     let mut out = BTreeSet::new();
     if node.is_null() {
         return Ok(out);
@@ -390,46 +408,54 @@ fn parse_top_volumes(node: &Node<'_>) -> Result<BTreeSet<String>, ComposeError> 
             continue;
         }
         check_volume_name(&vol.path, &name)?;
-        if !vol.is_null() {
-            let m = vol.mapping()?;
-            m.check_keys(&["driver", "name", "external", "labels", "driver_opts"])?;
-            if let Some(d) = m.get("driver")
-                && d.string()? != "local"
-            {
-                return Err(ComposeError::refuse(
-                    &d.path,
-                    "only the local volume driver exists",
-                ));
-            }
-            if let Some(e) = m.get("external")
-                && e.boolean()?
-            {
-                return Err(ComposeError::refuse(
-                    &e.path,
-                    "external volumes do not exist in a CVM",
-                ));
-            }
-            if let Some(o) = m.get("driver_opts")
-                && !o.is_empty_mapping()
-            {
-                return Err(ComposeError::refuse(
-                    &o.path,
-                    "driver_opts are not supported",
-                ));
-            }
-            if let Some(n) = m.get("name") {
-                let n = n.string()?;
-                if n != name {
-                    return Err(ComposeError::refuse(
-                        &vol.path,
-                        "volume name overrides are not supported",
-                    ));
-                }
-            }
+        if let Err(e) = check_top_volume(&name, &vol) {
+            errors.push(e);
         }
         out.insert(name);
     }
     Ok(out)
+}
+
+fn check_top_volume(name: &str, vol: &Node<'_>) -> Result<(), ComposeError> {
+    if vol.is_null() {
+        return Ok(());
+    }
+    let m = vol.mapping()?;
+    m.check_keys(&["driver", "name", "external", "labels", "driver_opts"])?;
+    if let Some(d) = m.get("driver")
+        && d.string()? != "local"
+    {
+        return Err(ComposeError::refuse(
+            &d.path,
+            "only the local volume driver exists",
+        ));
+    }
+    if let Some(e) = m.get("external")
+        && e.boolean()?
+    {
+        return Err(ComposeError::refuse(
+            &e.path,
+            "external volumes do not exist in a CVM",
+        ));
+    }
+    if let Some(o) = m.get("driver_opts")
+        && !o.is_empty_mapping()
+    {
+        return Err(ComposeError::refuse(
+            &o.path,
+            "volume driver_opts are not supported (a tmpfs volume shared between containers is not yet): use the service's `tmpfs:` key, or a plain named volume on the encrypted disk",
+        ));
+    }
+    if let Some(n) = m.get("name") {
+        let n = n.string()?;
+        if n != name {
+            return Err(ComposeError::refuse(
+                &vol.path,
+                "volume name overrides are not supported",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_volume_name(path: &str, name: &str) -> Result<(), ComposeError> {
