@@ -27,8 +27,8 @@ mod value;
 pub use interpolate::{InterpolateError, interpolate};
 pub use model::{
     App, ConfigMount, Dependency, DependencyCondition, DeviceMapping, GpuRequest, HealthTest,
-    Healthcheck, Link, Network, Port, Protocol, Resources, RestartPolicy, SIGNALS, Service,
-    ServiceNetwork, Ulimit, VolumeMount,
+    Healthcheck, Link, Network, NetworkingGap, Port, Protocol, Resources, RestartPolicy, SIGNALS,
+    Service, ServiceNetwork, Ulimit, VolumeMount,
 };
 pub use parse::{
     ComposePolicy, NAMESPACED_SYSCTLS, SOCKET_BINDS, check, check_without_environment, parse,

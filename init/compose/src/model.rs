@@ -100,6 +100,83 @@ pub struct Service {
     pub networks: Vec<ServiceNetwork>,
 }
 
+impl Service {
+    /// What this service asks for that needs per-service networking, which the init does not
+    /// have yet (every service shares the CVM's network): the launcher refuses the first one
+    /// when it plans the container, and `cvm-measure compose check` lists them all.
+    pub fn networking_gaps(&self) -> Vec<NetworkingGap> {
+        let mut gaps = Vec::new();
+        for port in &self.ports {
+            if port.remaps() {
+                gaps.push(NetworkingGap::PortRemap {
+                    published: port.published,
+                    target: port.port,
+                });
+            } else if let Some(ip) = &port.host_ip
+                && ip != "0.0.0.0"
+                && ip != "::"
+            {
+                gaps.push(NetworkingGap::PortAddress {
+                    host_ip: ip.clone(),
+                    published: port.published,
+                });
+            }
+        }
+        for network in &self.networks {
+            if network.ipv4_address.is_some() || network.ipv6_address.is_some() {
+                gaps.push(NetworkingGap::StaticAddress {
+                    network: network.name.clone(),
+                });
+            }
+        }
+        for key in self.sysctls.keys().filter(|k| k.starts_with("net.")) {
+            gaps.push(NetworkingGap::NetSysctl { key: key.clone() });
+        }
+        gaps
+    }
+}
+
+/// Something a service asks for that needs per-service networking (not yet implemented).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkingGap {
+    /// A port published on another host port than the container port.
+    #[error(
+        "port remapping needs per-service networking (not yet): {published}:{target} publishes a different port than the container listens on; publish {target}:{target} or change the service's port"
+    )]
+    PortRemap {
+        /// Host side.
+        published: u16,
+        /// Container side.
+        target: u16,
+    },
+    /// A port published on one host address only.
+    #[error(
+        "publishing on one host address needs per-service networking (not yet): {host_ip}:{published} would be reachable on every address of the CVM; drop the address"
+    )]
+    PortAddress {
+        /// The requested address.
+        host_ip: String,
+        /// Host port.
+        published: u16,
+    },
+    /// A static address on a network.
+    #[error(
+        "a static address on network {network} needs per-service networking (not yet): services share the CVM's network; drop ipv4_address/ipv6_address"
+    )]
+    StaticAddress {
+        /// Network name.
+        network: String,
+    },
+    /// A `net.*` sysctl, which would apply to the CVM's one network namespace.
+    #[error(
+        "sysctl {key} needs a network namespace of its own (per-service networking, not yet): services share the CVM's network"
+    )]
+    NetSysctl {
+        /// The sysctl.
+        key: String,
+    },
+}
+
 /// A `links` entry: `service[:alias]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

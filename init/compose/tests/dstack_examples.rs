@@ -50,14 +50,7 @@ fn classify(error: &ComposeError) -> Option<Refusal> {
 }
 
 fn error_chain(error: &ComposeError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    cvm_error_chain::joined(error)
 }
 
 macro_rules! example {

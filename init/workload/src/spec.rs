@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::compose::{App, DeviceMapping, GpuRequest, Service, VolumeMount};
+use crate::compose::{App, DeviceMapping, GpuRequest, NetworkingGap, Service, VolumeMount};
 use crate::oci::ImageConfig;
 
 /// Errors of this module.
@@ -55,49 +55,14 @@ pub enum SpecError {
         /// GPUs available.
         available: usize,
     },
-    /// A port published on another host port than the container port.
-    #[error(
-        "service {service}: port remapping needs per-service networking (not yet): {published}:{target} publishes a different port than the container listens on; publish {target}:{target} or change the service's port"
-    )]
-    RefusePortRemap {
+    /// The service needs per-service networking, which does not exist yet.
+    #[error("service {service}")]
+    RefuseNetworking {
         /// Service.
         service: String,
-        /// Host side.
-        published: u16,
-        /// Container side.
-        target: u16,
-    },
-    /// A port published on one host address only.
-    #[error(
-        "service {service}: publishing on a host address needs per-service networking (not yet): {host_ip}:{published} would be reachable on every address of the CVM; drop the address"
-    )]
-    RefusePortAddress {
-        /// Service.
-        service: String,
-        /// The requested address.
-        host_ip: String,
-        /// Host port.
-        published: u16,
-    },
-    /// A static address on a network.
-    #[error(
-        "service {service}: a static address on network {network} needs per-service networking (not yet); services share the CVM's network, drop ipv4_address/ipv6_address"
-    )]
-    RefuseStaticAddress {
-        /// Service.
-        service: String,
-        /// Network name.
-        network: String,
-    },
-    /// A `net.*` sysctl, which would apply to the CVM's one network namespace.
-    #[error(
-        "service {service}: sysctl {key} needs a network namespace of its own (per-service networking, not yet): services share the CVM's network"
-    )]
-    RefuseNetSysctl {
-        /// Service.
-        service: String,
-        /// The sysctl.
-        key: String,
+        /// What it needs.
+        #[source]
+        gap: NetworkingGap,
     },
     /// `cap_add`/`cap_drop` names no capability the kernel has.
     #[error("service {service}: unknown capability {capability:?}")]
@@ -256,40 +221,13 @@ pub fn service_hosts_file(app: &App, service: &Service) -> String {
 
 /// What runs today: a plan for `service` is refused when it needs per-service networking.
 fn check_networking(service: &Service) -> Result<(), SpecError> {
-    for port in &service.ports {
-        if port.remaps() {
-            return Err(SpecError::RefusePortRemap {
-                service: service.name.clone(),
-                published: port.published,
-                target: port.port,
-            });
-        }
-        if let Some(ip) = &port.host_ip
-            && ip != "0.0.0.0"
-            && ip != "::"
-        {
-            return Err(SpecError::RefusePortAddress {
-                service: service.name.clone(),
-                host_ip: ip.clone(),
-                published: port.published,
-            });
-        }
-    }
-    for network in &service.networks {
-        if network.ipv4_address.is_some() || network.ipv6_address.is_some() {
-            return Err(SpecError::RefuseStaticAddress {
-                service: service.name.clone(),
-                network: network.name.clone(),
-            });
-        }
-    }
-    if let Some(key) = service.sysctls.keys().find(|k| k.starts_with("net.")) {
-        return Err(SpecError::RefuseNetSysctl {
+    match service.networking_gaps().into_iter().next() {
+        Some(gap) => Err(SpecError::RefuseNetworking {
             service: service.name.clone(),
-            key: key.clone(),
-        });
+            gap,
+        }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// The capability set: Docker's default (all when privileged), then `cap_add`, then

@@ -1,5 +1,5 @@
 use super::*;
-use crate::compose::{ComposePolicy, parse};
+use crate::compose::{ComposePolicy, NetworkingGap, parse};
 
 const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
 
@@ -413,28 +413,33 @@ fn what_needs_per_service_networking_is_refused_when_planned() {
     let err = |body: &str| plan(body, &GpuGrant::default()).unwrap_err();
     let e = err("    ports: [\"8080:80\"]\n");
     assert!(matches!(
-        e,
-        SpecError::RefusePortRemap {
-            published: 8080,
-            target: 80,
+        &e,
+        SpecError::RefuseNetworking {
+            gap: NetworkingGap::PortRemap {
+                published: 8080,
+                target: 80,
+            },
             ..
         }
     ));
+    let chain = cvm_error_chain::joined(&e);
     assert!(
-        e.to_string()
-            .contains("port remapping needs per-service networking (not yet)"),
-        "{e}"
+        chain.contains("service web: port remapping needs per-service networking (not yet)"),
+        "{chain}"
     );
     assert!(matches!(
         err("    ports: [\"127.0.0.1:8080:8080\"]\n"),
-        SpecError::RefusePortAddress {
-            published: 8080,
+        SpecError::RefuseNetworking {
+            gap: NetworkingGap::PortAddress {
+                published: 8080,
+                ..
+            },
             ..
         }
     ));
     assert!(matches!(
         err("    sysctls: [net.core.somaxconn=1024]\n"),
-        SpecError::RefuseNetSysctl { key, .. } if key == "net.core.somaxconn"
+        SpecError::RefuseNetworking { gap: NetworkingGap::NetSysctl { key }, .. } if key == "net.core.somaxconn"
     ));
     // Equal host and container ports run as before.
     plan(
@@ -461,7 +466,7 @@ fn static_network_addresses_are_refused_when_planned() {
         &GpuGrant::default(),
     );
     assert!(
-        matches!(result, Err(SpecError::RefuseStaticAddress { network, .. }) if network == "front")
+        matches!(result, Err(SpecError::RefuseNetworking { gap: NetworkingGap::StaticAddress { network }, .. }) if network == "front")
     );
     // Aliases alone run: they become host names on loopback.
     let yaml = yaml.replace("        ipv4_address: 172.20.0.5\n", "");
