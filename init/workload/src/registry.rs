@@ -83,7 +83,7 @@ pub enum RegistryError {
         /// The header.
         header: String,
         /// SHA-256 of the body.
-        actual: Sha256Digest,
+        actual: Box<Sha256Digest>,
     },
     /// Every endpoint (mirror, upstream) failed; the last error is the source.
     #[error("no endpoint served {what}")]
@@ -343,7 +343,7 @@ impl RegistryClient {
                 return Err(RegistryError::CheckTagDigest {
                     url,
                     header,
-                    actual,
+                    actual: Box::new(actual),
                 });
             }
             return Ok(actual);
