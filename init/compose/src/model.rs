@@ -49,6 +49,9 @@ pub struct Service {
     pub depends_on: Vec<Dependency>,
     /// Health check (`None` = none declared or disabled).
     pub healthcheck: Option<Healthcheck>,
+    /// The compose disables the health check (`disable: true`, `test: [NONE]`), so the image
+    /// config's `Healthcheck` is not used either.
+    pub healthcheck_disabled: bool,
     /// Published ports (equal on host and container side).
     pub ports: Vec<Port>,
     /// Config files.

@@ -659,6 +659,7 @@ fn parse_service(
         Some(n) => keep(errors, parse_healthcheck(&n)),
         None => None,
     };
+    let healthcheck_disabled = m.get("healthcheck").is_some() && healthcheck.is_none();
     let mut ports = Vec::new();
     if let Some(n) = m.get("ports") {
         for item in keep(errors, n.sequence()) {
@@ -796,6 +797,7 @@ fn parse_service(
         restart,
         depends_on,
         healthcheck,
+        healthcheck_disabled,
         ports,
         configs: config_mounts,
         user,

@@ -29,6 +29,7 @@ fn image() -> ImageConfig {
         cmd: Some(vec!["-c".into(), "echo hi".into()]),
         working_dir: Some("/srv".into()),
         stop_signal: Some("SIGQUIT".into()),
+        healthcheck: None,
         diff_ids: vec![],
     }
 }
