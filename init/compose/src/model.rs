@@ -115,14 +115,6 @@ impl Service {
                     published: port.published,
                     target: port.port,
                 });
-            } else if let Some(ip) = &port.host_ip
-                && ip != "0.0.0.0"
-                && ip != "::"
-            {
-                gaps.push(NetworkingGap::PortAddress {
-                    host_ip: ip.clone(),
-                    published: port.published,
-                });
             }
         }
         for network in &self.networks {
@@ -151,16 +143,6 @@ pub enum NetworkingGap {
         published: u16,
         /// Container side.
         target: u16,
-    },
-    /// A port published on one host address only.
-    #[error(
-        "publishing on one host address needs per-service networking (not yet): {host_ip}:{published} would be reachable on every address of the CVM; drop the address"
-    )]
-    PortAddress {
-        /// The requested address.
-        host_ip: String,
-        /// Host port.
-        published: u16,
     },
     /// A static address on a network.
     #[error(
@@ -333,7 +315,8 @@ pub struct Port {
     /// Host port. Only `published == port` runs today (host networking); a remap is carried
     /// here and refused when the container is planned.
     pub published: u16,
-    /// Host address to publish on (`127.0.0.1:8080:80`), if given.
+    /// Host address to publish on (`127.0.0.1:8080:80`), if given. Carried only: under host
+    /// networking nothing is published, the service is reachable on the addresses it binds.
     pub host_ip: Option<String>,
     /// Protocol.
     pub protocol: Protocol,
