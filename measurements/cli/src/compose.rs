@@ -329,6 +329,16 @@ pub(crate) fn pin(args: &PinArgs, out: &mut String) -> Result<()> {
     if images.is_empty() {
         let _ = writeln!(report, "no tag-only images");
     }
+    if let Err(errors) = judge(&input, &BTreeMap::new()) {
+        for error in errors {
+            if let ComposeError::RefuseImageInterpolation { service } = error {
+                let _ = writeln!(
+                    report,
+                    "not pinned: services.{service}.image is chosen by interpolation; write the pinned reference into the file"
+                );
+            }
+        }
+    }
     match &args.output {
         Some(path) => {
             std::fs::write(path, &written).with_context(|| format!("write {}", path.display()))?;
@@ -500,5 +510,28 @@ mod tests {
             "{text}"
         );
         assert!(!dir.path().join("out.yml").exists());
+    }
+
+    #[test]
+    fn pin_names_images_it_cannot_pin() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("docker-compose.yml");
+        let yaml =
+            format!("services:\n  a:\n    image: ${{IMAGE}}\n  b:\n    image: busybox@{D}\n");
+        std::fs::write(&file, &yaml).unwrap();
+        let output = dir.path().join("out.yml");
+        let args = PinArgs {
+            file,
+            output: Some(output.clone()),
+            plain_http: vec![],
+        };
+        let mut report = String::new();
+        pin(&args, &mut report).unwrap();
+        assert!(report.contains("no tag-only images"), "{report}");
+        assert!(
+            report.contains("not pinned: services.a.image is chosen by interpolation"),
+            "{report}"
+        );
+        assert_eq!(std::fs::read_to_string(output).unwrap(), yaml);
     }
 }

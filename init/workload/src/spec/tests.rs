@@ -321,6 +321,21 @@ fn compose_coverage_keys_reach_the_spec() {
     let j = &p.json;
     assert_eq!(j["hostname"], "web1");
     assert_eq!(j["domainname"], "example.internal");
+    // The typed spec libcontainer reads carries them too (nothing dropped by serde).
+    assert_eq!(p.spec.domainname().as_deref(), Some("example.internal"));
+    assert_eq!(
+        p.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.sysctl().clone())
+            .and_then(|s| s.get("kernel.shmmax").cloned())
+            .as_deref(),
+        Some("1024")
+    );
+    assert_eq!(
+        p.spec.root().as_ref().and_then(|r| r.readonly()),
+        Some(true)
+    );
     assert_eq!(j["root"]["readonly"], true);
     assert_eq!(j["process"]["noNewPrivileges"], true);
     assert!(
