@@ -518,7 +518,7 @@ mod tests {
                 chain: &[
                     "parse docker_compose_file",
                     "services.app.image",
-                    "image \"busybox:latest\" is not pinned by digest (name@sha256:<64 hex> is required)",
+                    "image \"busybox:latest\" is not pinned by digest (name@sha256:<64 hex> is required); run `cvm-measure compose pin` to pin it",
                 ],
             },
             Case {
@@ -544,7 +544,7 @@ mod tests {
                 stage: "workloads",
                 chain: &[
                     "parse docker_compose_file",
-                    "services.app.env_file: env_file is refused: the host file system is not trusted; use `environment` with the encrypted env",
+                    "services.app.env_file: env_file is refused: the files are not in the VM and the host file system is not trusted; use `environment` with the encrypted env",
                 ],
             },
             Case {
@@ -556,7 +556,7 @@ mod tests {
                 stage: "workloads",
                 chain: &[
                     "parse docker_compose_file",
-                    "services.app.volumes: host bind of \"/etc\" is refused (only /var/run/dstack.sock and /var/run/tappd.sock may be bound)",
+                    "services.app.volumes: host bind of \"/etc\" is refused: the host file system is not trusted (only /var/run/dstack.sock and /var/run/tappd.sock may be bound); use a named volume",
                 ],
             },
             Case {
@@ -617,7 +617,7 @@ mod tests {
                 chain: &[
                     "parse docker_compose_file",
                     "services.last.image",
-                    "image \"busybox\" is not pinned by digest (name@sha256:<64 hex> is required)",
+                    "image \"busybox\" is not pinned by digest (name@sha256:<64 hex> is required); run `cvm-measure compose pin` to pin it",
                 ],
             },
             // --- KMS and the encrypted env (keys stage, before the disk) -------------------

@@ -17,7 +17,9 @@ pub enum DigestError {
         text: String,
     },
     /// The reference has a tag (or nothing) but no `@sha256:` digest.
-    #[error("image {text:?} is not pinned by digest (name@sha256:<64 hex> is required)")]
+    #[error(
+        "image {text:?} is not pinned by digest (name@sha256:<64 hex> is required); run `cvm-measure compose pin` to pin it"
+    )]
     MissingDigest {
         /// The rejected reference.
         text: String,
@@ -107,6 +109,47 @@ pub struct ImageRef {
     pub digest: Sha256Digest,
 }
 
+/// An image name without a digest, `[registry/]repository[:tag]`: what `cvm-measure compose pin`
+/// resolves to an [`ImageRef`]. The init never runs one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageName {
+    /// Registry host (with port); Docker Hub for unqualified names.
+    pub registry: String,
+    /// Repository path, e.g. `library/busybox`.
+    pub repository: String,
+    /// The tag (`latest` when none is given).
+    pub tag: String,
+}
+
+impl ImageName {
+    /// Parses `[registry/]repository[:tag]`; a reference with a digest is refused (it is
+    /// already pinned: use [`ImageRef::parse`]).
+    pub fn parse(text: &str) -> Result<Self, DigestError> {
+        if text.contains('@') {
+            return Err(DigestError::ParseRepository {
+                text: text.chars().take(200).collect(),
+                reason: "already has a digest",
+            });
+        }
+        let (registry, repository, tag) = ImageRef::parse_name(text, text)?;
+        Ok(Self {
+            registry,
+            repository,
+            tag: tag.unwrap_or_else(|| "latest".to_owned()),
+        })
+    }
+
+    /// The pinned reference: this name at `digest`.
+    pub fn pin(&self, digest: Sha256Digest) -> ImageRef {
+        ImageRef {
+            registry: self.registry.clone(),
+            repository: self.repository.clone(),
+            tag: Some(self.tag.clone()),
+            digest,
+        }
+    }
+}
+
 impl ImageRef {
     /// Parses a reference; a reference without `@sha256:` is refused.
     pub fn parse(text: &str) -> Result<Self, DigestError> {
@@ -116,6 +159,21 @@ impl ImageRef {
             });
         };
         let digest = Sha256Digest::parse(digest)?;
+        let (registry, repository, tag) = Self::parse_name(name_tag, text)?;
+        Ok(Self {
+            registry,
+            repository,
+            tag,
+            digest,
+        })
+    }
+
+    /// Splits and checks `[registry/]repository[:tag]` (`text` is the whole reference, for
+    /// errors): (registry, repository, tag).
+    fn parse_name(
+        name_tag: &str,
+        text: &str,
+    ) -> Result<(String, String, Option<String>), DigestError> {
         let bad = |reason| DigestError::ParseRepository {
             text: text.chars().take(200).collect(),
             reason,
@@ -149,19 +207,20 @@ impl ImageRef {
             _ if name.contains('/') => (DEFAULT_REGISTRY.to_owned(), name.to_owned()),
             _ => (DEFAULT_REGISTRY.to_owned(), format!("library/{name}")),
         };
-        if registry == "docker.io" || registry == "index.docker.io" {
-            return Self::with_parts(DEFAULT_REGISTRY.to_owned(), repository, tag, digest, &bad);
-        }
-        Self::with_parts(registry, repository, tag, digest, &bad)
+        let registry = if registry == "docker.io" || registry == "index.docker.io" {
+            DEFAULT_REGISTRY.to_owned()
+        } else {
+            registry
+        };
+        Self::check_parts(&registry, &repository, &bad)?;
+        Ok((registry, repository, tag))
     }
 
-    fn with_parts(
-        registry: String,
-        repository: String,
-        tag: Option<String>,
-        digest: Sha256Digest,
+    fn check_parts(
+        registry: &str,
+        repository: &str,
         bad: &dyn Fn(&'static str) -> DigestError,
-    ) -> Result<Self, DigestError> {
+    ) -> Result<(), DigestError> {
         if registry.is_empty()
             || !registry
                 .bytes()
@@ -187,12 +246,7 @@ impl ImageRef {
                 ));
             }
         }
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        Ok(())
     }
 }
 
@@ -223,6 +277,38 @@ mod tests {
             (r.registry.as_str(), r.repository.as_str()),
             (DEFAULT_REGISTRY, "org/app")
         );
+    }
+
+    #[test]
+    fn image_names_resolve_like_references() {
+        let n = ImageName::parse("nginx").unwrap();
+        assert_eq!(
+            (n.registry.as_str(), n.repository.as_str(), n.tag.as_str()),
+            (DEFAULT_REGISTRY, "library/nginx", "latest")
+        );
+        let n = ImageName::parse("ghcr.io/dstack-tee/dstack-tsm-shim:latest").unwrap();
+        assert_eq!(
+            (n.registry.as_str(), n.repository.as_str(), n.tag.as_str()),
+            ("ghcr.io", "dstack-tee/dstack-tsm-shim", "latest")
+        );
+        let n = ImageName::parse("localhost:5000/app:1.2").unwrap();
+        assert_eq!(
+            (n.registry.as_str(), n.tag.as_str()),
+            ("localhost:5000", "1.2")
+        );
+        let pinned = n.pin(Sha256Digest::parse(&format!("sha256:{HEX}")).unwrap());
+        assert_eq!(
+            ImageRef::parse(&format!("localhost:5000/app:1.2@sha256:{HEX}")).unwrap(),
+            pinned
+        );
+        for bad in [
+            "Nginx",
+            format!("nginx@sha256:{HEX}").as_str(),
+            "nginx:",
+            "",
+        ] {
+            assert!(ImageName::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -27,9 +27,13 @@ mod value;
 pub use interpolate::{InterpolateError, interpolate};
 pub use model::{
     App, ConfigMount, Dependency, DependencyCondition, DeviceMapping, GpuRequest, HealthTest,
-    Healthcheck, Port, Protocol, Resources, RestartPolicy, SIGNALS, Service, Ulimit, VolumeMount,
+    Healthcheck, Link, Network, NetworkingGap, Port, Protocol, Resources, RestartPolicy, SIGNALS,
+    Service, ServiceNetwork, Ulimit, VolumeMount,
 };
-pub use parse::{ComposePolicy, SOCKET_BINDS, parse, parse_without_environment};
+pub use parse::{
+    ComposePolicy, NAMESPACED_SYSCTLS, SOCKET_BINDS, check, check_without_environment, parse,
+    parse_without_environment,
+};
 
 use crate::digest::DigestError;
 
@@ -109,7 +113,7 @@ pub enum ComposeError {
     },
     /// A host bind mount outside the allowed sockets.
     #[error(
-        "services.{service}.volumes: host bind of {source_path:?} is refused (only /var/run/dstack.sock and /var/run/tappd.sock may be bound)"
+        "services.{service}.volumes: host bind of {source_path:?} is refused: the host file system is not trusted (only /var/run/dstack.sock and /var/run/tappd.sock may be bound); use a named volume"
     )]
     RefuseHostBind {
         /// Service.
@@ -117,19 +121,17 @@ pub enum ComposeError {
         /// Host path.
         source_path: String,
     },
-    /// A `ports` entry that publishes on a different port than the container listens on.
+    /// A bind of the Docker socket.
     #[error(
-        "services.{service}.ports: {published}:{target} remaps a port; only host networking is supported, so the published and container ports must be equal"
+        "services.{service}.volumes: {source_path:?} is refused: there is no container daemon in the CVM (cvm-init runs the containers itself)"
     )]
-    RefusePortRemap {
+    RefuseDockerSocket {
         /// Service.
         service: String,
-        /// Host side.
-        published: u16,
-        /// Container side.
-        target: u16,
+        /// Host path.
+        source_path: String,
     },
-    /// Two services publish the same port.
+    /// Two services publish the same host port.
     #[error(
         "port {port}/{protocol} is published by both {first} and {second} (host networking shares one port space)"
     )]

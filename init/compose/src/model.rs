@@ -14,6 +14,9 @@ pub struct App {
     pub volumes: BTreeSet<String>,
     /// Inline configs by name.
     pub configs: BTreeMap<String, String>,
+    /// Declared top-level networks by name (parsed, not yet implemented: every service shares
+    /// the CVM's network).
+    pub networks: BTreeMap<String, Network>,
 }
 
 impl App {
@@ -46,6 +49,9 @@ pub struct Service {
     pub depends_on: Vec<Dependency>,
     /// Health check (`None` = none declared or disabled).
     pub healthcheck: Option<Healthcheck>,
+    /// The compose disables the health check (`disable: true`, `test: [NONE]`), so the image
+    /// config's `Healthcheck` is not used either.
+    pub healthcheck_disabled: bool,
     /// Published ports (equal on host and container side).
     pub ports: Vec<Port>,
     /// Config files.
@@ -66,6 +72,127 @@ pub struct Service {
     pub stop_signal: String,
     /// Grace period before SIGKILL.
     pub stop_grace_period: Duration,
+    /// `labels` (metadata only).
+    pub labels: BTreeMap<String, String>,
+    /// `hostname` (the UTS name inside the container; default: container name or service).
+    pub hostname: Option<String>,
+    /// `domainname` (the UTS domain name inside the container).
+    pub domainname: Option<String>,
+    /// `shm_size`: size of the container's `/dev/shm` in bytes (default 64 MiB).
+    pub shm_size: Option<u64>,
+    /// `init: true`. No reaper is injected: the container's PID 1 is its command, and the
+    /// zombies it does not reap go when the container's pid namespace ends.
+    pub init: bool,
+    /// `links`, as extra host names of the linked services.
+    pub links: Vec<Link>,
+    /// `cap_add`, normalized to `CAP_*` (or `ALL`).
+    pub cap_add: Vec<String>,
+    /// `cap_drop`, normalized to `CAP_*` (or `ALL`).
+    pub cap_drop: Vec<String>,
+    /// `sysctls` (namespaced ones only).
+    pub sysctls: BTreeMap<String, String>,
+    /// `extra_hosts`: (name, address) lines added to the container's `/etc/hosts`.
+    pub extra_hosts: Vec<(String, String)>,
+    /// `read_only`: the root file system is mounted read-only.
+    pub read_only: bool,
+    /// `security_opt: [no-new-privileges]`.
+    pub no_new_privileges: bool,
+    /// `pid: host`: the container shares the CVM's pid namespace.
+    pub pid_host: bool,
+    /// Networks the service joins (parsed, not yet implemented).
+    pub networks: Vec<ServiceNetwork>,
+}
+
+impl Service {
+    /// What this service asks for that needs per-service networking, which the init does not
+    /// have yet (every service shares the CVM's network): the launcher refuses the first one
+    /// when it plans the container, and `cvm-measure compose check` lists them all.
+    pub fn networking_gaps(&self) -> Vec<NetworkingGap> {
+        let mut gaps = Vec::new();
+        for port in &self.ports {
+            if port.remaps() {
+                gaps.push(NetworkingGap::PortRemap {
+                    published: port.published,
+                    target: port.port,
+                });
+            }
+        }
+        for network in &self.networks {
+            if network.ipv4_address.is_some() || network.ipv6_address.is_some() {
+                gaps.push(NetworkingGap::StaticAddress {
+                    network: network.name.clone(),
+                });
+            }
+        }
+        for key in self.sysctls.keys().filter(|k| k.starts_with("net.")) {
+            gaps.push(NetworkingGap::NetSysctl { key: key.clone() });
+        }
+        gaps
+    }
+}
+
+/// Something a service asks for that needs per-service networking (not yet implemented).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetworkingGap {
+    /// A port published on another host port than the container port.
+    #[error(
+        "port remapping needs per-service networking (not yet): {published}:{target} publishes a different port than the container listens on; publish {target}:{target} or change the service's port"
+    )]
+    PortRemap {
+        /// Host side.
+        published: u16,
+        /// Container side.
+        target: u16,
+    },
+    /// A static address on a network.
+    #[error(
+        "a static address on network {network} needs per-service networking (not yet): services share the CVM's network; drop ipv4_address/ipv6_address"
+    )]
+    StaticAddress {
+        /// Network name.
+        network: String,
+    },
+    /// A `net.*` sysctl, which would apply to the CVM's one network namespace.
+    #[error(
+        "sysctl {key} needs a network namespace of its own (per-service networking, not yet): services share the CVM's network"
+    )]
+    NetSysctl {
+        /// The sysctl.
+        key: String,
+    },
+}
+
+/// A `links` entry: `service[:alias]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The linked service.
+    pub service: String,
+    /// The extra name it answers to (the service name when none is given).
+    pub alias: String,
+}
+
+/// A top-level network.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Network {
+    /// `driver` (`bridge` when not given).
+    pub driver: Option<String>,
+    /// `ipam.config[].subnet` entries.
+    pub subnets: Vec<String>,
+    /// `internal: true`.
+    pub internal: bool,
+}
+
+/// A service's membership in a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceNetwork {
+    /// Network name.
+    pub name: String,
+    /// Extra names of the service on that network.
+    pub aliases: Vec<String>,
+    /// A static IPv4 address.
+    pub ipv4_address: Option<String>,
+    /// A static IPv6 address.
+    pub ipv6_address: Option<String>,
 }
 
 /// One mount of a service.
@@ -93,6 +220,8 @@ pub enum VolumeMount {
     Tmpfs {
         /// Container path.
         target: String,
+        /// Mount options (`size=`, `mode=`, `uid=`, `gid=`, `noexec`, `ro`, …), validated.
+        options: Vec<String>,
     },
 }
 
@@ -178,13 +307,26 @@ impl std::fmt::Display for Protocol {
     }
 }
 
-/// A published port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A published port (one per port of a range).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Port {
-    /// Port number (host = container).
+    /// Container port.
     pub port: u16,
+    /// Host port. Only `published == port` runs today (host networking); a remap is carried
+    /// here and refused when the container is planned.
+    pub published: u16,
+    /// Host address to publish on (`127.0.0.1:8080:80`), if given. Carried only: under host
+    /// networking nothing is published, the service is reachable on the addresses it binds.
+    pub host_ip: Option<String>,
     /// Protocol.
     pub protocol: Protocol,
+}
+
+impl Port {
+    /// Whether the host and container ports differ.
+    pub fn remaps(&self) -> bool {
+        self.published != self.port
+    }
 }
 
 /// A config file in a container.

@@ -9,7 +9,8 @@ use crate::digest::ImageRef;
 use crate::interpolate::interpolate;
 use crate::model::{
     App, ConfigMount, Dependency, DependencyCondition, DeviceMapping, GpuRequest, HealthTest,
-    Healthcheck, Port, Protocol, Resources, RestartPolicy, SIGNALS, Service, Ulimit, VolumeMount,
+    Healthcheck, Link, Network, Port, Protocol, Resources, RestartPolicy, SIGNALS, Service,
+    ServiceNetwork, Ulimit, VolumeMount,
 };
 use crate::order::order_services;
 use crate::value::{self, Node};
@@ -52,6 +53,33 @@ pub fn parse_without_environment(runner: Option<&str>, yaml: &str) -> Result<App
     )
 }
 
+/// Like [`parse_without_environment`], but returns every refusal it finds rather than the
+/// first: each service is parsed on its own and, within a service, each key (`cvm-measure
+/// compose check`). The first error of the list is the one [`parse_without_environment`]
+/// returns.
+pub fn check_without_environment(
+    runner: Option<&str>,
+    yaml: &str,
+) -> Result<App, Vec<ComposeError>> {
+    check(runner, yaml, &BTreeMap::new())
+}
+
+/// [`check_without_environment`] with variables for interpolation (`${VAR:?}` needs one).
+/// Images must still be pinned in the compose text: one chosen by interpolation is refused.
+pub fn check(
+    runner: Option<&str>,
+    yaml: &str,
+    env: &BTreeMap<String, String>,
+) -> Result<App, Vec<ComposeError>> {
+    parse_collect(
+        runner,
+        yaml,
+        env,
+        &ComposePolicy::default(),
+        Images::FromComposeText,
+    )
+}
+
 /// Whether a service's `image` may come from interpolation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Images {
@@ -66,72 +94,231 @@ fn parse_with(
     policy: &ComposePolicy,
     images: Images,
 ) -> Result<App, ComposeError> {
+    parse_collect(runner, yaml, env, policy, images).map_err(|mut errors| {
+        // `parse_collect` never returns an empty list; the fallback keeps this total.
+        if errors.is_empty() {
+            ComposeError::invalid("services", "refused")
+        } else {
+            errors.swap_remove(0)
+        }
+    })
+}
+
+/// `r`'s value, or `T::default()` after recording its error.
+fn keep<T: Default>(errors: &mut Vec<ComposeError>, r: Result<T, ComposeError>) -> T {
+    r.unwrap_or_else(|e| {
+        errors.push(e);
+        T::default()
+    })
+}
+
+fn parse_collect(
+    runner: Option<&str>,
+    yaml: &str,
+    env: &BTreeMap<String, String>,
+    policy: &ComposePolicy,
+    images: Images,
+) -> Result<App, Vec<ComposeError>> {
     match runner {
         None | Some("docker-compose") | Some("nerdctl-compose") => {}
         Some(other) => {
-            return Err(ComposeError::RefuseRunner {
+            return Err(vec![ComposeError::RefuseRunner {
                 runner: other.to_owned(),
-            });
+            }]);
         }
     }
-    let mut root: Value = serde_norway::from_str(yaml).map_err(ComposeError::ParseYaml)?;
-    root.apply_merge().map_err(ComposeError::ParseYaml)?;
+    let mut root: Value =
+        serde_norway::from_str(yaml).map_err(|e| vec![ComposeError::ParseYaml(e)])?;
+    root.apply_merge()
+        .map_err(|e| vec![ComposeError::ParseYaml(e)])?;
+    let mut errors = Vec::new();
     if images == Images::FromComposeText {
-        refuse_image_interpolation(&root)?;
+        errors.extend(refuse_image_interpolation(&root));
     }
-    interpolate_tree(&mut root, env, "")?;
+    interpolate_tree(&mut root, env, "").map_err(|e| vec![e])?;
     let root = Node::new("", &root);
-    let top = root.mapping()?;
-    top.check_keys(&[
+    let top = root.mapping().map_err(|e| vec![e])?;
+    errors.extend(top.unknown_keys(&[
         "services", "volumes", "configs", "name", "version", "networks",
-    ])?;
-    if let Some(networks) = top.get("networks")
-        && !networks.is_empty_mapping()
-    {
-        return Err(ComposeError::refuse(
-            "networks",
-            "networks are not supported: every service uses host networking",
-        ));
-    }
+    ]));
+    let networks = match top.get("networks") {
+        Some(v) => keep(&mut errors, parse_top_networks(&v)),
+        None => BTreeMap::new(),
+    };
     let volumes = match top.get("volumes") {
-        Some(v) => parse_top_volumes(&v)?,
+        Some(v) => {
+            let result = parse_top_volumes(&v, &mut errors);
+            keep(&mut errors, result)
+        }
         None => BTreeSet::new(),
     };
     let configs = match top.get("configs") {
-        Some(v) => parse_top_configs(&v)?,
+        Some(v) => keep(&mut errors, parse_top_configs(&v)),
         None => BTreeMap::new(),
     };
-    let services_node = top
-        .get("services")
-        .ok_or_else(|| ComposeError::invalid("services", "missing"))?;
-    let services_map = services_node.mapping()?;
+    let services_node = top.get("services").ok_or_else(|| {
+        errors.push(ComposeError::invalid("services", "missing"));
+        std::mem::take(&mut errors)
+    })?;
+    let services_map = services_node.mapping().map_err(|e| {
+        errors.push(e);
+        std::mem::take(&mut errors)
+    })?;
+    let entries = services_map.entries().map_err(|e| {
+        errors.push(e);
+        std::mem::take(&mut errors)
+    })?;
+    let declared = Declared {
+        volumes: &volumes,
+        configs: &configs,
+        networks: &networks,
+    };
     let mut services = Vec::new();
-    for (name, node) in services_map.entries()? {
+    let mut names = 0usize;
+    for (name, node) in entries {
         if name.starts_with("x-") {
             continue;
         }
-        check_service_name(&node.path, &name)?;
-        services.push(parse_service(
-            &name, &node, env, policy, &volumes, &configs,
-        )?);
+        names += 1;
+        if let Err(e) = check_service_name(&node.path, &name) {
+            errors.push(e);
+            continue;
+        }
+        let before = errors.len();
+        let image_refused = errors.iter().any(|e| matches!(e, ComposeError::RefuseImageInterpolation { service } if *service == printable(&name)));
+        let service = parse_service(
+            &name,
+            &node,
+            env,
+            policy,
+            &declared,
+            image_refused,
+            &mut errors,
+        );
+        if errors.len() == before
+            && let Some(service) = service
+        {
+            services.push(service);
+        }
     }
-    if services.is_empty() {
-        return Err(ComposeError::invalid("services", "no services"));
+    if names == 0 {
+        errors.push(ComposeError::invalid("services", "no services"));
     }
-    check_port_clashes(&services)?;
-    let services = order_services(services)?;
+    errors.extend(check_links(&services));
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    check_port_clashes(&services).map_err(|e| vec![e])?;
+    let services = order_services(services).map_err(|e| vec![e])?;
     Ok(App {
         services,
         volumes,
         configs,
+        networks,
     })
+}
+
+/// The top-level names a service may refer to.
+struct Declared<'a> {
+    volumes: &'a BTreeSet<String>,
+    configs: &'a BTreeMap<String, String>,
+    networks: &'a BTreeMap<String, Network>,
+}
+
+/// `links` must name services of the app.
+fn check_links(services: &[Service]) -> Vec<ComposeError> {
+    let mut errors = Vec::new();
+    for service in services {
+        for link in &service.links {
+            if !services.iter().any(|s| s.name == link.service) {
+                errors.push(ComposeError::invalid(
+                    &format!("services.{}.links", service.name),
+                    format!("unknown service {:?}", link.service),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+fn parse_top_networks(node: &Node<'_>) -> Result<BTreeMap<String, Network>, ComposeError> {
+    let mut out = BTreeMap::new();
+    if node.is_null() {
+        return Ok(out);
+    }
+    for (name, net) in node.mapping()?.entries()? {
+        if name.starts_with("x-") {
+            continue;
+        }
+        check_volume_name(&net.path, &name)?;
+        let mut network = Network::default();
+        if !net.is_null() {
+            let m = net.mapping()?;
+            m.check_keys(&[
+                "driver",
+                "driver_opts",
+                "ipam",
+                "external",
+                "internal",
+                "attachable",
+                "labels",
+                "name",
+                "enable_ipv6",
+            ])?;
+            if let Some(d) = m.get("driver") {
+                let driver = d.string()?;
+                if !matches!(driver.as_str(), "bridge" | "host" | "default") {
+                    return Err(ComposeError::refuse(
+                        &d.path,
+                        "only bridge networks exist in a CVM",
+                    ));
+                }
+                network.driver = Some(driver);
+            }
+            if let Some(e) = m.get("external")
+                && e.boolean()?
+            {
+                return Err(ComposeError::refuse(
+                    &e.path,
+                    "external networks do not exist in a CVM: declare the network in the file",
+                ));
+            }
+            if let Some(i) = m.get("internal") {
+                network.internal = i.boolean()?;
+            }
+            for key in ["attachable", "enable_ipv6"] {
+                if let Some(b) = m.get(key) {
+                    b.boolean()?;
+                }
+            }
+            if let Some(l) = m.get("labels") {
+                parse_key_values(&l)?;
+            }
+            if let Some(ipam) = m.get("ipam") {
+                let im = ipam.mapping()?;
+                im.check_keys(&["driver", "config", "options"])?;
+                if let Some(config) = im.get("config") {
+                    for item in config.sequence()? {
+                        let cm = item.mapping()?;
+                        cm.check_keys(&["subnet", "ip_range", "gateway", "aux_addresses"])?;
+                        if let Some(subnet) = cm.get("subnet") {
+                            network.subnets.push(subnet.string()?);
+                        }
+                    }
+                }
+            }
+        }
+        out.insert(name, network);
+    }
+    Ok(out)
 }
 
 /// Refuses a service `image` with a `$` in it: interpolation (or a `$$` escape, which no valid
 /// reference contains) would decide the reference.
-fn refuse_image_interpolation(root: &Value) -> Result<(), ComposeError> {
+fn refuse_image_interpolation(root: &Value) -> Vec<ComposeError> {
+    let mut errors = Vec::new();
     let Some(Value::Mapping(services)) = root.get("services") else {
-        return Ok(());
+        return errors;
     };
     for (name, service) in services {
         let name = name.as_str().unwrap_or("?");
@@ -141,12 +328,12 @@ fn refuse_image_interpolation(root: &Value) -> Result<(), ComposeError> {
         if let Some(Value::String(image)) = service.get("image")
             && image.contains('$')
         {
-            return Err(ComposeError::RefuseImageInterpolation {
+            errors.push(ComposeError::RefuseImageInterpolation {
                 service: printable(name),
             });
         }
     }
-    Ok(())
+    errors
 }
 
 fn interpolate_tree(
@@ -206,7 +393,12 @@ fn check_service_name(path: &str, name: &str) -> Result<(), ComposeError> {
     }
 }
 
-fn parse_top_volumes(node: &Node<'_>) -> Result<BTreeSet<String>, ComposeError> {
+/// Top-level volumes; a refused one is still declared (its error goes to `errors`), so the
+/// services that mount it are not refused a second time.
+fn parse_top_volumes(
+    node: &Node<'_>,
+    errors: &mut Vec<ComposeError>,
+) -> Result<BTreeSet<String>, ComposeError> {
     let mut out = BTreeSet::new();
     if node.is_null() {
         return Ok(out);
@@ -216,46 +408,54 @@ fn parse_top_volumes(node: &Node<'_>) -> Result<BTreeSet<String>, ComposeError> 
             continue;
         }
         check_volume_name(&vol.path, &name)?;
-        if !vol.is_null() {
-            let m = vol.mapping()?;
-            m.check_keys(&["driver", "name", "external", "labels", "driver_opts"])?;
-            if let Some(d) = m.get("driver")
-                && d.string()? != "local"
-            {
-                return Err(ComposeError::refuse(
-                    &d.path,
-                    "only the local volume driver exists",
-                ));
-            }
-            if let Some(e) = m.get("external")
-                && e.boolean()?
-            {
-                return Err(ComposeError::refuse(
-                    &e.path,
-                    "external volumes do not exist in a CVM",
-                ));
-            }
-            if let Some(o) = m.get("driver_opts")
-                && !o.is_empty_mapping()
-            {
-                return Err(ComposeError::refuse(
-                    &o.path,
-                    "driver_opts are not supported",
-                ));
-            }
-            if let Some(n) = m.get("name") {
-                let n = n.string()?;
-                if n != name {
-                    return Err(ComposeError::refuse(
-                        &vol.path,
-                        "volume name overrides are not supported",
-                    ));
-                }
-            }
+        if let Err(e) = check_top_volume(&name, &vol) {
+            errors.push(e);
         }
         out.insert(name);
     }
     Ok(out)
+}
+
+fn check_top_volume(name: &str, vol: &Node<'_>) -> Result<(), ComposeError> {
+    if vol.is_null() {
+        return Ok(());
+    }
+    let m = vol.mapping()?;
+    m.check_keys(&["driver", "name", "external", "labels", "driver_opts"])?;
+    if let Some(d) = m.get("driver")
+        && d.string()? != "local"
+    {
+        return Err(ComposeError::refuse(
+            &d.path,
+            "only the local volume driver exists",
+        ));
+    }
+    if let Some(e) = m.get("external")
+        && e.boolean()?
+    {
+        return Err(ComposeError::refuse(
+            &e.path,
+            "external volumes do not exist in a CVM",
+        ));
+    }
+    if let Some(o) = m.get("driver_opts")
+        && !o.is_empty_mapping()
+    {
+        return Err(ComposeError::refuse(
+            &o.path,
+            "volume driver_opts are not supported (a tmpfs volume shared between containers is not yet): use the service's `tmpfs:` key, or a plain named volume on the encrypted disk",
+        ));
+    }
+    if let Some(n) = m.get("name") {
+        let n = n.string()?;
+        if n != name {
+            return Err(ComposeError::refuse(
+                &vol.path,
+                "volume name overrides are not supported",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_volume_name(path: &str, name: &str) -> Result<(), ComposeError> {
@@ -322,6 +522,7 @@ const SERVICE_KEYS: &[&str] = &[
     "ports",
     "expose",
     "network_mode",
+    "networks",
     "configs",
     "user",
     "working_dir",
@@ -336,133 +537,258 @@ const SERVICE_KEYS: &[&str] = &[
     "stop_signal",
     "stop_grace_period",
     "build",
+    "labels",
+    "logging",
+    "hostname",
+    "domainname",
+    "shm_size",
+    "init",
+    "links",
+    "pull_policy",
+    "cap_add",
+    "cap_drop",
+    "tmpfs",
+    "sysctls",
+    "extra_hosts",
+    "read_only",
+    "security_opt",
+    "pid",
 ];
 
+/// Parses one service; every error goes to `errors` (the result is meaningless when it grew).
+#[allow(clippy::too_many_lines)]
 fn parse_service(
     name: &str,
     node: &Node<'_>,
     env: &BTreeMap<String, String>,
     policy: &ComposePolicy,
-    volumes: &BTreeSet<String>,
-    configs: &BTreeMap<String, String>,
-) -> Result<Service, ComposeError> {
-    let m = node.mapping()?;
-    m.check_keys(SERVICE_KEYS)?;
+    declared: &Declared<'_>,
+    image_refused: bool,
+    errors: &mut Vec<ComposeError>,
+) -> Option<Service> {
+    let m = keep(errors, node.mapping().map(Some))?;
+    errors.extend(m.unknown_keys(SERVICE_KEYS));
     if let Some(n) = m.get("build") {
-        return Err(ComposeError::refuse(
+        errors.push(ComposeError::refuse(
             &n.path,
-            "building images is not supported: give a digest-pinned `image`",
+            "build: is refused (the CVM builds nothing): build and push the image, then pin it by digest in `image`",
         ));
     }
     if let Some(n) = m.get("env_file") {
-        return Err(ComposeError::refuse(
+        errors.push(ComposeError::refuse(
             &n.path,
-            "env_file is refused: the host file system is not trusted; use `environment` with the encrypted env",
+            "env_file is refused: the files are not in the VM and the host file system is not trusted; use `environment` with the encrypted env",
         ));
     }
-    if let Some(n) = m.get("platform")
-        && n.string()? != "linux/amd64"
-    {
-        return Err(ComposeError::refuse(
-            &n.path,
-            "only linux/amd64 images run here",
-        ));
+    if let Some(n) = m.get("platform") {
+        match n.string() {
+            Ok(p) if p == "linux/amd64" => {}
+            Ok(_) => errors.push(ComposeError::refuse(
+                &n.path,
+                "only linux/amd64 images run here",
+            )),
+            Err(e) => errors.push(e),
+        }
     }
-    if let Some(n) = m.get("network_mode")
-        && n.string()? != "host"
-    {
-        return Err(ComposeError::refuse(
-            &n.path,
-            "only network_mode: host is supported",
-        ));
+    if let Some(n) = m.get("network_mode") {
+        match n.string() {
+            Ok(p) if p == "host" => {}
+            Ok(_) => errors.push(ComposeError::refuse(
+                &n.path,
+                "only network_mode: host is supported",
+            )),
+            Err(e) => errors.push(e),
+        }
     }
-    let image_node = m
-        .get("image")
-        .ok_or_else(|| ComposeError::invalid(&node.path, "missing image"))?;
-    let image =
-        ImageRef::parse(&image_node.string()?).map_err(|source| ComposeError::ParseImage {
-            service: name.to_owned(),
-            source,
-        })?;
-    let container_name = m.get("container_name").map(|n| n.string()).transpose()?;
-    let command = m.get("command").map(|n| n.command()).transpose()?;
-    let entrypoint = m.get("entrypoint").map(|n| n.command()).transpose()?;
+    let image = match m.get("image") {
+        None if m.get("build").is_some() => None,
+        None => {
+            errors.push(ComposeError::invalid(&node.path, "missing image"));
+            None
+        }
+        Some(_) if image_refused => None,
+        Some(n) => keep(
+            errors,
+            n.string().and_then(|text| {
+                ImageRef::parse(&text)
+                    .map(Some)
+                    .map_err(|source| ComposeError::ParseImage {
+                        service: name.to_owned(),
+                        source,
+                    })
+            }),
+        ),
+    };
+    let opt_string = |errors: &mut Vec<ComposeError>, key: &str| {
+        keep(errors, m.get(key).map(|n| n.string()).transpose())
+    };
+    let flag = |errors: &mut Vec<ComposeError>, key: &str| {
+        keep(errors, m.get(key).map(|n| n.boolean()).transpose()).unwrap_or(false)
+    };
+    let container_name = opt_string(errors, "container_name");
+    let command = keep(errors, m.get("command").map(|n| n.command()).transpose());
+    let entrypoint = keep(errors, m.get("entrypoint").map(|n| n.command()).transpose());
     let environment = match m.get("environment") {
-        Some(n) => parse_environment(&n, env)?,
+        Some(n) => keep(errors, parse_environment(&n, env)),
         None => BTreeMap::new(),
     };
     let mut mounts = Vec::new();
     if let Some(n) = m.get("volumes") {
-        for item in n.sequence()? {
-            mounts.push(parse_volume(name, &item, policy, volumes)?);
+        for item in keep(errors, n.sequence()) {
+            if let Some(mount) = keep(
+                errors,
+                parse_volume(name, &item, policy, declared.volumes).map(Some),
+            ) {
+                mounts.push(mount);
+            }
         }
     }
-    let restart = match m.get("restart") {
-        Some(n) => parse_restart(&n)?,
-        None => RestartPolicy::No,
-    };
+    if let Some(n) = m.get("tmpfs") {
+        mounts.extend(keep(errors, parse_tmpfs_key(&n)));
+    }
+    let restart = keep(
+        errors,
+        m.get("restart").map(|n| parse_restart(&n)).transpose(),
+    )
+    .unwrap_or(RestartPolicy::No);
     let depends_on = match m.get("depends_on") {
-        Some(n) => parse_depends_on(&n)?,
+        Some(n) => keep(errors, parse_depends_on(&n)),
         None => Vec::new(),
     };
     let healthcheck = match m.get("healthcheck") {
-        Some(n) => parse_healthcheck(&n)?,
+        Some(n) => keep(errors, parse_healthcheck(&n)),
         None => None,
     };
+    let healthcheck_disabled = m.get("healthcheck").is_some() && healthcheck.is_none();
     let mut ports = Vec::new();
     if let Some(n) = m.get("ports") {
-        for item in n.sequence()? {
-            ports.extend(parse_port(name, &item)?);
+        for item in keep(errors, n.sequence()) {
+            ports.extend(keep(errors, parse_port(&item)));
         }
     }
     if let Some(n) = m.get("expose") {
         // Documentation only under host networking; still validate the numbers.
-        for item in n.sequence()? {
-            item.scalar_string()?
-                .split('/')
-                .next()
-                .and_then(|p| p.parse::<u16>().ok())
-                .ok_or_else(|| ComposeError::invalid(&item.path, "not a port"))?;
+        for item in keep(errors, n.sequence()) {
+            let port = item.scalar_string().and_then(|text| {
+                let spec = text.split('/').next().unwrap_or_default().to_owned();
+                parse_port_range(&item.path, &spec)
+            });
+            keep(errors, port.map(Some));
         }
     }
     let mut config_mounts = Vec::new();
     if let Some(n) = m.get("configs") {
-        for item in n.sequence()? {
-            config_mounts.push(parse_config_mount(&item, configs)?);
+        for item in keep(errors, n.sequence()) {
+            if let Some(c) = keep(
+                errors,
+                parse_config_mount(&item, declared.configs).map(Some),
+            ) {
+                config_mounts.push(c);
+            }
         }
     }
-    let user = m.get("user").map(|n| n.scalar_string()).transpose()?;
-    let working_dir = match m.get("working_dir") {
-        Some(n) => Some(absolute_path(&n)?),
-        None => None,
-    };
-    let privileged = m
-        .get("privileged")
-        .map(|n| n.boolean())
-        .transpose()?
-        .unwrap_or(false);
+    let user = keep(errors, m.get("user").map(|n| n.scalar_string()).transpose());
+    let working_dir = keep(
+        errors,
+        m.get("working_dir").map(|n| absolute_path(&n)).transpose(),
+    );
+    let privileged = flag(errors, "privileged");
     let mut devices = Vec::new();
     if let Some(n) = m.get("devices") {
-        for item in n.sequence()? {
-            devices.push(parse_device(&item)?);
+        for item in keep(errors, n.sequence()) {
+            if let Some(d) = keep(errors, parse_device(&item).map(Some)) {
+                devices.push(d);
+            }
         }
     }
     let ulimits = match m.get("ulimits") {
-        Some(n) => parse_ulimits(&n)?,
+        Some(n) => keep(errors, parse_ulimits(&n)),
         None => Vec::new(),
     };
-    let resources = parse_resources(&m)?;
-    let stop_signal = match m.get("stop_signal") {
-        Some(n) => parse_signal(&n)?,
-        None => "SIGTERM".to_owned(),
+    let resources = keep(errors, parse_resources(&m));
+    let stop_signal = keep(
+        errors,
+        m.get("stop_signal").map(|n| parse_signal(&n)).transpose(),
+    )
+    .unwrap_or_else(|| "SIGTERM".to_owned());
+    let stop_grace_period = keep(
+        errors,
+        m.get("stop_grace_period").map(|n| n.duration()).transpose(),
+    )
+    .unwrap_or(Duration::from_secs(10));
+    let labels = match m.get("labels") {
+        Some(n) => keep(errors, parse_key_values(&n)),
+        None => BTreeMap::new(),
     };
-    let stop_grace_period = match m.get("stop_grace_period") {
-        Some(n) => n.duration()?,
-        None => Duration::from_secs(10),
+    if let Some(n) = m.get("logging") {
+        // Accepted: the init handles the output of every container itself.
+        keep(errors, parse_logging(&n));
+    }
+    let hostname = keep(errors, m.get("hostname").map(|n| host_name(&n)).transpose());
+    let domainname = keep(
+        errors,
+        m.get("domainname").map(|n| host_name(&n)).transpose(),
+    );
+    let shm_size = keep(
+        errors,
+        m.get("shm_size")
+            .map(|n| n.scalar_string().and_then(|t| parse_bytes(&n.path, &t)))
+            .transpose(),
+    );
+    let init = flag(errors, "init");
+    let links = match m.get("links") {
+        Some(n) => keep(errors, parse_links(&n)),
+        None => Vec::new(),
     };
-    Ok(Service {
+    if let Some(n) = m.get("pull_policy") {
+        // No effect: images are pulled by digest, once per boot.
+        keep(errors, parse_pull_policy(&n));
+    }
+    let cap_add = match m.get("cap_add") {
+        Some(n) => keep(errors, parse_capabilities(&n)),
+        None => Vec::new(),
+    };
+    let cap_drop = match m.get("cap_drop") {
+        Some(n) => keep(errors, parse_capabilities(&n)),
+        None => Vec::new(),
+    };
+    let sysctls = match m.get("sysctls") {
+        Some(n) => keep(errors, parse_sysctls(&n)),
+        None => BTreeMap::new(),
+    };
+    let extra_hosts = match m.get("extra_hosts") {
+        Some(n) => keep(errors, parse_extra_hosts(&n)),
+        None => Vec::new(),
+    };
+    let read_only = flag(errors, "read_only");
+    let no_new_privileges = match m.get("security_opt") {
+        Some(n) => keep(errors, parse_security_opt(&n)),
+        None => false,
+    };
+    let pid_host = match m.get("pid") {
+        Some(n) => match n.string() {
+            Ok(p) if p == "host" => true,
+            Ok(_) => {
+                errors.push(ComposeError::refuse(
+                    &n.path,
+                    "only pid: host is supported (another container's pid namespace is not)",
+                ));
+                false
+            }
+            Err(e) => {
+                errors.push(e);
+                false
+            }
+        },
+        None => false,
+    };
+    let networks = match m.get("networks") {
+        Some(n) => keep(errors, parse_service_networks(&n, declared.networks)),
+        None => Vec::new(),
+    };
+    Some(Service {
         name: name.to_owned(),
-        image,
+        image: image?,
         container_name,
         command,
         entrypoint,
@@ -471,6 +797,7 @@ fn parse_service(
         restart,
         depends_on,
         healthcheck,
+        healthcheck_disabled,
         ports,
         configs: config_mounts,
         user,
@@ -481,7 +808,385 @@ fn parse_service(
         resources,
         stop_signal,
         stop_grace_period,
+        labels,
+        hostname,
+        domainname,
+        shm_size,
+        init,
+        links,
+        cap_add,
+        cap_drop,
+        sysctls,
+        extra_hosts,
+        read_only,
+        no_new_privileges,
+        pid_host,
+        networks,
     })
+}
+
+/// `labels`-style values: a list of `key[=value]` or a mapping of scalars.
+fn parse_key_values(node: &Node<'_>) -> Result<BTreeMap<String, String>, ComposeError> {
+    let mut out = BTreeMap::new();
+    if node.is_null() {
+        return Ok(out);
+    }
+    if let Ok(items) = node.sequence() {
+        for item in items {
+            let text = item.string()?;
+            let (k, v) = text.split_once('=').unwrap_or((&text, ""));
+            if k.is_empty() {
+                return Err(ComposeError::invalid(&item.path, "empty key"));
+            }
+            out.insert(k.to_owned(), v.to_owned());
+        }
+        return Ok(out);
+    }
+    for (k, v) in node.mapping()?.entries()? {
+        let value = if v.is_null() {
+            String::new()
+        } else {
+            v.scalar_string()?
+        };
+        out.insert(k, value);
+    }
+    Ok(out)
+}
+
+fn parse_logging(node: &Node<'_>) -> Result<(), ComposeError> {
+    let m = node.mapping()?;
+    m.check_keys(&["driver", "options"])?;
+    if let Some(d) = m.get("driver") {
+        d.string()?;
+    }
+    if let Some(o) = m.get("options")
+        && !o.is_null()
+    {
+        for (_, v) in o.mapping()?.entries()? {
+            v.scalar_string()?;
+        }
+    }
+    Ok(())
+}
+
+/// A host or domain name: dot-separated labels of `[A-Za-z0-9-]`, at most 253 bytes.
+fn host_name(node: &Node<'_>) -> Result<String, ComposeError> {
+    let text = node.string()?;
+    let ok = !text.is_empty()
+        && text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+        });
+    if ok {
+        Ok(text)
+    } else {
+        Err(ComposeError::invalid(
+            &node.path,
+            "a host name is dot-separated labels of [A-Za-z0-9-]",
+        ))
+    }
+}
+
+fn parse_links(node: &Node<'_>) -> Result<Vec<Link>, ComposeError> {
+    let mut out = Vec::new();
+    for item in node.sequence()? {
+        let text = item.string()?;
+        let (service, alias) = text.split_once(':').unwrap_or((&text, &text));
+        check_service_name(&item.path, service)?;
+        check_service_name(&item.path, alias)?;
+        out.push(Link {
+            service: service.to_owned(),
+            alias: alias.to_owned(),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_pull_policy(node: &Node<'_>) -> Result<(), ComposeError> {
+    let text = node.string()?;
+    match text.as_str() {
+        "always" | "never" | "missing" | "if_not_present" | "daily" | "weekly" => Ok(()),
+        other if other.starts_with("every_") => Ok(()),
+        "build" => Err(ComposeError::refuse(
+            &node.path,
+            "pull_policy: build is refused (the CVM builds nothing): build and push the image, then pin it by digest",
+        )),
+        other => Err(ComposeError::invalid(
+            &node.path,
+            format!("unknown pull_policy {other:?}"),
+        )),
+    }
+}
+
+fn parse_capabilities(node: &Node<'_>) -> Result<Vec<String>, ComposeError> {
+    let mut out = Vec::new();
+    for item in node.sequence()? {
+        let text = item.string()?.to_ascii_uppercase();
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_uppercase() || b == b'_') {
+            return Err(ComposeError::invalid(&item.path, "not a capability name"));
+        }
+        let name = if text == "ALL" || text.starts_with("CAP_") {
+            text
+        } else {
+            format!("CAP_{text}")
+        };
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    Ok(out)
+}
+
+/// Prefixes (ending in `.`) and names of the sysctls a container may set: the ones the kernel
+/// keeps per network or IPC namespace.
+pub const NAMESPACED_SYSCTLS: &[&str] = &[
+    "net.",
+    "kernel.shm",
+    "kernel.msg",
+    "kernel.sem",
+    "fs.mqueue.",
+];
+
+fn parse_sysctls(node: &Node<'_>) -> Result<BTreeMap<String, String>, ComposeError> {
+    let out = parse_key_values(node)?;
+    for (key, value) in &out {
+        let allowed = NAMESPACED_SYSCTLS.iter().any(|prefix| {
+            if *prefix == "kernel.sem" {
+                key == prefix
+            } else {
+                key.starts_with(prefix)
+            }
+        });
+        if !allowed {
+            return Err(ComposeError::refuse(
+                &format!("{}.{}", node.path, key),
+                "only namespaced sysctls (net.*, kernel.shm*, kernel.msg*, kernel.sem, fs.mqueue.*) may be set: others would change the whole CVM",
+            ));
+        }
+        if key.contains('/') || key.contains("..") || value.contains('\n') {
+            return Err(ComposeError::invalid(
+                &format!("{}.{}", node.path, key),
+                "malformed sysctl",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+fn parse_ip(path: &str, text: &str) -> Result<String, ComposeError> {
+    let bare = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    bare.parse::<std::net::IpAddr>()
+        .map(|ip| ip.to_string())
+        .map_err(|_| ComposeError::invalid(path, format!("{text:?} is not an IP address")))
+}
+
+fn parse_extra_hosts(node: &Node<'_>) -> Result<Vec<(String, String)>, ComposeError> {
+    let mut pairs = Vec::new();
+    if let Ok(items) = node.sequence() {
+        for item in items {
+            let text = item.string()?;
+            // `name=ip` or `name:ip` (the address may itself hold colons: IPv6).
+            let split = text.split_once('=').or_else(|| text.split_once(':'));
+            let Some((name, ip)) = split else {
+                return Err(ComposeError::invalid(&item.path, "expected name:ip"));
+            };
+            pairs.push((item.path.clone(), name.to_owned(), ip.to_owned()));
+        }
+    } else {
+        for (name, v) in node.mapping()?.entries()? {
+            pairs.push((v.path.clone(), name, v.scalar_string()?));
+        }
+    }
+    let mut out = Vec::new();
+    for (path, name, ip) in pairs {
+        if ip == "host-gateway" {
+            return Err(ComposeError::refuse(
+                &path,
+                "host-gateway does not exist: services share the CVM's network, use 127.0.0.1",
+            ));
+        }
+        let ip = parse_ip(&path, &ip)?;
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+        if !ok {
+            return Err(ComposeError::invalid(&path, "invalid host name"));
+        }
+        out.push((name, ip));
+    }
+    Ok(out)
+}
+
+fn parse_security_opt(node: &Node<'_>) -> Result<bool, ComposeError> {
+    let mut no_new_privileges = false;
+    for item in node.sequence()? {
+        let text = item.string()?;
+        match text.as_str() {
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
+                no_new_privileges = true;
+            }
+            "no-new-privileges:false" | "no-new-privileges=false" => no_new_privileges = false,
+            _ => {
+                return Err(ComposeError::refuse(
+                    &item.path,
+                    "only security_opt no-new-privileges is supported (seccomp, apparmor and label profiles are not)",
+                ));
+            }
+        }
+    }
+    Ok(no_new_privileges)
+}
+
+fn parse_service_networks(
+    node: &Node<'_>,
+    declared: &BTreeMap<String, Network>,
+) -> Result<Vec<ServiceNetwork>, ComposeError> {
+    let check = |path: &str, name: &str| {
+        if name == "default" || declared.contains_key(name) {
+            Ok(())
+        } else {
+            Err(ComposeError::invalid(
+                path,
+                format!("network {name:?} is not declared under top-level networks"),
+            ))
+        }
+    };
+    let mut out = Vec::new();
+    if let Ok(items) = node.sequence() {
+        for item in items {
+            let name = item.string()?;
+            check(&item.path, &name)?;
+            out.push(ServiceNetwork {
+                name,
+                aliases: Vec::new(),
+                ipv4_address: None,
+                ipv6_address: None,
+            });
+        }
+        return Ok(out);
+    }
+    for (name, spec) in node.mapping()?.entries()? {
+        check(&spec.path, &name)?;
+        let mut network = ServiceNetwork {
+            name,
+            aliases: Vec::new(),
+            ipv4_address: None,
+            ipv6_address: None,
+        };
+        if !spec.is_null() {
+            let m = spec.mapping()?;
+            m.check_keys(&[
+                "aliases",
+                "ipv4_address",
+                "ipv6_address",
+                "priority",
+                "link_local_ips",
+                "mac_address",
+                "driver_opts",
+                "gw_priority",
+            ])?;
+            if let Some(a) = m.get("aliases") {
+                for item in a.sequence()? {
+                    let alias = host_name(&item)?;
+                    network.aliases.push(alias);
+                }
+            }
+            if let Some(ip) = m.get("ipv4_address") {
+                network.ipv4_address = Some(parse_ip(&ip.path, &ip.string()?)?);
+            }
+            if let Some(ip) = m.get("ipv6_address") {
+                network.ipv6_address = Some(parse_ip(&ip.path, &ip.string()?)?);
+            }
+            for key in ["link_local_ips", "mac_address", "driver_opts"] {
+                if let Some(n) = m.get(key)
+                    && !n.is_empty_mapping()
+                {
+                    return Err(ComposeError::refuse(
+                        &n.path,
+                        "link-local addresses, MAC addresses and driver options need per-service networking (not yet)",
+                    ));
+                }
+            }
+        }
+        out.push(network);
+    }
+    Ok(out)
+}
+
+/// The `tmpfs` key: a path or a list of `path[:options]`.
+fn parse_tmpfs_key(node: &Node<'_>) -> Result<Vec<VolumeMount>, ComposeError> {
+    let items = match node.sequence() {
+        Ok(items) => items,
+        Err(_) => vec![node.clone()],
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let text = item.string()?;
+        let (target, options) = match text.split_once(':') {
+            Some((t, o)) => (t, parse_tmpfs_options(&item.path, o)?),
+            None => (text.as_str(), Vec::new()),
+        };
+        if !target.starts_with('/') || target.split('/').any(|c| c == "..") {
+            return Err(ComposeError::invalid(
+                &item.path,
+                "tmpfs target must be an absolute path without `..`",
+            ));
+        }
+        out.push(VolumeMount::Tmpfs {
+            target: target.to_owned(),
+            options,
+        });
+    }
+    Ok(out)
+}
+
+/// Validates comma-separated tmpfs options (`size=64m`, `mode=1777`, `uid=`, `gid=`,
+/// `nr_inodes=`, `noexec`/`exec`, `nosuid`/`suid`, `nodev`/`dev`, `ro`/`rw`); sizes become
+/// bytes.
+fn parse_tmpfs_options(path: &str, text: &str) -> Result<Vec<String>, ComposeError> {
+    let mut out = Vec::new();
+    for opt in text.split(',').filter(|o| !o.is_empty()) {
+        let normalized = match opt.split_once('=') {
+            Some(("size", v)) => format!("size={}", parse_bytes(path, v)?),
+            Some(("mode", v)) => {
+                let mode = u32::from_str_radix(v, 8)
+                    .ok()
+                    .filter(|&m| m <= 0o7777)
+                    .ok_or_else(|| ComposeError::invalid(path, "tmpfs mode is octal"))?;
+                format!("mode={mode:o}")
+            }
+            Some((key @ ("uid" | "gid" | "nr_inodes"), v)) => {
+                let n: u64 = v
+                    .parse()
+                    .map_err(|_| ComposeError::invalid(path, format!("tmpfs {key} is a number")))?;
+                format!("{key}={n}")
+            }
+            None if matches!(
+                opt,
+                "noexec" | "exec" | "nosuid" | "suid" | "nodev" | "dev" | "ro" | "rw"
+            ) =>
+            {
+                opt.to_owned()
+            }
+            _ => {
+                return Err(ComposeError::invalid(
+                    path,
+                    format!("unsupported tmpfs option {opt:?}"),
+                ));
+            }
+        };
+        out.push(normalized);
+    }
+    Ok(out)
 }
 
 fn check_env_name(path: &str, name: &str) -> Result<(), ComposeError> {
@@ -547,6 +1252,7 @@ fn parse_volume(
     policy: &ComposePolicy,
     volumes: &BTreeSet<String>,
 ) -> Result<VolumeMount, ComposeError> {
+    let mut tmpfs_options = Vec::new();
     let (kind_name, source, target, read_only) = if let Ok(text) = node.string() {
         let parts: Vec<&str> = text.split(':').collect();
         let (source, target, mode) = match parts.as_slice() {
@@ -612,11 +1318,28 @@ fn parse_volume(
             .map(|n| n.boolean())
             .transpose()?
             .unwrap_or(false);
-        for sub in ["bind", "volume", "tmpfs"] {
+        for sub in ["bind", "volume"] {
             if let Some(n) = m.get(sub) {
                 let sm = n.mapping()?;
                 // Accept the harmless defaults only.
-                sm.check_keys(&["create_host_path", "nocopy", "size"])?;
+                sm.check_keys(&["create_host_path", "nocopy", "propagation", "subpath"])?;
+                if let Some(p) = sm.get("subpath") {
+                    return Err(ComposeError::refuse(
+                        &p.path,
+                        "volume subpaths are not supported",
+                    ));
+                }
+            }
+        }
+        if let Some(n) = m.get("tmpfs") {
+            let sm = n.mapping()?;
+            sm.check_keys(&["size", "mode"])?;
+            if let Some(size) = sm.get("size") {
+                let bytes = parse_bytes(&size.path, &size.scalar_string()?)?;
+                tmpfs_options.push(format!("size={bytes}"));
+            }
+            if let Some(mode) = sm.get("mode") {
+                tmpfs_options.push(format!("mode={:o}", parse_mode(&mode)?));
             }
         }
         (kind_name, source, target, read_only)
@@ -647,6 +1370,15 @@ fn parse_volume(
             })
         }
         ("bind", Some(source)) => {
+            if matches!(
+                source.trim_end_matches('/'),
+                "/var/run/docker.sock" | "/run/docker.sock"
+            ) {
+                return Err(ComposeError::RefuseDockerSocket {
+                    service: service.to_owned(),
+                    source_path: source,
+                });
+            }
             if let Some(socket) = normalize_socket(&source) {
                 return Ok(VolumeMount::Bind {
                     source: socket.to_owned(),
@@ -667,7 +1399,15 @@ fn parse_volume(
                 source_path: source,
             })
         }
-        ("tmpfs", None) => Ok(VolumeMount::Tmpfs { target }),
+        ("tmpfs", None) => {
+            if read_only {
+                tmpfs_options.push("ro".to_owned());
+            }
+            Ok(VolumeMount::Tmpfs {
+                target,
+                options: tmpfs_options,
+            })
+        }
         _ => Err(ComposeError::invalid(
             &node.path,
             format!("unsupported mount type {kind_name:?}"),
@@ -836,35 +1576,32 @@ fn parse_port_range(path: &str, text: &str) -> Result<(u16, u16), ComposeError> 
     Ok((a, b))
 }
 
-fn parse_port(service: &str, node: &Node<'_>) -> Result<Vec<Port>, ComposeError> {
-    let (published, target, protocol) = if let Ok(text) = node.scalar_string() {
+fn parse_port(node: &Node<'_>) -> Result<Vec<Port>, ComposeError> {
+    let (published, target, protocol, host_ip) = if let Ok(text) = node.scalar_string() {
         let (spec, proto) = match text.split_once('/') {
             Some((s, p)) => (s.to_owned(), parse_protocol(&node.path, p)?),
             None => (text.clone(), Protocol::Tcp),
         };
         // [host_ip:]published:target or target alone; IPv6 host addresses come bracketed.
-        let (published, target) = match spec.rsplit_once(':') {
+        match spec.rsplit_once(':') {
             Some((left, target)) => {
-                let published = match left.rsplit_once(':') {
-                    Some((_ip, p)) => p,
-                    None => left,
+                let (ip, published) = match left.rsplit_once(':') {
+                    Some((ip, p)) => (Some(parse_ip(&node.path, ip)?), p),
+                    None => (None, left),
                 };
+                let target = parse_port_range(&node.path, target)?;
                 let published = if published.is_empty() {
                     target
                 } else {
-                    published
+                    parse_port_range(&node.path, published)?
                 };
-                (
-                    parse_port_range(&node.path, published)?,
-                    parse_port_range(&node.path, target)?,
-                )
+                (published, target, proto, ip)
             }
             None => {
                 let t = parse_port_range(&node.path, &spec)?;
-                (t, t)
+                (t, t, proto, None)
             }
-        };
-        (published, target, proto)
+        }
     } else {
         let m = node.mapping()?;
         m.check_keys(&[
@@ -888,23 +1625,37 @@ fn parse_port(service: &str, node: &Node<'_>) -> Result<Vec<Port>, ComposeError>
             Some(p) => parse_protocol(&p.path, &p.string()?)?,
             None => Protocol::Tcp,
         };
+        let host_ip = match m.get("host_ip") {
+            Some(ip) => Some(parse_ip(&ip.path, &ip.string()?)?),
+            None => None,
+        };
         if let Some(mode) = m.get("mode")
             && mode.string()? != "host"
             && mode.string()? != "ingress"
         {
             return Err(ComposeError::invalid(&mode.path, "mode is host or ingress"));
         }
-        (published, target, protocol)
+        for key in ["name", "app_protocol"] {
+            if let Some(n) = m.get(key) {
+                n.string()?;
+            }
+        }
+        (published, target, protocol, host_ip)
     };
-    if published != target {
-        return Err(ComposeError::RefusePortRemap {
-            service: service.to_owned(),
-            published: published.0,
-            target: target.0,
-        });
+    let (count, published_count) = (target.1 - target.0, published.1 - published.0);
+    if count != published_count {
+        return Err(ComposeError::invalid(
+            &node.path,
+            "the published and container port ranges differ in length",
+        ));
     }
-    Ok((target.0..=target.1)
-        .map(|port| Port { port, protocol })
+    Ok((0..=count)
+        .map(|i| Port {
+            port: target.0 + i,
+            published: published.0 + i,
+            host_ip: host_ip.clone(),
+            protocol,
+        })
         .collect())
 }
 
@@ -913,12 +1664,12 @@ fn check_port_clashes(services: &[Service]) -> Result<(), ComposeError> {
     for service in services {
         let mut own = BTreeSet::new();
         for port in &service.ports {
-            if !own.insert((port.port, port.protocol)) {
+            if !own.insert((port.published, port.protocol)) {
                 continue;
             }
-            if let Some(first) = owners.insert((port.port, port.protocol), &service.name) {
+            if let Some(first) = owners.insert((port.published, port.protocol), &service.name) {
                 return Err(ComposeError::RefusePortClash {
-                    port: port.port,
+                    port: port.published,
                     protocol: port.protocol,
                     first: first.to_owned(),
                     second: service.name.clone(),

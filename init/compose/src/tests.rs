@@ -135,10 +135,14 @@ fn parses_the_full_subset() {
         vec![
             Port {
                 port: 8080,
+                published: 8080,
+                host_ip: None,
                 protocol: Protocol::Tcp
             },
             Port {
                 port: 9000,
+                published: 9000,
+                host_ip: None,
                 protocol: Protocol::Udp
             }
         ]
@@ -233,7 +237,7 @@ fn refusals() {
                     }
                 )
             },
-            "not pinned by digest",
+            "run `cvm-measure compose pin`",
         ),
         (
             "unknown service key",
@@ -263,7 +267,7 @@ fn refusals() {
             "build",
             svc("    build: .\n"),
             |e| matches!(e, ComposeError::Refuse { .. }),
-            "building images is not supported",
+            "build and push the image, then pin it by digest",
         ),
         (
             "host bind",
@@ -274,8 +278,8 @@ fn refusals() {
         (
             "docker socket",
             svc("    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\"]\n"),
-            |e| matches!(e, ComposeError::RefuseHostBind { .. }),
-            "docker.sock",
+            |e| matches!(e, ComposeError::RefuseDockerSocket { .. }),
+            "there is no container daemon",
         ),
         (
             "relative bind",
@@ -305,25 +309,10 @@ fn refusals() {
             "without `..`",
         ),
         (
-            "port remap",
-            svc("    ports: [\"8888:80\"]\n"),
-            |e| {
-                matches!(
-                    e,
-                    ComposeError::RefusePortRemap {
-                        published: 8888,
-                        target: 80,
-                        ..
-                    }
-                )
-            },
-            "8888:80 remaps",
-        ),
-        (
-            "port remap long",
-            svc("    ports:\n      - target: 80\n        published: 81\n"),
-            |e| matches!(e, ComposeError::RefusePortRemap { .. }),
-            "remaps",
+            "port ranges of different lengths",
+            svc("    ports: [\"8000-8002:80-81\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "differ in length",
         ),
         (
             "port clash",
@@ -338,10 +327,58 @@ fn refusals() {
             "network_mode: host",
         ),
         (
-            "networks",
-            format!("{}networks:\n  n: {{}}\n", svc("")),
+            "external network",
+            format!("{}networks:\n  n: {{external: true}}\n", svc("")),
             |e| matches!(e, ComposeError::Refuse { .. }),
-            "host networking",
+            "external networks",
+        ),
+        (
+            "undeclared service network",
+            svc("    networks: [ghost]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "not declared under top-level networks",
+        ),
+        (
+            "host-wide sysctl",
+            svc("    sysctls:\n      vm.swappiness: 10\n"),
+            |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.sysctls.vm.swappiness"),
+            "only namespaced sysctls",
+        ),
+        (
+            "security_opt other than no-new-privileges",
+            svc("    security_opt: [\"seccomp:unconfined\"]\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "no-new-privileges",
+        ),
+        (
+            "pid of another container",
+            svc("    pid: \"service:b\"\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "pid: host",
+        ),
+        (
+            "unknown tmpfs option",
+            svc("    tmpfs: [\"/run:exec,bogus\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "unsupported tmpfs option",
+        ),
+        (
+            "extra_hosts host-gateway",
+            svc("    extra_hosts: [\"host.docker.internal:host-gateway\"]\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "host-gateway",
+        ),
+        (
+            "link to an unknown service",
+            svc("    links: [\"db:database\"]\n"),
+            |e| matches!(e, ComposeError::InvalidValue { .. }),
+            "unknown service \"db\"",
+        ),
+        (
+            "pull_policy build",
+            svc("    pull_policy: build\n"),
+            |e| matches!(e, ComposeError::Refuse { .. }),
+            "pin it by digest",
         ),
         (
             "unknown dependency",
@@ -666,4 +703,171 @@ fn without_environment_an_interpolated_image_is_refused() {
         &format!("services:\n  x-b:\n    image: $X\n  a:\n    image: nginx@{D}\n"),
     )
     .unwrap();
+}
+
+#[test]
+fn real_app_keys_are_accepted_and_carried() {
+    let yaml = format!(
+        r#"
+services:
+  web:
+    image: nginx:1.27@{D}
+    labels:
+      com.example.role: front
+    logging:
+      driver: json-file
+      options: {{max-size: 10m}}
+    hostname: web1
+    domainname: example.internal
+    shm_size: 2gb
+    init: true
+    links: ["db:database", "db"]
+    pull_policy: always
+    cap_add: [NET_ADMIN, cap_sys_nice]
+    cap_drop: [ALL]
+    tmpfs:
+      - /run
+      - /tmp:size=64m,mode=1770,noexec
+    sysctls:
+      - net.core.somaxconn=1024
+      - kernel.shmmax=68719476736
+    extra_hosts:
+      - "api.local:10.0.0.5"
+      - "v6.local=::1"
+    read_only: true
+    security_opt: ["no-new-privileges:true"]
+    expose: ["8080", "9000/udp"]
+    ports:
+      - "8080:80"
+      - "127.0.0.1:9000-9001:9000-9001/udp"
+      - target: 443
+        published: "8443"
+        host_ip: 0.0.0.0
+    networks:
+      front:
+        aliases: [www]
+        ipv4_address: 172.20.0.5
+  db:
+    image: postgres@{D}
+    pid: host
+    networks: [front]
+    env_file: []
+networks:
+  front:
+    ipam:
+      config: [{{subnet: 172.20.0.0/16}}]
+"#
+    );
+    // env_file is refused even when empty: the files would come from the untrusted host.
+    assert!(
+        matches!(parse_err(&yaml), ComposeError::Refuse { path, .. } if path == "services.db.env_file")
+    );
+    let app = parse_ok(&yaml.replace("    env_file: []\n", ""));
+    let web = app.service("web").unwrap();
+    assert_eq!(web.labels["com.example.role"], "front");
+    assert_eq!(web.hostname.as_deref(), Some("web1"));
+    assert_eq!(web.domainname.as_deref(), Some("example.internal"));
+    assert_eq!(web.shm_size, Some(2 << 30));
+    assert!(web.init && web.read_only && web.no_new_privileges && !web.pid_host);
+    assert_eq!(
+        web.links,
+        vec![
+            Link {
+                service: "db".into(),
+                alias: "database".into()
+            },
+            Link {
+                service: "db".into(),
+                alias: "db".into()
+            }
+        ]
+    );
+    assert_eq!(web.cap_add, ["CAP_NET_ADMIN", "CAP_SYS_NICE"]);
+    assert_eq!(web.cap_drop, ["ALL"]);
+    assert_eq!(
+        web.volumes,
+        vec![
+            VolumeMount::Tmpfs {
+                target: "/run".into(),
+                options: vec![]
+            },
+            VolumeMount::Tmpfs {
+                target: "/tmp".into(),
+                options: vec!["size=67108864".into(), "mode=1770".into(), "noexec".into()]
+            },
+        ]
+    );
+    assert_eq!(web.sysctls["net.core.somaxconn"], "1024");
+    assert_eq!(web.sysctls["kernel.shmmax"], "68719476736");
+    assert_eq!(
+        web.extra_hosts,
+        vec![
+            ("api.local".into(), "10.0.0.5".into()),
+            ("v6.local".into(), "::1".into())
+        ]
+    );
+    let ports: Vec<(u16, u16, Option<&str>, Protocol)> = web
+        .ports
+        .iter()
+        .map(|p| (p.published, p.port, p.host_ip.as_deref(), p.protocol))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![
+            (8080, 80, None, Protocol::Tcp),
+            (9000, 9000, Some("127.0.0.1"), Protocol::Udp),
+            (9001, 9001, Some("127.0.0.1"), Protocol::Udp),
+            (8443, 443, Some("0.0.0.0"), Protocol::Tcp),
+        ]
+    );
+    assert!(web.ports[0].remaps() && !web.ports[1].remaps());
+    assert_eq!(
+        web.networks,
+        vec![ServiceNetwork {
+            name: "front".into(),
+            aliases: vec!["www".into()],
+            ipv4_address: Some("172.20.0.5".into()),
+            ipv6_address: None,
+        }]
+    );
+    assert_eq!(app.networks["front"].subnets, ["172.20.0.0/16"]);
+    assert!(app.service("db").unwrap().pid_host);
+}
+
+#[test]
+fn port_clashes_compare_host_ports() {
+    // Two services may listen on the same container port when they publish different ones.
+    let yaml = format!(
+        "services:\n  a:\n    image: busybox@{D}\n    ports: [\"8080:80\"]\n  b:\n    image: busybox@{D}\n    ports: [\"8081:80\"]\n"
+    );
+    assert_eq!(parse_ok(&yaml).services.len(), 2);
+    let clash = yaml.replace("8081:80", "8080:81");
+    assert!(matches!(
+        parse_err(&clash),
+        ComposeError::RefusePortClash { port: 8080, .. }
+    ));
+}
+
+#[test]
+fn check_collects_every_refusal() {
+    let yaml = "services:\n  a:\n    build: .\n    volumes: [\"/var/run/docker.sock:/var/run/docker.sock\", \"/etc:/etc\"]\n  b:\n    image: nginx\n    tty: true\n  c:\n    image: ${IMAGE}\n";
+    let errors = check_without_environment(None, yaml).unwrap_err();
+    let texts: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 6, "{texts:#?}");
+    assert!(
+        matches!(&errors[0], ComposeError::RefuseImageInterpolation { service } if service == "c")
+    );
+    assert!(texts[1].contains("build and push the image"), "{texts:#?}");
+    assert!(matches!(
+        &errors[2],
+        ComposeError::RefuseDockerSocket { .. }
+    ));
+    assert!(
+        matches!(&errors[3], ComposeError::RefuseHostBind { source_path, .. } if source_path == "/etc")
+    );
+    assert!(texts[4].contains("unknown key \"tty\""), "{texts:#?}");
+    assert!(matches!(&errors[5], ComposeError::ParseImage { service, .. } if service == "b"));
+    // `parse_without_environment` reports the first of them.
+    let first = parse_without_environment(None, yaml).unwrap_err();
+    assert_eq!(first.to_string(), texts[0]);
 }

@@ -144,6 +144,31 @@ impl<'a> Node<'a> {
 }
 
 impl<'a> Mapping<'a> {
+    /// Every key not in `allowed` (ignoring `x-` keys), one error each.
+    pub(super) fn unknown_keys(&self, allowed: &[&str]) -> Vec<ComposeError> {
+        let mut errors = Vec::new();
+        for (key, _) in self.map {
+            let Some(key) = key.as_str() else {
+                errors.push(ComposeError::WrongType {
+                    path: self.path.clone(),
+                    expected: "string keys",
+                });
+                continue;
+            };
+            if !key.starts_with("x-") && !allowed.contains(&key) {
+                errors.push(ComposeError::UnknownKey {
+                    path: if self.path.is_empty() {
+                        "(top level)".to_owned()
+                    } else {
+                        self.path.clone()
+                    },
+                    key: key.to_owned(),
+                });
+            }
+        }
+        errors
+    }
+
     /// Fails on the first key not in `allowed` (ignoring `x-` keys).
     pub(super) fn check_keys(&self, allowed: &[&str]) -> Result<(), ComposeError> {
         for (key, _) in self.map {

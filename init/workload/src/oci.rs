@@ -1,8 +1,11 @@
 //! OCI / Docker image manifests, indexes and image configs: the few fields we use, parsed from
 //! untrusted bytes into typed values (unknown fields ignored, sizes capped by the caller).
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use crate::compose::{App, HealthTest, Healthcheck, Service};
 use crate::digest::Sha256Digest;
 
 /// Media types we accept.
@@ -253,6 +256,7 @@ struct RawRunConfig {
     cmd: Option<Vec<String>>,
     working_dir: Option<String>,
     stop_signal: Option<String>,
+    healthcheck: Option<ImageHealthcheck>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -286,6 +290,10 @@ pub struct ImageConfig {
     pub working_dir: Option<String>,
     /// `StopSignal`.
     pub stop_signal: Option<String>,
+    /// `Healthcheck` (the `HEALTHCHECK` of the Dockerfile); used when the service declares none.
+    /// `default` keeps configs stored before this field readable.
+    #[serde(default)]
+    pub healthcheck: Option<ImageHealthcheck>,
     /// Uncompressed layer digests, bottom first.
     pub diff_ids: Vec<Sha256Digest>,
 }
@@ -332,8 +340,87 @@ pub fn parse_config(bytes: &[u8], layer_count: usize) -> Result<ImageConfig, Oci
         cmd: run.cmd,
         working_dir: run.working_dir.filter(|w| !w.is_empty()),
         stop_signal: run.stop_signal,
+        healthcheck: run.healthcheck,
         diff_ids,
     })
+}
+
+/// An image config's `Healthcheck`, as Docker writes it: `Test` is `["CMD", argv…]`,
+/// `["CMD-SHELL", command]` or `["NONE"]`; durations are nanoseconds, 0 meaning the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ImageHealthcheck {
+    /// The test.
+    #[serde(default)]
+    pub test: Vec<String>,
+    /// Interval (ns).
+    #[serde(default)]
+    pub interval: u64,
+    /// Timeout (ns).
+    #[serde(default)]
+    pub timeout: u64,
+    /// Start period (ns).
+    #[serde(default)]
+    pub start_period: u64,
+    /// Start interval (ns).
+    #[serde(default)]
+    pub start_interval: u64,
+    /// Retries (0: the default, 3).
+    #[serde(default)]
+    pub retries: u64,
+}
+
+impl ImageHealthcheck {
+    /// The health check it describes, with compose's defaults (30 s interval and timeout,
+    /// 3 retries, 5 s start interval); `None` for `NONE`, an empty or a malformed test.
+    pub fn to_healthcheck(&self) -> Option<Healthcheck> {
+        let test = match self.test.split_first() {
+            Some((first, rest)) if first == "CMD" && !rest.is_empty() => {
+                HealthTest::Exec(rest.to_vec())
+            }
+            Some((first, [cmd])) if first == "CMD-SHELL" => HealthTest::Shell(cmd.clone()),
+            _ => return None,
+        };
+        let or = |ns: u64, default: u64| {
+            if ns == 0 {
+                Duration::from_secs(default)
+            } else {
+                Duration::from_nanos(ns)
+            }
+        };
+        Some(Healthcheck {
+            test,
+            interval: or(self.interval, 30),
+            timeout: or(self.timeout, 30),
+            retries: if self.retries == 0 {
+                3
+            } else {
+                u32::try_from(self.retries).unwrap_or(u32::MAX)
+            },
+            start_period: Duration::from_nanos(self.start_period),
+            start_interval: or(self.start_interval, 5),
+        })
+    }
+}
+
+/// Gives every service of `app` that declares no health check (and does not disable one) the
+/// `Healthcheck` of its image config, so `depends_on: condition: service_healthy` works with
+/// images that bring their own `HEALTHCHECK`. `image_of` maps a service to its image config.
+pub fn adopt_image_healthchecks<'a>(
+    app: &mut App,
+    image_of: impl Fn(&Service) -> Option<&'a ImageConfig>,
+) {
+    for service in &mut app.services {
+        if service.healthcheck.is_some() || service.healthcheck_disabled {
+            continue;
+        }
+        if let Some(check) = image_of(service)
+            .and_then(|image| image.healthcheck.as_ref())
+            .and_then(ImageHealthcheck::to_healthcheck)
+        {
+            service.healthcheck = Some(check);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -416,5 +503,60 @@ mod tests {
             parse_config(arm.as_bytes(), 1),
             Err(OciError::CheckConfigPlatform { .. })
         ));
+    }
+
+    #[test]
+    fn image_healthcheck_is_read_and_adopted_unless_the_compose_decides() {
+        let cfg = format!(
+            r#"{{"architecture":"amd64","os":"linux","config":{{"Cmd":["sh"],"Healthcheck":{{"Test":["CMD-SHELL","curl -f localhost"],"Interval":2000000000,"Retries":5}}}},
+            "rootfs":{{"type":"layers","diff_ids":["{D1}"]}}}}"#
+        );
+        let image = parse_config(cfg.as_bytes(), 1).unwrap();
+        let check = image
+            .healthcheck
+            .as_ref()
+            .unwrap()
+            .to_healthcheck()
+            .unwrap();
+        assert_eq!(check.test, HealthTest::Shell("curl -f localhost".into()));
+        assert_eq!(check.interval, Duration::from_secs(2));
+        assert_eq!(check.timeout, Duration::from_secs(30));
+        assert_eq!(check.retries, 5);
+        // A config stored before the field existed still reads.
+        let mut old = serde_json::to_value(&image).unwrap();
+        old.as_object_mut().unwrap().remove("healthcheck");
+        let old: ImageConfig = serde_json::from_value(old).unwrap();
+        assert_eq!(old.healthcheck, None);
+
+        let digest = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
+        let yaml = format!(
+            "services:\n  plain:\n    image: a@{digest}\n  own:\n    image: a@{digest}\n    healthcheck:\n      test: [\"CMD\", \"true\"]\n  off:\n    image: a@{digest}\n    healthcheck:\n      disable: true\n"
+        );
+        let mut app = crate::compose::parse(
+            None,
+            &yaml,
+            &std::collections::BTreeMap::new(),
+            &crate::compose::ComposePolicy::default(),
+        )
+        .unwrap();
+        adopt_image_healthchecks(&mut app, |_| Some(&image));
+        let test = |name: &str| {
+            app.service(name)
+                .unwrap()
+                .healthcheck
+                .as_ref()
+                .map(|h| h.test.clone())
+        };
+        assert_eq!(
+            test("plain"),
+            Some(HealthTest::Shell("curl -f localhost".into()))
+        );
+        assert_eq!(test("own"), Some(HealthTest::Exec(vec!["true".into()])));
+        assert_eq!(test("off"), None);
+        let none = ImageHealthcheck {
+            test: vec!["NONE".into()],
+            ..ImageHealthcheck::default()
+        };
+        assert_eq!(none.to_healthcheck(), None);
     }
 }

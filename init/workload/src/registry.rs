@@ -1,5 +1,6 @@
 //! A small blocking client for the registry HTTP API (distribution spec v2): manifests and blobs
-//! by digest, bearer-token and basic auth, mirrors, retries with exponential backoff.
+//! by digest, bearer-token and basic auth, mirrors, retries with exponential backoff; and, for
+//! the auditor's `cvm-measure compose pin` only, the digest a tag names ([`RegistryClient::resolve_tag`]).
 //!
 //! Why not `oci-client`: it is async (tokio + reqwest), its TLS default builds aws-lc-sys, its
 //! `pull` buffers whole layers, and it verifies neither descriptor sizes nor `diff_ids`; we need
@@ -62,6 +63,27 @@ pub enum RegistryError {
         url: String,
         /// The WWW-Authenticate header.
         challenge: String,
+    },
+    /// Reading a manifest named by a tag failed or it is too large.
+    #[error("read manifest {url}")]
+    ReadManifest {
+        /// URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The registry's `Docker-Content-Digest` is not the digest of the bytes it served.
+    #[error(
+        "{url}: Docker-Content-Digest {header} is not the digest of the manifest served ({actual})"
+    )]
+    CheckTagDigest {
+        /// URL.
+        url: String,
+        /// The header.
+        header: String,
+        /// SHA-256 of the body.
+        actual: Box<Sha256Digest>,
     },
     /// Every endpoint (mirror, upstream) failed; the last error is the source.
     #[error("no endpoint served {what}")]
@@ -150,6 +172,8 @@ pub struct Fetched {
     pub content_length: Option<u64>,
     /// The URL that answered.
     pub url: String,
+    /// `Docker-Content-Digest`, when given.
+    pub docker_content_digest: Option<String>,
     body: Option<ureq::Body>,
 }
 
@@ -250,19 +274,88 @@ impl RegistryClient {
 
     /// Base URLs to try for `image`, in order.
     pub fn endpoints(&self, image: &ImageRef) -> Vec<String> {
+        self.registry_endpoints(&image.registry)
+    }
+
+    fn registry_endpoints(&self, registry: &str) -> Vec<String> {
         let mut out = Vec::new();
-        if image.registry == DEFAULT_REGISTRY
+        if registry == DEFAULT_REGISTRY
             && let Some(mirror) = &self.config.mirror
         {
             out.push(mirror.trim_end_matches('/').to_owned());
         }
-        let scheme = if self.config.plain_http_hosts.contains(&image.registry) {
+        let scheme = if self.config.plain_http_hosts.iter().any(|h| h == registry) {
             "http"
         } else {
             "https"
         };
-        out.push(format!("{scheme}://{}", image.registry));
+        out.push(format!("{scheme}://{registry}"));
         out
+    }
+
+    /// The digest of the manifest (or index) `tag` names in `registry`/`repository`: GETs
+    /// `/v2/<repository>/manifests/<tag>` with the OCI and Docker manifest and index media
+    /// types, and hashes the bytes served (at most `max_bytes`). A `Docker-Content-Digest`
+    /// header must agree. Never used by the init, which pulls by digest only.
+    pub fn resolve_tag(
+        &self,
+        registry: &str,
+        repository: &str,
+        tag: &str,
+        max_bytes: u64,
+    ) -> Result<Sha256Digest, RegistryError> {
+        let mut last = None;
+        for base in self.registry_endpoints(registry) {
+            let url = format!("{base}/v2/{repository}/manifests/{tag}");
+            let fetched = match self.get_with_auth(
+                &base,
+                registry,
+                repository,
+                &url,
+                Some(crate::oci::media::MANIFEST_ACCEPT),
+            ) {
+                Ok(f) => f,
+                Err(e) => {
+                    log::warn!("{url}: {e}");
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let header = fetched.docker_content_digest.clone();
+            let mut body = Vec::new();
+            let read = fetched
+                .into_reader()
+                .take(max_bytes.saturating_add(1))
+                .read_to_end(&mut body);
+            if let Err(source) = read {
+                return Err(RegistryError::ReadManifest { url, source });
+            }
+            if body.len() as u64 > max_bytes {
+                return Err(RegistryError::ReadManifest {
+                    url,
+                    source: std::io::Error::other(format!("larger than {max_bytes} bytes")),
+                });
+            }
+            let actual = Sha256Digest::of(&body);
+            if let Some(header) = header
+                && Sha256Digest::parse(&header).ok() != Some(actual)
+            {
+                return Err(RegistryError::CheckTagDigest {
+                    url,
+                    header,
+                    actual: Box::new(actual),
+                });
+            }
+            return Ok(actual);
+        }
+        Err(RegistryError::AllEndpointsFailed {
+            what: format!("manifest {registry}/{repository}:{tag}"),
+            source: Box::new(last.unwrap_or(RegistryError::CheckStatus {
+                url: String::new(),
+                status: 0,
+                body: "no endpoint".to_owned(),
+            })),
+        })
     }
 
     /// GETs `/v2/<repo>/<kind>/<digest>` from the first endpoint that answers with success.
@@ -276,7 +369,7 @@ impl RegistryClient {
         let mut last = None;
         for base in self.endpoints(image) {
             let url = format!("{base}/v2/{}/{kind}/{digest}", image.repository);
-            match self.get_with_auth(&base, image, &url, accept) {
+            match self.get_with_auth(&base, &image.registry, &image.repository, &url, accept) {
                 Ok(f) => return Ok(f),
                 Err(e) => {
                     log::warn!("{url}: {e}");
@@ -297,11 +390,12 @@ impl RegistryClient {
     fn get_with_auth(
         &self,
         base: &str,
-        image: &ImageRef,
+        registry: &str,
+        repository: &str,
         url: &str,
         accept: Option<&str>,
     ) -> Result<Fetched, RegistryError> {
-        let key = format!("{base}|{}", image.repository);
+        let key = format!("{base}|{repository}");
         let cached = self.tokens.lock().ok().and_then(|t| t.get(&key).cloned());
         let response = self.get(url, accept, cached.as_deref())?;
         if response.status() != StatusCode::UNAUTHORIZED {
@@ -313,7 +407,7 @@ impl RegistryClient {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_owned();
-        let authorization = self.answer_challenge(base, image, url, &challenge)?;
+        let authorization = self.answer_challenge(base, registry, repository, url, &challenge)?;
         let response = self.get(url, accept, Some(&authorization))?;
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(key, authorization);
@@ -321,14 +415,11 @@ impl RegistryClient {
         finish(url, response)
     }
 
-    fn credentials_for(&self, image: &ImageRef) -> Option<&Credentials> {
-        self.config.credentials.get(&image.registry)
-    }
-
     fn answer_challenge(
         &self,
         base: &str,
-        image: &ImageRef,
+        registry: &str,
+        repository: &str,
         url: &str,
         header: &str,
     ) -> Result<String, RegistryError> {
@@ -337,7 +428,7 @@ impl RegistryClient {
             challenge: header.chars().take(200).collect(),
         };
         let challenge = parse_challenge(header).ok_or_else(unsupported)?;
-        let creds = self.credentials_for(image);
+        let creds = self.config.credentials.get(registry);
         match challenge.scheme.as_str() {
             "basic" => {
                 let c = creds.ok_or_else(unsupported)?;
@@ -361,7 +452,7 @@ impl RegistryClient {
                     .params
                     .get("scope")
                     .cloned()
-                    .unwrap_or_else(|| format!("repository:{}:pull", image.repository));
+                    .unwrap_or_else(|| format!("repository:{repository}:pull"));
                 request = request.query("scope", &scope);
                 if let (Some(c), true) = (creds, secure) {
                     request = request.header("Authorization", &basic_header(c));
@@ -463,6 +554,7 @@ fn finish(url: &str, response: Response<ureq::Body>) -> Result<Fetched, Registry
     };
     let content_type = header("content-type");
     let content_length = header("content-length").and_then(|v| v.parse().ok());
+    let docker_content_digest = header("docker-content-digest");
     let (_, body) = response.into_parts();
     if !status.is_success() {
         let mut text = Vec::new();
@@ -477,6 +569,7 @@ fn finish(url: &str, response: Response<ureq::Body>) -> Result<Fetched, Registry
         content_type,
         content_length,
         url: url.to_owned(),
+        docker_content_digest,
         body: Some(body),
     })
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
-use crate::compose::{App, DeviceMapping, GpuRequest, Service, VolumeMount};
+use crate::compose::{App, DeviceMapping, GpuRequest, NetworkingGap, Service, VolumeMount};
 use crate::oci::ImageConfig;
 
 /// Errors of this module.
@@ -54,6 +54,23 @@ pub enum SpecError {
         service: String,
         /// GPUs available.
         available: usize,
+    },
+    /// The service needs per-service networking, which does not exist yet.
+    #[error("service {service}")]
+    RefuseNetworking {
+        /// Service.
+        service: String,
+        /// What it needs.
+        #[source]
+        gap: NetworkingGap,
+    },
+    /// `cap_add`/`cap_drop` names no capability the kernel has.
+    #[error("service {service}: unknown capability {capability:?}")]
+    ResolveCapability {
+        /// Service.
+        service: String,
+        /// The name.
+        capability: String,
     },
     /// The generated JSON is not a valid runtime spec (a bug).
     #[error("build runtime spec for {service}")]
@@ -161,20 +178,92 @@ pub struct ImageFiles {
     pub group: Option<String>,
 }
 
-/// `/etc/hosts` for every container of `app`: all service names (and container names) on
-/// loopback, since every service shares the CVM's network.
+/// `/etc/hosts` for every container of `app`: all service names (and container names,
+/// host names and network aliases) on loopback, since every service shares the CVM's network.
 pub fn hosts_file(app: &App) -> String {
     let mut names: Vec<&str> = Vec::new();
     for s in &app.services {
-        names.push(&s.name);
-        if let Some(c) = &s.container_name {
-            names.push(c);
+        let aliases = s.networks.iter().flat_map(|n| n.aliases.iter());
+        let own = std::iter::once(&s.name)
+            .chain(&s.container_name)
+            .chain(&s.hostname)
+            .chain(aliases);
+        for name in own {
+            if !names.contains(&name.as_str()) {
+                names.push(name);
+            }
         }
     }
     format!(
         "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.0.1\t{}\n",
         names.join(" ")
     )
+}
+
+/// `/etc/hosts` of one container: [`hosts_file`], then the service's `links` aliases (on
+/// loopback, like the services they name) and its `extra_hosts`.
+pub fn service_hosts_file(app: &App, service: &Service) -> String {
+    let mut text = hosts_file(app);
+    let aliases: Vec<&str> = service
+        .links
+        .iter()
+        .map(|l| l.alias.as_str())
+        .filter(|a| app.service(a).is_none())
+        .collect();
+    if !aliases.is_empty() {
+        text.push_str(&format!("127.0.0.1\t{}\n", aliases.join(" ")));
+    }
+    for (name, address) in &service.extra_hosts {
+        text.push_str(&format!("{address}\t{name}\n"));
+    }
+    text
+}
+
+/// What runs today: a plan for `service` is refused when it needs per-service networking.
+fn check_networking(service: &Service) -> Result<(), SpecError> {
+    match service.networking_gaps().into_iter().next() {
+        Some(gap) => Err(SpecError::RefuseNetworking {
+            service: service.name.clone(),
+            gap,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The capability set: Docker's default (all when privileged), then `cap_add`, then
+/// `cap_drop`; `ALL` in `cap_add` starts from every capability, `ALL` in `cap_drop` from none.
+fn capabilities(service: &Service) -> Result<Vec<&'static str>, SpecError> {
+    let resolve = |name: &str| -> Result<&'static str, SpecError> {
+        ALL_CAPS
+            .iter()
+            .copied()
+            .find(|c| *c == name)
+            .ok_or_else(|| SpecError::ResolveCapability {
+                service: service.name.clone(),
+                capability: name.to_owned(),
+            })
+    };
+    let all = |list: &[String]| list.iter().any(|c| c == "ALL");
+    let mut caps: Vec<&'static str> = if service.privileged || all(&service.cap_add) {
+        ALL_CAPS.to_vec()
+    } else if all(&service.cap_drop) {
+        Vec::new()
+    } else {
+        DEFAULT_CAPS.to_vec()
+    };
+    for name in service.cap_add.iter().filter(|c| *c != "ALL") {
+        let cap = resolve(name)?;
+        if !caps.contains(&cap) {
+            caps.push(cap);
+        }
+    }
+    if !service.privileged {
+        for name in service.cap_drop.iter().filter(|c| *c != "ALL") {
+            let cap = resolve(name)?;
+            caps.retain(|c| *c != cap);
+        }
+    }
+    Ok(caps)
 }
 
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -360,6 +449,11 @@ pub fn container_plan(
     gpus: &GpuGrant,
 ) -> Result<ContainerPlan, SpecError> {
     let name = &service.name;
+    check_networking(service)?;
+    let hostname = service
+        .hostname
+        .clone()
+        .unwrap_or_else(|| layout.hostname.clone());
     // Docker semantics: an entrypoint override resets the image's Cmd.
     let entrypoint = service
         .entrypoint
@@ -405,7 +499,7 @@ pub fn container_plan(
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         env.insert(0, DEFAULT_PATH.to_owned());
     }
-    env.push(format!("HOSTNAME={}", layout.hostname));
+    env.push(format!("HOSTNAME={hostname}"));
 
     let cwd = service
         .working_dir
@@ -425,11 +519,7 @@ pub fn container_plan(
         None => (0, 0, Vec::new()),
     };
 
-    let caps: Vec<&str> = if service.privileged {
-        ALL_CAPS.to_vec()
-    } else {
-        DEFAULT_CAPS.to_vec()
-    };
+    let caps = capabilities(service)?;
     // Without `ulimits` the container inherits the launcher's limits: a fixed default above
     // the launcher's hard limit would make container creation fail with EPERM (seen with
     // NOFILE 1048576 under a 20000 hard limit), so PID 1 raises its own limits instead.
@@ -444,7 +534,7 @@ pub fn container_plan(
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
         json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
-        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", service.shm_size.map_or_else(|| "size=65536k".to_owned(), |bytes| format!("size={bytes}"))]}),
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": if service.privileged { vec!["nosuid", "noexec", "nodev"] } else { vec!["nosuid", "noexec", "nodev", "ro"] }}),
         json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": if service.privileged { vec!["nosuid", "noexec", "nodev", "relatime"] } else { vec!["nosuid", "noexec", "nodev", "relatime", "ro"] }}),
@@ -454,13 +544,13 @@ pub fn container_plan(
     let mut out_files = vec![
         GeneratedFile {
             path: hosts_path.clone(),
-            contents: hosts_file(app).into_bytes(),
+            contents: service_hosts_file(app, service).into_bytes(),
             mode: 0o644,
             owner: (0, 0),
         },
         GeneratedFile {
             path: hostname_path.clone(),
-            contents: format!("{}\n", layout.hostname).into_bytes(),
+            contents: format!("{hostname}\n").into_bytes(),
             mode: 0o644,
             owner: (0, 0),
         },
@@ -480,7 +570,14 @@ pub fn container_plan(
                 target,
                 read_only,
             } => bind(target, Path::new(source), *read_only),
-            VolumeMount::Tmpfs { target } => json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777"]}),
+            VolumeMount::Tmpfs { target, options } => {
+                let mut opts = vec!["nosuid".to_owned(), "nodev".to_owned()];
+                if !options.iter().any(|o| o.starts_with("mode=")) {
+                    opts.push("mode=1777".to_owned());
+                }
+                opts.extend(options.iter().cloned());
+                json!({"destination": target, "type": "tmpfs", "source": "tmpfs", "options": opts})
+            }
         });
     }
     for c in &service.configs {
@@ -581,8 +678,10 @@ pub fn container_plan(
         resources["pids"] = json!({"limit": pids});
     }
 
+    // `pid: host` shares the CVM's pid namespace (no new one).
     let namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
         .iter()
+        .filter(|t| !(service.pid_host && **t == "pid"))
         .map(|t| json!({"type": t}))
         .collect();
     let mut linux = json!({
@@ -591,6 +690,11 @@ pub fn container_plan(
         "resources": resources,
         "devices": devices,
     });
+    if !service.sysctls.is_empty() {
+        // Only IPC-namespace sysctls reach here (the parser admits namespaced ones, and
+        // `check_networking` refuses `net.*` without a network namespace).
+        linux["sysctl"] = json!(service.sysctls);
+    }
     if !service.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
@@ -599,10 +703,10 @@ pub fn container_plan(
     if !additional.is_empty() {
         user["additionalGids"] = json!(additional);
     }
-    let json = json!({
+    let mut json = json!({
         "ociVersion": "1.0.2",
-        "root": {"path": layout.rootfs, "readonly": false},
-        "hostname": layout.hostname,
+        "root": {"path": layout.rootfs, "readonly": service.read_only},
+        "hostname": hostname,
         "mounts": mounts,
         "process": {
             "terminal": false,
@@ -610,12 +714,15 @@ pub fn container_plan(
             "args": args,
             "env": env,
             "cwd": cwd,
-            "noNewPrivileges": false,
+            "noNewPrivileges": service.no_new_privileges,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": rlimits,
         },
         "linux": linux,
     });
+    if let Some(domain) = &service.domainname {
+        json["domainname"] = json!(domain);
+    }
     let spec: oci_spec::runtime::Spec =
         serde_json::from_value(json.clone()).map_err(|source| SpecError::BuildSpec {
             service: name.clone(),

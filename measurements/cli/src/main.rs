@@ -1,5 +1,6 @@
 //! `cvm-measure`: the auditor's tool. Replays TDX event logs into RTMR0-3, checks them against a
-//! quote, shows parsed quotes and decodes dstack runtime event logs. All math lives in the
+//! quote, shows parsed quotes, decodes dstack runtime event logs and checks or pins an app's
+//! compose file. All math lives in the
 //! `measure` library, which the init uses too; one module per command, this file holds
 //! the command line and the dispatch.
 
@@ -10,6 +11,7 @@ use clap::{Parser, Subcommand};
 use measure::rtmr::Sha384Digest;
 use measure::tdvf::PageOrder;
 
+mod compose;
 mod expected;
 mod gpu;
 mod input;
@@ -48,6 +50,9 @@ enum Command {
     Verify(VerifyArgs),
     /// Verify NVIDIA confidential-GPU evidence against driver/VBIOS RIMs at a given time.
     Gpu(gpu::GpuArgs),
+    /// Check an app's compose file against the init's parser, or pin its tag-only images.
+    #[command(subcommand)]
+    Compose(compose::ComposeCommand),
 }
 
 #[derive(Debug, clap::Args)]
@@ -292,6 +297,10 @@ fn main() -> ExitCode {
         Command::Expected(args) => expected::expected(&args, &mut stdout),
         Command::Verify(args) => verify::verify(&args, &mut stdout),
         Command::Gpu(args) => gpu::gpu(&args, &mut stdout),
+        Command::Compose(compose::ComposeCommand::Check(args)) => {
+            compose::check(&args, &mut stdout)
+        }
+        Command::Compose(compose::ComposeCommand::Pin(args)) => compose::pin(&args, &mut stdout),
     };
     print!("{stdout}");
     match result {

@@ -1,5 +1,5 @@
 use super::*;
-use crate::compose::{ComposePolicy, parse};
+use crate::compose::{ComposePolicy, NetworkingGap, parse};
 
 const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
 
@@ -29,6 +29,7 @@ fn image() -> ImageConfig {
         cmd: Some(vec!["-c".into(), "echo hi".into()]),
         working_dir: Some("/srv".into()),
         stop_signal: Some("SIGQUIT".into()),
+        healthcheck: None,
         diff_ids: vec![],
     }
 }
@@ -308,4 +309,185 @@ fn standard_layout() {
     assert_eq!(l.generated, Path::new("/run/cvm/containers/web/etc"));
     assert_eq!(l.volumes, Path::new("/data/cvm/volumes"));
     assert!(l.cgroup_parent.starts_with('/'));
+}
+
+#[test]
+fn compose_coverage_keys_reach_the_spec() {
+    let p = plan(
+        "    hostname: web1\n    domainname: example.internal\n    shm_size: 256m\n    read_only: true\n    security_opt: [no-new-privileges]\n    pid: host\n    cap_add: [NET_ADMIN]\n    cap_drop: [MKNOD]\n    tmpfs: [\"/run:size=1m,mode=755\", /tmp]\n    sysctls: {kernel.shmmax: \"1024\"}\n    extra_hosts: [\"api.local:10.0.0.5\"]\n    links: [\"db:pg\"]\n    ports: [\"8080:8080\", \"0.0.0.0:9000:9000\"]\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    let j = &p.json;
+    assert_eq!(j["hostname"], "web1");
+    assert_eq!(j["domainname"], "example.internal");
+    // The typed spec libcontainer reads carries them too (nothing dropped by serde).
+    assert_eq!(p.spec.domainname().as_deref(), Some("example.internal"));
+    assert_eq!(
+        p.spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.sysctl().clone())
+            .and_then(|s| s.get("kernel.shmmax").cloned())
+            .as_deref(),
+        Some("1024")
+    );
+    assert_eq!(
+        p.spec.root().as_ref().and_then(|r| r.readonly()),
+        Some(true)
+    );
+    assert_eq!(j["root"]["readonly"], true);
+    assert_eq!(j["process"]["noNewPrivileges"], true);
+    assert!(
+        j["process"]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("HOSTNAME=web1"))
+    );
+    let ns: Vec<&str> = j["linux"]["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["type"].as_str().unwrap())
+        .collect();
+    assert!(!ns.contains(&"pid") && ns.contains(&"ipc"), "{ns:?}");
+    let caps = j["process"]["capabilities"]["bounding"].as_array().unwrap();
+    assert!(caps.contains(&json!("CAP_NET_ADMIN")));
+    assert!(!caps.contains(&json!("CAP_MKNOD")));
+    assert_eq!(caps.len(), DEFAULT_CAPS.len());
+    assert_eq!(j["linux"]["sysctl"], json!({"kernel.shmmax": "1024"}));
+    let mounts = j["mounts"].as_array().unwrap();
+    let opts = |d: &str| mounts.iter().find(|m| m["destination"] == d).unwrap()["options"].clone();
+    assert!(
+        opts("/dev/shm")
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=268435456"))
+    );
+    assert_eq!(
+        opts("/run"),
+        json!(["nosuid", "nodev", "size=1048576", "mode=755"])
+    );
+    assert_eq!(opts("/tmp"), json!(["nosuid", "nodev", "mode=1777"]));
+    let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
+    assert!(
+        hosts.contains("127.0.0.1\tweb web1 db database\n"),
+        "{hosts}"
+    );
+    assert!(
+        hosts.contains("127.0.0.1\tpg\n10.0.0.5\tapi.local\n"),
+        "{hosts}"
+    );
+    assert_eq!(p.files[1].contents, b"web1\n");
+}
+
+#[test]
+fn defaults_stay_when_the_keys_are_absent() {
+    let p = plan("", &GpuGrant::default()).unwrap();
+    let j = &p.json;
+    assert_eq!(j["hostname"], "cvm");
+    assert!(j.get("domainname").is_none());
+    assert_eq!(j["root"]["readonly"], false);
+    assert_eq!(j["process"]["noNewPrivileges"], false);
+    assert!(j["linux"].get("sysctl").is_none());
+    let shm = j["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["destination"] == "/dev/shm")
+        .unwrap();
+    assert!(
+        shm["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("size=65536k"))
+    );
+}
+
+#[test]
+fn capability_all_forms() {
+    let caps = |body: &str| -> Vec<String> {
+        let p = plan(body, &GpuGrant::default()).unwrap();
+        serde_json::from_value(p.json["process"]["capabilities"]["bounding"].clone()).unwrap()
+    };
+    assert_eq!(
+        caps("    cap_drop: [ALL]\n    cap_add: [CHOWN]\n"),
+        ["CAP_CHOWN"]
+    );
+    assert_eq!(
+        caps("    cap_add: [ALL]\n    cap_drop: [SYS_ADMIN]\n").len(),
+        ALL_CAPS.len() - 1
+    );
+    assert!(matches!(
+        plan("    cap_add: [BOGUS]\n", &GpuGrant::default()),
+        Err(SpecError::ResolveCapability { capability, .. }) if capability == "CAP_BOGUS"
+    ));
+}
+
+#[test]
+fn what_needs_per_service_networking_is_refused_when_planned() {
+    let err = |body: &str| plan(body, &GpuGrant::default()).unwrap_err();
+    let e = err("    ports: [\"8080:80\"]\n");
+    assert!(matches!(
+        &e,
+        SpecError::RefuseNetworking {
+            gap: NetworkingGap::PortRemap {
+                published: 8080,
+                target: 80,
+            },
+            ..
+        }
+    ));
+    let chain = cvm_error_chain::joined(&e);
+    assert!(
+        chain.contains("service web: port remapping needs per-service networking (not yet)"),
+        "{chain}"
+    );
+    assert!(matches!(
+        err("    sysctls: [net.core.somaxconn=1024]\n"),
+        SpecError::RefuseNetworking { gap: NetworkingGap::NetSysctl { key }, .. } if key == "net.core.somaxconn"
+    ));
+    // Equal host and container ports run as before.
+    plan(
+        "    ports: [\"8080:8080\", \"127.0.0.1:8081:8081\", \"9000-9001:9000-9001/udp\"]\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn static_network_addresses_are_refused_when_planned() {
+    let yaml = format!(
+        "services:\n  web:\n    image: busybox@{D}\n    networks:\n      front:\n        aliases: [www]\n        ipv4_address: 172.20.0.5\nnetworks:\n  front: {{}}\n"
+    );
+    let app = parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap();
+    let web = app.service("web").unwrap();
+    let result = container_plan(
+        &app,
+        web,
+        &image(),
+        &files(),
+        &layout(),
+        &BTreeMap::new(),
+        &GpuGrant::default(),
+    );
+    assert!(
+        matches!(result, Err(SpecError::RefuseNetworking { gap: NetworkingGap::StaticAddress { network }, .. }) if network == "front")
+    );
+    // Aliases alone run: they become host names on loopback.
+    let yaml = yaml.replace("        ipv4_address: 172.20.0.5\n", "");
+    let app = parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap();
+    let web = app.service("web").unwrap();
+    let p = container_plan(
+        &app,
+        web,
+        &image(),
+        &files(),
+        &layout(),
+        &BTreeMap::new(),
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
+    assert!(hosts.contains("127.0.0.1\tweb www\n"), "{hosts}");
 }
