@@ -232,7 +232,7 @@ pub(crate) fn run(
         record(results, Vec::new(), "no docker_compose_file");
         return Ok(None);
     }
-    let app =
+    let mut app =
         match cvm_workload::compose::parse(Some(runner), &yaml, &vars, &ComposePolicy::default()) {
             Ok(app) => app,
             // `services: {}` (the dstack default of an empty app): nothing to run.
@@ -299,6 +299,11 @@ pub(crate) fn run(
         started.elapsed().as_millis(),
         store_dir.display()
     );
+    // A service without a compose healthcheck uses its image's HEALTHCHECK (as Docker does),
+    // so `service_healthy` dependencies on such a service can turn healthy.
+    cvm_workload::oci::adopt_image_healthchecks(&mut app, |s| {
+        images.get(&s.image.digest).map(|i| &i.pulled.config)
+    });
     let stop_signals: Vec<(String, String)> = app
         .services
         .iter()
