@@ -495,6 +495,17 @@ mod tests {
                     "app-compose.json asks for what this image does not allow: verity_volumes: 1 dm-verity data volume(s) asked*",
                 ],
             },
+            Case {
+                name: "env-pin-mismatch",
+                build: |i| {
+                    i.compose["encrypted_env_sha256"] = "00".repeat(32).into();
+                    Ok(())
+                },
+                stage: "measure",
+                chain: &[
+                    "app-compose pins encrypted_env_sha256 0000000000000000000000000000000000000000000000000000000000000000 but the host share's .encrypted-env is absent: refusing*",
+                ],
+            },
             // --- compose YAML (workloads stage, after the disk: no disk attached) ----------
             Case {
                 name: "yaml-unknown-key",

@@ -50,6 +50,8 @@ mod tests {
         kms_keys: Arc<KmsKeys>,
         kms: Option<KmsHandle>,
         app_id: Vec<u8>,
+        /// SHA-256 of the `.encrypted-env` the share carries.
+        env_sha256: [u8; 32],
     }
 
     fn app_compose(key_provider_id: &str, launch_token_hash: Option<&str>) -> Vec<u8> {
@@ -119,6 +121,7 @@ mod tests {
             let last = blob.len() - 1;
             blob[last] ^= 0x01;
         }
+        let env_sha256: [u8; 32] = Sha256::digest(&blob).into();
         let sys_config = kms_sys_config(&[format!("https://10.0.2.2:{port}")], 512 << 20);
         let mut files = vec![
             ShareFile::new("app-compose.json", compose),
@@ -143,6 +146,7 @@ mod tests {
             kms_keys,
             kms,
             app_id,
+            env_sha256,
         })
     }
 
@@ -243,6 +247,20 @@ mod tests {
         );
         ensure!(
             names.iter().filter(|n| **n == "key-provider").count() == 1,
+            "{names:?}"
+        );
+        // The host-supplied env is measured before the key request: swapping it changes RTMR3.
+        let env = events
+            .iter()
+            .find(|e| e.name == "encrypted-env")
+            .context("encrypted-env event")?;
+        ensure!(
+            env.payload == fixture.env_sha256,
+            "encrypted-env payload {} is not the share's env",
+            hex::encode(&env.payload)
+        );
+        ensure!(
+            at("boot-mr-done") < at("encrypted-env") && at("encrypted-env") < at("key-provider"),
             "{names:?}"
         );
 

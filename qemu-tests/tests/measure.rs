@@ -173,6 +173,7 @@ mod tests {
                     "gpu-policy-hash",
                     "instance-id",
                     "boot-mr-done",
+                    "encrypted-env",
                     "key-provider",
                     "storage-fs",
                     "system-ready"

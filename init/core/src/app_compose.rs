@@ -290,6 +290,12 @@ pub struct AppCompose {
     /// compose-hash like every other byte of the file.
     #[serde(default)]
     pub require_pinned_kms: bool,
+    /// cvm-init extension: the SHA-256 (hex) the `.encrypted-env` file must have; a missing
+    /// or different file stops the boot before keys are requested. Only usable when the app id
+    /// does not follow from this file's hash (a KMS or `.instance_info` app id), since the env
+    /// is encrypted to a key of the app id.
+    #[serde(default)]
+    pub encrypted_env_sha256: Option<String>,
     /// Expose logs through the guest agent.
     #[serde(default)]
     pub public_logs: bool,

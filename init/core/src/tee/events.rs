@@ -59,12 +59,27 @@ pub mod names {
     /// First event of every test build (`insecure-*` features), whatever the TEE: a real TDX
     /// boot of a test image is marked too, so no verifier accepts it.
     pub const INSECURE_TEST_BUILD: &str = "insecure-test-build";
+    /// Before any key is requested: SHA-256 of the host share's `.encrypted-env` (32 bytes),
+    /// or ASCII `absent`. The env's values reach the compose file and the containers, so what
+    /// the host supplied is measured (cvm-init; dstack verifiers replay it like any other).
+    pub const ENCRYPTED_ENV: &str = "encrypted-env";
     /// This boot formatted the data disk: payload `blank` (a new disk) or `again` (a disk
     /// initialised before, formatted again under app-compose `allow_disk_reformat`). Not a
     /// dstack event; dstack verifiers replay it like any other.
     pub const DISK_FORMATTED: &str = "disk-formatted";
     /// Warning: the KMS key provider is not pinned by `key_provider_id` (cvm-init only).
     pub const KEY_PROVIDER_UNPINNED: &str = measure::dstack_identity::KEY_PROVIDER_UNPINNED;
+}
+
+/// The [`names::ENCRYPTED_ENV`] event for the host share's `.encrypted-env` bytes (`None`:
+/// the file is absent).
+pub fn encrypted_env_event(env: Option<&[u8]>, version: EventLogVersion) -> RuntimeEvent {
+    use sha2::Digest as _;
+    let payload = env.map_or_else(
+        || b"absent".to_vec(),
+        |bytes| sha2::Sha256::digest(bytes).to_vec(),
+    );
+    RuntimeEvent::new(names::ENCRYPTED_ENV, payload).with_version(version)
 }
 
 /// Payload of the [`names::KEY_PROVIDER_UNPINNED`] event (ASCII).
@@ -82,7 +97,7 @@ pub fn key_provider_unpinned_event(version: EventLogVersion) -> RuntimeEvent {
 }
 
 /// Names workloads may never emit: every name dstack or this init uses for system events.
-pub const RESERVED_EVENT_NAMES: [&str; 17] = [
+pub const RESERVED_EVENT_NAMES: [&str; 18] = [
     names::SYSTEM_PREPARING,
     names::APP_ID,
     names::COMPOSE_HASH,
@@ -100,6 +115,7 @@ pub const RESERVED_EVENT_NAMES: [&str; 17] = [
     names::INSECURE_TEST_BUILD,
     names::DISK_FORMATTED,
     names::KEY_PROVIDER_UNPINNED,
+    names::ENCRYPTED_ENV,
 ];
 
 /// The `key-provider` event payload: compact JSON `{"name":…,"id":…}` (field order as dstack).

@@ -71,6 +71,12 @@ pub(crate) enum MeasureStageError {
     /// An app-compose gate refused the app (its message names every field).
     #[error(transparent)]
     Gates(init_core::gates::GateError),
+    /// The host share's `.encrypted-env` is not the one app-compose pins.
+    #[error(
+        "app-compose pins encrypted_env_sha256 {want} but the host share's .encrypted-env is \
+         {got}: refusing to request keys with an env the app did not name"
+    )]
+    EnvPin { want: String, got: String },
     /// Mounting the event log's private tmpfs failed.
     #[error("mount the event log's private tmpfs on {}", path.display())]
     MountEventLogTmpfs {
@@ -203,6 +209,9 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
         mono_us: init_sys::clock::monotonic_us(),
     });
     let identity = measure_app_info(&mut log, share, seed, gpu.events)?;
+    let env = env_event(share, version)?;
+    log.emit_plan(vec![env])
+        .map_err(|source| MeasureStageError::EmitEvents { source })?;
     Ok(Measured {
         identity,
         log,
@@ -517,6 +526,38 @@ pub(crate) fn random_seed(urandom: &Path) -> Result<[u8; ID_LEN], MeasureStageEr
     Ok(seed)
 }
 
+/// The `encrypted-env` event of the share's `.encrypted-env`, after checking app-compose's
+/// `encrypted_env_sha256` pin (a missing or other file is refused before any key request).
+fn env_event(
+    share: &HostShare,
+    version: EventLogVersion,
+) -> Result<init_core::tee::RuntimeEvent, MeasureStageError> {
+    let env = share.encrypted_env.as_deref();
+    let event = init_core::tee::events::encrypted_env_event(env, version);
+    if let Some(want) = &share.app_compose.compose().encrypted_env_sha256 {
+        let got = if env.is_some() {
+            hex::encode(&event.payload)
+        } else {
+            "absent".to_owned()
+        };
+        if !want.trim().eq_ignore_ascii_case(&got) {
+            return Err(MeasureStageError::EnvPin {
+                want: want.clone(),
+                got,
+            });
+        }
+    }
+    match env {
+        Some(bytes) => log::info!(
+            "measure: .encrypted-env ({} bytes) SHA-256 {}",
+            bytes.len(),
+            hex::encode(&event.payload)
+        ),
+        None => log::info!("measure: no .encrypted-env (measured as absent)"),
+    }
+    Ok(event)
+}
+
 /// The `insecure-test-build` event of a build with any `insecure-*` feature (payload: those
 /// features, comma-separated); `None` in a release build.
 fn test_build_marker(version: EventLogVersion) -> Option<init_core::tee::RuntimeEvent> {
@@ -592,6 +633,43 @@ mod tests {
             br#"{"vm_config":"{}"}"#.to_vec(),
         );
         HostShare::from_files(files).unwrap()
+    }
+
+    fn share_with(compose: &str, env: Option<&[u8]>) -> HostShare {
+        let mut files = BTreeMap::new();
+        files.insert("app-compose.json".to_owned(), compose.as_bytes().to_vec());
+        files.insert(
+            ".sys-config.json".to_owned(),
+            br#"{"vm_config":"{}"}"#.to_vec(),
+        );
+        if let Some(env) = env {
+            files.insert(".encrypted-env".to_owned(), env.to_vec());
+        }
+        HostShare::from_files(files).unwrap()
+    }
+
+    #[test]
+    fn the_encrypted_env_is_measured_and_its_pin_enforced() {
+        use sha2::Digest as _;
+        let plain = r#"{"manifest_version":2,"name":"demo"}"#;
+        let blob = b"sealed env bytes".as_slice();
+        let hash = hex::encode(sha2::Sha256::digest(blob));
+        // Measured: the file's SHA-256, or `absent`.
+        let e = env_event(&share_with(plain, Some(blob)), EventLogVersion::V1).unwrap();
+        assert_eq!(
+            (e.name.as_str(), hex::encode(&e.payload)),
+            ("encrypted-env", hash.clone())
+        );
+        let e = env_event(&share_with(plain, None), EventLogVersion::V1).unwrap();
+        assert_eq!(e.payload, b"absent");
+        // Pinned: only that file passes; a swapped or missing one is refused.
+        let pinned =
+            format!(r#"{{"manifest_version":2,"name":"demo","encrypted_env_sha256":"{hash}"}}"#);
+        env_event(&share_with(&pinned, Some(blob)), EventLogVersion::V1).unwrap();
+        for env in [Some(b"other env".as_slice()), None] {
+            let err = env_event(&share_with(&pinned, env), EventLogVersion::V1).unwrap_err();
+            assert!(matches!(err, MeasureStageError::EnvPin { .. }), "{err:?}");
+        }
     }
 
     #[test]
