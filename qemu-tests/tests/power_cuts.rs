@@ -26,7 +26,8 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use crate::fault_common::{
-        TIMEOUT, app_share, containers, power_off, raw, registry, wait_state, with_disk, with_net,
+        TIMEOUT, app_share, app_share_with, containers, power_off, raw, registry, wait_state,
+        with_disk, with_net,
     };
 
     const DISK_MIB: u64 = 64;
@@ -146,13 +147,18 @@ mod tests {
     }
 
     /// Cuts during the first-boot format (a random 0-4 s after the init says it formats);
-    /// the next boot must give a mounted data disk that holds the probe file. ~40 s a cut.
+    /// with app-compose `allow_disk_reformat` the next boot must give a mounted data disk that holds the probe file. ~40 s a cut.
     #[test]
     fn power_cuts_during_first_format() -> Result<()> {
         let (cuts, mut rng) = plan(0, "format")?;
         let setup = CvmSetup::new()?;
         let dir = tempfile::tempdir()?;
-        let share = app_share(&dir.path().join("share"), "services: {}\n")?;
+        // A cut format is redone only with the app's opt-in (`disk.rs` shows the refusal).
+        let share = app_share_with(
+            &dir.path().join("share"),
+            "services: {}\n",
+            &serde_json::json!({"allow_disk_reformat": true}),
+        )?;
         for i in 0..cuts {
             let delay = rng.below(4000);
             let disk = data_disk::create(&dir.path().join(format!("cut{i}.img")), DISK_MIB)?;
@@ -162,7 +168,7 @@ mod tests {
             )
             .with_cmdline("cvm.on_ready=poweroff")
             .boot()?;
-            vm.wait_for_console("disk: blank volume, formatting", TIMEOUT)?;
+            vm.wait_for_console("disk: blank disk, formatting", TIMEOUT)?;
             kill_after(&mut vm, delay)?;
             drop(vm);
             let mut vm = with_disk(

@@ -51,6 +51,15 @@ pub(crate) fn registry(dir: &Path, port: u16) -> Result<Option<Registry>> {
 
 /// A host share (the sample, key provider none) whose app runs `compose`, built under `dir`.
 pub(crate) fn app_share(dir: &Path, compose: &str) -> Result<PathBuf> {
+    app_share_with(dir, compose, &serde_json::json!({}))
+}
+
+/// [`app_share`] with the top-level app-compose fields of `extra` set.
+pub(crate) fn app_share_with(
+    dir: &Path,
+    compose: &str,
+    extra: &serde_json::Value,
+) -> Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
     let mut files = sample_files()?;
     for f in &mut files {
@@ -58,6 +67,9 @@ pub(crate) fn app_share(dir: &Path, compose: &str) -> Result<PathBuf> {
             let mut json: serde_json::Value = serde_json::from_slice(&f.contents)?;
             json["kms_enabled"] = false.into();
             json["docker_compose_file"] = compose.into();
+            for (key, value) in extra.as_object().into_iter().flatten() {
+                json[key] = value.clone();
+            }
             f.contents = serde_json::to_vec_pretty(&json)?;
         }
     }
