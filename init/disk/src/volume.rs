@@ -713,11 +713,29 @@ pub(crate) mod tests {
         boot_with(state, key, budget, Reformat::Refuse)
     }
 
+    /// How a test boot opens the disk.
+    #[derive(Clone, Copy)]
+    enum Open {
+        /// `open_or_format` with this policy.
+        Keyed(Reformat),
+        /// `format_ephemeral`.
+        Ephemeral,
+    }
+
     fn boot_with(
         state: State,
         key: u8,
         budget: Option<usize>,
         reformat: Reformat,
+    ) -> (Result<Opened, VolumeError>, State, Vec<String>) {
+        boot_as(state, key, budget, Open::Keyed(reformat))
+    }
+
+    fn boot_as(
+        state: State,
+        key: u8,
+        budget: Option<usize>,
+        open: Open,
     ) -> (Result<Opened, VolumeError>, State, Vec<String>) {
         let shared = Shared {
             state: Rc::new(RefCell::new(state)),
@@ -736,14 +754,13 @@ pub(crate) mod tests {
                 minor: 16,
             },
         };
-        let result = open_or_format(
-            &mut kernel,
-            &mut disk,
-            512,
-            &DiskKey::from_bytes([key; 32]),
-            &fresh(),
-            reformat,
-        );
+        let key = DiskKey::from_bytes([key; 32]);
+        let result = match open {
+            Open::Keyed(reformat) => {
+                open_or_format(&mut kernel, &mut disk, 512, &key, &fresh(), reformat)
+            }
+            Open::Ephemeral => format_ephemeral(&mut kernel, &mut disk, 512, &key, &fresh()),
+        };
         let log = shared.log.borrow().clone();
         if result.is_err() {
             // A failed boot leaves no device behind.
@@ -863,31 +880,7 @@ pub(crate) mod tests {
     #[test]
     fn ephemeral_formats_every_boot_and_refuses_foreign_data() {
         let boot_ephemeral = |state: State, key: u8| {
-            let shared = Shared {
-                state: Rc::new(RefCell::new(state)),
-                budget: Rc::new(RefCell::new(None)),
-                log: Rc::default(),
-            };
-            let mut kernel = FakeKernel {
-                shared: shared.clone(),
-                devices: BTreeMap::new(),
-            };
-            let mut disk = FakeBlock {
-                shared: shared.clone(),
-                volume: false,
-                number: DevNumber {
-                    major: 254,
-                    minor: 16,
-                },
-            };
-            let r = format_ephemeral(
-                &mut kernel,
-                &mut disk,
-                512,
-                &DiskKey::from_bytes([key; 32]),
-                &fresh(),
-            );
-            let state = shared.state.borrow().clone();
+            let (r, state, _) = boot_as(state, key, None, Open::Ephemeral);
             (r, state)
         };
         let (r, first) = boot_ephemeral(blank(), 7);

@@ -648,11 +648,8 @@ mod tests {
         );
     }
 
-    #[test]
-    fn app_events_stop_at_the_budget_with_nothing_extended() {
-        let mut tee = FakeTee::default();
-        let mut sink = RecordingSink::default();
-        let mut log = RuntimeEventLog::new(&mut tee, &mut sink).unwrap();
+    /// Emits the system events up to `system-ready`, so app events are accepted.
+    fn close_system_phase<R: Rtmr, S: EventLogSink>(log: &mut RuntimeEventLog<R, S>) {
         log.emit_plan(system_ready_events(
             None,
             &KeyProviderInfo::none(),
@@ -660,6 +657,14 @@ mod tests {
             EventLogVersion::V1,
         ))
         .unwrap();
+    }
+
+    #[test]
+    fn app_events_stop_at_the_budget_with_nothing_extended() {
+        let mut tee = FakeTee::default();
+        let mut sink = RecordingSink::default();
+        let mut log = RuntimeEventLog::new(&mut tee, &mut sink).unwrap();
+        close_system_phase(&mut log);
         // Bytes: two events of half the budget less their names fit, a third byte does not.
         let half = APP_EVENT_MAX_BYTES / 2 - 1;
         for _ in 0..2 {
@@ -683,13 +688,7 @@ mod tests {
         let mut tee = FakeTee::default();
         let mut sink = RecordingSink::default();
         let mut log = RuntimeEventLog::new(&mut tee, &mut sink).unwrap();
-        log.emit_plan(system_ready_events(
-            None,
-            &KeyProviderInfo::none(),
-            StorageFs::Ext4,
-            EventLogVersion::V1,
-        ))
-        .unwrap();
+        close_system_phase(&mut log);
         for _ in 0..APP_EVENT_MAX_COUNT {
             log.emit_app_event(RuntimeEvent::new("n", Vec::new()))
                 .unwrap();
