@@ -489,19 +489,30 @@ pub fn open_or_format<K: Kernel>(
             (format(kernel, disk, part, &h, key, fresh)?, kind)
         }
     };
-    let formatted = format_kind != Formatted::No;
+    open_mapped(kernel, disk, part, &header, key, format_kind)
+}
+
+/// Maps the verified volume (journal mode) and describes it.
+fn open_mapped<K: Kernel>(
+    kernel: &mut K,
+    disk: &K::Block,
+    part: Partition,
+    header: &Header,
+    key: &DiskKey,
+    format: Formatted,
+) -> Result<Opened, VolumeError> {
     let mapped = map(
         kernel,
         disk.number(),
         part,
-        &header,
+        header,
         key,
         IntegrityMode::Journal,
     )?;
     Ok(Opened {
         device: mapped.path,
-        formatted,
-        format: format_kind,
+        formatted: format != Formatted::No,
+        format,
         partition: part,
         data_bytes: header.provided_data_sectors * 512,
     })
@@ -535,21 +546,7 @@ pub fn format_ephemeral<K: Kernel>(
     let part = partition(disk, logical_block_size, fresh)?;
     let start = Header::formatting(fresh.salt, fresh.fs_uuid);
     let header = format(kernel, disk, part, &start, key, fresh)?;
-    let mapped = map(
-        kernel,
-        disk.number(),
-        part,
-        &header,
-        key,
-        IntegrityMode::Journal,
-    )?;
-    Ok(Opened {
-        device: mapped.path,
-        formatted: true,
-        format: Formatted::Ephemeral,
-        partition: part,
-        data_bytes: header.provided_data_sectors * 512,
-    })
+    open_mapped(kernel, disk, part, &header, key, Formatted::Ephemeral)
 }
 
 #[cfg(test)]

@@ -622,13 +622,7 @@ mod tests {
             log.emit_app_event(RuntimeEvent::new("my-event", b"x".to_vec())),
             Err(EventLogError::AppEventBeforeSystemReady { .. })
         ));
-        log.emit_plan(system_ready_events(
-            None,
-            &KeyProviderInfo::none(),
-            StorageFs::Ext4,
-            EventLogVersion::V1,
-        ))
-        .unwrap();
+        close_system_phase(&mut log);
         for name in RESERVED_EVENT_NAMES {
             assert!(matches!(
                 log.emit_app_event(RuntimeEvent::new(name, Vec::new())),
