@@ -21,6 +21,8 @@ use crate::{ComposeError, printable};
 pub struct ComposePolicy {
     /// Allow host bind mounts other than the dstack sockets (off by default).
     pub allow_host_binds: bool,
+    /// Allow `privileged: true` (app-compose `allow_privileged`; off by default).
+    pub allow_privileged: bool,
 }
 
 /// Paths of the guest API sockets a service may bind-mount.
@@ -61,23 +63,19 @@ pub fn check_without_environment(
     runner: Option<&str>,
     yaml: &str,
 ) -> Result<App, Vec<ComposeError>> {
-    check(runner, yaml, &BTreeMap::new())
+    check(runner, yaml, &BTreeMap::new(), &ComposePolicy::default())
 }
 
-/// [`check_without_environment`] with variables for interpolation (`${VAR:?}` needs one).
-/// Images must still be pinned in the compose text: one chosen by interpolation is refused.
+/// [`check_without_environment`] with variables for interpolation (`${VAR:?}` needs one) and
+/// the app's policy (app-compose `allow_privileged`). Images must still be pinned in the
+/// compose text: one chosen by interpolation is refused.
 pub fn check(
     runner: Option<&str>,
     yaml: &str,
     env: &BTreeMap<String, String>,
+    policy: &ComposePolicy,
 ) -> Result<App, Vec<ComposeError>> {
-    parse_collect(
-        runner,
-        yaml,
-        env,
-        &ComposePolicy::default(),
-        Images::FromComposeText,
-    )
+    parse_collect(runner, yaml, env, policy, Images::FromComposeText)
 }
 
 /// Whether a service's `image` may come from interpolation.
@@ -693,6 +691,15 @@ fn parse_service(
         m.get("working_dir").map(|n| absolute_path(&n)).transpose(),
     );
     let privileged = flag(errors, "privileged");
+    if privileged
+        && !policy.allow_privileged
+        && let Some(n) = m.get("privileged")
+    {
+        errors.push(ComposeError::refuse(
+            &n.path,
+            "privileged: true gives the container every capability and device, the decrypted data disk and the TD's attestation interface included: it needs the explicit opt-in `\"allow_privileged\": true` in app-compose.json (measured through the compose-hash)",
+        ));
+    }
     let mut devices = Vec::new();
     if let Some(n) = m.get("devices") {
         for item in keep(errors, n.sequence()) {

@@ -95,7 +95,11 @@ configs:
 
 #[test]
 fn parses_the_full_subset() {
-    let app = parse_ok(&full());
+    let privileged = ComposePolicy {
+        allow_privileged: true,
+        ..ComposePolicy::default()
+    };
+    let app = parse(None, &full(), &env(), &privileged).unwrap();
     let names: Vec<&str> = app.services.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["db", "web"], "dependencies start first");
     let web = app.service("web").unwrap();
@@ -576,10 +580,25 @@ fn bash_runner_is_refused() {
 }
 
 #[test]
+fn privileged_only_with_the_app_compose_opt_in() {
+    let yaml = svc("    privileged: true\n");
+    let err = parse_err(&yaml);
+    assert!(err.to_string().contains("allow_privileged"), "{err}");
+    let policy = ComposePolicy {
+        allow_privileged: true,
+        ..ComposePolicy::default()
+    };
+    assert!(parse(None, &yaml, &env(), &policy).unwrap().services[0].privileged);
+    // `privileged: false` needs nothing.
+    parse_ok(&svc("    privileged: false\n"));
+}
+
+#[test]
 fn host_binds_only_with_policy() {
     let yaml = svc("    volumes: [\"/srv/data:/data:ro\"]\n");
     let policy = ComposePolicy {
         allow_host_binds: true,
+        ..ComposePolicy::default()
     };
     let app = parse(None, &yaml, &env(), &policy).unwrap();
     assert_eq!(

@@ -1,6 +1,7 @@
 //! The parser's verdict on public dstack apps (Dstack-TEE/dstack-examples; provenance in
 //! `testdata/dstack-examples/README.md`): each file passes, or is refused only for what a CVM
-//! cannot do (`build:`, the Docker socket, host binds) or for images the compose text does not
+//! cannot do (`build:`, the Docker socket, host binds; `privileged` without the app-compose
+//! opt-in) or for images the compose text does not
 //! pin (a tag, with the `cvm-measure compose pin` hint, or an image chosen by interpolation).
 
 #![allow(
@@ -12,7 +13,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use cvm_compose::digest::DigestError;
-use cvm_compose::{ComposeError, check, check_without_environment};
+use cvm_compose::{ComposeError, ComposePolicy, check, check_without_environment};
 
 /// Why a file is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -23,6 +24,8 @@ enum Refusal {
     Tag,
     InterpolatedImage,
     TmpfsVolume,
+    /// `privileged: true` without app-compose's `allow_privileged` opt-in.
+    Privileged,
     /// A service joins a network the file does not declare (docker compose refuses it too).
     UndeclaredNetwork,
 }
@@ -37,6 +40,9 @@ fn classify(error: &ComposeError) -> Option<Refusal> {
             ..
         } if error_chain(error).contains("run `cvm-measure compose pin`") => Some(Refusal::Tag),
         ComposeError::RefuseImageInterpolation { .. } => Some(Refusal::InterpolatedImage),
+        ComposeError::Refuse { path, .. } if path.ends_with(".privileged") => {
+            Some(Refusal::Privileged)
+        }
         ComposeError::Refuse { path, .. } if path.ends_with(".driver_opts") => {
             Some(Refusal::TmpfsVolume)
         }
@@ -78,12 +84,15 @@ fn dstack_examples_verdicts() {
             example!("custom-domain__dstack-ingress__docker-compose.loadbalanced.yaml"),
             &[Build, DockerSocket, UndeclaredNetwork],
         ),
-        (example!("k3s__docker-compose.yaml"), &[HostBind, Tag]),
+        (
+            example!("k3s__docker-compose.yaml"),
+            &[HostBind, Privileged, Tag],
+        ),
         (example!("neko__docker-compose.yaml"), &[Tag]),
         (example!("postgres-r2__docker-compose.yml"), &[Tag]),
         (
             example!("swap-volume__docker-compose.yml"),
-            &[HostBind, Tag],
+            &[HostBind, Privileged, Tag],
         ),
         (example!("tsm-shim__docker-compose.yaml"), &[Tag]),
         (
@@ -131,7 +140,7 @@ fn dstack_examples_verdicts() {
         } else {
             BTreeMap::new()
         };
-        let errors = match check(None, yaml, &env) {
+        let errors = match check(None, yaml, &env, &ComposePolicy::default()) {
             Ok(_) => Vec::new(),
             Err(errors) => errors,
         };

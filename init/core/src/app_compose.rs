@@ -290,6 +290,10 @@ pub struct AppCompose {
     /// compose-hash like every other byte of the file.
     #[serde(default)]
     pub require_pinned_kms: bool,
+    /// cvm-init extension: compose services may set `privileged: true` (every capability
+    /// and device, no seccomp). Off by default: such a service is refused.
+    #[serde(default)]
+    pub allow_privileged: bool,
     /// cvm-init extension: the SHA-256 (hex) the `.encrypted-env` file must have; a missing
     /// or different file stops the boot before keys are requested. Only usable when the app id
     /// does not follow from this file's hash (a KMS or `.instance_info` app id), since the env

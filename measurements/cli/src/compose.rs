@@ -106,7 +106,17 @@ fn judge(input: &Input, env: &BTreeMap<String, String>) -> Result<Option<App>, V
     if input.compose.trim().is_empty() {
         return Ok(None);
     }
-    match cvm_compose::check(input.runner.as_deref(), &input.compose, env) {
+    // The policy app-compose sets, as the init reads it (a plain compose file: the default).
+    let policy = cvm_compose::ComposePolicy {
+        allow_privileged: input
+            .app_compose
+            .as_ref()
+            .and_then(|a| a.get("allow_privileged"))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false),
+        ..cvm_compose::ComposePolicy::default()
+    };
+    match cvm_compose::check(input.runner.as_deref(), &input.compose, env, &policy) {
         Ok(app) => Ok(Some(app)),
         Err(errors)
             if matches!(errors.as_slice(), [ComposeError::InvalidValue { path, reason }]

@@ -232,19 +232,26 @@ pub(crate) fn run(
         record(results, Vec::new(), "no docker_compose_file");
         return Ok(None);
     }
-    let mut app =
-        match cvm_workload::compose::parse(Some(runner), &yaml, &vars, &ComposePolicy::default()) {
-            Ok(app) => app,
-            // `services: {}` (the dstack default of an empty app): nothing to run.
-            Err(ComposeError::InvalidValue { path, reason })
-                if path == "services" && reason == "no services" =>
-            {
-                log::info!("workloads: compose file has no services; nothing to run");
-                record(results, Vec::new(), "no services");
-                return Ok(None);
-            }
-            Err(e) => return Err(WorkloadsStageError::Parse(Box::new(e))),
-        };
+    let mut app = match cvm_workload::compose::parse(
+        Some(runner),
+        &yaml,
+        &vars,
+        &ComposePolicy {
+            allow_privileged: compose.allow_privileged,
+            ..ComposePolicy::default()
+        },
+    ) {
+        Ok(app) => app,
+        // `services: {}` (the dstack default of an empty app): nothing to run.
+        Err(ComposeError::InvalidValue { path, reason })
+            if path == "services" && reason == "no services" =>
+        {
+            log::info!("workloads: compose file has no services; nothing to run");
+            record(results, Vec::new(), "no services");
+            return Ok(None);
+        }
+        Err(e) => return Err(WorkloadsStageError::Parse(Box::new(e))),
+    };
     let names: Vec<String> = app.services.iter().map(|s| s.name.clone()).collect();
     if app.services.is_empty() {
         log::info!("workloads: compose file has no services; nothing to run");

@@ -7,7 +7,12 @@ fn app(body: &str) -> App {
     let yaml = format!(
         "services:\n  web:\n    image: busybox@{D}\n{body}  db:\n    image: busybox@{D}\n    container_name: database\nvolumes:\n  data: {{}}\nconfigs:\n  site:\n    content: hello\n"
     );
-    parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap()
+    // The spec of a privileged service is tested here; its app-compose opt-in in the parser.
+    let policy = ComposePolicy {
+        allow_privileged: true,
+        ..ComposePolicy::default()
+    };
+    parse(None, &yaml, &BTreeMap::new(), &policy).unwrap()
 }
 
 fn layout() -> Layout {
