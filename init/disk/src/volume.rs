@@ -115,14 +115,19 @@ impl Formatted {
     }
 }
 
+impl Opened {
+    /// Whether this boot formatted the volume.
+    pub fn formatted(&self) -> bool {
+        self.format != Formatted::No
+    }
+}
+
 /// The opened volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Opened {
     /// The decrypted volume's device node (`/dev/dm-N`).
     pub device: PathBuf,
-    /// Whether this boot formatted it.
-    pub formatted: bool,
-    /// Why, when it did.
+    /// Whether and why this boot formatted it.
     pub format: Formatted,
     pub partition: Partition,
     pub data_bytes: u64,
@@ -511,7 +516,6 @@ fn open_mapped<K: Kernel>(
     )?;
     Ok(Opened {
         device: mapped.path,
-        formatted: format != Formatted::No,
         format,
         partition: part,
         data_bytes: header.provided_data_sectors * 512,
@@ -793,7 +797,7 @@ pub(crate) mod tests {
     fn first_boot_formats_then_second_boot_opens() {
         let (r, state, log) = boot(blank(), 1, None);
         let opened = r.unwrap();
-        assert!(opened.formatted);
+        assert!(opened.formatted());
         assert_eq!(opened.format, Formatted::Blank);
         assert_eq!(opened.partition.offset, 1 << 20);
         assert_eq!(opened.data_bytes, 12 << 20);
@@ -813,7 +817,7 @@ pub(crate) mod tests {
         );
         let (r, again, log) = boot(state.clone(), 1, None);
         let opened = r.unwrap();
-        assert!(!opened.formatted);
+        assert!(!opened.formatted());
         assert_eq!(opened.format, Formatted::No);
         assert_eq!(log.len(), 2);
         assert_eq!(again.disk, state.disk, "an open writes nothing to the disk");
@@ -858,7 +862,7 @@ pub(crate) mod tests {
                     Err(VolumeError::ReformatRefused { .. }) => {
                         assert!(kept.disk == state.disk, "a refusal wrote to the disk");
                     }
-                    Ok(o) if !o.formatted => {}
+                    Ok(o) if !o.formatted() => {}
                     other => panic!("cut at step {steps}: {other:?}"),
                 }
             }
@@ -866,7 +870,7 @@ pub(crate) mod tests {
             // full ext4.
             let (r2, after, _) = boot_with(state, 1, None, Reformat::Allow);
             let opened = r2.unwrap_or_else(|e| panic!("cut at step {steps}: {e:?}"));
-            assert!(opened.formatted || steps > 0, "cut at step {steps}");
+            assert!(opened.formatted() || steps > 0, "cut at step {steps}");
             assert_ext4(&after);
             steps += 1;
             assert!(steps < 2000);

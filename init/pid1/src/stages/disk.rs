@@ -121,7 +121,7 @@ pub(crate) fn run(
             .as_ref()
             .map(|_| MOUNT_POINT.to_owned())
             .unwrap_or_default(),
-        formatted: mounted.as_ref().is_some_and(|m| m.opened.formatted),
+        formatted: mounted.as_ref().is_some_and(|m| m.opened.formatted()),
         format: mounted
             .as_ref()
             .map_or(Formatted::No, |m| m.opened.format)
@@ -209,7 +209,11 @@ fn open_and_mount(
         "disk: {} MiB AEAD volume ({}) mounted at {MOUNT_POINT}{}",
         opened.data_bytes >> 20,
         device,
-        if opened.formatted { " (formatted)" } else { "" }
+        if opened.formatted() {
+            " (formatted)"
+        } else {
+            ""
+        }
     );
     Ok(Some(Mounted { disk, opened }))
 }
