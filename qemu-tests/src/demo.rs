@@ -92,7 +92,16 @@ pub struct DemoOptions {
     pub cvm_measure: PathBuf,
     /// Extra kernel command-line parameters.
     pub cmdline: String,
+    /// A hostile neighbour (issue 22): a busybox service fills `/run` (its container root's
+    /// overlay upper lives there) before the app is asked for an `EmitEvent` and a quote,
+    /// whose event log must still replay. The static busybox to build its image from.
+    pub fill_run_with: Option<PathBuf>,
 }
+
+/// The filler's last console line once `/run` is full (the demo sets `public_logs`).
+const FILLED: &str = "filler| run-filled";
+/// The event the app emits after the fill.
+pub const AFTER_FILL_EVENT: &str = "after-run-filled";
 
 /// What the demo saw.
 #[derive(Debug)]
@@ -121,6 +130,21 @@ pub struct DemoReport {
     pub kms_requests: Vec<test_kms::RequestRecord>,
     /// Seconds from QEMU start to the app's first answer.
     pub app_answered_after: f64,
+    /// With [`DemoOptions::fill_run_with`]: `/emit`'s status and body after `/run` was full.
+    pub emitted_after_fill: Option<(u16, String)>,
+    /// The external Worker API (port 8090) as the host saw it.
+    pub worker: WorkerSeen,
+}
+
+/// What the host got from the guest's Worker API on port 8090 (forwarded).
+#[derive(Debug, Default)]
+pub struct WorkerSeen {
+    /// `/prpc/Worker.Info`: status and body.
+    pub info: (u16, String),
+    /// `/logs/demo` (the demo sets `public_logs`).
+    pub logs: (u16, String),
+    /// `/metrics` (the demo sets `public_sysinfo`).
+    pub metrics: (u16, String),
 }
 
 /// The `demo-app` image layer: `/demo-app` and the directories a container root needs.
@@ -137,10 +161,20 @@ fn demo_layer(binary: &Path) -> Result<Vec<u8>, DemoError> {
         .finish())
 }
 
-fn app_compose(image: &str, key_provider_id: &str) -> Result<Vec<u8>, DemoError> {
-    let compose_file = format!(
+fn app_compose(
+    image: &str,
+    filler: Option<&str>,
+    key_provider_id: &str,
+) -> Result<Vec<u8>, DemoError> {
+    let mut compose_file = format!(
         "services:\n  demo:\n    image: {image}\n    restart: always\n    ports: [\"{APP_PORT}:{APP_PORT}\"]\n    environment:\n      DEMO_PORT: \"{APP_PORT}\"\n      DEMO_SECRET: ${{DEMO_SECRET}}\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
     );
+    if let Some(filler) = filler {
+        // Writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
+        compose_file.push_str(&format!(
+            "  filler:\n    image: {filler}\n    restart: \"no\"\n    command: [\"dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
+        ));
+    }
     let compose = serde_json::json!({
         "manifest_version": 2,
         "name": "cvm-init-demo",
@@ -160,7 +194,7 @@ fn app_compose(image: &str, key_provider_id: &str) -> Result<Vec<u8>, DemoError>
 }
 
 /// One HTTP GET to `127.0.0.1:port`; the status and body.
-fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(120)))?;
     write!(
@@ -230,7 +264,19 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
 
     // KMS trusting this boot's simulated root (written once the guest publishes it).
     let kms_keys = Arc::new(KmsKeys::generate(&[]).step("generate the KMS keys")?);
-    let compose = app_compose(&image, &kms_keys.key_provider_id())?;
+    let filler = match &options.fill_run_with {
+        Some(busybox) => Some(
+            registry
+                .push_image(
+                    "filler",
+                    &crate::registry::busybox_layer(busybox).step("build the filler layer")?,
+                    &serde_json::json!({"Env": ["PATH=/bin"], "Entrypoint": ["/bin/sh", "-c"]}),
+                )
+                .step("push the filler image")?,
+        ),
+        None => None,
+    };
+    let compose = app_compose(&image, filler.as_deref(), &kms_keys.key_provider_id())?;
     let compose_hash: [u8; 32] = Sha256::digest(&compose).into();
     let app_id = compose_hash[..20].to_vec();
     let root_file = dir.join("simulated-root.pem");
@@ -265,6 +311,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
 
     // Boot with a port forward to the app.
     let host_port = free_port().step("pick the forwarded port")?;
+    let worker_port = free_port().step("pick the Worker API's forwarded port")?;
     let started = Instant::now();
     let mut vm = TestVm::new(artifacts)
         .with_name("demo")
@@ -276,7 +323,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .with_qemu_arg(&host_share::drive_arg(&share))
         .with_qemu_arg("-netdev")
         .with_qemu_arg(&format!(
-            "user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{APP_PORT}"
+            "user,id=n0,hostfwd=tcp:127.0.0.1:{host_port}-:{APP_PORT},hostfwd=tcp:127.0.0.1:{worker_port}-:8090"
         ))
         .with_qemu_arg("-device")
         .with_qemu_arg("virtio-net-pci,netdev=n0")
@@ -287,6 +334,21 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
 
     let page = wait_for_app(&mut vm, host_port)?;
     let app_answered_after = started.elapsed().as_secs_f64();
+    let emitted_after_fill = if filler.is_some() {
+        vm.wait_for_console(FILLED, STEP_TIMEOUT)
+            .step("wait for the filler to fill /run")?;
+        let (status, body) =
+            http_get(host_port, &format!("/emit?event={AFTER_FILL_EVENT}")).step("GET /emit")?;
+        Some((status, body))
+    } else {
+        None
+    };
+    let worker_get = |path: &str| http_get(worker_port, path).step("GET the Worker API");
+    let worker = WorkerSeen {
+        info: worker_get("/prpc/Worker.Info?json")?,
+        logs: worker_get("/logs/demo")?,
+        metrics: worker_get("/metrics")?,
+    };
     let challenge = random_hex(32)?;
     let (status, body) =
         http_get(host_port, &format!("/attest?challenge={challenge}")).step("GET /attest")?;
@@ -372,6 +434,8 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         console: vm.console(),
         kms_requests,
         app_answered_after,
+        emitted_after_fill,
+        worker,
     })
 }
 
@@ -435,6 +499,57 @@ impl DemoReport {
             !self.console.contains(ENV_VALUE),
             "the env value reached the console",
         );
+        let info: serde_json::Value = serde_json::from_str(&self.worker.info.1).unwrap_or_default();
+        want(
+            &mut out,
+            self.worker.info.0 == 200 && info["app_id"] == self.app_id.as_str(),
+            &format!(
+                "Worker.Info on :8090 is not this app: {:?}",
+                self.worker.info
+            ),
+        );
+        want(
+            &mut out,
+            self.worker.logs.0 == 200 && self.worker.logs.1.contains("demo-app: listening"),
+            &format!(
+                "/logs/demo on :8090 (public_logs) did not answer the app's log: {:?}",
+                self.worker.logs
+            ),
+        );
+        want(
+            &mut out,
+            self.worker.metrics.0 == 200
+                && self.worker.metrics.1.contains("cvm_memory_total_bytes "),
+            &format!(
+                "/metrics on :8090 (public_sysinfo) did not answer: {:?}",
+                self.worker.metrics
+            ),
+        );
+        if let Some((status, body)) = &self.emitted_after_fill {
+            want(
+                &mut out,
+                self.console.contains("No space left on device"),
+                "the filler never hit ENOSPC: /run was not full",
+            );
+            if *status != 200 {
+                out.push(format!(
+                    "EmitEvent after the fill answered {status}: {body}"
+                ));
+            }
+            // The quote's log (replayed against RTMR3 by the checklist above) holds the event.
+            let in_log = self.attest["quote"]["event_log"]
+                .as_str()
+                .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .any(|e| e["event"] == AFTER_FILL_EVENT);
+            want(
+                &mut out,
+                in_log,
+                "the event emitted after the fill is not in the quote's event log",
+            );
+        }
         out
     }
 

@@ -27,6 +27,8 @@ mod tests {
             demo_app: workspace_binary("demo-app", "demo-app", &[])?,
             cvm_measure: workspace_binary("cvm-measure", "cvm-measure", &[])?,
             cmdline: String::new(),
+            // Issue 22: a neighbour filling /run leaves the guest API serving and the log whole.
+            fill_run_with: Some(setup.artifacts.busybox.clone()),
         };
         let report = run(&setup.artifacts, &options)?;
         println!("{}", report.summary());

@@ -124,10 +124,13 @@ mod tests {
         let disk = data_disk::create(&dir.path().join("data.img"), 64)?;
         let blank = data_disk::sha256(&disk)?;
 
+        let worker_port = free_port()?;
         let mut vm = setup
             .vm_with_share("secrets", &share)
             .with_qemu_arg("-netdev")
-            .with_qemu_arg("user,id=n0")
+            .with_qemu_arg(&format!(
+                "user,id=n0,hostfwd=tcp:127.0.0.1:{worker_port}-:8090"
+            ))
             .with_qemu_arg("-device")
             .with_qemu_arg("virtio-net-pci,netdev=n0")
             .with_qemu_arg("-drive")
@@ -140,6 +143,19 @@ mod tests {
         vm.hand_simulated_root_to(&root_file, TIMEOUT)?;
         vm.wait_for_event("ready", TIMEOUT)?;
         wait_state(&mut vm, "printer", "exited")?;
+        // The host's view through the Worker API (port 8090): Info answers, the private logs
+        // are refused; both replies join the scanned haystacks.
+        let (info_status, info) = qemu_tests::demo::http_get(worker_port, "/prpc/Worker.Info")?;
+        ensure!(
+            info_status == 200 && info.contains(&hex::encode(&app_id)),
+            "Worker.Info on :8090: {info_status} {info}"
+        );
+        let (logs_status, logs) = qemu_tests::demo::http_get(worker_port, "/logs/printer")?;
+        ensure!(
+            logs_status == 403 && logs.contains("public_logs") && !logs.contains("printer-start"),
+            "/logs/printer without public_logs: {logs_status} {logs}"
+        );
+        let worker_replies = format!("{info}\n{logs}");
         vm.system_powerdown()?;
         vm.wait_for_event("power_off", TIMEOUT)?;
         let exit = vm.wait_for_exit(TIMEOUT)?;
@@ -218,6 +234,7 @@ mod tests {
         for (what, hay) in [
             ("console", console.as_bytes()),
             ("results channel", &results[..]),
+            ("Worker API replies", worker_replies.as_bytes()),
             ("data disk image", &image[..]),
         ] {
             for (i, at) in find_needles(hay, &needles) {

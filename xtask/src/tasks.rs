@@ -372,6 +372,7 @@ pub(crate) fn demo(_args: &[String]) -> Result<()> {
             demo_app,
             cvm_measure,
             cmdline: String::new(),
+            fill_run_with: None,
         },
     )
     .context("run the demo")?;

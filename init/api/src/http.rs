@@ -10,8 +10,56 @@
 //! typed [`HttpError`] that maps to a status code; parsing never panics.
 
 use std::io::{self, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
+
+/// A connected stream the server reads requests from and writes answers to: the workloads'
+/// Unix sockets and the Worker API's TCP port.
+pub trait Connection {
+    /// One `read(2)`.
+    fn read_some(&self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Writes all of `bytes`, then flushes.
+    fn write_every(&self, bytes: &[u8]) -> io::Result<()>;
+    /// `SO_RCVTIMEO`.
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// `SO_SNDTIMEO`.
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Stops sending (the peer reads end of file).
+    fn shutdown_write(&self) -> io::Result<()>;
+    /// `O_NONBLOCK`.
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
+}
+
+macro_rules! connection {
+    ($stream:ty) => {
+        impl Connection for $stream {
+            fn read_some(&self, buf: &mut [u8]) -> io::Result<usize> {
+                let mut stream = self;
+                stream.read(buf)
+            }
+            fn write_every(&self, bytes: &[u8]) -> io::Result<()> {
+                let mut stream = self;
+                stream.write_all(bytes)?;
+                stream.flush()
+            }
+            fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                <$stream>::set_read_timeout(self, timeout)
+            }
+            fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+                <$stream>::set_write_timeout(self, timeout)
+            }
+            fn shutdown_write(&self) -> io::Result<()> {
+                self.shutdown(std::net::Shutdown::Write)
+            }
+            fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+                <$stream>::set_nonblocking(self, nonblocking)
+            }
+        }
+    };
+}
+connection!(UnixStream);
+connection!(TcpStream);
 
 /// Bounds on one connection's requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -275,16 +323,28 @@ pub struct Request {
 pub struct Response {
     /// Status.
     pub status: Status,
-    /// JSON body.
+    /// `Content-Type` (`application/json` but for the Worker API's pages).
+    pub content_type: &'static str,
+    /// Body.
     pub body: Vec<u8>,
 }
 
 impl Response {
-    /// A 200 response with `body`.
+    /// A 200 response with the JSON `body`.
     pub fn ok(body: Vec<u8>) -> Self {
         Self {
             status: Status::Ok,
+            content_type: JSON,
             body,
+        }
+    }
+
+    /// A response of another type (HTML, plain text).
+    pub fn text(status: Status, content_type: &'static str, body: String) -> Self {
+        Self {
+            status,
+            content_type,
+            body: body.into_bytes(),
         }
     }
 
@@ -294,16 +354,21 @@ impl Response {
         let body = serde_json::json!({ "error": message })
             .to_string()
             .into_bytes();
-        Self { status, body }
+        Self {
+            status,
+            content_type: JSON,
+            body,
+        }
     }
 
     /// The bytes on the wire.
     pub fn encode(&self, keep_alive: bool) -> Vec<u8> {
         let connection = if keep_alive { "keep-alive" } else { "close" };
         let mut out = format!(
-            "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
             self.status.code(),
             self.status.reason(),
+            self.content_type,
             self.body.len(),
             connection
         )
@@ -312,6 +377,9 @@ impl Response {
         out
     }
 }
+
+/// The content type of the API's answers.
+const JSON: &str = "application/json";
 
 /// Where the head ends: the index just past `\r\n\r\n`.
 fn find_head_end(buf: &[u8]) -> Option<usize> {
@@ -550,8 +618,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
 /// Reads one request from `stream`. `buf` carries bytes already received (pipelined requests)
 /// across calls. `Ok(None)`: the peer closed, or stayed idle past the idle timeout, between
 /// requests.
-pub fn read_request(
-    mut stream: &UnixStream,
+pub fn read_request<S: Connection>(
+    stream: &S,
     buf: &mut Vec<u8>,
     limits: &Limits,
 ) -> Result<Option<Request>, HttpError> {
@@ -567,7 +635,7 @@ pub fn read_request(
             {
                 let interim = format!("HTTP/1.1 {} Continue\r\n\r\n", Status::Continue.code());
                 stream
-                    .write_all(interim.as_bytes())
+                    .write_every(interim.as_bytes())
                     .map_err(|source| HttpError::WriteContinue { source })?;
             }
         }
@@ -601,7 +669,7 @@ pub fn read_request(
             None => limits.max_head_bytes.saturating_sub(buf.len()).max(1),
         };
         let want = want.min(chunk.len());
-        match stream.read(&mut chunk[..want]) {
+        match stream.read_some(&mut chunk[..want]) {
             Ok(0) if buf.is_empty() => return Ok(None),
             Ok(0) => return Err(HttpError::TruncatedRequest),
             Ok(n) => {

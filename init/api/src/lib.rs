@@ -13,10 +13,12 @@
 pub mod http;
 pub mod service;
 pub mod state;
+pub mod worker;
 
 use std::convert::Infallible;
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,7 +29,7 @@ use std::time::Duration;
 use init_core::tee::Tee;
 use init_core::tee::events::RUNTIME_EVENT_LOG_PATH;
 
-pub use crate::http::Limits;
+pub use crate::http::{Connection, Limits};
 pub use crate::service::Service;
 pub use crate::state::{ApiState, ResumeMode, StateError, WorkloadInfo};
 
@@ -51,6 +53,13 @@ pub enum ApiError {
     #[error("remove stale socket {path}")]
     RemoveStaleSocket {
         path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Binding the Worker API's TCP port failed.
+    #[error("bind the Worker API on {addr}")]
+    BindWorker {
+        addr: SocketAddr,
         #[source]
         source: io::Error,
     },
@@ -110,6 +119,10 @@ pub struct ServerConfig {
     pub gpu_attestation: PathBuf,
     /// Socket file mode (workloads connect through bind mounts).
     pub socket_mode: u32,
+    /// The external Worker API's TCP address (dstack: `0.0.0.0:8090`); `None`: not served.
+    pub worker: Option<SocketAddr>,
+    /// The per-service logs the Worker API shows with `public_logs`.
+    pub logs_dir: Option<PathBuf>,
     /// Connections served at once; more are answered 503 and closed.
     pub max_connections: usize,
     /// Per-request limits.
@@ -127,6 +140,8 @@ impl Default for ServerConfig {
             app_keys: None,
             gpu_attestation: PathBuf::from(DEFAULT_GPU_ATTESTATION),
             socket_mode: 0o666,
+            worker: None,
+            logs_dir: None,
             max_connections: 64,
             limits: Limits::default(),
         }
@@ -135,8 +150,9 @@ impl Default for ServerConfig {
 
 impl ServerConfig {
     /// Parses `--socket P`, `--legacy-socket P` (or `--no-legacy-socket`), `--event-log P`,
-    /// `--app-compose P`, `--sys-config P`, `--app-keys P`, `--gpu-attestation P` (the arguments
-    /// after the `guest-api` word) over the defaults.
+    /// `--app-compose P`, `--sys-config P`, `--app-keys P`, `--gpu-attestation P`,
+    /// `--worker-listen ADDR:PORT`, `--logs-dir P` (the arguments after the `guest-api` word)
+    /// over the defaults.
     pub fn parse_args(args: impl IntoIterator<Item = OsString>) -> Result<Self, ApiError> {
         let mut config = Self::default();
         let mut args = args.into_iter();
@@ -148,7 +164,8 @@ impl ServerConfig {
             }
             let slot = match flag.as_str() {
                 "--socket" | "--legacy-socket" | "--event-log" | "--app-compose"
-                | "--sys-config" | "--app-keys" | "--gpu-attestation" => flag.clone(),
+                | "--sys-config" | "--app-keys" | "--gpu-attestation" | "--worker-listen"
+                | "--logs-dir" => flag.clone(),
                 _ => return Err(ApiError::ParseArgument { argument: flag }),
             };
             let value = PathBuf::from(
@@ -162,6 +179,15 @@ impl ServerConfig {
                 "--app-compose" => config.app_compose = Some(value),
                 "--app-keys" => config.app_keys = Some(value),
                 "--gpu-attestation" => config.gpu_attestation = value,
+                "--logs-dir" => config.logs_dir = Some(value),
+                "--worker-listen" => {
+                    let addr = value.to_str().and_then(|v| v.parse().ok()).ok_or_else(|| {
+                        ApiError::ParseArgument {
+                            argument: format!("--worker-listen {}", value.display()),
+                        }
+                    })?;
+                    config.worker = Some(addr);
+                }
                 _ => config.sys_config = Some(value),
             }
         }
@@ -199,6 +225,17 @@ pub fn handle_connection<T: Tee>(
     stream: &UnixStream,
     limits: &Limits,
 ) -> ConnectionOutcome {
+    serve_connection(stream, limits, |request| {
+        service::dispatch(state, service, request)
+    })
+}
+
+/// [`handle_connection`] over any [`Connection`], answering each request with `respond`.
+pub fn serve_connection<S: Connection>(
+    stream: &S,
+    limits: &Limits,
+    respond: impl Fn(&http::Request) -> http::Response,
+) -> ConnectionOutcome {
     let mut buf = Vec::new();
     let mut requests = 0;
     if let Err(e) = stream.set_write_timeout(Some(limits.write_timeout)) {
@@ -231,7 +268,7 @@ pub fn handle_connection<T: Tee>(
             }
         };
         requests += 1;
-        let response = service::dispatch(state, service, &request);
+        let response = respond(&request);
         let keep_alive = request.head.keep_alive && requests < limits.max_requests_per_connection;
         if let Err(e) = write_response(stream, &response, keep_alive) {
             return ConnectionOutcome {
@@ -255,9 +292,8 @@ pub fn handle_connection<T: Tee>(
 /// After an error answer the request's remaining bytes are still coming: stop writing, then
 /// drain (bounded in bytes and time) until the client closes, so closing does not reset the
 /// connection before the client has read the answer.
-fn linger_close(mut stream: &UnixStream, limits: &Limits) {
-    use std::io::Read;
-    let _ = stream.shutdown(std::net::Shutdown::Write);
+fn linger_close<S: Connection>(stream: &S, limits: &Limits) {
+    let _ = stream.shutdown_write();
     let deadline = std::time::Instant::now() + LINGER_TIME;
     let mut budget = limits.max_head_bytes + limits.max_body_bytes;
     let mut sink = [0u8; 4096];
@@ -266,7 +302,7 @@ fn linger_close(mut stream: &UnixStream, limits: &Limits) {
         if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
             return;
         }
-        match stream.read(&mut sink) {
+        match stream.read_some(&mut sink) {
             Ok(0) | Err(_) => return,
             Ok(n) => budget = budget.saturating_sub(n),
         }
@@ -276,13 +312,12 @@ fn linger_close(mut stream: &UnixStream, limits: &Limits) {
 /// How long [`linger_close`] waits for the client to finish sending.
 const LINGER_TIME: Duration = Duration::from_secs(1);
 
-fn write_response(
-    mut stream: &UnixStream,
+fn write_response<S: Connection>(
+    stream: &S,
     response: &http::Response,
     keep_alive: bool,
 ) -> io::Result<()> {
-    stream.write_all(&response.encode(keep_alive))?;
-    stream.flush()
+    stream.write_every(&response.encode(keep_alive))
 }
 
 /// Binds `path`, replacing a stale socket (never any other kind of file).
@@ -314,21 +349,54 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, ApiError> {
     Ok(listener)
 }
 
+/// A listening socket of the server.
+trait Listen {
+    type Stream: Connection + Send + 'static;
+    fn accept_stream(&self) -> io::Result<Self::Stream>;
+}
+
+impl Listen for UnixListener {
+    type Stream = UnixStream;
+    fn accept_stream(&self) -> io::Result<UnixStream> {
+        self.accept().map(|(stream, _)| stream)
+    }
+}
+
+impl Listen for TcpListener {
+    type Stream = TcpStream;
+    fn accept_stream(&self) -> io::Result<TcpStream> {
+        self.accept().map(|(stream, _)| stream)
+    }
+}
+
+/// What a listener's connections speak.
+#[derive(Debug, Clone, Copy)]
+enum Api {
+    /// A workload API socket.
+    Workload(Service),
+    /// The external Worker API.
+    Worker,
+}
+
 /// Accepts forever, one thread per connection, at most `max` at once.
-fn accept_loop<T: Tee + Send + 'static>(
-    listener: &UnixListener,
-    path: &Path,
-    service: Service,
+fn accept_loop<T: Tee + Send + 'static, L: Listen>(
+    listener: &L,
+    name: &str,
+    api: Api,
     state: &Arc<ApiState<T>>,
     config: &ServerConfig,
     active: &Arc<AtomicUsize>,
 ) -> ! {
+    let sources = Arc::new(worker::WorkerSources {
+        logs_dir: config.logs_dir.clone(),
+        ..worker::WorkerSources::default()
+    });
     loop {
-        let stream = match listener.accept() {
-            Ok((stream, _)) => stream,
+        let stream = match listener.accept_stream() {
+            Ok(stream) => stream,
             Err(e) => {
                 // EMFILE, ECONNABORTED and the like pass; do not spin.
-                log::warn!("guest-api: accept on {}: {e}", path.display());
+                log::warn!("guest-api: accept on {name}: {e}");
                 std::thread::sleep(Duration::from_millis(50));
                 continue;
             }
@@ -345,13 +413,17 @@ fn accept_loop<T: Tee + Send + 'static>(
             continue;
         }
         let state = Arc::clone(state);
+        let sources = Arc::clone(&sources);
         let limits = config.limits.clone();
         let guard = ActiveGuard(Arc::clone(active));
         let spawned = std::thread::Builder::new()
             .name("guest-api-conn".into())
             .spawn(move || {
                 let _guard = guard;
-                let outcome = handle_connection(&state, service, &stream, &limits);
+                let outcome = serve_connection(&stream, &limits, |request| match api {
+                    Api::Workload(service) => service::dispatch(&state, service, request),
+                    Api::Worker => worker::dispatch(&state, &sources, request),
+                });
                 if let ConnectionEnd::RequestFailed(e) = &outcome.end {
                     log::debug!("guest-api: connection ended: {e}");
                 }
@@ -382,6 +454,29 @@ pub fn serve<T: Tee + Send + 'static>(
     let state = Arc::new(state);
     let active = Arc::new(AtomicUsize::new(0));
     let main = bind(&config.socket, config.socket_mode)?;
+    if let Some(addr) = config.worker {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ApiError::BindWorker { addr, source })?;
+        let (state, config_copy, active) =
+            (Arc::clone(&state), config.clone(), Arc::clone(&active));
+        std::thread::Builder::new()
+            .name("guest-api-worker".into())
+            .spawn(move || {
+                accept_loop(
+                    &listener,
+                    &addr.to_string(),
+                    Api::Worker,
+                    &state,
+                    &config_copy,
+                    &active,
+                )
+            })
+            .map_err(|source| ApiError::SpawnAcceptThread {
+                path: PathBuf::from(addr.to_string()),
+                source,
+            })?;
+        log::info!("guest-api: Worker API on tcp {addr}");
+    }
     if let Some(path) = &config.legacy_socket {
         let legacy = bind(path, config.socket_mode)?;
         let (state, config_copy, active) =
@@ -392,8 +487,8 @@ pub fn serve<T: Tee + Send + 'static>(
                 let path = config_copy.legacy_socket.clone().unwrap_or_default();
                 accept_loop(
                     &legacy,
-                    &path,
-                    Service::Tappd,
+                    &path.display().to_string(),
+                    Api::Workload(Service::Tappd),
                     &state,
                     &config_copy,
                     &active,
@@ -407,8 +502,8 @@ pub fn serve<T: Tee + Send + 'static>(
     log::info!("guest-api: serving on {}", config.socket.display());
     accept_loop(
         &main,
-        &config.socket,
-        Service::DstackGuest,
+        &config.socket.display().to_string(),
+        Api::Workload(Service::DstackGuest),
         &state,
         config,
         &active,

@@ -235,7 +235,7 @@ pub fn dispatch<T: Tee>(state: &ApiState<T>, service: Service, request: &Request
     }
 }
 
-fn arguments<A: for<'de> Deserialize<'de>>(
+pub(crate) fn arguments<A: for<'de> Deserialize<'de>>(
     method: &'static str,
     request: &Request,
 ) -> Result<A, ServiceError> {
@@ -365,11 +365,8 @@ fn call<T: Tee>(
         });
     };
     match call {
-        Call::Info => info(state),
-        Call::Version => Ok(json!({
-            "version": DSTACK_VERSION,
-            "rev": VERSION_REV,
-        })),
+        Call::Info => info(state, false),
+        Call::Version => Ok(version()),
         Call::GetQuote => {
             let report_data = get_quote_report_data("GetQuote", request)?;
             let quoted = quote(state, "GetQuote", &report_data)?;
@@ -808,7 +805,95 @@ pub fn mr_aggregated(td_info: &measure::tdreport::TdInfo) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn info<T: Tee>(state: &ApiState<T>) -> Result<serde_json::Value, ServiceError> {
+/// `Version`: the dstack release this surface implements and this implementation.
+pub(crate) fn version() -> serde_json::Value {
+    json!({
+        "version": DSTACK_VERSION,
+        "rev": VERSION_REV,
+    })
+}
+
+/// The Worker API's `GetAttestationForAppKey{algorithm}`: a `GetQuote` answer whose report
+/// data names the app's signing key (`Sign`'s key: GetKey path `vms`, purpose `signing`) as
+/// dstack's `dip1::ed25519-pk:` / `dip1::secp256k1c-pk:` + unpadded base64url, NUL padded.
+pub(crate) fn attestation_for_app_key<T: Tee>(
+    state: &ApiState<T>,
+    algorithm: &str,
+) -> Result<serde_json::Value, ServiceError> {
+    const METHOD: &str = "GetAttestationForAppKey";
+    let keys = state
+        .app_keys()
+        .ok_or(ServiceError::KeysNotAvailable { method: METHOD })?;
+    let algorithm = cvm_keys::app_sign::SignAlgorithm::parse(algorithm).map_err(|source| {
+        ServiceError::AppKey {
+            method: METHOD,
+            source,
+        }
+    })?;
+    let derived = cvm_keys::app_sign::get_key(
+        &keys.k256_key,
+        &keys.k256_signature,
+        cvm_keys::app_sign::SIGN_PATH,
+        cvm_keys::app_sign::SIGN_PURPOSE,
+        algorithm.key_type(),
+    )
+    .map_err(|source| ServiceError::AppKey {
+        method: METHOD,
+        source,
+    })?;
+    let report_data = app_key_report_data(algorithm.key_type(), &derived.public_key);
+    let quoted = quote(state, METHOD, &report_data)?;
+    Ok(json!({
+        "quote": hex::encode(&quoted.0),
+        "event_log": quoted.1,
+        "report_data": hex::encode(report_data),
+        "vm_config": state.workload().vm_config,
+    }))
+}
+
+/// `dip1::<kind>-pk:<base64url(public key)>`, NUL padded to the report data's 64 bytes (33
+/// compressed secp256k1 bytes or 32 ed25519 bytes fit exactly or with room).
+pub fn app_key_report_data(
+    key_type: cvm_keys::app_sign::KeyType,
+    public_key: &[u8],
+) -> [u8; REPORT_DATA_LEN] {
+    let kind = match key_type {
+        cvm_keys::app_sign::KeyType::Ed25519 => "ed25519",
+        cvm_keys::app_sign::KeyType::Secp256k1 => "secp256k1c",
+    };
+    let text = format!("dip1::{kind}-pk:{}", base64url(public_key));
+    let mut out = [0u8; REPORT_DATA_LEN];
+    for (slot, byte) in out.iter_mut().zip(text.bytes()) {
+        *slot = byte;
+    }
+    out
+}
+
+/// Unpadded base64url (RFC 4648 §5).
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk.first().copied().unwrap_or(0),
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..=chunk.len() {
+            let index = ((n >> (18 - 6 * i)) & 63) as usize;
+            out.push(char::from(ALPHABET[index]));
+        }
+    }
+    out
+}
+
+/// `Info`; `hide_tcb` (the Worker API without `public_tcbinfo`) empties `tcb_info` and
+/// `vm_config`, as dstack's external `Info` does.
+pub(crate) fn info<T: Tee>(
+    state: &ApiState<T>,
+    hide_tcb: bool,
+) -> Result<serde_json::Value, ServiceError> {
     use init_core::tee::events::names;
 
     let snapshot = state.report().map_err(|source| ServiceError::Tee {
@@ -842,18 +927,23 @@ fn info<T: Tee>(state: &ApiState<T>) -> Result<serde_json::Value, ServiceError> 
         "event_log": snapshot.event_log,
         "app_compose": workload.app_compose,
     });
+    let (tcb_info, vm_config) = if hide_tcb {
+        (String::new(), String::new())
+    } else {
+        (tcb_info.to_string(), workload.vm_config.clone())
+    };
     Ok(json!({
         "app_id": hex_of(names::APP_ID),
         "instance_id": hex_of(names::INSTANCE_ID),
         "app_cert": "",
-        "tcb_info": tcb_info.to_string(),
+        "tcb_info": tcb_info,
         "app_name": workload.app_name,
         "device_id": "",
         "mr_aggregated": mr_aggregated,
         "os_image_hash": os_image_hash,
         "key_provider_info": key_provider_info,
         "compose_hash": compose_hash,
-        "vm_config": workload.vm_config,
+        "vm_config": vm_config,
         "cloud_vendor": workload.cloud_vendor,
         "cloud_product": workload.cloud_product,
     }))

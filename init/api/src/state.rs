@@ -160,6 +160,8 @@ pub struct WorkloadInfo {
     pub cloud_vendor: String,
     /// DMI `product_name`.
     pub cloud_product: String,
+    /// What app-compose lets the external Worker API show.
+    pub exposure: crate::worker::Exposure,
 }
 
 impl WorkloadInfo {
@@ -208,6 +210,11 @@ impl WorkloadInfo {
             sys_config,
             cloud_vendor: dmi("sys_vendor"),
             cloud_product: dmi("product_name"),
+            exposure: crate::worker::Exposure {
+                logs: compose.public_logs,
+                sysinfo: compose.public_sysinfo,
+                tcbinfo: compose.public_tcbinfo,
+            },
         })
     }
 }
@@ -666,5 +673,10 @@ impl<T: Tee> ApiState<T> {
     /// The workload's descriptive data.
     pub fn workload(&self) -> &WorkloadInfo {
         &self.workload
+    }
+
+    #[cfg(test)]
+    pub(crate) fn workload_mut(&mut self) -> &mut WorkloadInfo {
+        &mut self.workload
     }
 }

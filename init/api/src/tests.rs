@@ -69,6 +69,7 @@ fn workload() -> WorkloadInfo {
         sys_config: r#"{"vm_config":"{\"cpu_count\":1}"}"#.into(),
         cloud_vendor: String::new(),
         cloud_product: String::new(),
+        exposure: crate::worker::Exposure::default(),
     }
 }
 
@@ -1503,4 +1504,202 @@ fn tdx_quote_accepts_every_dstack_hash() {
     let colon = service::hashed_report_data("keccak256", "", b"").unwrap();
     assert_eq!(colon[..32], sha3::Keccak256::digest(b":")[..]);
     assert_eq!(colon[32..], [0; 32]);
+}
+
+/// One request to the Worker API over real TCP on loopback; the status line and body.
+fn worker_get(
+    state: &ApiState<InsecureSimulatedTee>,
+    sources: &crate::worker::WorkerSources,
+    request: &[u8],
+) -> (String, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let raw = std::thread::scope(|s| {
+        let handler = s.spawn(move || {
+            serve_connection(&server, &Limits::default(), |r| {
+                crate::worker::dispatch(state, sources, r)
+            })
+        });
+        client.write_all(request).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut out = Vec::new();
+        client.read_to_end(&mut out).unwrap();
+        handler.join().unwrap();
+        out
+    });
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+fn get(path: &str) -> Vec<u8> {
+    format!("GET {path} HTTP/1.1\r\nHost: vm:8090\r\nConnection: close\r\n\r\n").into_bytes()
+}
+
+#[test]
+fn worker_info_hides_tcb_info_unless_public() {
+    let f = fixture();
+    let sources = crate::worker::WorkerSources::default();
+    for path in ["/prpc/Worker.Info", "/prpc/Info?json"] {
+        let (head, body) = worker_get(&f.state, &sources, &get(path));
+        assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+        let info: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(info["app_id"], hex::encode([0xa1; 20]));
+        assert_eq!(info["app_name"], "demo");
+        assert_eq!(info["tcb_info"], "", "public_tcbinfo is false here");
+        assert_eq!(info["vm_config"], "");
+    }
+    let mut state = f.state;
+    state.workload_mut().exposure.tcbinfo = true;
+    let (_, body) = worker_get(&state, &sources, &get("/prpc/Worker.Info"));
+    let info: Value = serde_json::from_str(&body).unwrap();
+    let tcb: Value = serde_json::from_str(info["tcb_info"].as_str().unwrap()).unwrap();
+    assert_eq!(tcb["rtmr3"].as_str().unwrap().len(), 96);
+    assert_eq!(info["vm_config"], r#"{"cpu_count":1}"#);
+    // The workloads' own socket always has the full Info, as in dstack.
+    let replies = exchange(&state, Service::DstackGuest, &post("/Info", ""));
+    assert_ne!(replies[0].1["tcb_info"], "");
+    // Version; and nothing else of the workload API is reachable from outside.
+    let (_, body) = worker_get(&state, &sources, &get("/prpc/Worker.Version"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        json!({ "version": "0.5.11", "rev": "cvm-init-0.1.0" })
+    );
+    for path in [
+        "/prpc/Worker.GetQuote",
+        "/GetQuote",
+        "/prpc/EmitEvent",
+        "/GetKey",
+        "/prpc/Worker.GetKey",
+    ] {
+        let (head, _) = worker_get(&state, &sources, &get(path));
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
+    }
+}
+
+#[test]
+fn worker_logs_and_metrics_only_when_public() {
+    let f = fixture();
+    let logs = tempfile::tempdir().unwrap();
+    std::fs::write(logs.path().join("web.log"), "line 1\nline 2\nline 3\n").unwrap();
+    let proc_dir = tempfile::tempdir().unwrap();
+    for (name, text) in [
+        ("meminfo", "MemTotal: 1024 kB\nMemAvailable: 512 kB\n"),
+        ("loadavg", "0.00 0.01 0.05 1/80 99\n"),
+        ("uptime", "12.5 20.0\n"),
+        ("stat", "cpu 1\ncpu0 1\n"),
+    ] {
+        std::fs::write(proc_dir.path().join(name), text).unwrap();
+    }
+    let sources = crate::worker::WorkerSources {
+        logs_dir: Some(logs.path().to_owned()),
+        proc_dir: proc_dir.path().to_owned(),
+    };
+    let (head, body) = worker_get(&f.state, &sources, &get("/logs/web"));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(body.contains("public_logs"), "{body}");
+    assert!(!body.contains("line 1"));
+    let (head, body) = worker_get(&f.state, &sources, &get("/metrics"));
+    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(body.contains("public_sysinfo"));
+    let (head, page) = worker_get(&f.state, &sources, &get("/"));
+    assert!(head.contains("Content-Type: text/html"), "{head}");
+    assert!(page.contains(&hex::encode([0xa1; 20])));
+    assert!(!page.contains("/logs/web"));
+
+    let mut state = f.state;
+    state.workload_mut().exposure = crate::worker::Exposure {
+        logs: true,
+        sysinfo: true,
+        tcbinfo: false,
+    };
+    let (head, body) = worker_get(&state, &sources, &get("/logs/web"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.contains("Content-Type: text/plain"), "{head}");
+    assert_eq!(body, "line 1\nline 2\nline 3\n");
+    let (_, body) = worker_get(&state, &sources, &get("/logs/web?tail=1"));
+    assert_eq!(body, "line 3\n");
+    let (head, _) = worker_get(&state, &sources, &get("/logs/db"));
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    let (head, _) = worker_get(&state, &sources, &get("/logs/..%2fsecret"));
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (head, body) = worker_get(&state, &sources, &get("/metrics"));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("cvm_memory_total_bytes 1048576\n"), "{body}");
+    assert!(body.contains("cvm_cpus 1\n"));
+    let (_, page) = worker_get(&state, &sources, &get("/"));
+    assert!(page.contains("<a href=\"/logs/web\">web</a>"), "{page}");
+}
+
+/// dstack's own vectors (`guest-agent/src/rpc_service.rs` tests): the app k256 key
+/// `1a2b3c4d…` gives these report-data strings for `GetAttestationForAppKey`.
+#[test]
+fn attestation_for_app_key_matches_the_dstack_vectors() {
+    let key: [u8; 32] = [
+        0x1A, 0x2B, 0x3C, 0x4D, 0x5E, 0x6F, 0x7A, 0x8B, 0x9C, 0x0D, 0x1E, 0x2F, 0x3A, 0x4B, 0x5C,
+        0x6D, 0x7E, 0x8F, 0x9A, 0x0B, 0x1C, 0x2D, 0x3E, 0x4F, 0x5A, 0x6B, 0x7C, 0x8D, 0x9E, 0x0F,
+        0x1A, 0x2B,
+    ];
+    let f = fixture();
+    let sources = crate::worker::WorkerSources::default();
+    let call = |state: &ApiState<InsecureSimulatedTee>, algorithm: &str| {
+        let (head, body) = worker_get(
+            state,
+            &sources,
+            &get(&format!(
+                "/prpc/Worker.GetAttestationForAppKey?algorithm={algorithm}"
+            )),
+        );
+        (head, serde_json::from_str::<Value>(&body).unwrap())
+    };
+    let (head, _) = call(&f.state, "ed25519");
+    assert!(
+        head.starts_with("HTTP/1.1 4") || head.starts_with("HTTP/1.1 5"),
+        "{head}"
+    );
+    let state = f.state.with_app_keys(cvm_keys::kms::GuestKeys {
+        k256_key: cvm_keys::secret::SecretKey32::new(key),
+        k256_signature: Vec::new(),
+        ca_cert_pem: String::new(),
+        kms: None,
+    });
+    for (algorithm, expected) in [
+        (
+            "ed25519",
+            "dip1::ed25519-pk:5Pbre1Amf1hrp2V2bbfKlIfxpQb2pJAmrgmhxgVoG9s",
+        ),
+        (
+            "secp256k1",
+            "dip1::secp256k1c-pk:A6t_JdVkVdMAocH3f1f20WGT6JzdntxcXimUtEax8zc9",
+        ),
+    ] {
+        let (head, reply) = call(&state, algorithm);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head} {reply}");
+        let mut want = expected.as_bytes().to_vec();
+        want.resize(64, 0);
+        assert_eq!(reply["report_data"], hex::encode(&want), "{algorithm}");
+        // The quote carries exactly that report data.
+        assert_eq!(quote_of(&reply).body.report_data.0.to_vec(), want);
+    }
+    let (head, _) = call(&state, "rsa");
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+}
+
+#[test]
+fn parse_args_reads_the_worker_options() {
+    let args = [
+        "--worker-listen",
+        "0.0.0.0:8090",
+        "--logs-dir",
+        "/data/logs",
+    ];
+    let config = ServerConfig::parse_args(args.iter().map(OsString::from)).unwrap();
+    assert_eq!(config.worker, Some("0.0.0.0:8090".parse().unwrap()));
+    assert_eq!(
+        config.logs_dir.as_deref(),
+        Some(std::path::Path::new("/data/logs"))
+    );
+    let bad = ["--worker-listen", "8090"];
+    ServerConfig::parse_args(bad.iter().map(OsString::from)).unwrap_err();
 }

@@ -27,6 +27,8 @@ pub(crate) struct Fatal {
 pub(crate) struct Booted {
     pub(crate) config: Config,
     pub(crate) guest_api: Child,
+    /// How the supervisor starts the guest API again.
+    pub(crate) guest_api_launch: stages::guest_api::Launch,
     pub(crate) workloads: Option<Workloads>,
 }
 
@@ -129,11 +131,17 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     run.stage(Stage::SystemReady, |r| {
         stages::system_ready::run(&share, measured, &keys, disk.as_ref(), r)
     })?;
-    let guest_api = run.stage(Stage::GuestApi, |_| stages::guest_api::run(&share_copy))?;
+    let disk_mount = disk
+        .as_ref()
+        .map(|_| std::path::Path::new(stages::disk::MOUNT_POINT));
+    let guest_api_launch = stages::guest_api::Launch {
+        share_copy: share_copy.clone(),
+        logs_dir: stages::workloads::logs_dir(&stages::workloads::data_dir(disk_mount)),
+    };
+    let guest_api = run.stage(Stage::GuestApi, |_| {
+        stages::guest_api::run(&guest_api_launch)
+    })?;
     let workloads = run.stage(Stage::Workloads, |r| {
-        let disk_mount = disk
-            .as_ref()
-            .map(|_| std::path::Path::new(stages::disk::MOUNT_POINT));
         let digest_logs = config
             .test_dump
             .contains(&init_core::cmdline::TestDump::ContainerLogDigests);
@@ -150,6 +158,7 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     Ok(Booted {
         config,
         guest_api,
+        guest_api_launch,
         workloads,
     })
 }

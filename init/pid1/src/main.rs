@@ -90,13 +90,7 @@ fn main() {
     log::info!("ready ({boot_ms} ms after PID 1 started)");
 
     let on_ready = booted.config.on_ready;
-    let supervisor = Supervisor::new(
-        booted,
-        stages::host_share::copy_dir(),
-        results,
-        signals,
-        buttons,
-    );
+    let supervisor = Supervisor::new(booted, results, signals, buttons);
     match on_ready {
         OnReady::PowerOff => supervisor.shut_down(Reason::ReadyPowerOff),
         OnReady::Wait => supervisor.serve(),

@@ -4,7 +4,6 @@
 //! 60 s; `restarting` / `restarted` records), and on SIGTERM, SIGINT, SIGPWR or the power button
 //! stops the workloads and shuts down.
 
-use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -28,17 +27,17 @@ const WORKLOADS_STOP_LIMIT: Duration = Duration::from_secs(30);
 #[derive(Debug)]
 struct GuestApi {
     child: Option<Child>,
-    share_copy: PathBuf,
+    launch: crate::stages::guest_api::Launch,
     backoff: Backoff,
     started: Instant,
     restart_at: Option<Instant>,
 }
 
 impl GuestApi {
-    fn new(child: Child, share_copy: PathBuf) -> Self {
+    fn new(child: Child, launch: crate::stages::guest_api::Launch) -> Self {
         Self {
             child: Some(child),
-            share_copy,
+            launch,
             backoff: Backoff::new(
                 Duration::from_secs(1),
                 Duration::from_secs(30),
@@ -86,7 +85,7 @@ impl GuestApi {
         }
         self.restart_at = None;
         self.started = Instant::now();
-        match crate::stages::guest_api::start(&self.share_copy) {
+        match crate::stages::guest_api::start(&self.launch) {
             Ok(child) => {
                 log::info!("guest API restarted (pid {})", child.id());
                 results.record(&Record::Restarted {
@@ -125,7 +124,6 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     pub(crate) fn new(
         booted: Booted,
-        share_copy: PathBuf,
         results: Results,
         signals: Option<Signals>,
         buttons: Vec<PowerButton>,
@@ -139,7 +137,7 @@ impl Supervisor {
             results,
             signals,
             buttons,
-            guest_api: GuestApi::new(booted.guest_api, share_copy),
+            guest_api: GuestApi::new(booted.guest_api, booted.guest_api_launch),
             workloads: booted.workloads,
             kill_guest_api,
         }

@@ -18,6 +18,9 @@ pub enum DemoError {
     /// The challenge is not hex or longer than the 64 bytes of report data.
     #[error("challenge must be hex of at most 64 bytes")]
     BadChallenge,
+    /// `/emit` without an `event` of 1 to 64 characters `[a-z0-9-]`.
+    #[error("event must be 1 to 64 characters a-z, 0-9 or -")]
+    BadEventName,
 }
 
 /// A parsed `GET` request.
@@ -44,6 +47,27 @@ impl Request {
             return Err(DemoError::BadChallenge);
         }
         Ok(Some(bytes))
+    }
+}
+
+impl Request {
+    /// The `event` query parameter of `/emit`: 1 to 64 characters `[a-z0-9-]` (the demo
+    /// emits only names it can put on a request line unescaped).
+    pub fn event_name(&self) -> Result<&str, DemoError> {
+        let name = self
+            .query
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("event="))
+            .ok_or(DemoError::BadEventName)?;
+        let valid = (1..=64).contains(&name.len())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if valid {
+            Ok(name)
+        } else {
+            Err(DemoError::BadEventName)
+        }
     }
 }
 
@@ -135,6 +159,27 @@ mod tests {
         assert_eq!(r.challenge().unwrap(), Some(vec![0, 0xff]));
         let r = parse_request(b"GET / HTTP/1.0\r\n\r\n").unwrap();
         assert_eq!(r.challenge().unwrap(), None);
+    }
+
+    #[test]
+    fn event_names() {
+        let r = parse_request(b"GET /emit?x=1&event=after-fill-2 HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(r.event_name().unwrap(), "after-fill-2");
+        for bad in ["", "?event=", "?event=Upper", "?event=a%20b", "?event=a.b"] {
+            let head = format!("GET /emit{bad} HTTP/1.1\r\n\r\n");
+            let r = parse_request(head.as_bytes()).unwrap();
+            assert!(
+                matches!(r.event_name(), Err(DemoError::BadEventName)),
+                "{bad:?}"
+            );
+        }
+        let long = format!("GET /emit?event={} HTTP/1.1\r\n\r\n", "a".repeat(65));
+        assert!(
+            parse_request(long.as_bytes())
+                .unwrap()
+                .event_name()
+                .is_err()
+        );
     }
 
     #[test]

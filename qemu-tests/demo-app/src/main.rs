@@ -6,7 +6,9 @@
 //! * `GET /` — an HTML page with the app name, app-id, compose-hash, instance-id and the report
 //!   data of a fresh quote over `challenge` (query, hex; 32 random bytes when absent);
 //! * `GET /attest?challenge=<hex>` — JSON `{"info": <Info>, "challenge": hex, "quote":
-//!   <GetQuote>}` for a verifier (`cvm-measure verify --event-log` reads the `quote` object).
+//!   <GetQuote>}` for a verifier (`cvm-measure verify --event-log` reads the `quote` object);
+//! * `GET /emit?event=<name>` — `EmitEvent` of `name` (payload: the name's bytes) into RTMR3,
+//!   answering the guest API's JSON reply (the app's own runtime measurement).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -62,6 +64,19 @@ fn serve(mut stream: TcpStream, socket: &str) -> Result<(), DemoError> {
 }
 
 fn handle(request: &Request, socket: &str) -> Vec<u8> {
+    if request.path == "/emit" {
+        let emitted = request.event_name().and_then(|name| {
+            let body = serde_json::json!({ "event": name, "payload": hex::encode(name) });
+            guest_api(socket, "/EmitEvent", &body.to_string())
+        });
+        return match emitted {
+            Ok(reply) => response(200, "application/json", &format!("{reply}\n")),
+            Err(error @ DemoError::BadEventName) => {
+                response(400, "text/plain", &format!("{error}\n"))
+            }
+            Err(error) => response(502, "text/plain", &format!("{error}\n")),
+        };
+    }
     let challenge = match request.challenge() {
         Ok(Some(c)) => c,
         Ok(None) => random_challenge(),

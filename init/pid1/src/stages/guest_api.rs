@@ -41,15 +41,32 @@ pub(crate) enum GuestApiStageError {
     BadInfo { status_line: String },
 }
 
-/// Runs the stage: the API process over the host-share copies in `share_copy`.
-pub(crate) fn run(share_copy: &Path) -> Result<Child, GuestApiStageError> {
-    let child = start(share_copy)?;
-    log::info!("guest API serving on {DSTACK_SOCKET} (pid {})", child.id());
+/// dstack's external Worker API address (`Info`, `/logs` with `public_logs`, `/metrics` with
+/// `public_sysinfo`): on every interface, as dstack's guest agent binds it.
+pub(crate) const WORKER_LISTEN: &str = "0.0.0.0:8090";
+
+/// What the API process is started over (again after a crash).
+#[derive(Debug, Clone)]
+pub(crate) struct Launch {
+    /// The private host-share copies.
+    pub(crate) share_copy: PathBuf,
+    /// The per-service logs the Worker API shows with `public_logs`.
+    pub(crate) logs_dir: PathBuf,
+}
+
+/// Runs the stage: the API process over `launch`.
+pub(crate) fn run(launch: &Launch) -> Result<Child, GuestApiStageError> {
+    let child = start(launch)?;
+    log::info!(
+        "guest API serving on {DSTACK_SOCKET}, Worker API on tcp {WORKER_LISTEN} (pid {})",
+        child.id()
+    );
     Ok(child)
 }
 
 /// Start the API process with the private host-share copies and wait until `Info` answers 200.
-pub(crate) fn start(host_share_copy: &Path) -> Result<Child, GuestApiStageError> {
+pub(crate) fn start(launch: &Launch) -> Result<Child, GuestApiStageError> {
+    let host_share_copy = launch.share_copy.as_path();
     let run = Path::new(DSTACK_SOCKET)
         .parent()
         .unwrap_or(Path::new("/var/run"));
@@ -69,7 +86,10 @@ pub(crate) fn start(host_share_copy: &Path) -> Result<Child, GuestApiStageError>
         .arg("--app-compose")
         .arg(host_share_copy.join("app-compose.json"))
         .arg("--sys-config")
-        .arg(host_share_copy.join(".sys-config.json"));
+        .arg(host_share_copy.join(".sys-config.json"))
+        .args(["--worker-listen", WORKER_LISTEN])
+        .arg("--logs-dir")
+        .arg(&launch.logs_dir);
     // Written by the keys stage when a KMS gave keys: GetKey / GetTlsKey need them.
     let app_keys = host_share_copy.join(crate::stages::keys::APP_KEYS_FILE);
     if app_keys.is_file() {

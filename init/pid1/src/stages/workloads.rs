@@ -59,6 +59,19 @@ const LOG_CAP: u64 = 8 << 20;
 /// …and this many are kept (`<service>.log`, `.log.1` … `.log.3`).
 const LOG_FILES: u32 = 4;
 
+/// Where the store, volumes and logs live: on the data disk when there is one, else tmpfs.
+pub(crate) fn data_dir(disk_mount: Option<&Path>) -> PathBuf {
+    match disk_mount {
+        Some(m) => m.join(DISK_SUBDIR),
+        None => PathBuf::from(TMPFS_DATA_DIR),
+    }
+}
+
+/// The per-service logs under the data directory (`<service>.log`, rotated `.log.N`).
+pub(crate) fn logs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("logs")
+}
+
 /// Errors of the stage.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum WorkloadsStageError {
@@ -212,10 +225,7 @@ pub(crate) fn run(
                 .collect()
         })
         .unwrap_or_default();
-    let (persistent, data_dir) = match disk_mount {
-        Some(m) => (true, m.join(DISK_SUBDIR)),
-        None => (false, PathBuf::from(TMPFS_DATA_DIR)),
-    };
+    let (persistent, data_dir) = (disk_mount.is_some(), data_dir(disk_mount));
     let store_shown = data_dir.join("store").display().to_string();
     let record = |results: &mut Results, services: Vec<String>, skipped: &str| {
         results.record(&Record::Workloads {
@@ -490,7 +500,7 @@ impl Workloads {
 
     /// `<data>/logs/<service>.log`.
     fn log_path(&self, service: &str) -> PathBuf {
-        self.data_dir.join("logs").join(format!("{service}.log"))
+        logs_dir(&self.data_dir).join(format!("{service}.log"))
     }
 
     /// Test hook (`cvm.test_dump=container-log-digests`): one `test_dump` record per service
