@@ -174,12 +174,10 @@ mod tests {
             );
         }
         let long = format!("GET /emit?event={} HTTP/1.1\r\n\r\n", "a".repeat(65));
-        assert!(
-            parse_request(long.as_bytes())
-                .unwrap()
-                .event_name()
-                .is_err()
-        );
+        assert!(matches!(
+            parse_request(long.as_bytes()).unwrap().event_name(),
+            Err(DemoError::BadEventName)
+        ));
     }
 
     #[test]
