@@ -957,6 +957,7 @@ fn get_tls_key_gets_a_chain_from_the_kms() {
             allowed_compose_hashes: allowed,
             trust: trust.clone(),
             os_image_hash: None,
+            allowed_os_image_hashes: None,
             gateway_app_id: String::new(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
