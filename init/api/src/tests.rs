@@ -1505,3 +1505,36 @@ fn tdx_quote_accepts_every_dstack_hash() {
     assert_eq!(colon[..32], sha3::Keccak256::digest(b":")[..]);
     assert_eq!(colon[32..], [0; 32]);
 }
+
+/// GetQuote's boot events follow dstack's exposed form: digests of every extended record, the
+/// three RTMR0 ACPI events named `acpi-loader`, `acpi-rsdp`, `acpi-tables` with payload
+/// `ACPI DATA` (as in dstack's TDX-lite fixture), other payloads stripped.
+#[test]
+fn boot_events_name_the_acpi_events_as_dstack() {
+    let events = crate::state::boot_events(include_bytes!("../testdata/dstack-ccel.bin")).unwrap();
+    assert_eq!(events.len(), 18);
+    let named: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| !e.event.is_empty())
+        .map(|e| (e.event.as_str(), e.event_payload.as_str()))
+        .collect();
+    let acpi_data = hex::encode("ACPI DATA");
+    assert_eq!(
+        named,
+        [
+            ("acpi-loader", acpi_data.as_str()),
+            ("acpi-rsdp", acpi_data.as_str()),
+            ("acpi-tables", acpi_data.as_str())
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.event.is_empty())
+            .all(|e| e.event_payload.is_empty() && e.digest.len() == 96)
+    );
+    // The JSON shape dstack's verifier parses.
+    let parsed = parse_event_log(&serde_json::to_string(&events).unwrap()).unwrap();
+    assert_eq!(parsed.len(), 18);
+    assert!(crate::state::boot_events(&[]).unwrap().is_empty());
+}
