@@ -89,13 +89,13 @@ pub enum RaTlsError {
     #[error("read the boot event log for the RA-TLS certificate")]
     BootEventLog {
         #[source]
-        source: TeeError,
+        source: Box<TeeError>,
     },
     /// The firmware boot event log does not parse.
     #[error("parse the boot event log for the RA-TLS certificate")]
     ParseBootEventLog {
         #[source]
-        source: measure::event_log::EventLogError,
+        source: Box<measure::event_log::EventLogError>,
     },
     /// rcgen refused the parameters or signing failed.
     #[error("sign the {what} certificate")]
@@ -232,12 +232,17 @@ pub fn event_log_json_with_boot(boot: &[DstackEvent], events: &[RuntimeEvent]) -
 fn quoted_boot_events(tee: &mut dyn QuoteSource) -> Result<Vec<DstackEvent>, RaTlsError> {
     let log = tee
         .quoted_boot_event_log()
-        .map_err(|source| RaTlsError::BootEventLog { source })?;
+        .map_err(|source| RaTlsError::BootEventLog {
+            source: Box::new(source),
+        })?;
     if log.is_empty() {
         return Ok(Vec::new());
     }
-    let parsed = measure::event_log::EventLog::parse(&log)
-        .map_err(|source| RaTlsError::ParseBootEventLog { source })?;
+    let parsed = measure::event_log::EventLog::parse(&log).map_err(|source| {
+        RaTlsError::ParseBootEventLog {
+            source: Box::new(source),
+        }
+    })?;
     Ok(measure::dstack_event_log::exposed_boot_events(&parsed))
 }
 

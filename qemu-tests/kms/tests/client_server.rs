@@ -347,7 +347,11 @@ mod tests {
             value["rtmr2"]["value"].as_str().unwrap()
         );
         assert!(image.rtmr0.is_some());
-        assert!(AllowedOsImage::from_expected_json([1; 32], "{}").is_err());
+        let missing = AllowedOsImage::from_expected_json([1; 32], "{}");
+        assert_eq!(
+            missing,
+            Err("expected measurements have no mrtd".to_owned())
+        );
     }
 
     #[test]
