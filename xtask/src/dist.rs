@@ -1,10 +1,13 @@
-//! The reproducible release build: `dist/cvm-init`, `dist/initramfs.cpio.gz`, `dist/SHA256SUMS`.
+//! The reproducible release build: `dist/cvm-init`, `dist/initramfs.cpio.gz`, the dstack image
+//! bundle `dist/dstack-image/` (`ovmf.fd`, `bzImage`, `initramfs.cpio.gz`, `metadata.json`,
+//! `sha256sum.txt`, `digest.txt`; `measure::image_bundle`) and `dist/SHA256SUMS` over all of them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 use cvm_initramfs::{Compression, ImageSpec, Manifest, build_image};
+use measure::image_bundle::{ImageBundle, Metadata, OVMF_VARIANT_PRE_202505};
 use sha2::{Digest, Sha256};
 
 pub(crate) const TARGET: &str = "x86_64-unknown-linux-gnu";
@@ -30,8 +33,20 @@ pub(crate) struct DistOptions {
 pub(crate) struct DistOutput {
     pub(crate) init: PathBuf,
     pub(crate) initramfs: PathBuf,
+    /// `dist/dstack-image/`.
+    pub(crate) image_bundle: PathBuf,
+    /// The bundle's `os_image_hash` (hex).
+    pub(crate) os_image_hash: String,
     pub(crate) sums: String,
 }
+
+/// Directory of the dstack image bundle inside `dist/`.
+pub(crate) const IMAGE_BUNDLE_DIR: &str = "dstack-image";
+
+/// The kernel command line the bundle's `metadata.json` carries: the one every QEMU boot of the
+/// project gets (serial console, reboot on panic, no IO-APIC timer check). The init takes its
+/// own settings from `cvm.*` keys, none of which the release image needs.
+pub(crate) const IMAGE_CMDLINE: &str = qemu_tests::vm::BASE_CMDLINE;
 
 pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -118,9 +133,12 @@ pub(crate) fn dist(opts: &DistOptions) -> Result<DistOutput> {
     let manifest_path = opts.root.join("initramfs/manifest.toml");
     let mut manifest = Manifest::from_path(&manifest_path)
         .with_context(|| format!("read {}", manifest_path.display()))?;
+    // The pinned kernel and OVMF (Debian packages checked by sha256, qemu-tests/artifacts.toml):
+    // the bundle ships them, and the modules come from the same kernel.
+    let artifacts =
+        qemu_tests::artifacts::Artifacts::fetch().context("fetch the pinned kernel and OVMF")?;
     let module_tree = if opts.modules {
-        let artifacts = qemu_tests::artifacts::Artifacts::fetch().context("fetch pinned kernel")?;
-        Some(artifacts.module_tree)
+        Some(artifacts.module_tree.clone())
     } else {
         manifest.modules.clear();
         None
@@ -136,6 +154,8 @@ pub(crate) fn dist(opts: &DistOptions) -> Result<DistOutput> {
     let initramfs = opts.out.join("initramfs.cpio.gz");
     std::fs::write(&initramfs, &image).with_context(|| format!("write {}", initramfs.display()))?;
 
+    let (image_bundle, bundle) = write_image_bundle(&opts.out, &artifacts, image)?;
+
     let mut sums = String::new();
     for path in [&init, &initramfs] {
         let bytes = std::fs::read(path).with_context(|| format!("read {}", path.display()))?;
@@ -145,12 +165,54 @@ pub(crate) fn dist(opts: &DistOptions) -> Result<DistOutput> {
             .unwrap_or_default();
         sums.push_str(&format!("{}  {}\n", sha256_hex(&bytes), name));
     }
+    for (name, bytes) in &bundle.files {
+        sums.push_str(&format!(
+            "{}  {IMAGE_BUNDLE_DIR}/{name}\n",
+            sha256_hex(bytes)
+        ));
+    }
     std::fs::write(opts.out.join("SHA256SUMS"), &sums).context("write SHA256SUMS")?;
     Ok(DistOutput {
         init,
         initramfs,
+        image_bundle,
+        os_image_hash: hex::encode(bundle.os_image_hash),
         sums,
     })
+}
+
+/// Writes `<out>/dstack-image/`: the pinned OVMF and kernel, `initramfs` (the bytes of
+/// `dist/initramfs.cpio.gz`), `metadata.json`, `sha256sum.txt` and `digest.txt`. The directory
+/// is emptied first so that no stale file survives.
+fn write_image_bundle(
+    out: &Path,
+    artifacts: &qemu_tests::artifacts::Artifacts,
+    initramfs: Vec<u8>,
+) -> Result<(PathBuf, ImageBundle)> {
+    let read =
+        |path: &Path| std::fs::read(path).with_context(|| format!("read {}", path.display()));
+    let metadata = Metadata::new(
+        IMAGE_CMDLINE,
+        env!("CARGO_PKG_VERSION"),
+        OVMF_VARIANT_PRE_202505,
+    );
+    let bundle = ImageBundle::build(
+        read(&artifacts.ovmf_code)?,
+        read(&artifacts.kernel)?,
+        initramfs,
+        &metadata,
+    )
+    .context("assemble the dstack image bundle")?;
+    let dir = out.join(IMAGE_BUNDLE_DIR);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    for (name, bytes) in &bundle.files {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok((dir, bundle))
 }
 
 /// `dist` builds release images only: an `insecure-*` feature (simulated TEE, test hooks) makes
@@ -205,9 +267,11 @@ pub(crate) fn dist_cmd(args: &[String]) -> Result<()> {
     let out = dist(&opts)?;
     print!("{}", out.sums);
     eprintln!(
-        "xtask: wrote {} and {}",
+        "xtask: wrote {}, {} and the dstack image bundle {} (os_image_hash {})",
         out.init.display(),
-        out.initramfs.display()
+        out.initramfs.display(),
+        out.image_bundle.display(),
+        out.os_image_hash
     );
     Ok(())
 }
@@ -224,5 +288,61 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("refuses insecure-simulated-tee"), "{error}");
+    }
+
+    #[test]
+    fn image_bundle_holds_the_pinned_files_and_verifies() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let artifacts = qemu_tests::artifacts::Artifacts {
+            kernel: file("vmlinuz", b"kernel"),
+            kernel_config: file("config", b""),
+            module_tree: dir.path().to_path_buf(),
+            kernel_release: "test".into(),
+            ovmf_code: file("OVMF_CODE_4M.fd", b"firmware"),
+            ovmf_vars: file("OVMF_VARS_4M.fd", b""),
+            busybox: file("busybox", b""),
+        };
+        let out = dir.path().join("dist");
+        std::fs::create_dir_all(out.join(IMAGE_BUNDLE_DIR)).unwrap();
+        std::fs::write(out.join(IMAGE_BUNDLE_DIR).join("stale"), b"x").unwrap();
+        let (bundle_dir, bundle) =
+            write_image_bundle(&out, &artifacts, b"initrd".to_vec()).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(&bundle_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "bzImage",
+                "digest.txt",
+                "initramfs.cpio.gz",
+                "metadata.json",
+                "ovmf.fd",
+                "sha256sum.txt"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(bundle_dir.join("bzImage")).unwrap(),
+            b"kernel"
+        );
+        let files = names
+            .iter()
+            .map(|n| (n.clone(), std::fs::read(bundle_dir.join(n)).unwrap()))
+            .collect();
+        let verified = measure::image_bundle::verify_bundle(
+            &std::fs::read(bundle_dir.join("sha256sum.txt")).unwrap(),
+            Some(&std::fs::read(bundle_dir.join("digest.txt")).unwrap()),
+            &files,
+        )
+        .unwrap();
+        assert_eq!(verified.os_image_hash, bundle.os_image_hash);
+        assert_eq!(verified.metadata.cmdline, IMAGE_CMDLINE);
     }
 }

@@ -1,7 +1,8 @@
 //! `cargo xtask <task>`: the project's build and test entry points.
 //!
-//! * `dist` — reproducible release build of the init and the initramfs into `dist/` with
-//!   `dist/SHA256SUMS`.
+//! * `dist` — reproducible release build of the init and the initramfs into `dist/`, the dstack
+//!   image bundle `dist/dstack-image/` (pinned OVMF and kernel, the initramfs, `metadata.json`,
+//!   `sha256sum.txt`, `digest.txt` = `os_image_hash`), and `dist/SHA256SUMS` over all of them.
 //! * `repro` — builds `dist` in the checkout and again in a fresh Debian 12 root made by
 //!   debootstrap with only the `build` packages of `.ci/packages` (another root, path, time and
 //!   `CARGO_HOME`), and compares the outputs byte for byte (`--no-fresh-root`: the second build

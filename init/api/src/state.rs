@@ -311,9 +311,10 @@ pub struct ExposedEvent {
     /// SHA-384 digest, hex (runtime events carry it too, so the SDKs' `replay_rtmrs` works;
     /// verifiers recompute it).
     pub digest: String,
-    /// Event name (runtime events; empty for firmware events).
+    /// Event name (runtime events and the RTMR0 ACPI events; empty for other firmware events).
     pub event: String,
-    /// Payload, hex (runtime events; firmware payloads are left out as dstack does).
+    /// Payload, hex (runtime events, and `ACPI DATA` for the ACPI events; other firmware
+    /// payloads are left out as dstack does).
     pub event_payload: String,
     /// `2` for V2 runtime events.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -333,28 +334,25 @@ impl ExposedEvent {
     }
 }
 
-/// Firmware boot events in the exposed shape: every extended record with a SHA-384 digest
-/// (EV_NO_ACTION records are skipped, payloads are left out). An empty log has no events.
+/// Firmware boot events in the exposed shape, as dstack exposes them
+/// (`measure::dstack_event_log::exposed_boot_events`): every extended record with a SHA-384
+/// digest (EV_NO_ACTION records are skipped), payloads left out except the three RTMR0 ACPI
+/// events, named `acpi-loader`, `acpi-rsdp`, `acpi-tables` with payload `ACPI DATA`. An empty
+/// log has no events.
 pub fn boot_events(log: &[u8]) -> Result<Vec<ExposedEvent>, StateError> {
     if log.is_empty() {
         return Ok(Vec::new());
     }
     let parsed = EventLog::parse(log).map_err(|source| StateError::ParseBootEventLog { source })?;
-    Ok(parsed
-        .events
-        .iter()
-        .filter(|e| !e.is_no_action())
-        .filter_map(|e| {
-            let rtmr = e.rtmr_index().ok()?;
-            let digest = e.sha384()?;
-            Some(ExposedEvent {
-                imr: u32::from(rtmr.value()),
-                event_type: e.event_type,
-                digest: digest.to_string(),
-                event: String::new(),
-                event_payload: String::new(),
-                version: None,
-            })
+    Ok(measure::dstack_event_log::exposed_boot_events(&parsed)
+        .into_iter()
+        .map(|e| ExposedEvent {
+            imr: u32::from(e.rtmr.value()),
+            event_type: e.event_type,
+            digest: e.digest.map(|d| d.to_string()).unwrap_or_default(),
+            event: e.event,
+            event_payload: hex::encode(&e.event_payload),
+            version: None,
         })
         .collect())
 }

@@ -958,6 +958,7 @@ fn get_tls_key_gets_a_chain_from_the_kms() {
             allowed_compose_hashes: allowed,
             trust: trust.clone(),
             os_image_hash: None,
+            allowed_os_image_hashes: None,
             gateway_app_id: String::new(),
         };
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -1702,4 +1703,37 @@ fn parse_args_reads_the_worker_options() {
     );
     let bad = ["--worker-listen", "8090"];
     ServerConfig::parse_args(bad.iter().map(OsString::from)).unwrap_err();
+}
+
+/// GetQuote's boot events follow dstack's exposed form: digests of every extended record, the
+/// three RTMR0 ACPI events named `acpi-loader`, `acpi-rsdp`, `acpi-tables` with payload
+/// `ACPI DATA` (as in dstack's TDX-lite fixture), other payloads stripped.
+#[test]
+fn boot_events_name_the_acpi_events_as_dstack() {
+    let events = crate::state::boot_events(include_bytes!("../testdata/dstack-ccel.bin")).unwrap();
+    assert_eq!(events.len(), 18);
+    let named: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| !e.event.is_empty())
+        .map(|e| (e.event.as_str(), e.event_payload.as_str()))
+        .collect();
+    let acpi_data = hex::encode("ACPI DATA");
+    assert_eq!(
+        named,
+        [
+            ("acpi-loader", acpi_data.as_str()),
+            ("acpi-rsdp", acpi_data.as_str()),
+            ("acpi-tables", acpi_data.as_str())
+        ]
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.event.is_empty())
+            .all(|e| e.event_payload.is_empty() && e.digest.len() == 96)
+    );
+    // The JSON shape dstack's verifier parses.
+    let parsed = parse_event_log(&serde_json::to_string(&events).unwrap()).unwrap();
+    assert_eq!(parsed.len(), 18);
+    assert!(crate::state::boot_events(&[]).unwrap().is_empty());
 }

@@ -143,6 +143,7 @@ mod tests {
                 allowed_compose_hashes: Some(vec![identity.compose_hash.0]),
                 trust: test_kms::QuoteTrust::InsecureAnySimulatedRoot,
                 os_image_hash: None,
+                allowed_os_image_hashes: None,
                 gateway_app_id: String::new(),
             },
             std::net::TcpListener::bind("127.0.0.1:0").unwrap(),

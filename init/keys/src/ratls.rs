@@ -14,6 +14,7 @@
 use der::{Decode as _, Encode as _};
 use init_core::tee::report_data::{ReportDataHash, hashed};
 use init_core::tee::{QuoteSource, REPORT_DATA_LEN, RuntimeEvent, TeeError};
+use measure::dstack_event_log::DstackEvent;
 use measure::quote::Quote;
 use measure::runtime_event::{EventLogVersion, RUNTIME_EVENT_TYPE, replay_rtmr3};
 use rcgen::{
@@ -83,6 +84,18 @@ pub enum RaTlsError {
     Quote {
         #[source]
         source: TeeError,
+    },
+    /// Reading the firmware boot event log for the certificate failed.
+    #[error("read the boot event log for the RA-TLS certificate")]
+    BootEventLog {
+        #[source]
+        source: Box<TeeError>,
+    },
+    /// The firmware boot event log does not parse.
+    #[error("parse the boot event log for the RA-TLS certificate")]
+    ParseBootEventLog {
+        #[source]
+        source: Box<measure::event_log::EventLogError>,
     },
     /// rcgen refused the parameters or signing failed.
     #[error("sign the {what} certificate")]
@@ -179,9 +192,26 @@ pub fn ratls_report_data(spki_der: &[u8]) -> [u8; REPORT_DATA_LEN] {
 /// The digest is filled in (dstack's `GetQuote` leaves it empty) so that verifiers that replay
 /// recorded digests and verifiers that recompute them from name and payload both accept it.
 pub fn event_log_json(events: &[RuntimeEvent]) -> String {
-    let entries: Vec<serde_json::Value> = events
-        .iter()
-        .map(|event| {
+    event_log_json_with_boot(&[], events)
+}
+
+/// The TdxEvent JSON array of the firmware `boot` events (`imr` 0-2, their digest, name and
+/// payload empty except the ACPI events `acpi-loader`, `acpi-rsdp`, `acpi-tables` with payload
+/// `ACPI DATA`: `measure::dstack_event_log::exposed_boot_events`) followed by the runtime
+/// `events` as [`event_log_json`] writes them: the whole log, as dstack's client certificate and
+/// `GetQuote` carry it.
+pub fn event_log_json_with_boot(boot: &[DstackEvent], events: &[RuntimeEvent]) -> String {
+    let boot_entries = boot.iter().map(|event| {
+        serde_json::json!({
+            "imr": event.rtmr.value(),
+            "event_type": event.event_type,
+            "digest": event.digest.map(|d| hex::encode(d.0)).unwrap_or_default(),
+            "event": event.event,
+            "event_payload": hex::encode(&event.event_payload),
+        })
+    });
+    let entries: Vec<serde_json::Value> = boot_entries
+        .chain(events.iter().map(|event| {
             let mut entry = serde_json::json!({
                 "imr": 3,
                 "event_type": RUNTIME_EVENT_TYPE,
@@ -193,9 +223,27 @@ pub fn event_log_json(events: &[RuntimeEvent]) -> String {
                 entry["version"] = serde_json::json!(2);
             }
             entry
-        })
+        }))
         .collect();
     serde_json::Value::Array(entries).to_string()
+}
+
+/// The boot events of `tee`'s firmware log in dstack's exposed form (none without a log).
+fn quoted_boot_events(tee: &mut dyn QuoteSource) -> Result<Vec<DstackEvent>, RaTlsError> {
+    let log = tee
+        .quoted_boot_event_log()
+        .map_err(|source| RaTlsError::BootEventLog {
+            source: Box::new(source),
+        })?;
+    if log.is_empty() {
+        return Ok(Vec::new());
+    }
+    let parsed = measure::event_log::EventLog::parse(&log).map_err(|source| {
+        RaTlsError::ParseBootEventLog {
+            source: Box::new(source),
+        }
+    })?;
+    Ok(measure::dstack_event_log::exposed_boot_events(&parsed))
 }
 
 fn time_from_unix(unix: u64) -> Result<time::OffsetDateTime, RaTlsError> {
@@ -444,8 +492,9 @@ pub fn key_pair_from_pkcs8(der: &[u8]) -> Result<KeyPair, RaTlsError> {
 
 /// The guest's RA-TLS client certificate for the KMS: a fresh P-256 key; a quote whose report
 /// data is [`ratls_report_data`] of its SPKI; subject [`CLIENT_CERT_SUBJECT`], key usage
-/// digitalSignature, notAfter `now` + 10 years; the quote and `events` (the RTMR3 log so far)
-/// in the legacy extensions; signed by the KMS's temporary CA.
+/// digitalSignature, notAfter `now` + 10 years; the quote and the event log (the firmware boot
+/// events of `tee`'s CCEL, ACPI events named as dstack names them, then `events`, the RTMR3 log
+/// so far) in the legacy extensions; signed by the KMS's temporary CA.
 pub fn client_certificate(
     temp_ca: &CaSigner,
     tee: &mut dyn QuoteSource,
@@ -457,7 +506,8 @@ pub fn client_certificate(
     let quote = tee
         .quote(&report_data)
         .map_err(|source| RaTlsError::Quote { source })?;
-    let log = event_log_json(events);
+    let boot = quoted_boot_events(tee)?;
+    let log = event_log_json_with_boot(&boot, events);
     let spec = CertSpec {
         subject: CLIENT_CERT_SUBJECT,
         quote: Some(&quote),
@@ -613,6 +663,86 @@ mod tests {
         let longer = der_octet_string(&[0; 5000]);
         assert_eq!(&longer[..4], &[4, 0x82, 0x13, 0x88]);
         assert_eq!(longer.len(), 5004);
+    }
+
+    /// A simulated TEE whose firmware log is dstack's CCEL sample.
+    struct WithBootLog(InsecureSimulatedTee);
+
+    impl QuoteSource for WithBootLog {
+        fn report(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+            self.0.report(report_data)
+        }
+
+        fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+            self.0.quote(report_data)
+        }
+
+        fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+            Ok(include_bytes!("../testdata/dstack-ccel.bin").to_vec())
+        }
+    }
+
+    #[test]
+    fn client_certificate_carries_the_boot_events_with_dstack_acpi_names() {
+        let ca = temp_ca();
+        let (tee, events) = tee_with_events();
+        let mut tee = WithBootLog(tee);
+        let cert = client_certificate(&ca, &mut tee, &events, 1_800_000_000).unwrap();
+        let parsed = RaTlsCert::parse(&cert.cert_der).unwrap();
+        let text = String::from_utf8(parsed.event_log.clone().unwrap()).unwrap();
+        let log = measure::dstack_event_log::parse_event_log(&text).unwrap();
+        let boot: Vec<_> = log.iter().filter(|e| !e.is_runtime_event()).collect();
+        // dstack's CCEL sample: 18 extended records after the Spec ID header.
+        assert_eq!(boot.len(), 18);
+        assert_eq!(log.len(), boot.len() + events.len());
+        // Boot events first, each with its digest.
+        assert!(log[..boot.len()].iter().all(|e| !e.is_runtime_event()));
+        assert!(boot.iter().all(|e| e.digest.is_some()));
+        let named: Vec<(&str, &[u8])> = boot
+            .iter()
+            .filter(|e| !e.event.is_empty())
+            .map(|e| (e.event.as_str(), e.event_payload.as_slice()))
+            .collect();
+        assert_eq!(
+            named,
+            [
+                ("acpi-loader", &b"ACPI DATA"[..]),
+                ("acpi-rsdp", b"ACPI DATA"),
+                ("acpi-tables", b"ACPI DATA")
+            ]
+        );
+        // The KMS's RTMR3 check reads the runtime events only: the binding still verifies.
+        let (_, replayed) = parsed.verify_binding().unwrap();
+        assert_eq!(replayed, events);
+        // No firmware log (the simulated TEE): runtime events only, as before.
+        let (mut plain, events) = tee_with_events();
+        let cert = client_certificate(&ca, &mut plain, &events, 1_800_000_000).unwrap();
+        let parsed = RaTlsCert::parse(&cert.cert_der).unwrap();
+        assert_eq!(
+            parsed.event_log.unwrap(),
+            event_log_json(&events).into_bytes()
+        );
+    }
+
+    #[test]
+    fn unparseable_boot_log_fails_the_certificate() {
+        struct Garbage(InsecureSimulatedTee);
+        impl QuoteSource for Garbage {
+            fn report(&mut self, d: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+                self.0.report(d)
+            }
+            fn quote(&mut self, d: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
+                self.0.quote(d)
+            }
+            fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+                Ok(vec![0xAB; 40])
+            }
+        }
+        let (tee, events) = tee_with_events();
+        assert!(matches!(
+            client_certificate(&temp_ca(), &mut Garbage(tee), &events, 0),
+            Err(RaTlsError::ParseBootEventLog { .. })
+        ));
     }
 
     #[test]

@@ -219,6 +219,10 @@ impl<T: QuoteSource + ?Sized> QuoteSource for AsQuoteSource<'_, T> {
     ) -> Result<Vec<u8>, init_core::tee::TeeError> {
         self.0.quote(report_data)
     }
+
+    fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, init_core::tee::TeeError> {
+        self.0.quoted_boot_event_log()
+    }
 }
 
 #[cfg(test)]

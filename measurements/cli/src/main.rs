@@ -14,6 +14,7 @@ use measure::tdvf::PageOrder;
 mod compose;
 mod expected;
 mod gpu;
+mod image_hash;
 mod input;
 mod mrtd;
 mod quote;
@@ -53,6 +54,22 @@ enum Command {
     /// Check an app's compose file against the init's parser, or pin its tag-only images.
     #[command(subcommand)]
     Compose(compose::ComposeCommand),
+    /// Recompute a dstack image bundle's os_image_hash (SHA-256 of sha256sum.txt), checking
+    /// every listed file and digest.txt; exit non-zero on any mismatch.
+    ImageHash(ImageHashArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ImageHashArgs {
+    /// Bundle directory (ovmf.fd, bzImage, initramfs.cpio.gz, metadata.json, sha256sum.txt,
+    /// digest.txt), e.g. dist/dstack-image.
+    dir: PathBuf,
+    /// Fail unless os_image_hash equals this (hex).
+    #[arg(long)]
+    expect: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -301,6 +318,7 @@ fn main() -> ExitCode {
             compose::check(&args, &mut stdout)
         }
         Command::Compose(compose::ComposeCommand::Pin(args)) => compose::pin(&args, &mut stdout),
+        Command::ImageHash(args) => image_hash::image_hash(&args, &mut stdout),
     };
     print!("{stdout}");
     match result {

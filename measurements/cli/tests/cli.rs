@@ -979,4 +979,72 @@ acpi_from_log = "td/dstack-ccel.bin"
             "golden file is stale; regenerate it (measurements/testdata/README.md)"
         );
     }
+
+    fn write_bundle(dir: &std::path::Path) -> String {
+        use measure::image_bundle::{ImageBundle, Metadata, OVMF_VARIANT_PRE_202505};
+        let bundle = ImageBundle::build(
+            b"firmware".to_vec(),
+            b"kernel".to_vec(),
+            b"initrd".to_vec(),
+            &Metadata::new("console=ttyS0", "0.1.0", OVMF_VARIANT_PRE_202505),
+        )
+        .unwrap();
+        for (name, bytes) in &bundle.files {
+            std::fs::write(dir.join(name), bytes).unwrap();
+        }
+        hex::encode(bundle.os_image_hash)
+    }
+
+    #[test]
+    fn image_hash_recomputes_and_checks_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = write_bundle(dir.path());
+        let path = path_str(dir.path());
+        let output = run(&["image-hash", path]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let text = stdout(&output);
+        assert!(text.contains(&format!("os_image_hash: {hash}")), "{text}");
+        assert_eq!(text.matches('✓').count(), 5, "{text}");
+
+        let output = run(&["image-hash", path, "--expect", &hash, "--json"]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["os_image_hash"], hash.as_str());
+        assert_eq!(json["expected_matches"], true);
+        assert_eq!(json["files"].as_array().unwrap().len(), 4);
+
+        let output = run(&["image-hash", path, "--expect", &"00".repeat(32)]);
+        assert!(!output.status.success());
+        assert!(
+            stderr(&output).contains(&format!("os_image_hash is {hash}, expected 0000")),
+            "{}",
+            stderr(&output)
+        );
+
+        std::fs::write(dir.path().join("bzImage"), b"other").unwrap();
+        let output = run(&["image-hash", path]);
+        assert!(!output.status.success());
+        let err = stderr(&output);
+        assert!(err.contains("does not verify: bzImage: sha256 is"), "{err}");
+
+        write_bundle(dir.path());
+        std::fs::write(dir.path().join("digest.txt"), "00".repeat(32)).unwrap();
+        let output = run(&["image-hash", path]);
+        assert!(!output.status.success());
+        assert!(
+            stderr(&output).contains("digest.txt says 0000"),
+            "{}",
+            stderr(&output)
+        );
+
+        write_bundle(dir.path());
+        std::fs::remove_file(dir.path().join("initramfs.cpio.gz")).unwrap();
+        let output = run(&["image-hash", path]);
+        assert!(!output.status.success());
+        assert!(
+            stderr(&output).contains("initramfs.cpio.gz is listed in sha256sum.txt but missing"),
+            "{}",
+            stderr(&output)
+        );
+    }
 }

@@ -214,6 +214,47 @@ pub fn parse_get_quote_response(text: &str) -> Result<GetQuoteResponse, DstackEv
     })
 }
 
+/// dstack's names for the three RTMR0 ACPI events (fw_cfg `etc/table-loader`, `etc/acpi/rsdp`,
+/// `etc/acpi/tables`), in log order (`specs/dstack-guest.md` §3.2).
+pub const ACPI_EVENT_NAMES: [&str; 3] = ["acpi-loader", "acpi-rsdp", "acpi-tables"];
+/// The event data OVMF records for each ACPI measurement, kept as their payload.
+pub const ACPI_DATA: &[u8] = b"ACPI DATA";
+/// EV_PLATFORM_CONFIG_FLAGS, the event type of the ACPI measurements.
+const EV_PLATFORM_CONFIG_FLAGS: u32 = 0xA;
+
+/// The firmware (CCEL) events of `log` as dstack exposes them in `GetQuote` and in RA-TLS
+/// certificates: every extended record with a SHA-384 digest (EV_NO_ACTION records and records
+/// outside RTMR0-3 are skipped), digest kept, name and payload empty, except the RTMR0 ACPI
+/// events (EV_PLATFORM_CONFIG_FLAGS with data `ACPI DATA`): the first three are named
+/// [`ACPI_EVENT_NAMES`] in order and keep `ACPI DATA` as payload, which dstack's "lite"
+/// verifier looks up by name.
+pub fn exposed_boot_events(log: &crate::event_log::EventLog) -> Vec<DstackEvent> {
+    let mut acpi = ACPI_EVENT_NAMES.iter();
+    log.events
+        .iter()
+        .filter(|e| !e.is_no_action())
+        .filter_map(|e| {
+            let rtmr = e.rtmr_index().ok()?;
+            let digest = e.sha384()?;
+            let is_acpi = rtmr == RtmrIndex::R0
+                && e.event_type == EV_PLATFORM_CONFIG_FLAGS
+                && e.event_data == ACPI_DATA;
+            let (event, event_payload) = match is_acpi.then(|| acpi.next()).flatten() {
+                Some(name) => ((*name).to_owned(), ACPI_DATA.to_vec()),
+                None => (String::new(), Vec::new()),
+            };
+            Some(DstackEvent {
+                rtmr,
+                event_type: e.event_type,
+                digest: Some(digest),
+                event,
+                event_payload,
+                version: EventLogVersion::V1,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,6 +356,57 @@ mod tests {
             let mut mutated = text.clone();
             mutated[i] ^= 0x20;
             let _ = parse_event_log(&String::from_utf8_lossy(&mutated));
+        }
+    }
+
+    /// dstack's CCEL sample (`dstack/cc-eventlog/samples/ccel.bin`) exposed as dstack exposes
+    /// boot events: same records, digests and order as dstack's own parse (its insta snapshot),
+    /// payloads stripped except the three ACPI events, named as in the TDX-lite fixture.
+    #[test]
+    fn exposed_boot_events_follow_dstack() {
+        let log = crate::event_log::EventLog::parse(include_bytes!("../testdata/dstack-ccel.bin"))
+            .unwrap();
+        let exposed = exposed_boot_events(&log);
+        let snapshot = include_str!("../testdata/dstack-ccel.parsed-json.snap.txt");
+        let json = &snapshot[snapshot.find('[').unwrap()..];
+        let dstack = parse_event_log(json).unwrap();
+        assert_eq!(exposed.len(), dstack.len());
+        for (ours, theirs) in exposed.iter().zip(&dstack) {
+            assert_eq!(
+                (ours.rtmr, ours.event_type, ours.digest),
+                (theirs.rtmr, theirs.event_type, theirs.digest)
+            );
+        }
+        let named: Vec<(&str, &[u8])> = exposed
+            .iter()
+            .filter(|e| !e.event.is_empty())
+            .map(|e| (e.event.as_str(), e.event_payload.as_slice()))
+            .collect();
+        assert_eq!(named, ACPI_EVENT_NAMES.map(|n| (n, ACPI_DATA)).to_vec());
+        assert!(
+            exposed
+                .iter()
+                .filter(|e| e.event.is_empty())
+                .all(|e| e.event_payload.is_empty())
+        );
+        // The TDX-lite fixture's boot events have the same shape.
+        let fixture = parse_get_quote_response(GET_QUOTE).unwrap();
+        let boot: Vec<&DstackEvent> = fixture
+            .event_log
+            .iter()
+            .filter(|e| !e.is_runtime_event())
+            .collect();
+        let fixture_named: Vec<(&str, &[u8])> = boot
+            .iter()
+            .filter(|e| !e.event.is_empty())
+            .map(|e| (e.event.as_str(), e.event_payload.as_slice()))
+            .collect();
+        assert_eq!(fixture_named, named);
+        for e in boot.iter().filter(|e| !e.event.is_empty()) {
+            assert_eq!(
+                (e.rtmr, e.event_type),
+                (RtmrIndex::R0, EV_PLATFORM_CONFIG_FLAGS)
+            );
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod dstack_event_log;
 pub mod dstack_identity;
 pub mod event_log;
 pub mod expected;
+pub mod image_bundle;
 pub mod kernel;
 pub mod quote;
 #[cfg(feature = "dcap-verify")]
@@ -56,6 +57,8 @@ mod tests {
                 let _ = crate::ccel::CcelTable::parse(input);
                 let _ = crate::tdreport::TdReport::parse(input);
                 let _ = crate::kernel::authenticode_sha384(input);
+                let _ = crate::image_bundle::parse_sha256sum(input);
+                let _ = crate::image_bundle::Metadata::parse(input);
                 let text = String::from_utf8_lossy(input);
                 let _ = crate::runtime_event::decode_log(&text);
                 let _ = crate::dstack_event_log::parse_event_log(&text);

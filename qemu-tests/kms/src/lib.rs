@@ -8,6 +8,9 @@
 //!   replays to the quote's RTMR3 (`measure` replay code);
 //! * reads app-id, compose-hash and instance-id from the replayed events and refuses a
 //!   compose-hash that is not on its allow-list;
+//! * with [`Policy::allowed_os_image_hashes`] set, refuses keys unless the `os_image_hash` the
+//!   request's `vm_config` claims is allowed and the quote's boot registers are that image's
+//!   (as dstack's KMS verifies the OS image before its `bootAuth` allow-list sees the hash);
 //! * returns keys derived exactly as dstack's KMS derives them (`cvm_keys::kdf`);
 //! * `SignCert` (API version 2): verifies the SCALE CSR, its signature and its attestation,
 //!   authorizes the app the same way, and signs with the derived app CA
@@ -29,6 +32,7 @@ use cvm_keys::kdf;
 use cvm_keys::ratls::{CertSpec, RaTlsCert, USAGE_KMS_RPC};
 use cvm_keys::secret::{Secret, SecretKey32};
 use measure::dstack_identity::find_system_event;
+use measure::rtmr::{RtmrIndex, Sha384Digest};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, ServerConnection, StreamOwned};
@@ -396,6 +400,92 @@ fn fill_random(buf: &mut [u8]) -> Result<(), KmsServerError> {
         })
 }
 
+/// An OS image the KMS accepts: its `os_image_hash` (SHA-256 of the bundle's `sha256sum.txt`,
+/// `cvm-measure image-hash`) and the boot registers a TD started from it has
+/// (`cvm-measure expected --json` over the bundle's files and the VM's memory size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedOsImage {
+    /// SHA-256 of the image's `sha256sum.txt`.
+    pub os_image_hash: [u8; 32],
+    /// MRTD (firmware).
+    pub mrtd: Sha384Digest,
+    /// RTMR0 (TD HOB, firmware configuration, ACPI); `None` leaves it unchecked, as dstack's
+    /// TDX "lite" verification leaves the ACPI tables unchecked.
+    pub rtmr0: Option<Sha384Digest>,
+    /// RTMR1 (kernel).
+    pub rtmr1: Sha384Digest,
+    /// RTMR2 (command line and initrd).
+    pub rtmr2: Sha384Digest,
+}
+
+impl AllowedOsImage {
+    /// Reads the registers from `cvm-measure expected --json` output (`mrtd`, `rtmr0.value`,
+    /// `rtmr1.value`, `rtmr2.value`; a missing `rtmr0` leaves it unchecked).
+    pub fn from_expected_json(os_image_hash: [u8; 32], json: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| format!("expected measurements: {e}"))?;
+        let digest = |v: Option<&serde_json::Value>, what: &str| {
+            v.and_then(serde_json::Value::as_str)
+                .ok_or(format!("expected measurements have no {what}"))?
+                .parse::<Sha384Digest>()
+                .map_err(|_| format!("expected measurements: {what} is not a SHA-384"))
+        };
+        let register = |name: &str| digest(value.get(name).and_then(|r| r.get("value")), name);
+        Ok(Self {
+            os_image_hash,
+            mrtd: digest(value.get("mrtd"), "mrtd")?,
+            rtmr0: match value.get("rtmr0").and_then(|r| r.get("value")) {
+                Some(v) if !v.is_null() => Some(digest(Some(v), "rtmr0")?),
+                _ => None,
+            },
+            rtmr1: register("rtmr1")?,
+            rtmr2: register("rtmr2")?,
+        })
+    }
+
+    /// Why `body` was not booted from this image, if it was not.
+    fn mismatch(&self, body: &measure::quote::TdReportBody) -> Option<String> {
+        let rtmr = |index| *body.rtmrs.register(index);
+        let checks = [
+            ("MRTD", Some(self.mrtd), body.mr_td),
+            ("RTMR0", self.rtmr0, rtmr(RtmrIndex::R0)),
+            ("RTMR1", Some(self.rtmr1), rtmr(RtmrIndex::R1)),
+            ("RTMR2", Some(self.rtmr2), rtmr(RtmrIndex::R2)),
+        ];
+        checks.into_iter().find_map(|(name, expected, actual)| {
+            expected
+                .filter(|e| *e != actual)
+                .map(|e| format!("{name} is {actual}, the image's is {e}"))
+        })
+    }
+}
+
+/// The dstack OS-image check: `vm_config` claims an `os_image_hash`; it must be allowed and the
+/// quote's MRTD and RTMR0-2 those of that image. Returns the verified hash.
+fn check_os_image(
+    allowed: &[AllowedOsImage],
+    vm_config: &str,
+    quote: &measure::quote::Quote,
+) -> Result<[u8; 32], String> {
+    let claimed = serde_json::from_str::<serde_json::Value>(vm_config)
+        .ok()
+        .and_then(|v| v.get("os_image_hash")?.as_str().map(str::to_owned))
+        .ok_or("boot denied: vm_config has no os_image_hash")?;
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(&claimed, &mut hash)
+        .map_err(|_| format!("boot denied: os_image_hash {claimed} is not a SHA-256"))?;
+    let image = allowed
+        .iter()
+        .find(|i| i.os_image_hash == hash)
+        .ok_or(format!("boot denied: OS image {claimed} is not allowed"))?;
+    if let Some(why) = image.mismatch(&quote.body) {
+        return Err(format!(
+            "boot denied: the quote was not booted from OS image {claimed}: {why}"
+        ));
+    }
+    Ok(hash)
+}
+
 /// What the KMS allows.
 #[derive(Debug, Clone)]
 pub struct Policy {
@@ -403,8 +493,11 @@ pub struct Policy {
     pub allowed_compose_hashes: Option<Vec<[u8; 32]>>,
     /// Which simulated root signs acceptable quotes.
     pub trust: QuoteTrust,
-    /// `os_image_hash` to return; `None` takes it from `vm_config.os_image_hash`.
+    /// `os_image_hash` to return; `None` takes it from `vm_config.os_image_hash`. Ignored when
+    /// `allowed_os_image_hashes` is set (the verified hash is returned).
     pub os_image_hash: Option<Vec<u8>>,
+    /// OS images whose TDs get keys; `None` accepts any OS (the claimed hash is not checked).
+    pub allowed_os_image_hashes: Option<Vec<AllowedOsImage>>,
     /// Gateway app-id to return.
     pub gateway_app_id: String,
 }
@@ -418,6 +511,7 @@ impl Policy {
             allowed_compose_hashes: Some(allowed),
             trust: QuoteTrust::RootFile(root_file),
             os_image_hash: None,
+            allowed_os_image_hashes: None,
             gateway_app_id: String::new(),
         }
     }
@@ -733,12 +827,21 @@ fn authorize(
 
 /// The RA-TLS client certificate of the connection, checked and authorized.
 fn peer_identity(shared: &Shared, peer: Option<&[u8]>) -> Result<AppIdentity, String> {
+    peer_attestation(shared, peer).map(|(identity, _)| identity)
+}
+
+/// [`peer_identity`] and the certificate's quote.
+fn peer_attestation(
+    shared: &Shared,
+    peer: Option<&[u8]>,
+) -> Result<(AppIdentity, measure::quote::Quote), String> {
     let peer = peer.ok_or("no attestation provided (no client certificate)")?;
     let cert = RaTlsCert::parse(peer).map_err(|e| cvm_keys::error_chain(&e))?;
     let (quote, events) = cert
         .verify_binding()
         .map_err(|e| format!("attestation rejected: {}", cvm_keys::error_chain(&e)))?;
-    authorize(shared, &quote, &events)
+    let identity = authorize(shared, &quote, &events)?;
+    Ok((identity, quote))
 }
 
 /// The usage dstack's KMS puts on certificates it signs for apps.
@@ -785,6 +888,9 @@ fn sign_cert(
         .verify_binding()
         .map_err(|e| format!("quote verification failed: {}", cvm_keys::error_chain(&e)))?;
     let (app_id, _, _) = authorize(shared, &quote, &events)?;
+    if let Some(allowed) = &shared.policy.allowed_os_image_hashes {
+        check_os_image(allowed, &request.vm_config, &quote)?;
+    }
     let (peer_app_id, _, _) = peer_identity(shared, peer)?;
     if peer_app_id != app_id {
         return Err("the CSR and the client certificate attest different apps".into());
@@ -840,16 +946,21 @@ fn get_app_key(
     if request.api_version > 1 {
         return Err(format!("unsupported API version {}", request.api_version));
     }
-    let (app_id, _compose_hash, instance_id) = peer_identity(shared, peer)?;
+    let ((app_id, _compose_hash, instance_id), quote) = peer_attestation(shared, peer)?;
+    let verified_os_image = match &shared.policy.allowed_os_image_hashes {
+        Some(allowed) => Some(check_os_image(allowed, &request.vm_config, &quote)?),
+        None => None,
+    };
     let keys = &shared.keys;
     let derive = |e: kdf::KdfError| format!("derive keys: {e}");
     let disk = kdf::app_disk_key(&keys.root_key, &app_id, &instance_id).map_err(derive)?;
     let env = kdf::app_env_key(&keys.root_key, &app_id).map_err(derive)?;
     let (k256, k256_signature) =
         kdf::app_k256_key(keys.k256_root.expose(), &app_id).map_err(derive)?;
-    let os_image_hash = match &shared.policy.os_image_hash {
-        Some(hash) => hash.clone(),
-        None => serde_json::from_str::<serde_json::Value>(&request.vm_config)
+    let os_image_hash = match (verified_os_image, &shared.policy.os_image_hash) {
+        (Some(verified), _) => verified.to_vec(),
+        (None, Some(hash)) => hash.clone(),
+        (None, None) => serde_json::from_str::<serde_json::Value>(&request.vm_config)
             .ok()
             .and_then(|v| {
                 v.get("os_image_hash")

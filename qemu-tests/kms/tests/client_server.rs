@@ -10,8 +10,8 @@ mod tests {
     use cvm_keys::kms::{KeyRequest, KmsError, RetryPolicy, Sleeper, request_app_keys};
     use cvm_keys::transport::TlsTransport;
     use cvm_sim_tee::InsecureSimulatedTee;
-    use init_core::tee::{Rtmr as _, RtmrIndex, RuntimeEvent};
-    use test_kms::{KmsHandle, KmsKeys, Policy, QuoteTrust};
+    use init_core::tee::{QuoteSource as _, Rtmr as _, RtmrIndex, RuntimeEvent};
+    use test_kms::{AllowedOsImage, KmsHandle, KmsKeys, Policy, QuoteTrust};
 
     const COMPOSE_HASH: [u8; 32] = [0xC0; 32];
     const APP_ID: [u8; 20] = [0xA1; 20];
@@ -53,6 +53,7 @@ mod tests {
             allowed_compose_hashes: allowed,
             trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
             os_image_hash: Some(vec![0x05; 32]),
+            allowed_os_image_hashes: None,
             gateway_app_id: "gw".into(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -175,6 +176,7 @@ mod tests {
                 allowed_compose_hashes: None,
                 trust: QuoteTrust::Root(tee2.insecure_root_certificate_der().unwrap().to_vec()),
                 os_image_hash: None,
+                allowed_os_image_hashes: None,
                 gateway_app_id: String::new(),
             };
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -227,6 +229,129 @@ mod tests {
         }
         assert!(sleeper.0.is_empty());
         assert_eq!(methods(&handle)[1], ("GetAppKey".to_owned(), 400));
+    }
+
+    /// The image the TD booted: `os_image_hash` 07…07 (what `request`'s vm_config claims) with
+    /// the TD's own MRTD and RTMR0-2.
+    fn booted_image(tee: &mut InsecureSimulatedTee) -> AllowedOsImage {
+        let quote = measure::quote::Quote::parse(&tee.quote(&[0; 64]).unwrap()).unwrap();
+        let body = quote.body;
+        let register = |index| *body.rtmrs.register(index);
+        AllowedOsImage {
+            os_image_hash: [7; 32],
+            mrtd: body.mr_td,
+            rtmr0: Some(register(measure::rtmr::RtmrIndex::R0)),
+            rtmr1: register(measure::rtmr::RtmrIndex::R1),
+            rtmr2: register(measure::rtmr::RtmrIndex::R2),
+        }
+    }
+
+    /// `GetAppKey` against a KMS that allows only `images`; the refusal text on failure.
+    fn app_key_with_images(
+        tee: &mut InsecureSimulatedTee,
+        events: &[RuntimeEvent],
+        images: Vec<AllowedOsImage>,
+    ) -> Result<Vec<u8>, String> {
+        let keys = Arc::new(KmsKeys::generate(&["127.0.0.1".into()]).unwrap());
+        let policy = Policy {
+            allowed_compose_hashes: None,
+            trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
+            os_image_hash: Some(vec![0x05; 32]),
+            allowed_os_image_hashes: Some(images),
+            gateway_app_id: String::new(),
+        };
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let handle = test_kms::start(keys, policy, listener).unwrap();
+        let urls = vec![handle.url()];
+        let result = request_app_keys(
+            &mut TlsTransport::default(),
+            tee,
+            events,
+            &request(&urls, ""),
+            &mut RecordingSleeper::default(),
+        );
+        match result {
+            Ok(app) => Ok(app.os_image_hash),
+            Err(KmsError::AllKmsFailed { failures }) => match &failures[..] {
+                [KmsError::Refused { message, .. }] => Err(message.clone()),
+                other => panic!("{other:?}"),
+            },
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn os_image_allow_list_accepts_the_booted_image() {
+        let (mut tee, events) = booted_tee();
+        let image = booted_image(&mut tee);
+        // The verified hash is returned (and measured as os-image-hash), not the configured one.
+        assert_eq!(
+            app_key_with_images(&mut tee, &events, vec![image.clone()]),
+            Ok(vec![7; 32])
+        );
+        // RTMR0 unchecked (dstack's lite verification) still accepts.
+        let lite = AllowedOsImage {
+            rtmr0: None,
+            ..image
+        };
+        assert_eq!(
+            app_key_with_images(&mut tee, &events, vec![lite]),
+            Ok(vec![7; 32])
+        );
+    }
+
+    #[test]
+    fn os_image_allow_list_refuses_other_images_and_other_boots() {
+        let (mut tee, events) = booted_tee();
+        let image = booted_image(&mut tee);
+        let other_hash = AllowedOsImage {
+            os_image_hash: [8; 32],
+            ..image.clone()
+        };
+        let message = app_key_with_images(&mut tee, &events, vec![other_hash]).unwrap_err();
+        assert!(
+            message.contains(&format!(
+                "OS image {} is not allowed",
+                hex::encode([7u8; 32])
+            )),
+            "{message}"
+        );
+        let mut other_kernel = image.clone();
+        other_kernel.rtmr1.0[0] ^= 1;
+        let message = app_key_with_images(&mut tee, &events, vec![other_kernel]).unwrap_err();
+        assert!(
+            message.contains("was not booted from OS image 0707") && message.contains("RTMR1 is"),
+            "{message}"
+        );
+        let mut other_firmware = image;
+        other_firmware.mrtd.0[47] ^= 1;
+        let message = app_key_with_images(&mut tee, &events, vec![other_firmware]).unwrap_err();
+        assert!(message.contains("MRTD is"), "{message}");
+        // Nothing allowed: every image is refused.
+        let message = app_key_with_images(&mut tee, &events, Vec::new()).unwrap_err();
+        assert!(message.contains("is not allowed"), "{message}");
+    }
+
+    #[test]
+    fn allowed_os_image_reads_cvm_measure_expected_json() {
+        let json = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../measurements/testdata/expected/synthetic-q35-2g.json"
+        ))
+        .unwrap();
+        let image = AllowedOsImage::from_expected_json([1; 32], &json).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(image.mrtd.to_string(), value["mrtd"].as_str().unwrap());
+        assert_eq!(
+            image.rtmr2.to_string(),
+            value["rtmr2"]["value"].as_str().unwrap()
+        );
+        assert!(image.rtmr0.is_some());
+        let missing = AllowedOsImage::from_expected_json([1; 32], "{}");
+        assert_eq!(
+            missing,
+            Err("expected measurements have no mrtd".to_owned())
+        );
     }
 
     #[test]
@@ -383,6 +508,7 @@ mod tests {
                 allowed_compose_hashes: None,
                 trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
                 os_image_hash: None,
+                allowed_os_image_hashes: None,
                 gateway_app_id: String::new(),
             };
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();

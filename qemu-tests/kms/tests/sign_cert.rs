@@ -58,6 +58,7 @@ mod tests {
             allowed_compose_hashes: allowed,
             trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
             os_image_hash: Some(vec![0x05; 32]),
+            allowed_os_image_hashes: None,
             gateway_app_id: String::new(),
         };
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -68,6 +68,7 @@ mod tests {
             allowed_compose_hashes: Some(vec![allowed]),
             trust: QuoteTrust::Root(tee.insecure_root_certificate_der().unwrap().to_vec()),
             os_image_hash: Some(vec![0x0A; 32]),
+            allowed_os_image_hashes: None,
             gateway_app_id: String::new(),
         };
         test_kms::start(

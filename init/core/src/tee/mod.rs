@@ -82,6 +82,12 @@ pub trait QuoteSource {
     fn report(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError>;
     /// A quote whose report data is `report_data`.
     fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError>;
+    /// The firmware boot event log (CCEL) that a quote's RTMR0-2 replay, for attaching to a
+    /// quote (the RA-TLS certificate's event log carries these boot events as dstack's do).
+    /// Default: none (a source without a firmware log).
+    fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Reads the firmware's boot event log (TCG crypto-agile, the CCEL log area on TDX).
@@ -113,6 +119,10 @@ impl<T: QuoteSource + ?Sized> QuoteSource for &mut T {
     fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
         (**self).quote(report_data)
     }
+
+    fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        (**self).quoted_boot_event_log()
+    }
 }
 
 impl<T: BootEventLog + ?Sized> BootEventLog for &mut T {
@@ -138,6 +148,10 @@ impl<T: QuoteSource + ?Sized> QuoteSource for Box<T> {
 
     fn quote(&mut self, report_data: &[u8; REPORT_DATA_LEN]) -> Result<Vec<u8>, TeeError> {
         (**self).quote(report_data)
+    }
+
+    fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        (**self).quoted_boot_event_log()
     }
 }
 

@@ -418,6 +418,10 @@ impl QuoteSource for TdxTee {
                 source: Box::new(e),
             })
     }
+
+    fn quoted_boot_event_log(&mut self) -> Result<Vec<u8>, TeeError> {
+        BootEventLog::boot_event_log(self)
+    }
 }
 
 impl BootEventLog for TdxTee {

@@ -4,26 +4,32 @@
 //! test-kms serve --state DIR [--listen 127.0.0.1:0] [--ready-file FILE]
 //!                [--allow-compose-hash HEX]... [--allow-any-compose-hash]
 //!                (--sim-pck-root FILE | --insecure-any-simulated-root)
-//!                [--os-image-hash HEX] [--alt-name NAME]...
+//!                [--os-image-hash HEX] [--allow-os-image HEX=EXPECTED_JSON]...
+//!                [--alt-name NAME]...
 //! test-kms key-provider-id --state DIR
 //! test-kms encrypt-env --state DIR --app-id HEX --out FILE [--env NAME=VALUE]...
 //! ```
 //!
 //! `serve` loads the keys from DIR or creates them there (`root-ca.pem`, `key-provider-id`, …),
 //! listens, writes the bound address to `--ready-file` once it accepts, and serves until killed.
+//! `--allow-os-image HEX=FILE` (repeatable) allows the OS image whose `os_image_hash` is HEX
+//! (`cvm-measure image-hash`) with the boot registers in FILE (`cvm-measure expected --json`);
+//! once given, every other OS image, and a quote whose MRTD/RTMR0-2 are not the image's, is
+//! refused keys.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use test_kms::{KmsKeys, Policy, QuoteTrust};
+use test_kms::{AllowedOsImage, KmsKeys, Policy, QuoteTrust};
 
 fn usage() -> ExitCode {
     eprintln!(
         "usage: test-kms serve --state DIR [--listen ADDR] [--ready-file FILE] \
          [--allow-compose-hash HEX]... [--allow-any-compose-hash] \
-         (--sim-pck-root FILE | --insecure-any-simulated-root) [--os-image-hash HEX] [--alt-name NAME]...\n\
+         (--sim-pck-root FILE | --insecure-any-simulated-root) [--os-image-hash HEX] \
+         [--allow-os-image HEX=EXPECTED_JSON]... [--alt-name NAME]...\n\
          \x20      test-kms key-provider-id --state DIR\n\
          \x20      test-kms encrypt-env --state DIR --app-id HEX --out FILE [--env NAME=VALUE]..."
     );
@@ -39,6 +45,7 @@ struct Args {
     allow_any: bool,
     trust: Option<QuoteTrust>,
     os_image_hash: Option<Vec<u8>>,
+    os_images: Vec<AllowedOsImage>,
     alt_names: Vec<String>,
     app_id: Option<Vec<u8>>,
     out: Option<PathBuf>,
@@ -69,6 +76,22 @@ fn parse(mut argv: impl Iterator<Item = String>) -> Result<Args, String> {
             "--os-image-hash" => {
                 args.os_image_hash =
                     Some(hex::decode(value()?).map_err(|_| "--os-image-hash is not hex")?);
+            }
+            "--allow-os-image" => {
+                let v = value()?;
+                let (hash, file) = v
+                    .split_once('=')
+                    .ok_or("--allow-os-image needs HEX=EXPECTED_JSON")?;
+                let hash = hex::decode(hash)
+                    .ok()
+                    .and_then(|h| <[u8; 32]>::try_from(h).ok())
+                    .ok_or(format!("{hash} is not 32 bytes of hex"))?;
+                let json =
+                    std::fs::read_to_string(file).map_err(|e| format!("read {file}: {e}"))?;
+                args.os_images.push(
+                    AllowedOsImage::from_expected_json(hash, &json)
+                        .map_err(|e| format!("{file}: {e}"))?,
+                );
             }
             "--alt-name" => args.alt_names.push(value()?),
             "--app-id" => {
@@ -132,6 +155,7 @@ fn run(command: &str, args: Args) -> Result<(), String> {
                 allowed_compose_hashes: allowed,
                 trust,
                 os_image_hash: args.os_image_hash,
+                allowed_os_image_hashes: (!args.os_images.is_empty()).then_some(args.os_images),
                 gateway_app_id: String::new(),
             };
             let handle = test_kms::start(Arc::new(keys), policy, listener)
