@@ -10,6 +10,7 @@
 pub use cvm_compose as compose;
 pub use cvm_compose::digest;
 
+pub mod devices;
 pub mod logs;
 pub mod oci;
 pub mod prepare;
