@@ -16,6 +16,7 @@ pub mod oci;
 pub mod prepare;
 pub mod pull;
 pub mod registry;
+pub mod seccomp;
 pub mod spec;
 pub mod stream;
 pub mod supervisor;
