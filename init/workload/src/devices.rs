@@ -18,6 +18,12 @@ use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
 /// Errors of this module.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DevicesError {
+    /// `linux.resources.devices` of the spec is not a list of device rules.
+    #[error("linux.resources.devices: {0}")]
+    SpecRules(String),
+    /// `linux.cgroupsPath` is missing, relative or has `..`.
+    #[error("linux.cgroupsPath must be an absolute path without ..")]
+    CgroupPath,
     /// A rule's major or minor number does not fit the kernel's u32 (or the instruction's i32).
     #[error("device rule {index}: number {value} out of range")]
     RuleNumber {
@@ -243,6 +249,29 @@ pub fn device_filter(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Instruction>, De
     }
     prog.extend(verdict(false));
     Ok(prog)
+}
+
+/// The device rules (`linux.resources.devices`, none: an empty list, which denies every device)
+/// and the cgroup path (`linux.cgroupsPath`) of a runtime spec as JSON.
+pub fn spec_device_policy(
+    spec: &serde_json::Value,
+) -> Result<(Vec<LinuxDeviceCgroup>, String), DevicesError> {
+    let linux = spec.get("linux");
+    let rules = match linux
+        .and_then(|l| l.get("resources"))
+        .and_then(|r| r.get("devices"))
+    {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(value) => serde_json::from_value(value.clone())
+            .map_err(|e| DevicesError::SpecRules(e.to_string()))?,
+    };
+    let cgroup = linux
+        .and_then(|l| l.get("cgroupsPath"))
+        .and_then(serde_json::Value::as_str)
+        .filter(|p| p.starts_with('/') && !p.split('/').any(|c| c == ".."))
+        .ok_or(DevicesError::CgroupPath)?
+        .to_owned();
+    Ok((rules, cgroup))
 }
 
 /// [`device_filter`], encoded for `init-sys::bpf::DeviceProgram::load`.

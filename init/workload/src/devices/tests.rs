@@ -186,3 +186,33 @@ fn encoding_is_struct_bpf_insn() {
     let encoded = encoded_device_filter(&standard_with_grant()).unwrap();
     assert_eq!(encoded.last(), Some(&exit.encode()));
 }
+
+#[test]
+fn spec_policy_reads_rules_and_cgroup_path() {
+    let spec = serde_json::json!({"linux": {"cgroupsPath": "/cvm/web", "resources": {"devices": [
+        {"allow": false, "access": "rwm"},
+        {"allow": true, "type": "c", "major": 1, "minor": 3, "access": "rwm"}
+    ]}}});
+    let (rules, cgroup) = spec_device_policy(&spec).unwrap();
+    assert_eq!(cgroup, "/cvm/web");
+    assert_eq!(rules.len(), 2);
+    let none = serde_json::json!({"linux": {"cgroupsPath": "/cvm/a"}});
+    assert!(spec_device_policy(&none).unwrap().0.is_empty());
+    for bad in [
+        serde_json::json!({"linux": {}}),
+        serde_json::json!({"linux": {"cgroupsPath": "cvm/a"}}),
+        serde_json::json!({"linux": {"cgroupsPath": "/cvm/../x"}}),
+    ] {
+        assert_eq!(
+            spec_device_policy(&bad),
+            Err(DevicesError::CgroupPath),
+            "{bad}"
+        );
+    }
+    let bad_rules =
+        serde_json::json!({"linux": {"cgroupsPath": "/c", "resources": {"devices": 5}}});
+    assert!(matches!(
+        spec_device_policy(&bad_rules),
+        Err(DevicesError::SpecRules(_))
+    ));
+}
