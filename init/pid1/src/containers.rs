@@ -39,6 +39,25 @@ pub(crate) enum ContainerError {
         "runtime spec {path} has a linux.seccomp profile, but this build has no seccomp support: refused instead of silently ignored"
     )]
     RefuseSeccomp { path: PathBuf },
+    #[error("device policy of container {id}")]
+    DevicePolicy {
+        id: String,
+        #[source]
+        source: cvm_workload::devices::DevicesError,
+    },
+    #[error("create the cgroup {} of container {id}", path.display())]
+    CreateCgroup {
+        id: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("enforce the device rules of container {id} (cgroup-v2 eBPF device filter)")]
+    DeviceFilter {
+        id: String,
+        #[source]
+        source: init_sys::bpf::BpfError,
+    },
     #[error("open /dev/null for the container's stdin")]
     OpenDevNull(#[source] std::io::Error),
     #[error("read /proc/self/status")]
@@ -128,6 +147,43 @@ fn root_is_rootfs(mountinfo: &str) -> bool {
 
 /// Creates and starts container `id` from `<bundle>/config.json`; returns the pid of the
 /// container's init (a direct child of the caller).
+/// Where cgroup2 is mounted (the mount stage).
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Enforces the spec's device rules before the container exists: libcontainer 0.7 without its
+/// `cgroupsv2_devices` feature ignores `linux.resources.devices` on cgroup v2, so PID 1 creates
+/// the container's cgroup (libcontainer then uses it) and attaches the eBPF device filter
+/// generated from the rules (`cvm_workload::devices`: default deny, runc's standard character
+/// devices, grants only). Any failure stops the start: a container never runs unconfined.
+fn confine_devices(id: &str, spec: &serde_json::Value) -> Result<(), ContainerError> {
+    let policy = |source| ContainerError::DevicePolicy {
+        id: id.to_owned(),
+        source,
+    };
+    let (rules, cgroup) = cvm_workload::devices::spec_device_policy(spec).map_err(policy)?;
+    let program = cvm_workload::devices::encoded_device_filter(&rules).map_err(policy)?;
+    let path = Path::new(CGROUP_ROOT).join(cgroup.trim_start_matches('/'));
+    fs::create_dir_all(&path).map_err(|source| ContainerError::CreateCgroup {
+        id: id.to_owned(),
+        path: path.clone(),
+        source,
+    })?;
+    let filter = |source| ContainerError::DeviceFilter {
+        id: id.to_owned(),
+        source,
+    };
+    init_sys::bpf::DeviceProgram::load(&program)
+        .and_then(|prog| prog.attach(&path))
+        .map_err(filter)?;
+    log::debug!(
+        "workloads: {id}: device filter ({} rules, {} instructions) on {}",
+        rules.len(),
+        program.len(),
+        path.display()
+    );
+    Ok(())
+}
+
 pub(crate) fn create_and_start(
     state_root: &Path,
     id: &str,
@@ -153,6 +209,7 @@ pub(crate) fn create_and_start(
     {
         return Err(ContainerError::RefuseSeccomp { path });
     }
+    confine_devices(id, &spec)?;
     let stdin: OwnedFd = fs::File::open("/dev/null")
         .map_err(ContainerError::OpenDevNull)?
         .into();

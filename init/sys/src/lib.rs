@@ -2,6 +2,7 @@
 //! interface; raw ABI structs and ioctl numbers stay private, the public surface is typed owners.
 #![allow(unsafe_code)]
 
+pub mod bpf;
 pub mod ccel;
 pub mod clock;
 pub mod console;

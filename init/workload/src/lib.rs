@@ -10,11 +10,13 @@
 pub use cvm_compose as compose;
 pub use cvm_compose::digest;
 
+pub mod devices;
 pub mod logs;
 pub mod oci;
 pub mod prepare;
 pub mod pull;
 pub mod registry;
+pub mod seccomp;
 pub mod spec;
 pub mod stream;
 pub mod supervisor;

@@ -661,11 +661,16 @@ impl Workloads {
                 upper.display(),
                 work.display()
             );
+            // nodev: a device node in an image layer (or one made with a granted MKNOD) opens
+            // nothing; the container's devices are only the ones its /dev tmpfs gets.
             init_sys::mount::mount(
                 "overlay",
                 &layout.rootfs,
                 "overlay",
-                init_core::plan::MountFlags::default(),
+                init_core::plan::MountFlags {
+                    nodev: true,
+                    ..init_core::plan::MountFlags::default()
+                },
                 &data,
             )
             .map_err(|source| WorkloadsStageError::MountOverlay {
