@@ -98,6 +98,17 @@ pub struct DemoOptions {
     pub fill_run_with: Option<PathBuf>,
 }
 
+/// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
+const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok;";
+/// The verdict lines the probes must print.
+const CONFINE_VERDICTS: [&str; 5] = [
+    "filler| dm-mknod-refused",
+    "filler| tdx-mknod-refused",
+    "filler| null-mknod-ok",
+    "filler| nodev-refused",
+    "filler| devnull-ok",
+];
+
 /// The filler's last console line once `/run` is full (the demo sets `public_logs`).
 const FILLED: &str = "filler| run-filled";
 /// The event the app emits after the fill.
@@ -170,9 +181,13 @@ fn app_compose(
         "services:\n  demo:\n    image: {image}\n    restart: always\n    ports: [\"{APP_PORT}:{APP_PORT}\"]\n    environment:\n      DEMO_PORT: \"{APP_PORT}\"\n      DEMO_SECRET: ${{DEMO_SECRET}}\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
     );
     if let Some(filler) = filler {
-        // Writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
+        // First the device confinement (issue 22; MKNOD granted so that only the eBPF device
+        // filter and the nodev root stand in the way): the data disk's dm node (block 253:0)
+        // and a misc node like /dev/tdx_guest (char 10:*) cannot be made, /dev/null can but
+        // does not open on the nodev root, the container's own /dev/null works. Then it
+        // writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
         compose_file.push_str(&format!(
-            "  filler:\n    image: {filler}\n    restart: \"no\"\n    command: [\"dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
+            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
         ));
     }
     let compose = serde_json::json!({
@@ -526,6 +541,18 @@ impl DemoReport {
             ),
         );
         if let Some((status, body)) = &self.emitted_after_fill {
+            for verdict in CONFINE_VERDICTS {
+                want(
+                    &mut out,
+                    self.console.contains(verdict),
+                    &format!("device confinement: no {verdict:?} on the console"),
+                );
+            }
+            want(
+                &mut out,
+                !self.console.contains("-ALLOWED"),
+                "device confinement breached (a `-ALLOWED` line on the console)",
+            );
             want(
                 &mut out,
                 self.console.contains("No space left on device"),

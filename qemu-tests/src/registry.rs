@@ -347,7 +347,7 @@ pub fn busybox_layer(busybox: &Path) -> Result<Vec<u8>, RegistryError> {
     tar = tar.file("bin/busybox", 0o755, &bin);
     for applet in [
         "sh", "cat", "echo", "sleep", "test", "ls", "id", "touch", "wget", "true", "false", "rm",
-        "mkdir", "date", "dd", "df",
+        "mkdir", "date", "dd", "df", "mknod",
     ] {
         tar = tar.symlink(&format!("bin/{applet}"), "busybox");
     }
