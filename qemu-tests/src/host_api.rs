@@ -10,6 +10,8 @@
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -32,23 +34,73 @@ pub struct Received {
 /// A running test host API; stops on drop.
 #[derive(Debug)]
 pub struct HostApiHandle {
-    address: SocketAddr,
+    address: Listening,
     received: Arc<Mutex<Vec<Received>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// Where the server listens.
+#[derive(Debug, Clone)]
+enum Listening {
+    Tcp(SocketAddr),
+    /// The vsock port the guest connects to and the unix socket vhost-device-vsock forwards
+    /// it to (`<uds>_<port>`).
+    Unix { vsock_port: u32, path: PathBuf },
 }
 
 /// Starts the server on `127.0.0.1`, any free port.
 pub fn start() -> io::Result<HostApiHandle> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let address = listener.local_addr()?;
+    Ok(spawn(Listening::Tcp(address), move || {
+        listener.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>)
+    }))
+}
+
+/// Starts the server on the unix socket where vhost-device-vsock (`--uds-path <uds>`) hands
+/// over guest connections to host vsock port `vsock_port`: `<uds>_<vsock_port>`. The guest's
+/// `host_api_url` is then [`HostApiHandle::guest_url`], `vsock://2:<vsock_port>/api`.
+pub fn start_vsock(uds: &Path, vsock_port: u32) -> io::Result<HostApiHandle> {
+    let mut name = uds.as_os_str().to_owned();
+    name.push(format!("_{vsock_port}"));
+    let path = PathBuf::from(name);
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    Ok(spawn(Listening::Unix { vsock_port, path }, move || {
+        listener.accept().map(|(s, _)| Box::new(s) as Box<dyn Conn>)
+    }))
+}
+
+/// A connection of either listener.
+trait Conn: Read + Write + Send {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl Conn for TcpStream {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+impl Conn for UnixStream {
+    fn set_timeout(&self, timeout: Duration) -> io::Result<()> {
+        self.set_read_timeout(Some(timeout))
+    }
+}
+
+fn spawn(
+    address: Listening,
+    accept: impl Fn() -> io::Result<Box<dyn Conn>> + Send + 'static,
+) -> HostApiHandle {
     let received = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let thread = {
         let received = Arc::clone(&received);
         let stop = Arc::clone(&stop);
         std::thread::spawn(move || {
-            for stream in listener.incoming() {
+            loop {
+                let stream = accept();
                 if stop.load(Ordering::SeqCst) {
                     return;
                 }
@@ -62,23 +114,30 @@ pub fn start() -> io::Result<HostApiHandle> {
             }
         })
     };
-    Ok(HostApiHandle {
+    HostApiHandle {
         address,
         received,
         stop,
         thread: Some(thread),
-    })
+    }
 }
 
 impl HostApiHandle {
-    /// The port on host loopback.
+    /// The port on host loopback (0 for a vsock server).
     pub fn port(&self) -> u16 {
-        self.address.port()
+        match &self.address {
+            Listening::Tcp(a) => a.port(),
+            Listening::Unix { .. } => 0,
+        }
     }
 
-    /// The `host_api_url` a guest behind slirp uses.
+    /// The `host_api_url` the guest uses: `vsock://2:<port>/api` for [`start_vsock`], the
+    /// slirp `http://10.0.2.2:<port>/api` (test builds only) for [`start`].
     pub fn guest_url(&self) -> String {
-        format!("http://10.0.2.2:{}/api", self.port())
+        match &self.address {
+            Listening::Tcp(a) => format!("http://10.0.2.2:{}/api", a.port()),
+            Listening::Unix { vsock_port, .. } => format!("vsock://2:{vsock_port}/api"),
+        }
     }
 
     /// Every request so far, in arrival order.
@@ -126,7 +185,15 @@ impl Drop for HostApiHandle {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Unblock `accept`.
-        let _ = TcpStream::connect_timeout(&self.address, Duration::from_secs(1));
+        match &self.address {
+            Listening::Tcp(a) => {
+                let _ = TcpStream::connect_timeout(a, Duration::from_secs(1));
+            }
+            Listening::Unix { path, .. } => {
+                let _ = UnixStream::connect(path);
+                let _ = std::fs::remove_file(path);
+            }
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -134,9 +201,9 @@ impl Drop for HostApiHandle {
 }
 
 /// Reads one request, answers it, closes.
-fn serve(stream: TcpStream) -> io::Result<Received> {
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+fn serve(stream: Box<dyn Conn>) -> io::Result<Received> {
+    stream.set_timeout(Duration::from_secs(10))?;
+    let mut reader = BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line)?;
     let mut parts = line.split_whitespace();
@@ -172,8 +239,7 @@ fn serve(stream: TcpStream) -> io::Result<Received> {
     } else {
         b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     };
-    let mut stream = stream;
-    stream.write_all(reply)?;
+    reader.get_mut().write_all(reply)?;
     Ok(Received {
         method,
         target,

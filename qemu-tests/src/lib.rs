@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod registry;
 pub mod results;
 pub mod testing;
+pub mod vhost_vsock;
 pub mod vm;
 
 pub use artifacts::{ArtifactError, Artifacts};
