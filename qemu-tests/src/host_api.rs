@@ -46,7 +46,10 @@ enum Listening {
     Tcp(SocketAddr),
     /// The vsock port the guest connects to and the unix socket vhost-device-vsock forwards
     /// it to (`<uds>_<port>`).
-    Unix { vsock_port: u32, path: PathBuf },
+    Unix {
+        vsock_port: u32,
+        path: PathBuf,
+    },
 }
 
 /// Starts the server on `127.0.0.1`, any free port.

@@ -76,6 +76,8 @@ impl VhostVsock {
         let socket = dir.join("vhost-vsock.sock");
         let uds = dir.join("vsock.uds");
         let _ = std::fs::remove_file(&socket);
+        // A backend of an earlier boot in the same directory left its listening socket.
+        let _ = std::fs::remove_file(&uds);
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--"])
             .arg(&path)

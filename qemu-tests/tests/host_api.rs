@@ -23,9 +23,13 @@ mod tests {
     use qemu_tests::host_api::HostApiHandle;
     use qemu_tests::host_share::{HOST_SHARE_LABEL, ShareFile, build_image, kms_sys_config};
     use qemu_tests::results::{finished_stages, raw_records};
+    use qemu_tests::vhost_vsock::VhostVsock;
     use qemu_tests::{CvmSetup, Record, data_disk};
     use sha2::{Digest, Sha256};
     use test_kms::{KmsKeys, Policy};
+
+    /// The backend's `--uds-path` name inside the vsock directory (`VhostVsock::start`).
+    const VSOCK_UDS: &str = "vsock.uds";
 
     const TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -60,16 +64,26 @@ mod tests {
         Ok(image)
     }
 
-    /// One boot to power-off; returns the records.
+    /// The guest's memory (the vhost-user backend shares it, so QEMU needs its size twice).
+    const MEMORY: &str = "512M";
+
+    /// One boot to power-off, with a fresh vhost-user vsock backend in `vsock_dir` (its
+    /// host-side socket prefix is the same every boot, where the test host API listens);
+    /// returns the records.
     fn boot(
         setup: &CvmSetup,
         name: &str,
         share: &Path,
         disk: &Path,
         root_file: &Path,
+        vsock_dir: &Path,
     ) -> Result<Vec<Record>> {
-        let mut vm = setup
-            .vm_with_share(name, share)
+        let vsock = VhostVsock::start(vsock_dir)?;
+        let mut vm = setup.vm_with_share(name, share).with_memory(MEMORY);
+        for arg in vsock.qemu_args(MEMORY) {
+            vm = vm.with_qemu_arg(&arg);
+        }
+        let mut vm = vm
             .with_qemu_arg("-drive")
             .with_qemu_arg(&data_disk::drive_arg(disk))
             .with_qemu_arg("-netdev")
@@ -146,7 +160,11 @@ mod tests {
             Policy::simulated_boot(vec![compose_hash], root_file.clone()),
             listener,
         )?;
-        let api = qemu_tests::host_api::start()?;
+        // The real vsock path (issue 16): the guest connects to vsock://2:10000 through
+        // vhost-device-vsock, which hands the connection to <uds>_10000 on the host.
+        let vsock_dir = dir.path().join("vsock");
+        std::fs::create_dir_all(&vsock_dir)?;
+        let api = qemu_tests::host_api::start_vsock(&vsock_dir.join(VSOCK_UDS), 10000)?;
         let mut sys_config = kms_sys_config(&[format!("https://10.0.2.2:{kms_port}")], 512 << 20);
         sys_config["host_api_url"] = api.guest_url().into();
         let files = vec![
@@ -157,7 +175,14 @@ mod tests {
         let disk = data_disk::create(&dir.path().join("data.img"), 64)?;
 
         // 1. First boot: formats the disk with the KMS key of a fresh instance id.
-        let records = boot(&setup, "host-api-1", &first_share, &disk, &root_file)?;
+        let records = boot(
+            &setup,
+            "host-api-1",
+            &first_share,
+            &disk,
+            &root_file,
+            &vsock_dir,
+        )?;
         ensure!(
             finished_stages(&records).contains(&"ready"),
             "first boot: {records:?}"
@@ -181,7 +206,14 @@ mod tests {
         let mut with_info = files.clone();
         with_info.push(ShareFile::new(".instance_info", info_bytes));
         let second_share = share(dir.path(), "share-2", &with_info)?;
-        let records = boot(&setup, "host-api-2", &second_share, &disk, &root_file)?;
+        let records = boot(
+            &setup,
+            "host-api-2",
+            &second_share,
+            &disk,
+            &root_file,
+            &vsock_dir,
+        )?;
         ensure!(
             finished_stages(&records).contains(&"ready"),
             "second boot: {records:?}"
@@ -200,7 +232,14 @@ mod tests {
         //    another disk key, the disk stage stops; the host is told why.
         api.clear();
         let after_second = std::fs::read(&disk)?;
-        let records = boot(&setup, "host-api-3", &first_share, &disk, &root_file)?;
+        let records = boot(
+            &setup,
+            "host-api-3",
+            &first_share,
+            &disk,
+            &root_file,
+            &vsock_dir,
+        )?;
         // No `measured` record (it comes at `system-ready`): the identity is the host's copy.
         let third: serde_json::Value =
             serde_json::from_slice(&api.instance_info().context("instance.info")?)?;

@@ -508,6 +508,11 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
         repro_opts,
         Some(root.join("target").join("fresh-root-provisioning.log")),
     );
+    // The host side of the guest's vsock (no /dev/vhost-vsock here): the pinned vhost-user
+    // backend from crates.io, built once (~5 min on 2 cores) and kept under target/tools.
+    timings.stage("vhost-device-vsock (host API over real vsock)", || {
+        install_vhost_device_vsock()
+    })?;
     let tested = timings
         .stage("QEMU boot tests", || run("QEMU boot tests", &mut qemu))
         .and_then(|()| {
@@ -534,6 +539,31 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
         eprintln!("xtask: == reproducibility (the build above and one in a fresh Debian root)");
         finish_second_build(&root, &out.sums, second)
     })
+}
+
+/// `cargo install vhost-device-vsock --locked --version <pinned>` into
+/// `qemu_tests::vhost_vsock::install_root()`, unless the binary is already there.
+fn install_vhost_device_vsock() -> Result<()> {
+    let binary = qemu_tests::vhost_vsock::binary();
+    if binary.is_file() {
+        eprintln!("xtask: {} present", binary.display());
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: == cargo install vhost-device-vsock {}",
+        qemu_tests::vhost_vsock::VERSION
+    );
+    let mut install = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    install
+        .args(["install", "vhost-device-vsock", "--locked", "--version"])
+        .arg(qemu_tests::vhost_vsock::VERSION)
+        .arg("--root")
+        .arg(qemu_tests::vhost_vsock::install_root());
+    run("cargo install vhost-device-vsock", &mut install)?;
+    if !binary.is_file() {
+        bail!("{} missing after the install", binary.display());
+    }
+    Ok(())
 }
 
 /// `file` must call the init statically linked (a static-pie counts).
