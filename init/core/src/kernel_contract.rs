@@ -638,6 +638,20 @@ pub const FEATURES: &[Feature] = &[
     ),
     // workloads: containers without a daemon.
     feature(
+        "CONFIG_BPF_SYSCALL",
+        "bpf(2): each container's eBPF device filter",
+        Stage::Workloads,
+        Required,
+        &[Probe::Exists("/proc/sys/kernel/unprivileged_bpf_disabled")],
+    ),
+    feature(
+        "CONFIG_CGROUP_BPF",
+        "eBPF programs on cgroups (the device filter; an attach failure stops the start)",
+        Stage::Workloads,
+        Recommended,
+        &[],
+    ),
+    feature(
         "CONFIG_NAMESPACES",
         "namespaces",
         Stage::Workloads,
@@ -1199,7 +1213,7 @@ mod tests {
         let report = check(BOOT_PLAN, TeeExpectation::Tdx, None, &mut kernel)
             .unwrap_or_else(|e| panic!("{e}"));
         let unprobed = FEATURES.iter().filter(|f| f.probes.is_empty()).count();
-        assert_eq!(unprobed, 7); // menus and hidden dependencies
+        assert_eq!(unprobed, 8); // menus, hidden dependencies, CGROUP_BPF
         assert_eq!(report.present(), FEATURES.len() - unprobed);
         assert!(!report.from_config);
         assert!(report.absent_for_stages_not_in_plan().is_empty());
