@@ -224,15 +224,22 @@ pub fn dispatch<T: Tee>(state: &ApiState<T>, service: Service, request: &Request
         Ok(value) => Response::ok(value.to_string().into_bytes()),
         Err(error) => {
             let status = error.status();
-            let message = init_core::error_chain::one_line(&error);
-            if status == Status::InternalServerError {
-                log::error!("guest-api: {message}");
-            } else {
-                log::debug!("guest-api: {message}");
-            }
+            let message = log_failure("guest-api", status, &error);
             Response::error(status, &message)
         }
     }
+}
+
+/// Logs a failed call (an internal error as an error, a caller's mistake at debug level) and
+/// returns its one-line chain for the answer.
+pub(crate) fn log_failure(api: &str, status: Status, error: &dyn std::error::Error) -> String {
+    let message = init_core::error_chain::one_line(error);
+    if status == Status::InternalServerError {
+        log::error!("{api}: {message}");
+    } else {
+        log::debug!("{api}: {message}");
+    }
+    message
 }
 
 pub(crate) fn arguments<A: for<'de> Deserialize<'de>>(

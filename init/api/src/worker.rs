@@ -120,12 +120,7 @@ pub fn dispatch<T: Tee>(
         Ok(response) => response,
         Err(error) => {
             let status = error.status();
-            let message = init_core::error_chain::one_line(&error);
-            if status == Status::InternalServerError {
-                log::error!("worker-api: {message}");
-            } else {
-                log::debug!("worker-api: {message}");
-            }
+            let message = service::log_failure("worker-api", status, &error);
             match &error {
                 WorkerError::Service(_) => Response::error(status, &message),
                 _ => Response::text(status, "text/plain; charset=utf-8", format!("{message}\n")),
