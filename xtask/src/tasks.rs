@@ -469,6 +469,7 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
     let out = timings.stage("dist (reproducibility build 1) + static check", || {
         let out = dist(&dist_options(&root))?;
         check_static(&out.init)?;
+        check_bundle_hash(&out)?;
         Ok(out)
     })?;
     if quick {
@@ -564,6 +565,21 @@ fn install_vhost_device_vsock() -> Result<()> {
         bail!("{} missing after the install", binary.display());
     }
     Ok(())
+}
+
+/// The auditor's side of the image bundle: `cvm-measure image-hash` must recompute, from the
+/// files `dist` wrote, the `os_image_hash` that `dist` printed.
+fn check_bundle_hash(out: &crate::dist::DistOutput) -> Result<()> {
+    let cvm_measure = qemu_tests::image::workspace_binary("cvm-measure", "cvm-measure", &[])
+        .context("build cvm-measure")?;
+    run(
+        "cvm-measure image-hash of the dist bundle",
+        Command::new(cvm_measure)
+            .arg("image-hash")
+            .arg(&out.image_bundle)
+            .arg("--expect")
+            .arg(&out.os_image_hash),
+    )
 }
 
 /// `file` must call the init statically linked (a static-pie counts).
