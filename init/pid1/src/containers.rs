@@ -150,6 +150,36 @@ fn root_is_rootfs(mountinfo: &str) -> bool {
 /// Where cgroup2 is mounted (the mount stage).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
+/// Creates `cgroup` under the cgroup2 root level by level, delegating every controller a level
+/// has to the next (`+<controller>` into its `cgroup.subtree_control`), as libcontainer does
+/// when it creates the path itself: it does not for levels that already exist, and without it
+/// the container's `memory.max`, `pids.max` and `cpu.max` would be missing.
+fn create_cgroup(id: &str, cgroup: &str) -> Result<PathBuf, ContainerError> {
+    let mut path = PathBuf::from(CGROUP_ROOT);
+    for component in cgroup.split('/').filter(|c| !c.is_empty()) {
+        let controllers = fs::read_to_string(path.join("cgroup.controllers")).unwrap_or_default();
+        for controller in controllers.split_whitespace() {
+            // Best effort per controller, as libcontainer: one the kernel refuses to delegate
+            // only fails the container that asks for its limits.
+            if let Err(e) = fs::write(
+                path.join("cgroup.subtree_control"),
+                format!("+{controller}"),
+            ) {
+                log::debug!("cgroup {}: +{controller}: {e}", path.display());
+            }
+        }
+        path.push(component);
+        if !path.is_dir() {
+            fs::create_dir(&path).map_err(|source| ContainerError::CreateCgroup {
+                id: id.to_owned(),
+                path: path.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(path)
+}
+
 /// Enforces the spec's device rules before the container exists: libcontainer 0.7 without its
 /// `cgroupsv2_devices` feature ignores `linux.resources.devices` on cgroup v2, so PID 1 creates
 /// the container's cgroup (libcontainer then uses it) and attaches the eBPF device filter
@@ -162,12 +192,7 @@ fn confine_devices(id: &str, spec: &serde_json::Value) -> Result<(), ContainerEr
     };
     let (rules, cgroup) = cvm_workload::devices::spec_device_policy(spec).map_err(policy)?;
     let program = cvm_workload::devices::encoded_device_filter(&rules).map_err(policy)?;
-    let path = Path::new(CGROUP_ROOT).join(cgroup.trim_start_matches('/'));
-    fs::create_dir_all(&path).map_err(|source| ContainerError::CreateCgroup {
-        id: id.to_owned(),
-        path: path.clone(),
-        source,
-    })?;
+    let path = create_cgroup(id, &cgroup)?;
     let filter = |source| ContainerError::DeviceFilter {
         id: id.to_owned(),
         source,
