@@ -271,7 +271,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// Docker's default capabilities, less `CAP_MKNOD` (issue 22: Docker relies on its device
 /// cgroup alone; here a container gets it only through `cap_add: [MKNOD]` or `privileged`,
 /// and the eBPF device filter still refuses `mknod` of anything not granted).
-const DEFAULT_CAPS: &[&str] = &[
+pub(crate) const DEFAULT_CAPS: &[&str] = &[
     "CAP_CHOWN",
     "CAP_DAC_OVERRIDE",
     "CAP_FSETID",

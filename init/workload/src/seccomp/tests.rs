@@ -1,21 +1,7 @@
 use super::*;
 
-/// Docker's default capabilities without CAP_MKNOD (what `spec` gives a plain container).
-const PLAIN: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// What `spec` gives a plain container.
+const PLAIN: &[&str] = crate::spec::DEFAULT_CAPS;
 
 /// Names allowed without any argument condition.
 fn allowed(profile: &Value) -> Vec<String> {
