@@ -8,8 +8,10 @@
 //!   `CARGO_HOME`), and compares the outputs byte for byte (`--no-fresh-root`: the second build
 //!   in a copy of the tree on this system).
 //! * `demo` — `dist`, then boots it in QEMU and prints the stage timeline.
-//! * `test` — everything CI runs: fmt, clippy, host tests, static-link check, QEMU tests, one
-//!   benchmark run, repro; prints each stage's wall time at the end.
+//! * `test` — everything CI runs: fmt, clippy, host tests, every fuzz target over its corpus,
+//!   static-link check, QEMU tests, one benchmark run, repro; prints each stage's wall time at
+//!   the end.
+//! * `fuzz [--seconds N]` — every fuzz target under libFuzzer (nightly, cargo-fuzz) for N s.
 //! * `bench` — boot-time benchmark against a busybox baseline.
 //!
 //! Every task first installs the Debian packages it needs (`.ci/install-packages`, which reads
@@ -29,7 +31,7 @@ use anyhow::{Result, bail};
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((task, rest)) = args.split_first() else {
-        bail!("usage: cargo xtask <dist|repro|demo|test|bench> [options]");
+        bail!("usage: cargo xtask <dist|repro|demo|test|bench|fuzz> [options]");
     };
     match task.as_str() {
         "dist" => dist::dist_cmd(rest),
@@ -37,9 +39,10 @@ fn main() -> Result<()> {
         "demo" => tasks::demo(rest),
         "test" => tasks::test(rest),
         "bench" => tasks::bench(rest),
+        "fuzz" => tasks::fuzz(rest),
         "yocto-crates" => yocto::crates_cmd(rest),
         "yocto-fragment" => yocto::fragment_cmd(rest),
         "yocto-check" => yocto::check_cmd(rest),
-        other => bail!("unknown task `{other}`: expected dist, repro, demo, test or bench"),
+        other => bail!("unknown task `{other}`: expected dist, repro, demo, test, bench or fuzz"),
     }
 }

@@ -453,19 +453,21 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
         eprintln!("xtask: == yocto layer");
         crate::yocto::check_cmd(&[])
     })?;
-    // Every parser of untrusted bytes: a short cargo-fuzz run (or, without nightly, the seeds).
-    timings.stage("fuzz smoke", || {
+    // Every fuzz target of every parser of untrusted bytes over its checked-in corpus (seeds and
+    // past crash inputs), as plain tests that reuse the host tests' dependencies. The libFuzzer
+    // run (nightly, cargo-fuzz, sanitizers: ~14 min here) is `cargo xtask fuzz`.
+    timings.stage("fuzz targets over their corpora", || {
         run(
-            "fuzz smoke",
+            "fuzz targets over their corpora",
             Command::new("bash")
                 .arg(root.join(".ci/fuzz-smoke"))
+                .arg("--plain")
                 .current_dir(&root)
                 .env("CARGO_INCREMENTAL", "0"),
         )
     })?;
     // The QEMU tests reuse the host tests' build (same flags and target directory; the
     // `qemu` feature only recompiles qemu-tests itself).
-    prune_if_short(&root, &[root.join("target").join("fuzz")]);
     let out = timings.stage("dist (reproducibility build 1) + static check", || {
         let out = dist(&dist_options(&root))?;
         check_static(&out.init)?;
@@ -510,7 +512,8 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
         Some(root.join("target").join("fresh-root-provisioning.log")),
     );
     // The host side of the guest's vsock (no /dev/vhost-vsock here): the pinned vhost-user
-    // backend from crates.io, built once (~5 min on 2 cores) and kept under target/tools.
+    // backend from crates.io, built once (a debug build, ~30 s on 2 cores) and kept under
+    // target/tools.
     timings.stage("vhost-device-vsock (host API over real vsock)", || {
         install_vhost_device_vsock()
     })?;
@@ -542,7 +545,27 @@ fn test_stages(timings: &mut Timings, quick: bool, repro_opts: &ReproOptions) ->
     })
 }
 
-/// `cargo install vhost-device-vsock --locked --version <pinned>` into
+/// `cargo xtask fuzz [--seconds N]`: every cargo-fuzz target under libFuzzer for N seconds
+/// (default 10), from its seeds (`.ci/fuzz-smoke`; needs `cargo +nightly`, installs cargo-fuzz).
+pub(crate) fn fuzz(args: &[String]) -> Result<()> {
+    let seconds = match args {
+        [] => 10,
+        [flag, value] if flag == "--seconds" => value
+            .parse::<u64>()
+            .with_context(|| format!("--seconds {value}: not a number of seconds"))?,
+        _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+    };
+    let root = workspace_root();
+    run(
+        "fuzz smoke (libFuzzer)",
+        Command::new("bash")
+            .arg(root.join(".ci/fuzz-smoke"))
+            .current_dir(&root)
+            .env("FUZZ_SECONDS", seconds.to_string()),
+    )
+}
+
+/// `cargo install vhost-device-vsock --locked --version <pinned> --debug` into
 /// `qemu_tests::vhost_vsock::install_root()`, unless the binary is already there.
 fn install_vhost_device_vsock() -> Result<()> {
     let binary = qemu_tests::vhost_vsock::binary();
@@ -555,8 +578,16 @@ fn install_vhost_device_vsock() -> Result<()> {
         qemu_tests::vhost_vsock::VERSION
     );
     let mut install = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    // A debug build: 27 s here against 284 s for the release profile, and fast enough for a
+    // TCG guest's few connections.
     install
-        .args(["install", "vhost-device-vsock", "--locked", "--version"])
+        .args([
+            "install",
+            "vhost-device-vsock",
+            "--locked",
+            "--debug",
+            "--version",
+        ])
         .arg(qemu_tests::vhost_vsock::VERSION)
         .arg("--root")
         .arg(qemu_tests::vhost_vsock::install_root());
