@@ -8,7 +8,7 @@
 
 use std::fmt;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -59,6 +59,8 @@ pub enum BenchError {
         run: usize,
         detail: String,
     },
+    #[error("benchmark setup: {} ({detail})", path.display())]
+    Setup { path: PathBuf, detail: String },
     #[error("failed to write the report {path}")]
     WriteReport {
         path: PathBuf,
@@ -108,7 +110,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn of(values: &[f64]) -> Self {
+    pub(crate) fn of(values: &[f64]) -> Self {
         let mut sorted = values.to_vec();
         sorted.sort_by(f64::total_cmp);
         let middle = sorted.len() / 2;
@@ -425,19 +427,22 @@ fn size(path: &PathBuf) -> Result<u64, BenchError> {
 
 impl BenchReport {
     /// Writes the report as JSON to `path`.
-    pub fn write_json(&self, path: &PathBuf) -> Result<(), BenchError> {
-        let json = serde_json::to_string_pretty(self).unwrap_or_default();
-        if let Some(parent) = path.parent() {
-            fs::create_dir_all(parent).map_err(|source| BenchError::WriteReport {
-                path: path.clone(),
-                source,
-            })?;
-        }
-        fs::write(path, json + "\n").map_err(|source| BenchError::WriteReport {
-            path: path.clone(),
-            source,
-        })
+    pub fn write_json(&self, path: &Path) -> Result<(), BenchError> {
+        write_json(self, path)
     }
+}
+
+/// Writes a report as pretty JSON to `path` (creating its directory).
+pub fn write_json<T: Serialize>(report: &T, path: &Path) -> Result<(), BenchError> {
+    let json = serde_json::to_string_pretty(report).unwrap_or_default();
+    let write_error = |source| BenchError::WriteReport {
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(write_error)?;
+    }
+    fs::write(path, json + "\n").map_err(write_error)
 }
 
 #[cfg(test)]

@@ -116,6 +116,17 @@ pub fn build_image_sized(
         let path = staging.join(name);
         std::os::unix::fs::symlink(target, &path).map_err(write_err(&path))?;
     }
+    build_dir_image(staging, label, image, size_mib)
+}
+
+/// An ext4 image of `size_mib` MiB labelled `label` holding the tree under `staging` as it is
+/// (modes and symlinks kept, every file owned by root): `mkfs.ext4 -d`.
+pub fn build_dir_image(
+    staging: &Path,
+    label: &str,
+    image: &Path,
+    size_mib: u64,
+) -> Result<(), HostShareError> {
     let out = Command::new("mkfs.ext4")
         .args([
             "-q",
@@ -143,6 +154,38 @@ pub fn build_image_sized(
         });
     }
     Ok(())
+}
+
+/// A host share (the sample, key provider none, no KMS) whose app runs `compose`, with the
+/// top-level app-compose fields of `extra` set, built as `<dir>/share.img`.
+pub fn app_share_with(
+    dir: &Path,
+    compose: &str,
+    extra: &serde_json::Value,
+) -> Result<PathBuf, HostShareError> {
+    let write_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| HostShareError::WriteStaging { path, source }
+    };
+    std::fs::create_dir_all(dir).map_err(write_err(dir))?;
+    let mut files = sample_files()?;
+    for f in &mut files {
+        if f.name == "app-compose.json" {
+            let mut json: serde_json::Value = serde_json::from_slice(&f.contents)
+                .map_err(|e| write_err(dir)(std::io::Error::other(e)))?;
+            json["kms_enabled"] = false.into();
+            json["docker_compose_file"] = compose.into();
+            for (key, value) in extra.as_object().into_iter().flatten() {
+                json[key] = value.clone();
+            }
+            f.contents = serde_json::to_vec_pretty(&json)
+                .map_err(|e| write_err(dir)(std::io::Error::other(e)))?;
+        }
+    }
+    let image = dir.join("share.img");
+    let _ = std::fs::remove_dir_all(dir.join("staging"));
+    build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)?;
+    Ok(image)
 }
 
 /// The sample share as a disk image, built once per process (a unique file per process, so

@@ -255,26 +255,37 @@ $bb poweroff -f
 pub fn baseline_image(artifacts: &Artifacts) -> Result<PathBuf, ImageError> {
     static IMAGE: OnceLock<Result<PathBuf, ImageError>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let dir = paths::build_dir();
-            fs::create_dir_all(&dir).map_err(|error| ImageError::write(&dir, &error))?;
-            let script = dir.join("baseline-init.sh");
-            write_atomically(&script, BASELINE_INIT.as_bytes())?;
-            let busybox = FileEntry {
-                dest: "/bin/busybox".to_owned(),
-                source: FileSource::Path(artifacts.busybox.clone()),
-                mode: Some(0o755),
-            };
-            build_cached(
-                "baseline",
-                &script,
-                &[busybox],
-                &[],
-                artifacts,
-                compression()?,
-            )
-        })
+        .get_or_init(|| busybox_script_image(artifacts, "baseline", BASELINE_INIT))
         .clone()
+}
+
+/// The boot-to-first-container baseline: [`baseline_image`] with
+/// [`crate::first_container::FIRST_CONTAINER_BASELINE_INIT`] as `/init`.
+pub fn first_container_baseline_image(artifacts: &Artifacts) -> Result<PathBuf, ImageError> {
+    busybox_script_image(
+        artifacts,
+        "first-container-baseline",
+        crate::first_container::FIRST_CONTAINER_BASELINE_INIT,
+    )
+}
+
+/// The manifest's image with the busybox `script` as `/init` and the pinned busybox as
+/// `/bin/busybox`.
+fn busybox_script_image(
+    artifacts: &Artifacts,
+    label: &str,
+    script: &str,
+) -> Result<PathBuf, ImageError> {
+    let dir = paths::build_dir();
+    fs::create_dir_all(&dir).map_err(|error| ImageError::write(&dir, &error))?;
+    let path = dir.join(format!("{label}-init.sh"));
+    write_atomically(&path, script.as_bytes())?;
+    let busybox = FileEntry {
+        dest: "/bin/busybox".to_owned(),
+        source: FileSource::Path(artifacts.busybox.clone()),
+        mode: Some(0o755),
+    };
+    build_cached(label, &path, &[busybox], &[], artifacts, compression()?)
 }
 
 /// Builds (or reuses) an image of `init` + `initramfs/manifest.toml` + `extra` files.

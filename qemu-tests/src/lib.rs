@@ -15,6 +15,7 @@ pub mod bench;
 pub mod cpio;
 pub mod data_disk;
 pub mod demo;
+pub mod first_container;
 pub mod host_api;
 pub mod host_share;
 pub mod image;

@@ -308,6 +308,27 @@ fn bench_pull_unpack() {
             "(skopeo copy {c:.2} s + umoci unpack {u:.2} s; their RSS is the larger of the two)"
         );
     }
+    // For `cargo xtask bench`'s summary table.
+    if let Ok(path) = std::env::var("BENCH_JSON") {
+        let summary = |runs: &[Run]| {
+            serde_json::json!({
+                "median_s": median(runs, &secs).0,
+                "peak_rss_mb": median(runs, &mb).0,
+            })
+        };
+        let json = serde_json::json!({
+            "runs": runs,
+            "layers": LAYERS,
+            "megabytes": total_tar as f64 / 1e6,
+            "stream": summary(&stream),
+            "sequential": summary(&sequential),
+            "baseline": (!theirs.is_empty()).then(|| summary(&theirs)),
+            "time_ratio": base.map(|(bt, _)| median(&stream, &secs).0 / bt),
+            "rss_ratio": base.map(|(_, bm)| median(&stream, &mb).0 / bm),
+        });
+        std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap() + "\n").unwrap();
+        eprintln!("summary: {path}");
+    }
 }
 
 struct Run {

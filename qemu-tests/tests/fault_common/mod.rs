@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
-use qemu_tests::host_share::{HOST_SHARE_LABEL, build_image, sample_files};
 use qemu_tests::registry::{Registry, RegistryError};
 use qemu_tests::{Record, RunningVm, TestVm};
 
@@ -60,23 +59,7 @@ pub(crate) fn app_share_with(
     compose: &str,
     extra: &serde_json::Value,
 ) -> Result<PathBuf> {
-    std::fs::create_dir_all(dir)?;
-    let mut files = sample_files()?;
-    for f in &mut files {
-        if f.name == "app-compose.json" {
-            let mut json: serde_json::Value = serde_json::from_slice(&f.contents)?;
-            json["kms_enabled"] = false.into();
-            json["docker_compose_file"] = compose.into();
-            for (key, value) in extra.as_object().into_iter().flatten() {
-                json[key] = value.clone();
-            }
-            f.contents = serde_json::to_vec_pretty(&json)?;
-        }
-    }
-    let image = dir.join("share.img");
-    let _ = std::fs::remove_dir_all(dir.join("staging"));
-    build_image(&files, &[], HOST_SHARE_LABEL, &dir.join("staging"), &image)?;
-    Ok(image)
+    Ok(qemu_tests::host_share::app_share_with(dir, compose, extra)?)
 }
 
 /// User networking (the host is 10.0.2.2) and 1 GiB.
