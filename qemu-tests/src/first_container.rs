@@ -41,26 +41,13 @@ const DISK_KEY: &str = "44444444444444444444444444444444444444444444444444444444
 /// The `/init` of the busybox variant: [`crate::image::BASELINE_INIT`]'s mounts and modules,
 /// then the second disk (`/dev/vdb`, where cvm-init finds its data disk) mounted read-only and
 /// the same command as the service, in a chroot, with its output on the console.
-pub const FIRST_CONTAINER_BASELINE_INIT: &str = r#"#!/bin/busybox sh
-# Boot-to-first-container baseline for cvm-init (qemu-tests/src/first_container.rs).
-bb=/bin/busybox
-$bb mount -t proc proc /proc
-$bb mount -t sysfs sysfs /sys
-$bb mount -t devtmpfs devtmpfs /dev
-$bb mkdir -p /dev/pts
-$bb mount -t devpts devpts /dev/pts
-$bb mount -t tmpfs tmpfs /run
-$bb mount -t tmpfs tmpfs /tmp
-$bb mount -t cgroup2 cgroup2 /sys/fs/cgroup
-$bb mount -t securityfs securityfs /sys/kernel/security
-while read -r module; do
-    [ -n "$module" ] && $bb insmod "$module"
-done < /etc/cvm/modules.load
-$bb mount -t configfs configfs /sys/kernel/config
-$bb mkdir -p /mnt
+pub const FIRST_CONTAINER_BASELINE_INIT: &str = concat!(
+    crate::baseline_prelude!(),
+    r#"$bb mkdir -p /mnt
 $bb mount -t ext4 -o ro /dev/vdb /mnt
 exec $bb chroot /mnt /bin/sh -c 'echo first-$((20+22))-line; exec sleep 3600' > /dev/console 2>&1
-"#;
+"#
+);
 
 /// One variant's results.
 #[derive(Debug, Clone, Serialize)]

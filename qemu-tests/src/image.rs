@@ -225,12 +225,14 @@ fn build_variant_image(
     })
 }
 
-/// The `/init` script of the benchmark baseline. It does what cvm-init's boot does with
-/// busybox: the same mounts, the same modules in the same order (from the same
-/// `/etc/cvm/modules.load`), configfs after the modules (it is a module in the Debian kernel),
-/// then prints the ready marker and powers off.
-pub const BASELINE_INIT: &str = r#"#!/bin/busybox sh
-# Benchmark baseline for cvm-init (qemu-tests/src/image.rs).
+/// The start of every busybox baseline `/init`: what cvm-init's boot does with busybox, the
+/// same mounts, the same modules in the same order (from the same `/etc/cvm/modules.load`),
+/// configfs after the modules (it is a module in the Debian kernel).
+#[macro_export]
+macro_rules! baseline_prelude {
+    () => {
+        r#"#!/bin/busybox sh
+# Benchmark baseline for cvm-init (qemu-tests/src/image.rs, first_container.rs).
 bb=/bin/busybox
 $bb mount -t proc proc /proc
 $bb mount -t sysfs sysfs /sys
@@ -245,10 +247,19 @@ while read -r module; do
     [ -n "$module" ] && $bb insmod "$module"
 done < /etc/cvm/modules.load
 $bb mount -t configfs configfs /sys/kernel/config
-# Through the kernel log, so that the console line carries a printk timestamp as cvm-init's does.
+"#
+    };
+}
+
+/// The `/init` script of the benchmark baseline: [`baseline_prelude`], then the ready marker
+/// and power-off.
+pub const BASELINE_INIT: &str = concat!(
+    baseline_prelude!(),
+    r#"# Through the kernel log, so that the console line carries a printk timestamp as cvm-init's does.
 echo "cvm-init: ready" > /dev/kmsg
 $bb poweroff -f
-"#;
+"#
+);
 
 /// The baseline initramfs: the same manifest, modules and compression as [`test_image`], with
 /// [`BASELINE_INIT`] as `/init` and the pinned busybox as `/bin/busybox`.
