@@ -430,8 +430,10 @@ impl GpuPolicy {
                 }));
             }
             if ppcie_mode || ppcie_in_reports {
-                let gpus: Vec<GpuTopology> =
-                    verdicts.iter().map(|v| GpuTopology::from(&v.claims)).collect();
+                let gpus: Vec<GpuTopology> = verdicts
+                    .iter()
+                    .map(|v| GpuTopology::from(&v.claims))
+                    .collect();
                 let switch_fields: Vec<SwitchTopology> = switches
                     .iter()
                     .map(|v| SwitchTopology::from(&v.claims))
@@ -712,13 +714,19 @@ mod tests {
         v.claims.debug_disabled = true;
         v.claims.protected_pcie = true;
         v.claims.feature_flag = Some(2);
-        v.claims.switch_pdis = Some(SWITCH_PDIS.iter().cycle().take(18).map(|p| Pdi(*p)).collect());
+        v.claims.switch_pdis = Some(
+            SWITCH_PDIS
+                .iter()
+                .cycle()
+                .take(18)
+                .map(|p| Pdi(*p))
+                .collect(),
+        );
         v
     }
 
     fn switch(index: usize) -> SwitchVerdict {
-        let mut v =
-            crate::verify_switch(&blank(), &crate::FixedRims::default(), &blank_options());
+        let mut v = crate::verify_switch(&blank(), &crate::FixedRims::default(), &blank_options());
         v.failures.clear();
         v.claims.device_pdi = Some(Pdi(SWITCH_PDIS[index]));
         v.claims.gpu_pdis = Some((0xa1..=0xa8).map(Pdi).collect());
@@ -758,7 +766,10 @@ mod tests {
         assert_eq!(v.decision, GateDecision::Refuse);
         assert_eq!(
             v.failures,
-            vec![GateFailure::CheckPpcie, GateFailure::CheckCcMode { cc_feature: 0 }]
+            vec![
+                GateFailure::CheckPpcie,
+                GateFailure::CheckCcMode { cc_feature: 0 }
+            ]
         );
         let cc_on = CcState {
             cc_feature: 1,

@@ -689,21 +689,20 @@ impl SwitchOpaqueData {
             None => (None, None),
             Some(v) => {
                 let split = PDI_LEN * SWITCH_GPU_PDI_COUNT;
-                let (head, ports) = v.split_at_checked(split).ok_or(
-                    OpaqueError::CheckFieldLength {
-                        name: "SWITCH_GPU_PDIS",
-                        len: v.len(),
-                    },
-                )?;
+                let (head, ports) =
+                    v.split_at_checked(split)
+                        .ok_or(OpaqueError::CheckFieldLength {
+                            name: "SWITCH_GPU_PDIS",
+                            len: v.len(),
+                        })?;
                 (
                     Some(pdis("SWITCH_GPU_PDIS", head, Pdi::from_raw)?),
                     Some(ports.to_vec()),
                 )
             }
         };
-        let int = |id: u16, name: &'static str| {
-            fields.get(&id).map(|v| le_int(name, v)).transpose()
-        };
+        let int =
+            |id: u16, name: &'static str| fields.get(&id).map(|v| le_int(name, v)).transpose();
         let position_id = int(field::switch::SWITCH_POSITION_ID, "SWITCH_POSITION_ID")?;
         let lock_status = int(field::switch::SWITCH_LOCK_STATUS, "SWITCH_LOCK_STATUS")?;
         let fwid = fields

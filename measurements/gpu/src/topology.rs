@@ -111,8 +111,14 @@ pub enum TopologyFailure {
         gpu_switches: Vec<Pdi>,
     },
     /// Two switch reports name the same switch.
-    #[error("switch {switch}: DEVICE_PDI {pdi} is the same as switch {first}'s (one switch reported twice)")]
-    CheckSwitchDuplicate { switch: usize, first: usize, pdi: Pdi },
+    #[error(
+        "switch {switch}: DEVICE_PDI {pdi} is the same as switch {first}'s (one switch reported twice)"
+    )]
+    CheckSwitchDuplicate {
+        switch: usize,
+        first: usize,
+        pdi: Pdi,
+    },
     /// A switch report has no SWITCH_GPU_PDIS field.
     #[error("switch {switch}: the report has no SWITCH_GPU_PDIS field")]
     FindSwitchGpuPdis { switch: usize },
@@ -182,7 +188,11 @@ pub fn check_topology(gpus: &[GpuTopology], switches: &[SwitchTopology]) -> Topo
             failures.push(TopologyFailure::FindGpuSwitchPdis { gpu });
             continue;
         };
-        let set: BTreeSet<Pdi> = entries.iter().copied().filter(|p| !p.is_disabled()).collect();
+        let set: BTreeSet<Pdi> = entries
+            .iter()
+            .copied()
+            .filter(|p| !p.is_disabled())
+            .collect();
         if set.len() != PPCIE_SWITCHES {
             failures.push(TopologyFailure::CheckGpuSwitchCount {
                 gpu,

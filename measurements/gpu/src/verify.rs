@@ -767,7 +767,10 @@ fn check_kind(
     failures: &mut Vec<Failure>,
 ) -> bool {
     let before = failures.len();
-    let by_arch = evidence.arch.as_deref().and_then(DeviceKind::from_arch_name);
+    let by_arch = evidence
+        .arch
+        .as_deref()
+        .and_then(DeviceKind::from_arch_name);
     let by_leaf = leaf_cn.and_then(DeviceKind::from_leaf_name);
     for (found, by) in [(by_arch, "arch field"), (by_leaf, "leaf certificate")] {
         if let Some(found) = found
@@ -872,7 +875,12 @@ pub fn verify_gpu_with_ocsp(
         debug_disabled: false,
         oemid: None,
     };
-    if check_kind(DeviceKind::Gpu, evidence, part.leaf_cn.as_deref(), &mut failures) {
+    if check_kind(
+        DeviceKind::Gpu,
+        evidence,
+        part.leaf_cn.as_deref(),
+        &mut failures,
+    ) {
         if let Some(name) = &evidence.arch {
             match (Arch::from_name(name), claims.arch) {
                 (None, _) => failures.push(Failure::CheckArchitecture { arch: name.clone() }),
@@ -1081,7 +1089,12 @@ pub fn verify_switch_with_ocsp(
         secure_boot: false,
         debug_disabled: false,
     };
-    if check_kind(DeviceKind::Switch, evidence, part.leaf_cn.as_deref(), &mut failures) {
+    if check_kind(
+        DeviceKind::Switch,
+        evidence,
+        part.leaf_cn.as_deref(),
+        &mut failures,
+    ) {
         if let Some(name) = &evidence.arch
             && SwitchArch::from_name(name).is_none()
         {
