@@ -225,7 +225,7 @@ fn pdis(
     value: &[u8],
     read: fn([u8; PDI_LEN]) -> Pdi,
 ) -> Result<Vec<Pdi>, OpaqueError> {
-    if value.len() % PDI_LEN != 0 {
+    if !value.len().is_multiple_of(PDI_LEN) {
         return Err(OpaqueError::CheckFieldLength {
             name,
             len: value.len(),
