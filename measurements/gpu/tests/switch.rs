@@ -478,4 +478,68 @@ mod tests {
         assert_eq!(verdict.switch_gpus.len(), 7);
         assert_eq!(verdict.failures, expected);
     }
+
+    #[test]
+    fn the_system_call_refuses_ppcie_without_switches_and_names_the_topology_with_them() {
+        use nv_verify::pci::PciInventory;
+        use nv_verify::policy::{
+            AttestError, CcState, GateDecision, GateFailure, SystemInput, attest_system,
+            attest_system_ppcie,
+        };
+        let gpu_document = data("nvat_serialized_evidence/multi_gpu_hopper.json");
+        let switch_document = data("nvat_serialized_evidence/multi_switch_ls10.json");
+        let (_, nonce) = gpu_entry();
+        let addresses: Vec<String> = (0..4).map(|i| format!("0000:0{i}:00.0")).collect();
+        let pci = PciInventory::from_devices(
+            addresses.iter().map(|a| (a.as_str(), "0x10de", "0x030200")),
+        );
+        assert_eq!(pci.nvidia.len(), 4);
+        let mut bundle = RimBundle::default();
+        bundle.insert(SWITCH_RIM_ID, data(SWITCH_RIM));
+        let input = SystemInput {
+            gpu_policy: None,
+            evidence_document: &gpu_document,
+            nonce,
+            cc_state: Some(CcState {
+                environment: 2,
+                cc_feature: 0,
+                devtools_mode: 0,
+                multi_gpu_mode: 1,
+            }),
+            pci: &pci,
+            now: UnixTime(T_2026_06),
+            ocsp: OcspMode::Skip,
+            ocsp_responses: &[],
+        };
+        // The init's call: no switch evidence, PPCIe refused.
+        let plain = attest_system(&input, &bundle).unwrap();
+        assert_eq!(plain.gate.decision, GateDecision::Refuse);
+        assert_eq!(plain.gate.failures[0], GateFailure::CheckPpcie);
+        assert!(plain.switch_verdicts.is_empty() && plain.gate.topology.is_none());
+        assert_eq!(plain.attestation_payload, None);
+
+        // With the switches (their nonce is another one: every switch fails CheckNonce).
+        let with = attest_system_ppcie(&input, Some(&switch_document), &bundle).unwrap();
+        assert_eq!(with.gate.decision, GateDecision::Refuse);
+        assert_eq!(with.switch_verdicts.len(), 4);
+        assert!(!with.gate.failures.contains(&GateFailure::CheckPpcie));
+        assert!(with.gate.failures.iter().any(|f| matches!(
+            f,
+            GateFailure::VerifySwitch {
+                index: 0,
+                failure: Failure::CheckNonce { .. }
+            }
+        )));
+        assert!(with.gate.failures.contains(&GateFailure::CheckTopology(
+            TopologyFailure::CheckGpuCount { actual: 4 }
+        )));
+        assert!(with.gate.topology.as_ref().is_some_and(|t| !t.passed()));
+        assert_eq!(with.attestation_payload, None);
+
+        // A switch document that does not parse is an error, not a pass.
+        assert!(matches!(
+            attest_system_ppcie(&input, Some(b"not json"), &bundle),
+            Err(AttestError::ParseSwitchEvidence(_))
+        ));
+    }
 }
