@@ -160,10 +160,30 @@ pub fn kernel_pe(data: &[u8]) {
     }
 }
 
-/// An NVIDIA SPDM GET_MEASUREMENTS attestation report (exact length rules, opaque TLVs).
+/// An NVIDIA SPDM GET_MEASUREMENTS attestation report (exact length rules, opaque TLVs), read
+/// as a GPU's and as an NVSwitch's: the SPDM layout must agree between the two, and a parsed
+/// switch report's RIM id and PDIs are derived.
 pub fn gpu_report(data: &[u8]) {
-    if let Ok(report) = nv_verify::report::AttestationReport::parse(data) {
+    use nv_verify::report::{AttestationReport, SwitchReport};
+    let gpu = AttestationReport::parse(data);
+    if let Ok(report) = &gpu {
         let _ = format!("{report:?}");
+        assert_eq!(report.signed_len + 96, data.len(), "GPU signed length");
+    }
+    let switch = SwitchReport::parse(data);
+    if let Ok(report) = &switch {
+        assert_eq!(report.signed_len + 96, data.len(), "switch signed length");
+        assert!(report.measurements.len() <= usize::from(report.block_count));
+        let id = report.opaque.bios_rim_id();
+        assert!(id.starts_with("NV_SWITCH_BIOS_5612_0002_890_"), "{id}");
+        if let Some(pdis) = &report.opaque.gpu_pdis {
+            assert_eq!(pdis.len(), nv_verify::report::SWITCH_GPU_PDI_COUNT);
+        }
+    }
+    // Both parsers share the SPDM part: when both parse, they read the same measurements.
+    if let (Ok(g), Ok(s)) = (&gpu, &switch) {
+        assert_eq!(g.measurements, s.measurements, "SPDM blocks differ by kind");
+        assert_eq!(g.request_nonce, s.request_nonce);
     }
 }
 
@@ -174,7 +194,24 @@ pub fn gpu_rim(data: &[u8]) {
     }
 }
 
-/// The NVAT JSON evidence document the GPU helper returns.
+/// The NVAT JSON evidence document the GPU helper returns (GPU and `LS10` switch entries):
+/// each decoded report is parsed as its device kind's and its chain as PEM.
 pub fn gpu_evidence(data: &[u8]) {
-    let _ = nv_verify::evidence::parse_nvat_json(data);
+    use nv_verify::DeviceKind;
+    use nv_verify::report::{AttestationReport, SwitchReport};
+    let Ok(entries) = nv_verify::evidence::parse_nvat_json(data) else {
+        return;
+    };
+    for entry in &entries {
+        let evidence = &entry.evidence;
+        match evidence.arch.as_deref().and_then(DeviceKind::from_arch_name) {
+            Some(DeviceKind::Switch) => {
+                let _ = SwitchReport::parse(&evidence.report);
+            }
+            _ => {
+                let _ = AttestationReport::parse(&evidence.report);
+            }
+        }
+        let _ = nv_verify::certs::parse_pem_chain(&evidence.cert_chain);
+    }
 }

@@ -3,14 +3,18 @@
 //!
 //! Defaults are strict: measurements must match (so secure boot on and debug off, which
 //! local verification derives from the match), CC mode on in the production environment,
-//! devtools off. PPCIe (protected PCIe, multi-GPU with NVSwitch) is refused in this version.
+//! devtools off. PPCIe (protected PCIe, 8 GPUs with 4 NVSwitches) passes only with switch
+//! evidence ([`GpuPolicy::evaluate_with_switches`], [`attest_system_ppcie`]): every switch
+//! verifies and the topology of [`crate::topology`] holds. Without switch evidence (the init's
+//! helper collects none) PPCIe is refused.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use crate::verify::{Failure, GpuVerdict, MeasurementResult, OcspStatus};
+use crate::topology::{self, GpuTopology, SwitchTopology, TopologyFailure, TopologyVerdict};
+use crate::verify::{Failure, GpuVerdict, MeasurementResult, OcspStatus, SwitchVerdict};
 
 /// RTMR3 event name of the policy hash (always extended, also without GPUs).
 pub const GPU_POLICY_HASH_EVENT: &str = "gpu-policy-hash";
@@ -218,12 +222,29 @@ pub enum GateFailure {
     /// DevTools mode on and the policy does not allow it.
     #[error("GPU devtools mode is on and gpu_policy does not allow it")]
     CheckDevtools,
-    /// Protected PCIe (multi-GPU with NVSwitch) is not supported.
+    /// Protected PCIe (multi-GPU with NVSwitch) without NVSwitch evidence.
     #[error(
-        "protected PCIe (PPCIe, multi-GPU with NVSwitch) is not supported by this version; \
-         boot the GPUs in single-GPU CC mode"
+        "protected PCIe (PPCIe, multi-GPU with NVSwitch) needs verified NVSwitch evidence and \
+         the 8-GPU / 4-switch topology, and no switch evidence was given; boot the GPUs in CC \
+         mode"
     )]
     CheckPpcie,
+    /// NVML's multi-GPU mode and the signed reports disagree about PPCIe.
+    #[error("the GPU reports say protected PCIe but NVML multiGpuMode is {multi_gpu_mode}")]
+    CheckPpcieMode { multi_gpu_mode: u32 },
+    /// An NVML multi-GPU mode this verifier does not know.
+    #[error("NVML multiGpuMode {multi_gpu_mode} is neither 0 (none) nor 1 (protected PCIe)")]
+    CheckMultiGpuMode { multi_gpu_mode: u32 },
+    /// An NVSwitch's evidence failed.
+    #[error("NVSwitch {index}")]
+    VerifySwitch {
+        index: usize,
+        #[source]
+        failure: Failure,
+    },
+    /// The PPCIe topology does not hold.
+    #[error("PPCIe topology")]
+    CheckTopology(#[source] TopologyFailure),
     /// A GPU's evidence failed.
     #[error("GPU {index}")]
     VerifyGpu {
@@ -264,6 +285,9 @@ pub struct GateVerdict {
     /// Every failure (empty unless `Refuse`).
     #[serde(serialize_with = "serialize_gate_failures")]
     pub failures: Vec<GateFailure>,
+    /// The PPCIe topology verdict, when switch evidence was evaluated for a PPCIe set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub topology: Option<TopologyVerdict>,
 }
 
 fn serialize_gate_failures<S: serde::Serializer>(
@@ -290,8 +314,23 @@ pub struct GateInput {
 }
 
 impl GpuPolicy {
-    /// Applies the policy to the per-GPU verdicts (in device order). Every failure is listed.
+    /// Applies the policy to the per-GPU verdicts (in device order) without switch evidence,
+    /// so PPCIe is refused. Every failure is listed.
     pub fn evaluate(&self, input: &GateInput, verdicts: &[GpuVerdict]) -> GateVerdict {
+        self.evaluate_with_switches(input, verdicts, None)
+    }
+
+    /// [`Self::evaluate`] with the NVSwitch verdicts of a PPCIe set (`None`: none collected).
+    /// Given switches must all pass. In PPCIe (NVML multiGpuMode 1, or reports with
+    /// PROTECTED_PCIE_STATUS 0xAA / FEATURE_FLAG 2) the switches are required and the topology
+    /// must hold; ccFeature may then be off (PPCIe replaces CC mode, as NVIDIA's
+    /// `ppcie-verifier` pre-check), everything else is as in CC mode.
+    pub fn evaluate_with_switches(
+        &self,
+        input: &GateInput,
+        verdicts: &[GpuVerdict],
+        switches: Option<&[SwitchVerdict]>,
+    ) -> GateVerdict {
         let mut failures: Vec<GateFailure> = input
             .foreign_display_devices
             .iter()
@@ -305,7 +344,11 @@ impl GpuPolicy {
             } else {
                 GateDecision::Refuse
             };
-            return GateVerdict { decision, failures };
+            return GateVerdict {
+                decision,
+                failures,
+                topology: None,
+            };
         }
         if !self.attest_gpu {
             let decision = if failures.is_empty() {
@@ -313,15 +356,28 @@ impl GpuPolicy {
             } else {
                 GateDecision::Refuse
             };
-            return GateVerdict { decision, failures };
+            return GateVerdict {
+                decision,
+                failures,
+                topology: None,
+            };
         }
+        let ppcie_mode = input.cc_state.is_some_and(|s| s.multi_gpu_mode == 1);
+        let ppcie_in_reports = verdicts
+            .iter()
+            .any(|v| v.claims.protected_pcie || v.claims.feature_flag == Some(2));
         match input.cc_state {
             None => failures.push(GateFailure::FindCcState),
             Some(state) => {
-                if state.multi_gpu_mode == 1 {
-                    failures.push(GateFailure::CheckPpcie);
+                match state.multi_gpu_mode {
+                    0 => {}
+                    1 if switches.is_some() => {}
+                    1 => failures.push(GateFailure::CheckPpcie),
+                    other => failures.push(GateFailure::CheckMultiGpuMode {
+                        multi_gpu_mode: other,
+                    }),
                 }
-                if state.cc_feature != 1 {
+                if state.cc_feature != 1 && !(ppcie_mode && switches.is_some()) {
                     failures.push(GateFailure::CheckCcMode {
                         cc_feature: state.cc_feature,
                     });
@@ -342,11 +398,16 @@ impl GpuPolicy {
                 evidence: verdicts.len(),
             });
         }
-        let ppcie_in_reports = verdicts
-            .iter()
-            .any(|v| v.claims.protected_pcie || v.claims.feature_flag == Some(2));
         if ppcie_in_reports && !failures.contains(&GateFailure::CheckPpcie) {
-            failures.push(GateFailure::CheckPpcie);
+            if switches.is_none() {
+                failures.push(GateFailure::CheckPpcie);
+            } else if let Some(state) = input.cc_state
+                && state.multi_gpu_mode != 1
+            {
+                failures.push(GateFailure::CheckPpcieMode {
+                    multi_gpu_mode: state.multi_gpu_mode,
+                });
+            }
         }
         for (index, verdict) in verdicts.iter().enumerate() {
             failures.extend(verdict.failures.iter().map(|f| GateFailure::VerifyGpu {
@@ -360,12 +421,44 @@ impl GpuPolicy {
                 failures.push(GateFailure::CheckDebug { index });
             }
         }
+        let mut topology = None;
+        if let Some(switches) = switches {
+            for (index, verdict) in switches.iter().enumerate() {
+                failures.extend(verdict.failures.iter().map(|f| GateFailure::VerifySwitch {
+                    index,
+                    failure: f.clone(),
+                }));
+            }
+            if ppcie_mode || ppcie_in_reports {
+                let gpus: Vec<GpuTopology> = verdicts
+                    .iter()
+                    .map(|v| GpuTopology::from(&v.claims))
+                    .collect();
+                let switch_fields: Vec<SwitchTopology> = switches
+                    .iter()
+                    .map(|v| SwitchTopology::from(&v.claims))
+                    .collect();
+                let verdict = topology::check_topology(&gpus, &switch_fields);
+                failures.extend(
+                    verdict
+                        .failures
+                        .iter()
+                        .cloned()
+                        .map(GateFailure::CheckTopology),
+                );
+                topology = Some(verdict);
+            }
+        }
         let decision = if failures.is_empty() {
             GateDecision::Ready
         } else {
             GateDecision::Refuse
         };
-        GateVerdict { decision, failures }
+        GateVerdict {
+            decision,
+            failures,
+            topology,
+        }
     }
 }
 
@@ -398,6 +491,44 @@ pub fn gpu_attestation_payload(
         devtools,
         evidence_sha256: hex::encode(Sha256::digest(evidence)),
         ocsp,
+    };
+    // Serializing a struct of strings, numbers and bools cannot fail.
+    serde_json::to_vec(&payload).unwrap_or_default()
+}
+
+/// The `gpu-attestation` payload of a PPCIe set: as [`gpu_attestation_payload`] with
+/// `"cc_mode":"ppcie"`, plus `"switches":M` and `"switch_evidence_sha256"` (SHA-256 of the
+/// switch evidence document as collected).
+pub fn ppcie_attestation_payload(
+    devices: usize,
+    switches: usize,
+    devtools: bool,
+    ocsp: OcspStatus,
+    evidence: &[u8],
+    switch_evidence: &[u8],
+) -> Vec<u8> {
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        version: u32,
+        provider: &'a str,
+        devices: usize,
+        cc_mode: &'a str,
+        devtools: bool,
+        evidence_sha256: String,
+        ocsp: OcspStatus,
+        switches: usize,
+        switch_evidence_sha256: String,
+    }
+    let payload = Payload {
+        version: 2,
+        provider: "nvidia",
+        devices,
+        cc_mode: "ppcie",
+        devtools,
+        evidence_sha256: hex::encode(Sha256::digest(evidence)),
+        ocsp,
+        switches,
+        switch_evidence_sha256: hex::encode(Sha256::digest(switch_evidence)),
     };
     // Serializing a struct of strings, numbers and bools cannot fail.
     serde_json::to_vec(&payload).unwrap_or_default()
@@ -550,6 +681,177 @@ mod tests {
             GateDecision::ReadyWithoutAttestation
         );
     }
+
+    // PPCIe gate over synthetic verdicts: the claims a verified 8 + 4 board would have (the
+    // public vectors are not one; signatures are never faked, only verdict structs are built).
+
+    use crate::report::Pdi;
+    use crate::verify::{GpuEvidence, SwitchVerdict};
+
+    const SWITCH_PDIS: [u64; 4] = [0x11, 0x22, 0x33, 0x44];
+
+    fn blank_options() -> crate::VerifyOptions {
+        crate::VerifyOptions {
+            nonce: [0; 32],
+            now: crate::UnixTime(0),
+            ocsp: crate::OcspMode::Skip,
+        }
+    }
+
+    fn blank() -> GpuEvidence {
+        GpuEvidence {
+            report: Vec::new(),
+            cert_chain: Vec::new(),
+            arch: None,
+        }
+    }
+
+    fn ppcie_gpu() -> GpuVerdict {
+        let mut v = crate::verify_gpu(&blank(), &crate::FixedRims::default(), &blank_options());
+        v.failures.clear();
+        v.claims.report_parsed = true;
+        v.claims.secure_boot = true;
+        v.claims.debug_disabled = true;
+        v.claims.protected_pcie = true;
+        v.claims.feature_flag = Some(2);
+        v.claims.switch_pdis = Some(
+            SWITCH_PDIS
+                .iter()
+                .cycle()
+                .take(18)
+                .map(|p| Pdi(*p))
+                .collect(),
+        );
+        v
+    }
+
+    fn switch(index: usize) -> SwitchVerdict {
+        let mut v = crate::verify_switch(&blank(), &crate::FixedRims::default(), &blank_options());
+        v.failures.clear();
+        v.claims.device_pdi = Some(Pdi(SWITCH_PDIS[index]));
+        v.claims.gpu_pdis = Some((0xa1..=0xa8).map(Pdi).collect());
+        v
+    }
+
+    fn ppcie_state() -> CcState {
+        CcState {
+            environment: 2,
+            cc_feature: 0,
+            devtools_mode: 0,
+            multi_gpu_mode: 1,
+        }
+    }
+
+    fn board_input(state: CcState) -> GateInput {
+        GateInput {
+            pci_gpu_count: 8,
+            foreign_display_devices: Vec::new(),
+            cc_state: Some(state),
+        }
+    }
+
+    #[test]
+    fn ppcie_passes_only_with_verified_switches_and_topology() {
+        let policy = GpuPolicy::strict();
+        let gpus = vec![ppcie_gpu(); 8];
+        let switches: Vec<SwitchVerdict> = (0..4).map(switch).collect();
+        let input = board_input(ppcie_state());
+        let v = policy.evaluate_with_switches(&input, &gpus, Some(&switches));
+        assert_eq!(v.failures, vec![]);
+        assert_eq!(v.decision, GateDecision::Ready);
+        assert!(v.topology.as_ref().is_some_and(TopologyVerdict::passed));
+
+        // Without switch evidence (the init today): refused, also with CC on.
+        let v = policy.evaluate(&input, &gpus);
+        assert_eq!(v.decision, GateDecision::Refuse);
+        assert_eq!(
+            v.failures,
+            vec![
+                GateFailure::CheckPpcie,
+                GateFailure::CheckCcMode { cc_feature: 0 }
+            ]
+        );
+        let cc_on = CcState {
+            cc_feature: 1,
+            ..ppcie_state()
+        };
+        assert_eq!(
+            policy.evaluate(&board_input(cc_on), &gpus).failures,
+            vec![GateFailure::CheckPpcie]
+        );
+    }
+
+    #[test]
+    fn ppcie_refuses_a_failed_switch_and_a_broken_topology() {
+        let policy = GpuPolicy::strict();
+        let gpus = vec![ppcie_gpu(); 8];
+        let mut switches: Vec<SwitchVerdict> = (0..4).map(switch).collect();
+        switches[2].failures.push(Failure::VerifyReportSignature);
+        let input = board_input(ppcie_state());
+        let v = policy.evaluate_with_switches(&input, &gpus, Some(&switches));
+        assert_eq!(
+            v.failures,
+            vec![GateFailure::VerifySwitch {
+                index: 2,
+                failure: Failure::VerifyReportSignature
+            }]
+        );
+        assert_eq!(
+            cvm_error_chain::joined(&v.failures[0]),
+            "NVSwitch 2: report signature does not verify under the attestation key"
+        );
+
+        let switches: Vec<SwitchVerdict> = (0..3).map(switch).collect();
+        let v = policy.evaluate_with_switches(&input, &gpus, Some(&switches));
+        assert_eq!(v.decision, GateDecision::Refuse);
+        assert_eq!(
+            v.failures,
+            vec![GateFailure::CheckTopology(
+                TopologyFailure::CheckSwitchCount { actual: 3 }
+            )]
+        );
+    }
+
+    #[test]
+    fn ppcie_reports_need_ppcie_mode_and_unknown_modes_fail() {
+        let policy = GpuPolicy::strict();
+        let gpus = vec![ppcie_gpu(); 8];
+        let switches: Vec<SwitchVerdict> = (0..4).map(switch).collect();
+        let cc_mode = CcState {
+            cc_feature: 1,
+            multi_gpu_mode: 0,
+            ..ppcie_state()
+        };
+        let v = policy.evaluate_with_switches(&board_input(cc_mode), &gpus, Some(&switches));
+        assert_eq!(
+            v.failures,
+            vec![GateFailure::CheckPpcieMode { multi_gpu_mode: 0 }]
+        );
+        let odd = CcState {
+            multi_gpu_mode: 7,
+            ..cc_mode
+        };
+        let v = policy.evaluate_with_switches(&board_input(odd), &gpus, Some(&switches));
+        assert_eq!(
+            v.failures,
+            vec![
+                GateFailure::CheckMultiGpuMode { multi_gpu_mode: 7 },
+                GateFailure::CheckPpcieMode { multi_gpu_mode: 7 },
+            ]
+        );
+    }
+
+    #[test]
+    fn ppcie_payload_names_the_switches() {
+        let payload = ppcie_attestation_payload(8, 4, false, OcspStatus::Skipped, b"abc", b"");
+        let value: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(value["cc_mode"], "ppcie");
+        assert_eq!(value["switches"], 4);
+        assert_eq!(
+            value["switch_evidence_sha256"],
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
 }
 
 /// Everything the init needs from one GPU attestation round, computed in one call by
@@ -561,6 +863,8 @@ pub struct SystemAttestation {
     pub policy_hash: [u8; 32],
     /// Per-GPU verdicts in evidence order.
     pub verdicts: Vec<GpuVerdict>,
+    /// Per-NVSwitch verdicts (PPCIe; empty without switch evidence).
+    pub switch_verdicts: Vec<SwitchVerdict>,
     /// The gate.
     pub gate: GateVerdict,
     /// `gpu-attestation` payload, present only when `gate.decision == Ready` (extend it, then
@@ -613,13 +917,29 @@ pub enum AttestError {
     /// The evidence document does not parse.
     #[error("GPU evidence document")]
     ParseEvidence(#[source] crate::evidence::EvidenceError),
+    /// The switch evidence document does not parse.
+    #[error("NVSwitch evidence document")]
+    ParseSwitchEvidence(#[source] crate::evidence::EvidenceError),
 }
 
 /// One call for the init: policy hash, per-GPU verification, gate, and (on `Ready`) the
 /// `gpu-attestation` payload. With no NVIDIA GPU on the bus the evidence is not parsed and the
-/// decision is `NoGpus`.
+/// decision is `NoGpus`. No switch evidence: PPCIe is refused (see [`attest_system_ppcie`]).
 pub fn attest_system(
     input: &SystemInput<'_>,
+    rims: &dyn crate::RimSource,
+) -> Result<SystemAttestation, AttestError> {
+    attest_system_ppcie(input, None, rims)
+}
+
+/// [`attest_system`] with the NVSwitch evidence document of a PPCIe set (NVAT format, `LS10`
+/// entries, collected with the same nonce): every switch is verified against its switch BIOS
+/// RIM from `rims`, and the gate requires them all and the topology
+/// ([`GpuPolicy::evaluate_with_switches`]). On `Ready` the payload is
+/// [`ppcie_attestation_payload`].
+pub fn attest_system_ppcie(
+    input: &SystemInput<'_>,
+    switch_evidence_document: Option<&[u8]>,
     rims: &dyn crate::RimSource,
 ) -> Result<SystemAttestation, AttestError> {
     let policy_hash = gpu_policy_hash(input.gpu_policy);
@@ -649,21 +969,52 @@ pub fn attest_system(
             })
             .collect()
     };
-    let gate = policy.evaluate(&gate_input, &verdicts);
+    let options = crate::VerifyOptions {
+        nonce: input.nonce,
+        now: input.now,
+        ocsp: input.ocsp,
+    };
+    let switch_verdicts: Option<Vec<SwitchVerdict>> = match switch_evidence_document {
+        Some(document) if !verdicts.is_empty() => Some(
+            crate::evidence::parse_nvat_json(document)
+                .map_err(AttestError::ParseSwitchEvidence)?
+                .iter()
+                .map(|entry| {
+                    crate::verify::verify_switch_with_ocsp(
+                        &entry.evidence,
+                        rims,
+                        &options,
+                        input.ocsp_responses,
+                    )
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let gate = policy.evaluate_with_switches(&gate_input, &verdicts, switch_verdicts.as_deref());
+    let devtools = input.cc_state.is_some_and(|s| s.devtools_mode != 0);
     let attestation_payload = (gate.decision == GateDecision::Ready).then(|| {
         let ocsp = verdicts
             .first()
             .map_or(OcspStatus::Skipped, |v| v.claims.ocsp);
-        gpu_attestation_payload(
-            verdicts.len(),
-            input.cc_state.is_some_and(|s| s.devtools_mode != 0),
-            ocsp,
-            input.evidence_document,
-        )
+        match (&switch_verdicts, switch_evidence_document) {
+            (Some(switches), Some(document)) if gate.topology.is_some() => {
+                ppcie_attestation_payload(
+                    verdicts.len(),
+                    switches.len(),
+                    devtools,
+                    ocsp,
+                    input.evidence_document,
+                    document,
+                )
+            }
+            _ => gpu_attestation_payload(verdicts.len(), devtools, ocsp, input.evidence_document),
+        }
     });
     Ok(SystemAttestation {
         policy_hash,
         verdicts,
+        switch_verdicts: switch_verdicts.unwrap_or_default(),
         gate,
         attestation_payload,
     })

@@ -1,6 +1,8 @@
-//! The GPU attestation report: an SPDM 1.1 GET_MEASUREMENTS request followed by the
-//! MEASUREMENTS response (spec §1.3). All integers are little-endian; the length equation
-//! `37 + 42 + L1 + L2 + 96` must hold exactly.
+//! The attestation report of a GPU or an NVSwitch: an SPDM 1.1 GET_MEASUREMENTS request
+//! followed by the MEASUREMENTS response (spec §1.3). All integers are little-endian; the length
+//! equation `37 + 42 + L1 + L2 + 96` must hold exactly. The SPDM layout is shared; only the opaque
+//! data differs by device kind ([`OpaqueData`] for GPUs, [`SwitchOpaqueData`] for LS10
+//! switches), so [`Report`] is generic over it.
 
 use std::collections::BTreeMap;
 
@@ -108,6 +110,9 @@ pub enum OpaqueError {
     /// NVDEC0_STATUS other than 0xAA or 0x55.
     #[error("NVDEC0 status {value:#04x} is neither 0xAA nor 0x55")]
     CheckNvdecStatus { value: u8 },
+    /// PROTECTED_PCIE_STATUS other than 0xAA or 0x55.
+    #[error("protected PCIe status {value:#04x} is neither 0xAA nor 0x55")]
+    CheckPpcieStatus { value: u8 },
 }
 
 /// Opaque field ids (spec §1.3).
@@ -145,10 +150,92 @@ pub mod field {
     pub const FEATURE_FLAG: u16 = 36;
     pub const INVALID: u16 = 255;
 
-    /// Every id the legacy TLV format defines.
+    /// NVSwitch (LS10) names of ids shared with the GPU table.
+    pub mod switch {
+        /// ASCII BIOS version (`96.10.55.00.01`), where GPUs have the 8-byte VBIOS version.
+        pub const BIOS_VERSION: u16 = super::VBIOS_VERSION;
+        /// The switch's own 8-byte PDI.
+        pub const DEVICE_PDI: u16 = super::SWITCH_PDI;
+        /// Disabled ports.
+        pub const DISABLED_PORTS: u16 = super::FLOORSWEPT_PORTS;
+        /// Position of the switch on the baseboard.
+        pub const SWITCH_POSITION_ID: u16 = super::POSITION_ID;
+        /// Lock status.
+        pub const SWITCH_LOCK_STATUS: u16 = super::LOCK_SWITCH_STATUS;
+        /// 8 × 8-byte GPU PDIs, then one port→GPU byte per port.
+        pub const SWITCH_GPU_PDIS: u16 = super::SWITCH_GPU_PDIS;
+        /// Switch ports.
+        pub const SWITCH_PORTS: u16 = 27;
+    }
+
+    /// Every id the legacy GPU TLV format defines.
     pub(crate) fn is_known(id: u16) -> bool {
         matches!(id, 1..=26 | 32..=36 | 255)
     }
+
+    /// Every id NVAT's switch opaque parser accepts (1..=27).
+    pub(crate) fn is_known_switch(id: u16) -> bool {
+        matches!(id, 1..=27)
+    }
+}
+
+/// Size of one PDI (platform device identifier) in the opaque data.
+pub const PDI_LEN: usize = 8;
+/// GPU PDIs at the start of a switch's SWITCH_GPU_PDIS field.
+pub const SWITCH_GPU_PDI_COUNT: usize = 8;
+
+/// A platform device identifier, as the number NVIDIA prints: a GPU's SWITCH_PDI entries are
+/// read little-endian, a switch's DEVICE_PDI and SWITCH_GPU_PDIS entries in their raw byte order
+/// (big-endian), so the same switch compares equal from both sides (spec §2; the switch's
+/// DEVICE_PDI also appears in its BROM certificate's serial number).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pdi(pub u64);
+
+impl Pdi {
+    /// A GPU SWITCH_PDI entry (little-endian).
+    pub fn from_le(raw: [u8; PDI_LEN]) -> Self {
+        Self(u64::from_le_bytes(raw))
+    }
+
+    /// A switch DEVICE_PDI or SWITCH_GPU_PDIS entry (raw byte order).
+    pub fn from_raw(raw: [u8; PDI_LEN]) -> Self {
+        Self(u64::from_be_bytes(raw))
+    }
+
+    /// Zero marks a disabled NVLink.
+    pub fn is_disabled(self) -> bool {
+        self.0 == 0
+    }
+}
+
+impl std::fmt::Display for Pdi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+impl serde::Serialize for Pdi {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn pdis(
+    name: &'static str,
+    value: &[u8],
+    read: fn([u8; PDI_LEN]) -> Pdi,
+) -> Result<Vec<Pdi>, OpaqueError> {
+    if !value.len().is_multiple_of(PDI_LEN) {
+        return Err(OpaqueError::CheckFieldLength {
+            name,
+            len: value.len(),
+        });
+    }
+    Ok(value
+        .chunks_exact(PDI_LEN)
+        .filter_map(|c| <[u8; PDI_LEN]>::try_from(c).ok())
+        .map(read)
+        .collect())
 }
 
 /// NVDEC0 engine status: decides whether RIM index 35 is compared.
@@ -180,6 +267,8 @@ pub struct OpaqueData {
     pub fwid: Option<[u8; 48]>,
     /// `PROTECTED_PCIE_STATUS` == 0xAA.
     pub protected_pcie: Option<bool>,
+    /// `SWITCH_PDI`: one PDI per NVLink (read little-endian; zero = disabled link).
+    pub switch_pdis: Option<Vec<Pdi>>,
     /// `FEATURE_FLAG` (2 = PPCIe; the other values are ambiguous between references).
     pub feature_flag: Option<u64>,
     /// `OPAQUE_DATA_VERSION`.
@@ -190,9 +279,32 @@ pub struct OpaqueData {
     pub fields: BTreeMap<u16, Vec<u8>>,
 }
 
-/// A parsed attestation report.
+/// The device kind's opaque data: how the TLVs after the measurement record are read.
+pub trait Opaque: Sized {
+    /// Parses the opaque data of this device kind (fail closed on unknown ids).
+    fn parse(bytes: &[u8]) -> Result<Self, OpaqueError>;
+}
+
+impl Opaque for OpaqueData {
+    fn parse(bytes: &[u8]) -> Result<Self, OpaqueError> {
+        OpaqueData::parse(bytes)
+    }
+}
+
+impl Opaque for SwitchOpaqueData {
+    fn parse(bytes: &[u8]) -> Result<Self, OpaqueError> {
+        SwitchOpaqueData::parse(bytes)
+    }
+}
+
+/// A GPU's attestation report.
+pub type AttestationReport = Report<OpaqueData>;
+/// An NVSwitch's attestation report (31 blocks on LS10).
+pub type SwitchReport = Report<SwitchOpaqueData>;
+
+/// A parsed attestation report with the opaque data of its device kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttestationReport {
+pub struct Report<O> {
     /// The nonce in the GET_MEASUREMENTS request (the caller's nonce).
     pub request_nonce: [u8; 32],
     /// The responder's own random nonce (never compared).
@@ -202,7 +314,7 @@ pub struct AttestationReport {
     /// Number of blocks the response announced.
     pub block_count: u8,
     /// The opaque data.
-    pub opaque: OpaqueData,
+    pub opaque: O,
     /// Bytes covered by the signature: the whole report minus the last 96 bytes.
     pub signed_len: usize,
     /// Raw `r ‖ s`.
@@ -220,7 +332,7 @@ fn array_at<const N: usize>(bytes: &[u8], offset: usize) -> Option<[u8; N]> {
         .and_then(|s| s.try_into().ok())
 }
 
-impl AttestationReport {
+impl<O: Opaque> Report<O> {
     /// Parses a report with the exact length rules of spec §1.3 and §6.4.
     pub fn parse(report: &[u8]) -> Result<Self, ReportError> {
         let len = report.len();
@@ -275,7 +387,7 @@ impl AttestationReport {
                 actual: len,
             })?;
         let opaque_bytes = &report[opaque_start..opaque_start + usize::from(opaque_len)];
-        let opaque = OpaqueData::parse(opaque_bytes).map_err(ReportError::ParseOpaque)?;
+        let opaque = O::parse(opaque_bytes).map_err(ReportError::ParseOpaque)?;
         let signed_len = len - SIGNATURE_LEN;
         let signature =
             array_at::<SIGNATURE_LEN>(report, signed_len).ok_or(ReportError::CheckLength {
@@ -344,6 +456,31 @@ fn parse_blocks(record: &[u8], block_count: u8) -> Result<BTreeMap<u8, Vec<u8>>,
     Ok(blocks)
 }
 
+/// Splits legacy TLV opaque data into fields; `NVDAOD`, overruns, duplicates and ids that
+/// `known` refuses fail closed.
+fn parse_tlvs(bytes: &[u8], known: fn(u16) -> bool) -> Result<BTreeMap<u16, Vec<u8>>, OpaqueError> {
+    if bytes.starts_with(NVDAOD_MAGIC) {
+        return Err(OpaqueError::CheckFormat);
+    }
+    let mut fields = BTreeMap::new();
+    let mut offset = 0usize;
+    while offset < bytes.len() {
+        let id = u16_at(bytes, offset).ok_or(OpaqueError::ReadField { offset })?;
+        let len = usize::from(u16_at(bytes, offset + 2).ok_or(OpaqueError::ReadField { offset })?);
+        let value = bytes
+            .get(offset + 4..offset + 4 + len)
+            .ok_or(OpaqueError::ReadField { offset })?;
+        if !known(id) {
+            return Err(OpaqueError::CheckFieldId { id });
+        }
+        if fields.insert(id, value.to_vec()).is_some() {
+            return Err(OpaqueError::CheckDuplicateField { id });
+        }
+        offset += 4 + len;
+    }
+    Ok(fields)
+}
+
 fn ascii(name: &'static str, value: &[u8]) -> Result<String, OpaqueError> {
     // NUL-terminated or NUL-padded; spaces are dropped (the RIM ids are built without them).
     let end = value.iter().position(|&b| b == 0).unwrap_or(value.len());
@@ -388,26 +525,7 @@ impl OpaqueData {
     /// Parses the legacy TLV opaque data; unknown ids, version > 1 and the `NVDAOD` format
     /// fail closed.
     pub fn parse(bytes: &[u8]) -> Result<Self, OpaqueError> {
-        if bytes.starts_with(NVDAOD_MAGIC) {
-            return Err(OpaqueError::CheckFormat);
-        }
-        let mut fields = BTreeMap::new();
-        let mut offset = 0usize;
-        while offset < bytes.len() {
-            let id = u16_at(bytes, offset).ok_or(OpaqueError::ReadField { offset })?;
-            let len =
-                usize::from(u16_at(bytes, offset + 2).ok_or(OpaqueError::ReadField { offset })?);
-            let value = bytes
-                .get(offset + 4..offset + 4 + len)
-                .ok_or(OpaqueError::ReadField { offset })?;
-            if !field::is_known(id) {
-                return Err(OpaqueError::CheckFieldId { id });
-            }
-            if fields.insert(id, value.to_vec()).is_some() {
-                return Err(OpaqueError::CheckDuplicateField { id });
-            }
-            offset += 4 + len;
-        }
+        let fields = parse_tlvs(bytes, field::is_known)?;
         let get = |id: u16, name: &'static str| -> Result<&Vec<u8>, OpaqueError> {
             fields.get(&id).ok_or(OpaqueError::FindField { name })
         };
@@ -462,11 +580,16 @@ impl OpaqueData {
             .map(|v| match v.as_slice() {
                 [0xAA] => Ok(true),
                 [0x55] => Ok(false),
+                [value] => Err(OpaqueError::CheckPpcieStatus { value: *value }),
                 other => Err(OpaqueError::CheckFieldLength {
                     name: "PROTECTED_PCIE_STATUS",
                     len: other.len(),
                 }),
             })
+            .transpose()?;
+        let switch_pdis = fields
+            .get(&field::SWITCH_PDI)
+            .map(|v| pdis("SWITCH_PDI", v, Pdi::from_le))
             .transpose()?;
         let feature_flag = fields
             .get(&field::FEATURE_FLAG)
@@ -485,6 +608,7 @@ impl OpaqueData {
             nvdec0_status,
             fwid,
             protected_pcie,
+            switch_pdis,
             feature_flag,
             opaque_data_version,
             chip_info,
@@ -501,6 +625,113 @@ impl OpaqueData {
             self.project_sku.to_uppercase(),
             self.chip_sku.to_uppercase(),
             self.vbios_version.replace('.', "").to_uppercase()
+        )
+    }
+}
+
+/// LS10 constants of the switch BIOS RIM id (NVIDIA's reference tools hard-code them: the
+/// switch opaque data carries no project fields).
+pub const LS10_PROJECT: &str = "5612";
+/// See [`LS10_PROJECT`].
+pub const LS10_PROJECT_SKU: &str = "0002";
+/// See [`LS10_PROJECT`].
+pub const LS10_CHIP_SKU: &str = "890";
+
+/// The opaque fields of an NVSwitch (LS10) report the verifier uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwitchOpaqueData {
+    /// BIOS version (ASCII `96.10.55.00.01`, id 6).
+    pub bios_version: String,
+    /// The switch's own PDI (id 22), raw byte order.
+    pub device_pdi: Option<Pdi>,
+    /// The first 8 entries of SWITCH_GPU_PDIS (id 26): the GPUs this switch connects.
+    pub gpu_pdis: Option<Vec<Pdi>>,
+    /// The port→GPU bytes after the 8 GPU PDIs.
+    pub gpu_ports: Option<Vec<u8>>,
+    /// SWITCH_POSITION_ID (id 24), little-endian.
+    pub position_id: Option<u64>,
+    /// SWITCH_LOCK_STATUS (id 25), little-endian.
+    pub lock_status: Option<u64>,
+    /// FWID (id 20, absent on the sample firmware).
+    pub fwid: Option<[u8; 48]>,
+    /// Raw fields by id, for display.
+    pub fields: BTreeMap<u16, Vec<u8>>,
+}
+
+impl SwitchOpaqueData {
+    /// Parses switch opaque data: ids outside 1..=27 (NVAT's switch table), `NVDAOD`,
+    /// duplicates and overruns fail closed; the BIOS version is mandatory.
+    pub fn parse(bytes: &[u8]) -> Result<Self, OpaqueError> {
+        let fields = parse_tlvs(bytes, field::is_known_switch)?;
+        let bios = fields
+            .get(&field::switch::BIOS_VERSION)
+            .ok_or(OpaqueError::FindField {
+                name: "BIOS_VERSION",
+            })?;
+        let bios_version = ascii("BIOS_VERSION", bios)?;
+        if bios_version.is_empty() {
+            return Err(OpaqueError::DecodeText {
+                name: "BIOS_VERSION",
+            });
+        }
+        let device_pdi = fields
+            .get(&field::switch::DEVICE_PDI)
+            .map(|v| {
+                <[u8; PDI_LEN]>::try_from(v.as_slice())
+                    .map(Pdi::from_raw)
+                    .map_err(|_| OpaqueError::CheckFieldLength {
+                        name: "DEVICE_PDI",
+                        len: v.len(),
+                    })
+            })
+            .transpose()?;
+        let (gpu_pdis, gpu_ports) = match fields.get(&field::switch::SWITCH_GPU_PDIS) {
+            None => (None, None),
+            Some(v) => {
+                let split = PDI_LEN * SWITCH_GPU_PDI_COUNT;
+                let (head, ports) =
+                    v.split_at_checked(split)
+                        .ok_or(OpaqueError::CheckFieldLength {
+                            name: "SWITCH_GPU_PDIS",
+                            len: v.len(),
+                        })?;
+                (
+                    Some(pdis("SWITCH_GPU_PDIS", head, Pdi::from_raw)?),
+                    Some(ports.to_vec()),
+                )
+            }
+        };
+        let int =
+            |id: u16, name: &'static str| fields.get(&id).map(|v| le_int(name, v)).transpose();
+        let position_id = int(field::switch::SWITCH_POSITION_ID, "SWITCH_POSITION_ID")?;
+        let lock_status = int(field::switch::SWITCH_LOCK_STATUS, "SWITCH_LOCK_STATUS")?;
+        let fwid = fields
+            .get(&field::FWID)
+            .map(|v| {
+                <[u8; 48]>::try_from(v.as_slice()).map_err(|_| OpaqueError::CheckFieldLength {
+                    name: "FWID",
+                    len: v.len(),
+                })
+            })
+            .transpose()?;
+        Ok(Self {
+            bios_version,
+            device_pdi,
+            gpu_pdis,
+            gpu_ports,
+            position_id,
+            lock_status,
+            fwid,
+            fields,
+        })
+    }
+
+    /// RIM service id of the LS10 switch BIOS RIM:
+    /// `NV_SWITCH_BIOS_5612_0002_890_<BIOS version without dots>` (uppercase).
+    pub fn bios_rim_id(&self) -> String {
+        format!(
+            "NV_SWITCH_BIOS_{LS10_PROJECT}_{LS10_PROJECT_SKU}_{LS10_CHIP_SKU}_{}",
+            self.bios_version.replace('.', "").to_uppercase()
         )
     }
 }

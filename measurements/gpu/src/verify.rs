@@ -1,5 +1,9 @@
-//! Verification of one GPU's evidence against RIMs, with typed claims and a verdict that
-//! lists every failing reason (spec §1.4–§1.9).
+//! Verification of one device's evidence against RIMs, with typed claims and a verdict that
+//! lists every failing reason (spec §1.4–§1.9): GPUs ([`verify_gpu`]: driver + VBIOS RIMs) and
+//! NVSwitches ([`verify_switch`]: the switch BIOS RIM, spec §2). Both share the certificate
+//! chain to the same NVIDIA root, the report signature, the nonce, the SPDM parser, the FWID
+//! binding, the RIM verification and the golden-value comparison; only the opaque data, the RIM
+//! ids and the claims differ by [`DeviceKind`].
 
 use p384::ecdsa::Signature;
 use p384::ecdsa::signature::Verifier as _;
@@ -8,7 +12,7 @@ use thiserror::Error;
 
 use crate::UnixTime;
 use crate::certs::{self, ChainError, ParsedCert};
-use crate::report::{self, AttestationReport, NvdecStatus, ReportError};
+use crate::report::{self, AttestationReport, NvdecStatus, Pdi, ReportError, SwitchReport};
 use crate::rim::{Rim, RimError};
 
 /// GPU architecture.
@@ -60,14 +64,86 @@ impl Arch {
     }
 }
 
-/// Which RIM.
+/// The kind of device an attestation report comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// A GPU (Hopper, Blackwell).
+    Gpu,
+    /// An NVSwitch (LS10).
+    Switch,
+}
+
+impl DeviceKind {
+    /// From the NVAT `arch` string: `HOPPER` / `BLACKWELL` → GPU, `LS10` → switch.
+    pub fn from_arch_name(name: &str) -> Option<Self> {
+        if Arch::from_name(name).is_some() {
+            Some(Self::Gpu)
+        } else if SwitchArch::from_name(name).is_some() {
+            Some(Self::Switch)
+        } else {
+            None
+        }
+    }
+
+    /// From the leaf certificate's common name.
+    fn from_leaf_name(cn: &str) -> Option<Self> {
+        if Arch::from_leaf_name(cn).is_some() {
+            Some(Self::Gpu)
+        } else if SwitchArch::from_leaf_name(cn).is_some() {
+            Some(Self::Switch)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Gpu => "GPU",
+            Self::Switch => "NVSwitch",
+        })
+    }
+}
+
+/// NVSwitch architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum SwitchArch {
+    /// LS10 (the Hopper HGX NVSwitch).
+    Ls10,
+}
+
+impl SwitchArch {
+    /// From the NVAT `arch` string (`LS10`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        name.eq_ignore_ascii_case("LS10").then_some(Self::Ls10)
+    }
+
+    /// The NVAT name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ls10 => "LS10",
+        }
+    }
+
+    /// From the leaf certificate's common name (`LS_10 A01 FSP FMC LF`).
+    fn from_leaf_name(cn: &str) -> Option<Self> {
+        cn.starts_with("LS_10 ").then_some(Self::Ls10)
+    }
+}
+
+/// Which RIM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum RimKind {
     /// The driver RIM (`NV_GPU_DRIVER_GH100_<version>`).
     Driver,
     /// The VBIOS RIM (`NV_GPU_VBIOS_<project>_<sku>_<chip>_<version>`).
     Vbios,
+    /// An NVSwitch's BIOS RIM (`NV_SWITCH_BIOS_5612_0002_890_<version>`).
+    SwitchBios,
 }
 
 impl std::fmt::Display for RimKind {
@@ -75,6 +151,7 @@ impl std::fmt::Display for RimKind {
         f.write_str(match self {
             Self::Driver => "driver",
             Self::Vbios => "VBIOS",
+            Self::SwitchBios => "switch BIOS",
         })
     }
 }
@@ -125,6 +202,8 @@ pub enum ChainKind {
     DriverRim,
     /// The VBIOS RIM's signing chain.
     VbiosRim,
+    /// The switch BIOS RIM's signing chain.
+    SwitchBiosRim,
 }
 
 impl std::fmt::Display for ChainKind {
@@ -133,6 +212,7 @@ impl std::fmt::Display for ChainKind {
             Self::Device => "device",
             Self::DriverRim => "driver RIM",
             Self::VbiosRim => "VBIOS RIM",
+            Self::SwitchBiosRim => "switch BIOS RIM",
         })
     }
 }
@@ -144,11 +224,13 @@ pub trait RimSource {
 }
 
 /// A source that answers every lookup of a kind with the same bytes (tests, CLI flags).
+/// A switch BIOS RIM lookup is answered with `vbios` (the switch BIOS is the switch's VBIOS; NVAT
+/// names it so): use one `FixedRims` per device kind.
 #[derive(Debug, Clone, Default)]
 pub struct FixedRims {
     /// The driver RIM.
     pub driver: Option<Vec<u8>>,
-    /// The VBIOS RIM.
+    /// The VBIOS RIM (or, for switches, the switch BIOS RIM).
     pub vbios: Option<Vec<u8>>,
 }
 
@@ -156,7 +238,7 @@ impl RimSource for FixedRims {
     fn rim(&self, kind: RimKind, _id: &str) -> Option<Vec<u8>> {
         match kind {
             RimKind::Driver => self.driver.clone(),
-            RimKind::Vbios => self.vbios.clone(),
+            RimKind::Vbios | RimKind::SwitchBios => self.vbios.clone(),
         }
     }
 }
@@ -185,16 +267,21 @@ impl RimSource for RimBundle {
     }
 }
 
-/// The evidence NVML returns for one GPU.
+/// The evidence of one device: what NVML returns for a GPU, or NSCQ for an NVSwitch (same
+/// shape: the raw report and the PEM chain).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GpuEvidence {
     /// `attestationReport[0..attestationReportSize]`.
     pub report: Vec<u8>,
     /// `attestationCertChain[0..attestationCertChainSize]` (PEM, leaf first).
     pub cert_chain: Vec<u8>,
-    /// The architecture the collector reported (NVML), if any; must agree with the chain.
+    /// The architecture the collector reported (NVML; `LS10` for switches), if any; must agree
+    /// with the chain.
     pub arch: Option<String>,
 }
+
+/// The evidence of any device kind (the same type as [`GpuEvidence`]).
+pub type DeviceEvidence = GpuEvidence;
 
 /// Verification inputs besides the evidence.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,6 +304,15 @@ pub enum Failure {
     /// The collector's architecture disagrees with the certificate chain.
     #[error("evidence says {evidence} but the certificate chain is {chain}")]
     CheckArchitectureMatch { evidence: String, chain: String },
+    /// The evidence is of another device kind than the verifier asked for (a switch report
+    /// given as a GPU's, or the reverse); `by` says what named it (the `arch` field or the
+    /// leaf certificate).
+    #[error("expected {expected} evidence, but its {by} names a {found}")]
+    CheckDeviceKind {
+        expected: DeviceKind,
+        found: DeviceKind,
+        by: &'static str,
+    },
     /// The attestation report does not parse.
     #[error("attestation report does not parse")]
     ParseReport(#[source] ReportError),
@@ -299,6 +395,7 @@ impl Failure {
         match self {
             Self::CheckArchitecture { .. } => "CheckArchitecture",
             Self::CheckArchitectureMatch { .. } => "CheckArchitectureMatch",
+            Self::CheckDeviceKind { .. } => "CheckDeviceKind",
             Self::ParseReport(_) => "ParseReport",
             Self::ParseCertChain(_) => "ParseCertChain",
             Self::CheckNonce { .. } => "CheckNonce",
@@ -424,6 +521,8 @@ pub struct GpuClaims {
     pub protected_pcie: bool,
     /// `FEATURE_FLAG` (2 = PPCIe).
     pub feature_flag: Option<u64>,
+    /// `SWITCH_PDI` entries (little-endian; zero = disabled link): the PPCIe topology input.
+    pub switch_pdis: Option<Vec<Pdi>>,
     /// NVDEC0 status (index 35 rule).
     pub nvdec0: Option<NvdecStatus>,
     /// The driver RIM.
@@ -583,58 +682,56 @@ fn ocsp_claim(current: OcspStatus, (good, hold): (bool, bool)) -> OcspStatus {
     }
 }
 
-/// [`verify_gpu`] with stapled / cached OCSP responses (DER `OCSPResponse`s, any order) for
-/// [`OcspMode::Stapled`].
-pub fn verify_gpu_with_ocsp(
+/// What the kind-independent checks of the chain established.
+struct ChainPart {
+    chain: Option<Vec<ParsedCert>>,
+    cert_chain: CertStatus,
+    ocsp: OcspStatus,
+    hwmodel: Option<String>,
+    ueid: Option<String>,
+    leaf_cn: Option<String>,
+}
+
+impl ChainPart {
+    fn leaf(&self) -> Option<&ParsedCert> {
+        self.chain.as_ref().and_then(|c| c.first())
+    }
+}
+
+fn initial_ocsp(mode: OcspMode) -> OcspStatus {
+    match mode {
+        OcspMode::Skip => OcspStatus::Skipped,
+        OcspMode::Require => OcspStatus::Unavailable,
+        OcspMode::Stapled { .. } => OcspStatus::Good,
+    }
+}
+
+/// Parses the PEM chain and verifies it to the pinned Device Identity CA (the same root for
+/// GPUs and switches), with stapled OCSP for every certificate except leaf and root.
+fn check_device_chain(
     evidence: &GpuEvidence,
-    rims: &dyn RimSource,
     options: &VerifyOptions,
     staples: &[Vec<u8>],
-) -> GpuVerdict {
-    let mut failures = Vec::new();
-    let mut claims = GpuClaims {
-        arch: None,
+    failures: &mut Vec<Failure>,
+) -> ChainPart {
+    let mut part = ChainPart {
+        chain: None,
+        cert_chain: CertStatus::NotChecked,
+        ocsp: initial_ocsp(options.ocsp),
         hwmodel: None,
         ueid: None,
-        report_parsed: false,
-        nonce_match: false,
-        signature_verified: false,
-        cert_chain: CertStatus::NotChecked,
-        fwid_match: None,
-        ocsp: match options.ocsp {
-            OcspMode::Skip => OcspStatus::Skipped,
-            OcspMode::Require => OcspStatus::Unavailable,
-            OcspMode::Stapled { .. } => OcspStatus::Good,
-        },
-        driver_version: None,
-        vbios_version: None,
-        protected_pcie: false,
-        feature_flag: None,
-        nvdec0: None,
-        driver_rim: RimClaims::new(),
-        vbios_rim: RimClaims::new(),
-        vbios_index_no_conflict: false,
-        measurement_result: MeasurementResult::NotEvaluated,
-        secure_boot: false,
-        debug_disabled: false,
-        oemid: None,
+        leaf_cn: None,
     };
-
-    // Certificates: parse and verify the chain to the pinned root.
-    let chain = match certs::parse_pem_chain(&evidence.cert_chain) {
-        Ok(chain) => Some(chain),
-        Err(error) => {
-            failures.push(Failure::ParseCertChain(error));
-            None
-        }
-    };
-    let leaf = chain.as_ref().and_then(|c| c.first());
-    if let Some(chain) = &chain {
+    match certs::parse_pem_chain(&evidence.cert_chain) {
+        Ok(chain) => part.chain = Some(chain),
+        Err(error) => failures.push(Failure::ParseCertChain(error)),
+    }
+    if let Some(chain) = &part.chain {
         let result = certs::parse_pem_cert(certs::DEVICE_IDENTITY_ROOT_PEM).and_then(|root| {
             certs::verify_chain(chain, &root, certs::DEVICE_CHAIN_LEN, true, options.now)
                 .map(|_| ())
         });
-        claims.cert_chain = cert_status(Some(&result));
+        part.cert_chain = cert_status(Some(&result));
         if let Err(error) = result {
             failures.push(Failure::VerifyDeviceChain(error));
         } else {
@@ -645,44 +742,69 @@ pub fn verify_gpu_with_ocsp(
                 1..chain.len().saturating_sub(1),
                 staples,
                 options,
-                &mut failures,
+                failures,
             );
-            claims.ocsp = ocsp_claim(claims.ocsp, checked);
+            part.ocsp = ocsp_claim(part.ocsp, checked);
         }
-        claims.hwmodel = chain.get(1).and_then(ParsedCert::common_name);
+        part.hwmodel = chain.get(1).and_then(ParsedCert::common_name);
     }
-    if let Some(leaf) = leaf {
-        claims.ueid = Some(hex::encode(leaf.serial()));
-        claims.arch = leaf.common_name().as_deref().and_then(Arch::from_leaf_name);
-    }
-    if let Some(name) = &evidence.arch {
-        match (Arch::from_name(name), claims.arch) {
-            (None, _) => failures.push(Failure::CheckArchitecture { arch: name.clone() }),
-            (Some(given), Some(chain)) if given != chain => {
-                failures.push(Failure::CheckArchitectureMatch {
-                    evidence: given.name().into(),
-                    chain: chain.name().into(),
-                });
-            }
-            _ => {}
-        }
-    } else if leaf.is_some() && claims.arch.is_none() {
-        failures.push(Failure::CheckArchitecture {
-            arch: leaf.and_then(ParsedCert::common_name).unwrap_or_default(),
-        });
-    }
+    let leaf = part.leaf();
+    let (ueid, leaf_cn) = (
+        leaf.map(|l| hex::encode(l.serial())),
+        leaf.and_then(ParsedCert::common_name),
+    );
+    part.ueid = ueid;
+    part.leaf_cn = leaf_cn;
+    part
+}
 
-    // Signature and nonce work on the raw bytes, so they are reported even when the opaque
-    // data is refused.
+/// Refuses evidence of the other device kind, named by the `arch` field or the leaf
+/// certificate (one failure per source that names it).
+fn check_kind(
+    expected: DeviceKind,
+    evidence: &GpuEvidence,
+    leaf_cn: Option<&str>,
+    failures: &mut Vec<Failure>,
+) -> bool {
+    let before = failures.len();
+    let by_arch = evidence
+        .arch
+        .as_deref()
+        .and_then(DeviceKind::from_arch_name);
+    let by_leaf = leaf_cn.and_then(DeviceKind::from_leaf_name);
+    for (found, by) in [(by_arch, "arch field"), (by_leaf, "leaf certificate")] {
+        if let Some(found) = found
+            && found != expected
+        {
+            failures.push(Failure::CheckDeviceKind {
+                expected,
+                found,
+                by,
+            });
+        }
+    }
+    failures.len() == before
+}
+
+/// The report signature and the request nonce work on the raw bytes, so they are reported
+/// even when the opaque data is refused; `Require` revocation fails here (no I/O).
+fn check_report_bytes(
+    report: &[u8],
+    leaf: Option<&ParsedCert>,
+    options: &VerifyOptions,
+    failures: &mut Vec<Failure>,
+) -> (bool, bool) {
+    let mut signature_verified = false;
     if let Some(leaf) = leaf {
-        claims.signature_verified = verify_report_signature(&evidence.report, leaf);
-        if !claims.signature_verified {
+        signature_verified = verify_report_signature(report, leaf);
+        if !signature_verified {
             failures.push(Failure::VerifyReportSignature);
         }
     }
-    if let Some(nonce) = evidence.report.get(4..36) {
-        claims.nonce_match = nonce == options.nonce;
-        if !claims.nonce_match {
+    let mut nonce_match = false;
+    if let Some(nonce) = report.get(4..36) {
+        nonce_match = nonce == options.nonce;
+        if !nonce_match {
             failures.push(Failure::CheckNonce {
                 expected: hex::encode(options.nonce),
                 actual: hex::encode(nonce),
@@ -692,10 +814,99 @@ pub fn verify_gpu_with_ocsp(
     if options.ocsp == OcspMode::Require {
         failures.push(Failure::CheckRevocation);
     }
-    if failures
-        .iter()
-        .any(|f| matches!(f, Failure::CheckArchitecture { .. }))
-    {
+    (signature_verified, nonce_match)
+}
+
+/// FWID binding: `None` when the report has none (older firmware, the sample switch).
+fn check_fwid(
+    fwid: Option<[u8; 48]>,
+    leaf: Option<&ParsedCert>,
+    failures: &mut Vec<Failure>,
+) -> Option<bool> {
+    let (fwid, leaf) = (fwid?, leaf?);
+    match certs::leaf_fwid(leaf) {
+        Ok(Some(cert_fwid)) if cert_fwid == fwid => Some(true),
+        Ok(Some(cert_fwid)) => {
+            failures.push(Failure::CheckFwid {
+                report: hex::encode(fwid),
+                certificate: hex::encode(cert_fwid),
+            });
+            Some(false)
+        }
+        Ok(None) | Err(_) => {
+            failures.push(Failure::FindCertificateFwid);
+            Some(false)
+        }
+    }
+}
+
+/// [`verify_gpu`] with stapled / cached OCSP responses (DER `OCSPResponse`s, any order) for
+/// [`OcspMode::Stapled`].
+pub fn verify_gpu_with_ocsp(
+    evidence: &GpuEvidence,
+    rims: &dyn RimSource,
+    options: &VerifyOptions,
+    staples: &[Vec<u8>],
+) -> GpuVerdict {
+    let mut failures = Vec::new();
+    let part = check_device_chain(evidence, options, staples, &mut failures);
+    let leaf = part.leaf();
+    let mut claims = GpuClaims {
+        arch: part.leaf_cn.as_deref().and_then(Arch::from_leaf_name),
+        hwmodel: part.hwmodel.clone(),
+        ueid: part.ueid.clone(),
+        report_parsed: false,
+        nonce_match: false,
+        signature_verified: false,
+        cert_chain: part.cert_chain,
+        fwid_match: None,
+        ocsp: part.ocsp,
+        driver_version: None,
+        vbios_version: None,
+        protected_pcie: false,
+        feature_flag: None,
+        switch_pdis: None,
+        nvdec0: None,
+        driver_rim: RimClaims::new(),
+        vbios_rim: RimClaims::new(),
+        vbios_index_no_conflict: false,
+        measurement_result: MeasurementResult::NotEvaluated,
+        secure_boot: false,
+        debug_disabled: false,
+        oemid: None,
+    };
+    if check_kind(
+        DeviceKind::Gpu,
+        evidence,
+        part.leaf_cn.as_deref(),
+        &mut failures,
+    ) {
+        if let Some(name) = &evidence.arch {
+            match (Arch::from_name(name), claims.arch) {
+                (None, _) => failures.push(Failure::CheckArchitecture { arch: name.clone() }),
+                (Some(given), Some(chain)) if given != chain => {
+                    failures.push(Failure::CheckArchitectureMatch {
+                        evidence: given.name().into(),
+                        chain: chain.name().into(),
+                    });
+                }
+                _ => {}
+            }
+        } else if leaf.is_some() && claims.arch.is_none() {
+            failures.push(Failure::CheckArchitecture {
+                arch: part.leaf_cn.clone().unwrap_or_default(),
+            });
+        }
+    }
+
+    (claims.signature_verified, claims.nonce_match) =
+        check_report_bytes(&evidence.report, leaf, options, &mut failures);
+    if failures.iter().any(|f| {
+        matches!(
+            f,
+            Failure::CheckArchitecture { .. } | Failure::CheckDeviceKind { .. }
+        )
+    }) {
         return GpuVerdict { claims, failures };
     }
 
@@ -711,25 +922,9 @@ pub fn verify_gpu_with_ocsp(
     claims.vbios_version = Some(report.opaque.vbios_version.clone());
     claims.protected_pcie = report.opaque.protected_pcie == Some(true);
     claims.feature_flag = report.opaque.feature_flag;
+    claims.switch_pdis = report.opaque.switch_pdis.clone();
     claims.nvdec0 = Some(report.opaque.nvdec0_status);
-
-    // FWID binding.
-    if let (Some(fwid), Some(leaf)) = (report.opaque.fwid, leaf) {
-        match certs::leaf_fwid(leaf) {
-            Ok(Some(cert_fwid)) if cert_fwid == fwid => claims.fwid_match = Some(true),
-            Ok(Some(cert_fwid)) => {
-                claims.fwid_match = Some(false);
-                failures.push(Failure::CheckFwid {
-                    report: hex::encode(fwid),
-                    certificate: hex::encode(cert_fwid),
-                });
-            }
-            Ok(None) | Err(_) => {
-                claims.fwid_match = Some(false);
-                failures.push(Failure::FindCertificateFwid);
-            }
-        }
-    }
+    claims.fwid_match = check_fwid(report.opaque.fwid, leaf, &mut failures);
 
     // RIMs.
     let arch = claims.arch.unwrap_or(Arch::Hopper);
@@ -771,9 +966,11 @@ pub fn verify_gpu_with_ocsp(
         }
     }
     claims.vbios_index_no_conflict = driver.is_some() && vbios.is_some() && !conflict;
+    let nvdec_disabled = report.opaque.nvdec0_status == NvdecStatus::Disabled;
+    let skip = |index: u32| index == 35 && nvdec_disabled;
     for (kind, rim) in [(RimKind::Driver, &driver), (RimKind::Vbios, &vbios)] {
         let Some(rim) = rim else { continue };
-        compare(kind, rim, &report, &mut mismatches);
+        compare(kind, rim, &report.measurements, &skip, &mut mismatches);
     }
     claims.measurement_result = if !mismatches.is_empty() {
         MeasurementResult::Mismatch
@@ -786,6 +983,187 @@ pub fn verify_gpu_with_ocsp(
     claims.secure_boot = claims.measurement_result == MeasurementResult::Success;
     claims.debug_disabled = claims.secure_boot;
     GpuVerdict { claims, failures }
+}
+
+/// Typed claims for one NVSwitch (NVAT switch claims v3 items this verifier evaluates).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchClaims {
+    /// Architecture from the leaf certificate (`LS_10 A01 FSP FMC LF`).
+    pub arch: Option<SwitchArch>,
+    /// `hwmodel`: CN of certificate 1 (`LS_10 A01 FSP BROM`).
+    pub hwmodel: Option<String>,
+    /// `ueid`: the leaf certificate serial number (hex).
+    pub ueid: Option<String>,
+    /// The report parsed.
+    pub report_parsed: bool,
+    /// Measurement blocks in the report (31 on LS10).
+    pub measurement_blocks: Option<usize>,
+    /// The request nonce equals the caller's.
+    pub nonce_match: bool,
+    /// The report signature verified under the leaf key.
+    pub signature_verified: bool,
+    /// Device chain status.
+    pub cert_chain: CertStatus,
+    /// FWID binding: `None` when the report has no FWID.
+    pub fwid_match: Option<bool>,
+    /// Revocation status (device and RIM chain).
+    pub ocsp: OcspStatus,
+    /// BIOS version (`96.10.55.00.01`).
+    pub bios_version: Option<String>,
+    /// DEVICE_PDI: this switch's identifier (PPCIe topology input).
+    pub device_pdi: Option<Pdi>,
+    /// The 8 GPU PDIs of SWITCH_GPU_PDIS (PPCIe topology input).
+    pub gpu_pdis: Option<Vec<Pdi>>,
+    /// SWITCH_POSITION_ID.
+    pub position_id: Option<u64>,
+    /// SWITCH_LOCK_STATUS.
+    pub lock_status: Option<u64>,
+    /// The switch BIOS RIM.
+    pub bios_rim: RimClaims,
+    /// `measres`.
+    pub measurement_result: MeasurementResult,
+    /// `secboot` (derived from the measurement match).
+    pub secure_boot: bool,
+    /// `dbgstat == "disabled"` (derived from the measurement match).
+    pub debug_disabled: bool,
+}
+
+/// The verdict for one NVSwitch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SwitchVerdict {
+    /// What was established.
+    pub claims: SwitchClaims,
+    /// Every failing reason (empty: the evidence verified).
+    #[serde(serialize_with = "serialize_failures")]
+    pub failures: Vec<Failure>,
+}
+
+impl SwitchVerdict {
+    /// True when nothing failed.
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+}
+
+/// Verifies one NVSwitch's evidence (NSCQ report + chain, or an NVAT `LS10` entry): the chain
+/// to the same NVIDIA Device Identity CA as GPUs, the report signature over the nonce, the
+/// SPDM report with switch opaque data, the FWID (when present), and the switch BIOS RIM
+/// `NV_SWITCH_BIOS_5612_0002_890_<version>` (signature, chain to the CoRIM root, version, every
+/// active golden value). Every failure is listed.
+pub fn verify_switch(
+    evidence: &GpuEvidence,
+    rims: &dyn RimSource,
+    options: &VerifyOptions,
+) -> SwitchVerdict {
+    verify_switch_with_ocsp(evidence, rims, options, &[])
+}
+
+/// [`verify_switch`] with stapled / cached OCSP responses for [`OcspMode::Stapled`].
+pub fn verify_switch_with_ocsp(
+    evidence: &GpuEvidence,
+    rims: &dyn RimSource,
+    options: &VerifyOptions,
+    staples: &[Vec<u8>],
+) -> SwitchVerdict {
+    let mut failures = Vec::new();
+    let part = check_device_chain(evidence, options, staples, &mut failures);
+    let leaf = part.leaf();
+    let mut claims = SwitchClaims {
+        arch: part.leaf_cn.as_deref().and_then(SwitchArch::from_leaf_name),
+        hwmodel: part.hwmodel.clone(),
+        ueid: part.ueid.clone(),
+        report_parsed: false,
+        measurement_blocks: None,
+        nonce_match: false,
+        signature_verified: false,
+        cert_chain: part.cert_chain,
+        fwid_match: None,
+        ocsp: part.ocsp,
+        bios_version: None,
+        device_pdi: None,
+        gpu_pdis: None,
+        position_id: None,
+        lock_status: None,
+        bios_rim: RimClaims::new(),
+        measurement_result: MeasurementResult::NotEvaluated,
+        secure_boot: false,
+        debug_disabled: false,
+    };
+    if check_kind(
+        DeviceKind::Switch,
+        evidence,
+        part.leaf_cn.as_deref(),
+        &mut failures,
+    ) {
+        if let Some(name) = &evidence.arch
+            && SwitchArch::from_name(name).is_none()
+        {
+            failures.push(Failure::CheckArchitecture { arch: name.clone() });
+        } else if leaf.is_some() && claims.arch.is_none() {
+            failures.push(Failure::CheckArchitecture {
+                arch: part.leaf_cn.clone().unwrap_or_default(),
+            });
+        }
+    }
+    (claims.signature_verified, claims.nonce_match) =
+        check_report_bytes(&evidence.report, leaf, options, &mut failures);
+    if failures.iter().any(|f| {
+        matches!(
+            f,
+            Failure::CheckArchitecture { .. } | Failure::CheckDeviceKind { .. }
+        )
+    }) {
+        return SwitchVerdict { claims, failures };
+    }
+
+    let report = match SwitchReport::parse(&evidence.report) {
+        Ok(report) => report,
+        Err(error) => {
+            failures.push(Failure::ParseReport(error));
+            return SwitchVerdict { claims, failures };
+        }
+    };
+    claims.report_parsed = true;
+    claims.measurement_blocks = Some(report.measurements.len());
+    claims.bios_version = Some(report.opaque.bios_version.clone());
+    claims.device_pdi = report.opaque.device_pdi;
+    claims.gpu_pdis = report.opaque.gpu_pdis.clone();
+    claims.position_id = report.opaque.position_id;
+    claims.lock_status = report.opaque.lock_status;
+    claims.fwid_match = check_fwid(report.opaque.fwid, leaf, &mut failures);
+
+    let mut revocation = claims.ocsp;
+    let bios = load_rim(
+        rims,
+        RimKind::SwitchBios,
+        &report.opaque.bios_rim_id(),
+        &report.opaque.bios_version,
+        (options, staples, &mut revocation),
+        &mut claims.bios_rim,
+        &mut failures,
+    );
+    claims.ocsp = revocation;
+    let mut mismatches = Vec::new();
+    if let Some(rim) = &bios {
+        compare(
+            RimKind::SwitchBios,
+            rim,
+            &report.measurements,
+            &|_| false,
+            &mut mismatches,
+        );
+    }
+    claims.measurement_result = if !mismatches.is_empty() {
+        MeasurementResult::Mismatch
+    } else if bios.is_some() {
+        MeasurementResult::Success
+    } else {
+        MeasurementResult::NotEvaluated
+    };
+    failures.extend(mismatches);
+    claims.secure_boot = claims.measurement_result == MeasurementResult::Success;
+    claims.debug_disabled = claims.secure_boot;
+    SwitchVerdict { claims, failures }
 }
 
 fn load_rim(
@@ -855,6 +1233,7 @@ fn load_rim(
         let chain_kind = match kind {
             RimKind::Driver => ChainKind::DriverRim,
             RimKind::Vbios => ChainKind::VbiosRim,
+            RimKind::SwitchBios => ChainKind::SwitchBiosRim,
         };
         let before = failures.len();
         let checked = check_stapled(
@@ -890,16 +1269,24 @@ fn load_rim(
     ok.then_some(rim)
 }
 
-fn compare(kind: RimKind, rim: &Rim, report: &AttestationReport, out: &mut Vec<Failure>) {
+/// Compares every active golden value of `rim` (RIM index *i* ↔ SPDM block *i+1*) except the
+/// indexes `skip` names.
+fn compare(
+    kind: RimKind,
+    rim: &Rim,
+    measurements: &std::collections::BTreeMap<u8, Vec<u8>>,
+    skip: &dyn Fn(u32) -> bool,
+    out: &mut Vec<Failure>,
+) {
     for golden in rim.active() {
-        if golden.index == 35 && report.opaque.nvdec0_status == NvdecStatus::Disabled {
+        if skip(golden.index) {
             continue;
         }
         let runtime = golden
             .index
             .checked_add(1)
             .and_then(|spdm_index| u8::try_from(spdm_index).ok())
-            .and_then(|spdm_index| report.measurements.get(&spdm_index));
+            .and_then(|spdm_index| measurements.get(&spdm_index));
         let Some(runtime) = runtime else {
             out.push(Failure::FindMeasurement {
                 index: golden.index,

@@ -9,8 +9,8 @@ mod tests {
     use nv_verify::report::{AttestationReport, OpaqueError, ReportError};
     use nv_verify::rim::{Rim, RimError};
     use nv_verify::{
-        CertStatus, ChainKind, Failure, FixedRims, GpuEvidence, MeasurementResult, OcspMode,
-        OcspStatus, RimBundle, RimKind, UnixTime, VerifyOptions, verify_gpu,
+        CertStatus, ChainKind, DeviceKind, Failure, FixedRims, GpuEvidence, MeasurementResult,
+        OcspMode, OcspStatus, RimBundle, RimKind, UnixTime, VerifyOptions, verify_gpu,
     };
 
     /// 2024-06-01: inside every 2023/2024 RIM signer window.
@@ -351,7 +351,7 @@ mod tests {
     }
 
     #[test]
-    fn nvat_serialized_switch_evidence_is_refused_as_unsupported_but_signed() {
+    fn nvat_serialized_switch_evidence_is_refused_as_gpu_evidence_but_signed() {
         for file in ["switch_evidence_ls10.json", "multi_switch_ls10.json"] {
             for entry in nv_verify::evidence::parse_nvat_json(&data(&format!(
                 "nvat_serialized_evidence/{file}"
@@ -367,11 +367,21 @@ mod tests {
                         ocsp: OcspMode::Skip,
                     },
                 );
+                // Named as the wrong device kind, by the arch field and by the leaf.
                 assert_eq!(
                     verdict.failures,
-                    vec![Failure::CheckArchitecture {
-                        arch: "LS10".into()
-                    }]
+                    vec![
+                        Failure::CheckDeviceKind {
+                            expected: DeviceKind::Gpu,
+                            found: DeviceKind::Switch,
+                            by: "arch field"
+                        },
+                        Failure::CheckDeviceKind {
+                            expected: DeviceKind::Gpu,
+                            found: DeviceKind::Switch,
+                            by: "leaf certificate"
+                        },
+                    ]
                 );
                 // Evidence-valid as the README says: chain and signature verify.
                 assert!(verdict.claims.signature_verified && verdict.claims.nonce_match);
