@@ -99,15 +99,17 @@ pub struct DemoOptions {
 }
 
 /// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
-const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok; unshare -U true && echo userns-ALLOWED || echo userns-refused;";
+const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok; unshare -U true && echo userns-ALLOWED || echo userns-refused; hwclock -r -f /dev/rtc0 > /dev/null && echo rtc-granted-ok; echo x > /dev/rtc0 && echo rtc-write-ALLOWED || echo rtc-write-refused;";
 /// The verdict lines the probes must print.
-const CONFINE_VERDICTS: [&str; 6] = [
+const CONFINE_VERDICTS: [&str; 8] = [
     "filler| dm-mknod-refused",
     "filler| tdx-mknod-refused",
     "filler| null-mknod-ok",
     "filler| nodev-refused",
     "filler| devnull-ok",
     "filler| userns-refused",
+    "filler| rtc-granted-ok",
+    "filler| rtc-write-refused",
 ];
 /// The demo app's seccomp probes (a plain container: default capabilities, no
 /// `no-new-privileges`, so libcontainer loads the filter before it drops capabilities; the
@@ -194,10 +196,11 @@ fn app_compose(
         // filter and the nodev root stand in the way): the data disk's dm node (block 253:0)
         // and a misc node like /dev/tdx_guest (char 10:*) cannot be made, /dev/null can but
         // does not open on the nodev root, the container's own /dev/null works, and a user
-        // namespace is refused (seccomp, loaded after no-new-privileges here). Then it
+        // namespace is refused (seccomp, loaded after no-new-privileges here); the granted
+        // `devices:` mapping (the RTC, read-only) reads and refuses a write. Then it
         // writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
         compose_file.push_str(&format!(
-            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    security_opt: [no-new-privileges]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
+            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    security_opt: [no-new-privileges]\n    devices: [\"/dev/rtc0:/dev/rtc0:r\"]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
         ));
     }
     let compose = serde_json::json!({

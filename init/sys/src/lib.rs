@@ -6,6 +6,7 @@ pub mod bpf;
 pub mod ccel;
 pub mod clock;
 pub mod console;
+pub mod devnode;
 pub mod input;
 pub mod kmod;
 pub mod kmsg;

@@ -626,7 +626,15 @@ pub fn container_plan(
                 path: host.clone(),
             })?;
         devices.push(device_json(container, dev));
-        rules.push(device_rule(dev, permissions));
+        // `m` for exactly this node: the device filter is attached before libcontainer makes
+        // the node in the container's /dev (runc's order is the reverse); opening it is still
+        // limited to the mapping's r/w.
+        let access = if permissions.contains('m') {
+            permissions.clone()
+        } else {
+            format!("{permissions}m")
+        };
+        rules.push(device_rule(dev, &access));
     }
     if let Some(request) = &service.resources.gpus {
         let chosen: Vec<&HostDevice> = match request {

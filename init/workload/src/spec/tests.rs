@@ -309,7 +309,7 @@ fn plain_services_get_dockers_seccomp_profile_for_their_caps() {
 
 #[test]
 fn device_mappings_need_host_nodes() {
-    let app = app("    devices: [\"/dev/fuse\"]\n");
+    let app = app("    devices: [\"/dev/fuse:/dev/fuse2:r\"]\n");
     let web = app.service("web").unwrap();
     let err = container_plan(
         &app,
@@ -348,7 +348,16 @@ fn device_mappings_need_host_nodes() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["major"] == 10 && d["minor"] == 229)
+            .any(|d| d["major"] == 10 && d["minor"] == 229 && d["path"] == "/dev/fuse2")
+    );
+    // Exactly that node, read-only; `m` so that libcontainer can make it under the filter.
+    assert!(
+        p.json["linux"]["resources"]["devices"]
+            .as_array()
+            .unwrap()
+            .contains(
+                &json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rm"})
+            )
     );
 }
 
