@@ -55,6 +55,10 @@ pub(crate) enum ContainerError {
         #[source]
         source: init_sys::bpf::BpfError,
     },
+    #[error(
+        "PID 1's root is still the initramfs (rootfs): containers start only with pivot_root, which rootfs refuses"
+    )]
+    RootIsInitramfs,
     #[error("open /dev/null for the container's stdin")]
     OpenDevNull(#[source] std::io::Error),
     #[error("read /proc/self/status")]
@@ -124,10 +128,10 @@ pub(crate) fn ensure_single_threaded() -> Result<(), ContainerError> {
     }
 }
 
-/// Whether `/` is the initramfs (`rootfs` in /proc/self/mountinfo): pivot_root(2) refuses to
-/// move it, so the container root is entered with `MS_MOVE` + chroot instead (runc's
-/// `--no-pivot`, what container runtimes do from a ramdisk). Weaker than pivot_root against a
-/// container holding CAP_SYS_CHROOT; the remedy is a switch_root of PID 1 into a tmpfs.
+/// Whether `/` is the initramfs (`rootfs` in /proc/self/mountinfo). The early stage moves
+/// PID 1's root to a tmpfs, so libcontainer can pivot_root(2) into a container root; from
+/// rootfs it cannot (rootfs has no parent mount), and the `MS_MOVE` + chroot fallback
+/// (`no_pivot`) is weaker against a container holding `CAP_SYS_CHROOT`: refused instead.
 pub(crate) fn root_is_initramfs() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| root_is_rootfs(&info))
 }
@@ -214,6 +218,9 @@ pub(crate) fn create_and_start(
     stderr: OwnedFd,
 ) -> Result<i32, ContainerError> {
     ensure_single_threaded()?;
+    if root_is_initramfs() {
+        return Err(ContainerError::RootIsInitramfs);
+    }
     let path = bundle.join("config.json");
     let bytes = fs::read(&path).map_err(|source| ContainerError::ReadSpec {
         path: path.clone(),
@@ -242,7 +249,7 @@ pub(crate) fn create_and_start(
         .map_err(create)?
         .with_executor(SignalResetExecutor::default())
         .as_init(bundle)
-        .with_no_pivot(root_is_initramfs())
+        .with_no_pivot(false)
         .with_systemd(false)
         .with_detach(true)
         .build()

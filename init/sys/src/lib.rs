@@ -15,6 +15,7 @@ pub mod net;
 pub mod power;
 pub mod proc_scan;
 pub mod signals;
+pub mod switch_root;
 pub mod tdx_guest;
 pub mod tsm_report;
 pub mod tsm_rtmr;

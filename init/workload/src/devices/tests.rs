@@ -235,7 +235,8 @@ fn grants_refuse_disks_kernel_nodes_and_protected_ones() {
         minor: 125,
         what: "/dev/tdx_guest (TD reports)".into(),
     };
-    let refused = |dev: &crate::spec::HostDevice| check_grant("/dev/x", dev, &[tdx.clone()]);
+    let refused =
+        |dev: &crate::spec::HostDevice| check_grant("/dev/x", dev, std::slice::from_ref(&tdx));
     // The data disk's dm node, the raw disk under it: every block device.
     for (major, minor) in [(253, 0), (254, 0), (252, 0), (7, 0)] {
         let err = refused(&host('b', major, minor)).unwrap_err();
