@@ -551,6 +551,7 @@ const SERVICE_KEYS: &[&str] = &[
     "read_only",
     "security_opt",
     "pid",
+    "userns_mode",
 ];
 
 /// Parses one service; every error goes to `errors` (the result is meaningless when it grew).
@@ -584,6 +585,18 @@ fn parse_service(
             Ok(_) => errors.push(ComposeError::refuse(
                 &n.path,
                 "only linux/amd64 images run here",
+            )),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(n) = m.get("userns_mode") {
+        // Docker's per-service opt-out of a daemon-wide remap; no container here gets a user
+        // namespace, so `host` is what every service already has.
+        match n.string() {
+            Ok(p) if p == "host" => {}
+            Ok(_) => errors.push(ComposeError::refuse(
+                &n.path,
+                "only userns_mode: host is supported (containers run without a user namespace remap)",
             )),
             Err(e) => errors.push(e),
         }

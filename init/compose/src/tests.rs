@@ -355,6 +355,12 @@ fn refusals() {
             "no-new-privileges and seccomp=unconfined",
         ),
         (
+            "userns_mode other than host",
+            svc("    userns_mode: \"private\"\n"),
+            |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.userns_mode"),
+            "only userns_mode: host",
+        ),
+        (
             "security_opt seccomp profile file",
             svc("    security_opt: [\"seccomp=/etc/profile.json\"]\n"),
             |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.security_opt[0]"),
@@ -761,6 +767,7 @@ services:
       - "v6.local=::1"
     read_only: true
     security_opt: ["no-new-privileges:true", "seccomp:unconfined"]
+    userns_mode: host
     expose: ["8080", "9000/udp"]
     ports:
       - "8080:80"
