@@ -41,7 +41,6 @@ const PROTECTED: &[(&str, &str)] = &[
         "a virtio port (the results channel, the host API)",
     ),
     ("/dev/vsock", "/dev/vsock"),
-    ("/dev/vhost-vsock", "/dev/vhost-vsock"),
     (
         "/dev/mapper/control",
         "the device-mapper control node (the data disk's mapping)",
@@ -56,6 +55,16 @@ const PROTECTED: &[(&str, &str)] = &[
         "an NVIDIA node (GPUs are granted by deploy.resources after attestation)",
     ),
     ("/dev/uinput", "/dev/uinput"),
+    ("/dev/sev", "an AMD SEV guest node (attestation reports)"),
+    (
+        "/dev/watchdog",
+        "a watchdog (opening it arms a reset of the VM)",
+    ),
+    ("/dev/nvme", "an NVMe controller node (raw disk commands)"),
+    ("/dev/ng", "an NVMe generic node (raw disk commands)"),
+    ("/dev/bsg", "a block SCSI generic node (raw disk commands)"),
+    ("/dev/vfio", "a VFIO node (passed-through devices)"),
+    ("/dev/vhost-", "a vhost node"),
 ];
 
 fn host_device(path: &str, node: DeviceNode) -> HostDevice {
@@ -72,7 +81,7 @@ fn host_device(path: &str, node: DeviceNode) -> HostDevice {
 }
 
 /// The protected nodes present on this VM (a `PROTECTED` entry names a node, or every `/dev`
-/// entry whose name starts with it).
+/// entry whose name starts with it, and the nodes of such a directory).
 fn protected() -> Vec<Protected> {
     let mut out = Vec::new();
     let mut add = |path: &Path, what: &str| {
@@ -97,6 +106,12 @@ fn protected() -> Vec<Protected> {
                 .is_some_and(|e| e != *name && e.starts_with(name))
             {
                 add(entry, what);
+            }
+            // A directory of such nodes (`/dev/vfio/`, `/dev/bsg/`): its entries too.
+            if entry.to_str().is_some_and(|e| e.starts_with(name)) && entry.is_dir() {
+                for child in std::fs::read_dir(entry).into_iter().flatten().flatten() {
+                    add(&child.path(), what);
+                }
             }
         }
     }
@@ -134,4 +149,43 @@ pub(crate) fn resolve(service: &Service) -> Result<BTreeMap<String, HostDevice>,
         map.insert(mapping.host.clone(), dev);
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:f1f178776ddc8034e550bff87cac9ba352599418998c352b73b71a5e7b8983a7";
+
+    fn service(devices: &str, privileged: bool) -> Service {
+        let yaml = format!(
+            "services:\n  a:\n    image: busybox@{D}\n    privileged: {privileged}\n    devices: [{devices}]\n"
+        );
+        let policy = cvm_workload::compose::ComposePolicy {
+            allow_privileged: true,
+            ..Default::default()
+        };
+        let app = cvm_workload::compose::parse(None, &yaml, &BTreeMap::new(), &policy).unwrap();
+        app.services[0].clone()
+    }
+
+    #[test]
+    fn mappings_resolve_to_the_host_node_or_a_refusal() {
+        let map = resolve(&service("\"/dev/null:/dev/nothing:rw\"", false)).unwrap();
+        let null = &map["/dev/null"];
+        assert_eq!((null.kind, null.major, null.minor), ('c', 1, 3));
+        match resolve(&service("\"/dev/kmsg\"", false)) {
+            Err(HostDevicesError::Refuse {
+                source: DevicesError::RefuseGrant { reason, .. },
+                ..
+            }) => assert!(reason.contains("/dev/kmsg"), "{reason}"),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A privileged service may map it.
+        assert!(resolve(&service("\"/dev/kmsg\"", true)).is_ok());
+        assert!(matches!(
+            resolve(&service("\"/dev/cvm-absent\"", false)),
+            Err(HostDevicesError::Stat { .. })
+        ));
+    }
 }

@@ -324,6 +324,14 @@ const NEVER_CHAR: &[(i64, Option<i64>, &str)] = &[
     (5, Some(1), "/dev/console (read by the host)"),
     (7, None, "virtual console memory"),
     (
+        13,
+        None,
+        "an input device (the console's keyboard and mouse)",
+    ),
+    (21, None, "a SCSI generic node (raw disk commands)"),
+    (29, None, "a framebuffer (the console's screen)"),
+    (162, None, "a raw block device node"),
+    (
         195,
         None,
         "an NVIDIA GPU node (GPUs are granted by deploy.resources after attestation)",

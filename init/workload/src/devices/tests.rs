@@ -251,6 +251,8 @@ fn grants_refuse_disks_kernel_nodes_and_protected_ones() {
         (4, 64, "serial"),
         (5, 1, "/dev/console"),
         (195, 0, "NVIDIA"),
+        (21, 0, "SCSI generic"),
+        (13, 64, "input"),
         (10, 125, "/dev/tdx_guest"),
     ] {
         match refused(&host('c', major, minor)) {
