@@ -182,7 +182,8 @@ mod tests {
             other => panic!("unexpected {other:?}"),
         }
         // A privileged service may map it.
-        assert!(resolve(&service("\"/dev/kmsg\"", true)).is_ok());
+        let map = resolve(&service("\"/dev/kmsg\"", true)).unwrap();
+        assert_eq!((map["/dev/kmsg"].major, map["/dev/kmsg"].minor), (1, 11));
         assert!(matches!(
             resolve(&service("\"/dev/cvm-absent\"", false)),
             Err(HostDevicesError::Stat { .. })
