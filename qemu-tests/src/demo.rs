@@ -619,6 +619,21 @@ impl DemoReport {
                 .unwrap_or(0),
             self.checklist,
             self.verdict
-        )
+        ) + &self.confinement_lines()
+    }
+
+    /// The console lines of the confinement probes (seccomp, devices), for the summary.
+    fn confinement_lines(&self) -> String {
+        let lines: Vec<&str> = self
+            .console
+            .lines()
+            .filter(|l| {
+                l.contains("demo-app: probe ")
+                    || CONFINE_VERDICTS.iter().any(|v| l.contains(v))
+                    || l.contains("-ALLOWED")
+                    || l.contains("early: root moved")
+            })
+            .collect();
+        format!("\n--- confinement (issue 22) ---\n{}\n", lines.join("\n"))
     }
 }
