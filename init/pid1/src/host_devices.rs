@@ -15,14 +15,14 @@ use init_sys::devnode::{DevNodeError, DeviceKind, DeviceNode, stat_device};
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HostDevicesError {
-    #[error("service {service}: device mapping of {path}")]
+    #[error("device mapping of {path}")]
     Stat {
         service: String,
         path: String,
         #[source]
         source: DevNodeError,
     },
-    #[error("service {service}")]
+    #[error("refused device mapping")]
     Refuse {
         service: String,
         #[source]
