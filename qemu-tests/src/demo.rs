@@ -99,14 +99,25 @@ pub struct DemoOptions {
 }
 
 /// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
-const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok;";
+const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok; unshare -U true && echo userns-ALLOWED || echo userns-refused; hwclock -r -f /dev/rtc0 > /dev/null && echo rtc-granted-ok; echo x > /dev/rtc0 && echo rtc-write-ALLOWED || echo rtc-write-refused;";
 /// The verdict lines the probes must print.
-const CONFINE_VERDICTS: [&str; 5] = [
+const CONFINE_VERDICTS: [&str; 8] = [
     "filler| dm-mknod-refused",
     "filler| tdx-mknod-refused",
     "filler| null-mknod-ok",
     "filler| nodev-refused",
     "filler| devnull-ok",
+    "filler| userns-refused",
+    "filler| rtc-granted-ok",
+    "filler| rtc-write-refused",
+];
+/// The demo app's seccomp probes (a plain container: default capabilities, no
+/// `no-new-privileges`, so libcontainer loads the filter before it drops capabilities; the
+/// filler has `no-new-privileges`, the other order).
+const SECCOMP_VERDICTS: [&str; 3] = [
+    "demo| demo-app: probe unshare(CLONE_NEWUSER): refused (EPERM)",
+    "demo| demo-app: probe personality(ADDR_NO_RANDOMIZE): refused (EPERM)",
+    "demo| demo-app: probe spawn: ok",
 ];
 
 /// The filler's last console line once `/run` is full (the demo sets `public_logs`).
@@ -184,10 +195,12 @@ fn app_compose(
         // First the device confinement (issue 22; MKNOD granted so that only the eBPF device
         // filter and the nodev root stand in the way): the data disk's dm node (block 253:0)
         // and a misc node like /dev/tdx_guest (char 10:*) cannot be made, /dev/null can but
-        // does not open on the nodev root, the container's own /dev/null works. Then it
+        // does not open on the nodev root, the container's own /dev/null works, and a user
+        // namespace is refused (seccomp, loaded after no-new-privileges here); the granted
+        // `devices:` mapping (the RTC, read-only) reads and refuses a write. Then it
         // writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
         compose_file.push_str(&format!(
-            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
+            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    security_opt: [no-new-privileges]\n    devices: [\"/dev/rtc0:/dev/rtc0:r\"]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
         ));
     }
     let compose = serde_json::json!({
@@ -540,6 +553,14 @@ impl DemoReport {
                 self.worker.metrics
             ),
         );
+        // Docker's default seccomp profile is applied to the plain demo container (issue 22).
+        for verdict in SECCOMP_VERDICTS {
+            want(
+                &mut out,
+                self.console.contains(verdict),
+                &format!("seccomp: no {verdict:?} on the console"),
+            );
+        }
         if let Some((status, body)) = &self.emitted_after_fill {
             for verdict in CONFINE_VERDICTS {
                 want(
@@ -598,6 +619,21 @@ impl DemoReport {
                 .unwrap_or(0),
             self.checklist,
             self.verdict
-        )
+        ) + &self.confinement_lines()
+    }
+
+    /// The console lines of the confinement probes (seccomp, devices), for the summary.
+    fn confinement_lines(&self) -> String {
+        let lines: Vec<&str> = self
+            .console
+            .lines()
+            .filter(|l| {
+                l.contains("demo-app: probe ")
+                    || CONFINE_VERDICTS.iter().any(|v| l.contains(v))
+                    || l.contains("-ALLOWED")
+                    || l.contains("early: root moved")
+            })
+            .collect();
+        format!("\n--- confinement (issue 22) ---\n{}\n", lines.join("\n"))
     }
 }

@@ -571,6 +571,21 @@ mod tests {
                 ],
             },
             Case {
+                // Issue 22: a `devices:` mapping of a node no container gets (stat'ed in the
+                // guest: /dev/kmsg is char 1:11) fails the stage with the reason.
+                name: "yaml-device-kmsg",
+                build: |i| {
+                    i.yaml(&service("    devices: [\"/dev/kmsg:/dev/log0:r\"]\n"));
+                    Ok(())
+                },
+                stage: "workloads",
+                chain: &[
+                    "devices of app",
+                    "refused device mapping",
+                    "device /dev/kmsg (c 1:11) is never granted to a container: /dev/kmsg (the kernel log, which the host reads on the console); only a privileged service (app-compose allow_privileged) gets it",
+                ],
+            },
+            Case {
                 name: "yaml-nul-in-service-name",
                 build: |i| {
                     i.yaml(&format!("services:\n  \"a\\0b\":\n    image: {IMAGE}\n"));

@@ -100,6 +100,19 @@ mod tests {
         vm.wait_for_event("ready", BOOT_TIMEOUT)?;
         vm.wait_for_exit(BOOT_TIMEOUT)?;
         let records = check_clean_run(&mut vm, reason::READY_POWEROFF)?;
+        // For boot-time comparisons (e.g. the early stage's move of the root to a tmpfs).
+        if let Some(Record::Ready { mono_us }) =
+            records.iter().find(|r| matches!(r, Record::Ready { .. }))
+        {
+            eprintln!("ready at {mono_us} us guest uptime");
+        }
+        for line in vm
+            .console()
+            .lines()
+            .filter(|l| l.contains("early: root moved"))
+        {
+            eprintln!("{line}");
+        }
         let (zombies_left, _) = reaped(&records).context("no reaped record")?;
         ensure!(zombies_left == 0, "zombies left: {zombies_left}");
         ensure!(

@@ -97,6 +97,9 @@ pub struct Service {
     pub read_only: bool,
     /// `security_opt: [no-new-privileges]`.
     pub no_new_privileges: bool,
+    /// `security_opt: [seccomp=unconfined]`: no seccomp filter (as Docker); without it every
+    /// non-privileged container gets Docker's default profile.
+    pub seccomp_unconfined: bool,
     /// `pid: host`: the container shares the CVM's pid namespace.
     pub pid_host: bool,
     /// Networks the service joins (parsed, not yet implemented).

@@ -551,6 +551,7 @@ const SERVICE_KEYS: &[&str] = &[
     "read_only",
     "security_opt",
     "pid",
+    "userns_mode",
 ];
 
 /// Parses one service; every error goes to `errors` (the result is meaningless when it grew).
@@ -584,6 +585,18 @@ fn parse_service(
             Ok(_) => errors.push(ComposeError::refuse(
                 &n.path,
                 "only linux/amd64 images run here",
+            )),
+            Err(e) => errors.push(e),
+        }
+    }
+    if let Some(n) = m.get("userns_mode") {
+        // Docker's per-service opt-out of a daemon-wide remap; no container here gets a user
+        // namespace, so `host` is what every service already has.
+        match n.string() {
+            Ok(p) if p == "host" => {}
+            Ok(_) => errors.push(ComposeError::refuse(
+                &n.path,
+                "only userns_mode: host is supported (containers run without a user namespace remap)",
             )),
             Err(e) => errors.push(e),
         }
@@ -768,9 +781,9 @@ fn parse_service(
         None => Vec::new(),
     };
     let read_only = flag(errors, "read_only");
-    let no_new_privileges = match m.get("security_opt") {
+    let (no_new_privileges, seccomp_unconfined) = match m.get("security_opt") {
         Some(n) => keep(errors, parse_security_opt(&n)),
-        None => false,
+        None => (false, false),
     };
     let pid_host = match m.get("pid") {
         Some(n) => match n.string() {
@@ -827,6 +840,7 @@ fn parse_service(
         extra_hosts,
         read_only,
         no_new_privileges,
+        seccomp_unconfined,
         pid_host,
         networks,
     })
@@ -1033,24 +1047,34 @@ fn parse_extra_hosts(node: &Node<'_>) -> Result<Vec<(String, String)>, ComposeEr
     Ok(out)
 }
 
-fn parse_security_opt(node: &Node<'_>) -> Result<bool, ComposeError> {
-    let mut no_new_privileges = false;
+/// `security_opt`: (`no-new-privileges`, `seccomp=unconfined`). Docker's `key=value` and
+/// older `key:value` forms are both accepted.
+fn parse_security_opt(node: &Node<'_>) -> Result<(bool, bool), ComposeError> {
+    let (mut no_new_privileges, mut seccomp_unconfined) = (false, false);
     for item in node.sequence()? {
         let text = item.string()?;
-        match text.as_str() {
-            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
-                no_new_privileges = true;
+        let (key, value) = text
+            .split_once(['=', ':'])
+            .map_or((text.as_str(), None), |(k, v)| (k, Some(v)));
+        match (key, value) {
+            ("no-new-privileges", None | Some("true")) => no_new_privileges = true,
+            ("no-new-privileges", Some("false")) => no_new_privileges = false,
+            ("seccomp", Some("unconfined")) => seccomp_unconfined = true,
+            ("seccomp", _) => {
+                return Err(ComposeError::refuse(
+                    &item.path,
+                    "only seccomp=unconfined is supported: every other container gets Docker's default profile, and a profile file cannot be read from inside the VM",
+                ));
             }
-            "no-new-privileges:false" | "no-new-privileges=false" => no_new_privileges = false,
             _ => {
                 return Err(ComposeError::refuse(
                     &item.path,
-                    "only security_opt no-new-privileges is supported (seccomp, apparmor and label profiles are not)",
+                    "only security_opt no-new-privileges and seccomp=unconfined are supported (apparmor and label profiles are not)",
                 ));
             }
         }
     }
-    Ok(no_new_privileges)
+    Ok((no_new_privileges, seccomp_unconfined))
 }
 
 fn parse_service_networks(

@@ -349,10 +349,22 @@ fn refusals() {
             "only namespaced sysctls",
         ),
         (
-            "security_opt other than no-new-privileges",
-            svc("    security_opt: [\"seccomp:unconfined\"]\n"),
+            "security_opt apparmor",
+            svc("    security_opt: [\"apparmor=unconfined\"]\n"),
             |e| matches!(e, ComposeError::Refuse { .. }),
-            "no-new-privileges",
+            "no-new-privileges and seccomp=unconfined",
+        ),
+        (
+            "userns_mode other than host",
+            svc("    userns_mode: \"private\"\n"),
+            |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.userns_mode"),
+            "only userns_mode: host",
+        ),
+        (
+            "security_opt seccomp profile file",
+            svc("    security_opt: [\"seccomp=/etc/profile.json\"]\n"),
+            |e| matches!(e, ComposeError::Refuse { path, .. } if path == "services.a.security_opt[0]"),
+            "only seccomp=unconfined",
         ),
         (
             "pid of another container",
@@ -754,7 +766,8 @@ services:
       - "api.local:10.0.0.5"
       - "v6.local=::1"
     read_only: true
-    security_opt: ["no-new-privileges:true"]
+    security_opt: ["no-new-privileges:true", "seccomp:unconfined"]
+    userns_mode: host
     expose: ["8080", "9000/udp"]
     ports:
       - "8080:80"
@@ -788,6 +801,8 @@ networks:
     assert_eq!(web.domainname.as_deref(), Some("example.internal"));
     assert_eq!(web.shm_size, Some(2 << 30));
     assert!(web.init && web.read_only && web.no_new_privileges && !web.pid_host);
+    assert!(web.seccomp_unconfined);
+    assert!(!app.service("db").unwrap().seccomp_unconfined);
     assert_eq!(
         web.links,
         vec![

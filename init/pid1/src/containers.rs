@@ -4,8 +4,9 @@
 //!
 //! Rules (see `init/workload/docs/libcontainer-adapter.md`): `with_systemd(false)`; never
 //! `as_sibling(true)`; `cgroupsPath` absolute (the spec generator does it); cgroup2 mounted
-//! first (the `mount` stage); a spec with `linux.seccomp` is refused, because this build has no
-//! libseccomp and libcontainer would silently ignore the profile; libcontainer forks and runs
+//! first (the `mount` stage); `linux.seccomp` is applied by libcontainer's `libseccomp` feature
+//! (libseccomp linked statically: `LIBSECCOMP_LINK_TYPE=static` in `.cargo/config.toml`; the
+//! dynamic default links but crashes the static init at start); libcontainer forks and runs
 //! Rust code in the children, so the caller must be single-threaded ([`ensure_single_threaded`]).
 //! The container's init is a direct child of the caller (libcontainer's intermediate process
 //! clones it with `CLONE_PARENT`), so PID 1's reaper sees its exit status.
@@ -35,10 +36,6 @@ pub(crate) enum ContainerError {
         #[source]
         source: serde_json::Error,
     },
-    #[error(
-        "runtime spec {path} has a linux.seccomp profile, but this build has no seccomp support: refused instead of silently ignored"
-    )]
-    RefuseSeccomp { path: PathBuf },
     #[error("device policy of container {id}")]
     DevicePolicy {
         id: String,
@@ -58,6 +55,10 @@ pub(crate) enum ContainerError {
         #[source]
         source: init_sys::bpf::BpfError,
     },
+    #[error(
+        "PID 1's root is still the initramfs (rootfs): containers start only with pivot_root, which rootfs refuses"
+    )]
+    RootIsInitramfs,
     #[error("open /dev/null for the container's stdin")]
     OpenDevNull(#[source] std::io::Error),
     #[error("read /proc/self/status")]
@@ -127,10 +128,10 @@ pub(crate) fn ensure_single_threaded() -> Result<(), ContainerError> {
     }
 }
 
-/// Whether `/` is the initramfs (`rootfs` in /proc/self/mountinfo): pivot_root(2) refuses to
-/// move it, so the container root is entered with `MS_MOVE` + chroot instead (runc's
-/// `--no-pivot`, what container runtimes do from a ramdisk). Weaker than pivot_root against a
-/// container holding CAP_SYS_CHROOT; the remedy is a switch_root of PID 1 into a tmpfs.
+/// Whether `/` is the initramfs (`rootfs` in /proc/self/mountinfo). The early stage moves
+/// PID 1's root to a tmpfs, so libcontainer can pivot_root(2) into a container root; from
+/// rootfs it cannot (rootfs has no parent mount), and the `MS_MOVE` + chroot fallback
+/// (`no_pivot`) is weaker against a container holding `CAP_SYS_CHROOT`: refused instead.
 pub(crate) fn root_is_initramfs() -> bool {
     std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|info| root_is_rootfs(&info))
 }
@@ -217,6 +218,9 @@ pub(crate) fn create_and_start(
     stderr: OwnedFd,
 ) -> Result<i32, ContainerError> {
     ensure_single_threaded()?;
+    if root_is_initramfs() {
+        return Err(ContainerError::RootIsInitramfs);
+    }
     let path = bundle.join("config.json");
     let bytes = fs::read(&path).map_err(|source| ContainerError::ReadSpec {
         path: path.clone(),
@@ -227,13 +231,6 @@ pub(crate) fn create_and_start(
             path: path.clone(),
             source,
         })?;
-    if spec
-        .get("linux")
-        .and_then(|l| l.get("seccomp"))
-        .is_some_and(|s| !s.is_null())
-    {
-        return Err(ContainerError::RefuseSeccomp { path });
-    }
     confine_devices(id, &spec)?;
     let stdin: OwnedFd = fs::File::open("/dev/null")
         .map_err(ContainerError::OpenDevNull)?
@@ -252,7 +249,7 @@ pub(crate) fn create_and_start(
         .map_err(create)?
         .with_executor(SignalResetExecutor::default())
         .as_init(bundle)
-        .with_no_pivot(root_is_initramfs())
+        .with_no_pivot(false)
         .with_systemd(false)
         .with_detach(true)
         .build()

@@ -5,6 +5,7 @@
 
 mod boot;
 mod containers;
+mod host_devices;
 mod logger;
 mod results;
 mod shutdown;

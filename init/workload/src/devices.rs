@@ -40,6 +40,22 @@ pub enum DevicesError {
         /// The string.
         access: String,
     },
+    /// A compose `devices:` mapping names a device no container is given (unless privileged).
+    #[error(
+        "device {path} ({kind} {major}:{minor}) is never granted to a container: {reason}; only a privileged service (app-compose allow_privileged) gets it"
+    )]
+    RefuseGrant {
+        /// The host path of the mapping.
+        path: String,
+        /// `c` or `b`.
+        kind: char,
+        /// Major number.
+        major: i64,
+        /// Minor number.
+        minor: i64,
+        /// What the device is.
+        reason: String,
+    },
     /// A rule names a device type the device cgroup does not know (`p`).
     #[error("device rule {index}: type {kind} has no device cgroup meaning")]
     RuleType {
@@ -272,6 +288,94 @@ pub fn spec_device_policy(
         .ok_or(DevicesError::CgroupPath)?
         .to_owned();
     Ok((rules, cgroup))
+}
+
+/// A device of this VM that the launcher found by name (`/dev/tdx_guest`, a virtio port…):
+/// its numbers are assigned at run time, so the launcher stats it and passes it to
+/// [`check_grant`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Protected {
+    /// `c` or `b`.
+    pub kind: char,
+    /// Major number.
+    pub major: i64,
+    /// Minor number.
+    pub minor: i64,
+    /// What it is, for the refusal.
+    pub what: String,
+}
+
+/// Character devices with fixed numbers (Documentation/admin-guide/devices.txt) that a
+/// `devices:` mapping never grants: (major, minor or every minor, what it is).
+const NEVER_CHAR: &[(i64, Option<i64>, &str)] = &[
+    (1, Some(1), "/dev/mem (physical memory)"),
+    (1, Some(2), "/dev/kmem (kernel memory)"),
+    (1, Some(4), "/dev/port (I/O ports)"),
+    (
+        1,
+        Some(11),
+        "/dev/kmsg (the kernel log, which the host reads on the console)",
+    ),
+    (
+        4,
+        None,
+        "a virtual console or serial line (the host reads the console)",
+    ),
+    (5, Some(1), "/dev/console (read by the host)"),
+    (7, None, "virtual console memory"),
+    (
+        13,
+        None,
+        "an input device (the console's keyboard and mouse)",
+    ),
+    (21, None, "a SCSI generic node (raw disk commands)"),
+    (29, None, "a framebuffer (the console's screen)"),
+    (162, None, "a raw block device node"),
+    (
+        195,
+        None,
+        "an NVIDIA GPU node (GPUs are granted by deploy.resources after attestation)",
+    ),
+    (202, None, "a CPU MSR node"),
+    (203, None, "a CPUID node"),
+    (229, None, "a hypervisor console"),
+];
+
+/// Whether the host device `dev` (a compose `devices:` mapping of `path`) may be granted to a
+/// non-privileged container: never a block device (this VM's block devices are its disks: the
+/// encrypted data disk's dm node, the raw disk under it, the host share), never a node of
+/// [`NEVER_CHAR`], never one of `protected` (found by name at run time: `/dev/tdx_guest`, the
+/// virtio ports of the results channel and the host API, …).
+pub fn check_grant(
+    path: &str,
+    dev: &crate::spec::HostDevice,
+    protected: &[Protected],
+) -> Result<(), DevicesError> {
+    let refuse = |reason: String| DevicesError::RefuseGrant {
+        path: path.to_owned(),
+        kind: dev.kind,
+        major: dev.major,
+        minor: dev.minor,
+        reason,
+    };
+    if dev.kind != 'c' {
+        return Err(refuse(
+            "a block device (this VM's block devices are its disks: the encrypted data disk, its dm node, the raw disk under it, the host share)".to_owned(),
+        ));
+    }
+    if let Some((_, _, what)) = NEVER_CHAR
+        .iter()
+        .find(|(major, minor, _)| *major == dev.major && minor.is_none_or(|m| m == dev.minor))
+    {
+        return Err(refuse((*what).to_owned()));
+    }
+    if let Some(p) = protected
+        .iter()
+        .find(|p| p.kind == dev.kind && p.major == dev.major && p.minor == dev.minor)
+    {
+        return Err(refuse(p.what.clone()));
+    }
+    Ok(())
 }
 
 /// [`device_filter`], encoded for `init-sys::bpf::DeviceProgram::load`.

@@ -9,8 +9,12 @@
 //! Fixed choices: host networking (no network namespace), new pid/ipc/uts/mount/cgroup
 //! namespaces, Docker's default capability set (all capabilities when `privileged`), Docker's
 //! masked and read-only paths (none when privileged), an absolute `cgroupsPath`
-//! (`<cgroup_parent>/<service>`), no seccomp profile (see the crate README: a profile is never
-//! emitted, so nothing is silently dropped by a runtime built without libseccomp).
+//! (`<cgroup_parent>/<service>`), Docker's default seccomp profile resolved for the
+//! container's capabilities ([`crate::seccomp`]; none when privileged or
+//! `security_opt: [seccomp=unconfined]`, as Docker). `noNewPrivileges` is written only when
+//! set: libcontainer installs the filter before it drops capabilities when the field is absent
+//! (runc's order without no-new-privileges), but after, and so without the privilege to load
+//! it, when the field is `false`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +75,15 @@ pub enum SpecError {
         service: String,
         /// The name.
         capability: String,
+    },
+    /// Docker's default seccomp profile could not be resolved (a bad data update).
+    #[error("service {service}: seccomp profile")]
+    SeccompProfile {
+        /// Service.
+        service: String,
+        /// Why.
+        #[source]
+        source: crate::seccomp::SeccompError,
     },
     /// The generated JSON is not a valid runtime spec (a bug).
     #[error("build runtime spec for {service}")]
@@ -613,7 +626,15 @@ pub fn container_plan(
                 path: host.clone(),
             })?;
         devices.push(device_json(container, dev));
-        rules.push(device_rule(dev, permissions));
+        // `m` for exactly this node: the device filter is attached before libcontainer makes
+        // the node in the container's /dev (runc's order is the reverse); opening it is still
+        // limited to the mapping's r/w.
+        let access = if permissions.contains('m') {
+            permissions.clone()
+        } else {
+            format!("{permissions}m")
+        };
+        rules.push(device_rule(dev, &access));
     }
     if let Some(request) = &service.resources.gpus {
         let chosen: Vec<&HostDevice> = match request {
@@ -699,6 +720,14 @@ pub fn container_plan(
     if !service.privileged {
         linux["maskedPaths"] = json!(MASKED_PATHS);
         linux["readonlyPaths"] = json!(READONLY_PATHS);
+        if !service.seccomp_unconfined {
+            linux["seccomp"] = crate::seccomp::default_profile(&caps).map_err(|source| {
+                SpecError::SeccompProfile {
+                    service: name.clone(),
+                    source,
+                }
+            })?;
+        }
     }
     let mut user = json!({"uid": uid, "gid": gid});
     if !additional.is_empty() {
@@ -715,7 +744,6 @@ pub fn container_plan(
             "args": args,
             "env": env,
             "cwd": cwd,
-            "noNewPrivileges": service.no_new_privileges,
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
             "rlimits": rlimits,
         },
@@ -723,6 +751,11 @@ pub fn container_plan(
     });
     if let Some(domain) = &service.domainname {
         json["domainname"] = json!(domain);
+    }
+    // Only when set (see the module documentation: `false` would make libcontainer load the
+    // seccomp filter after dropping CAP_SYS_ADMIN, which the kernel refuses).
+    if service.no_new_privileges {
+        json["process"]["noNewPrivileges"] = json!(true);
     }
     let spec: oci_spec::runtime::Spec =
         serde_json::from_value(json.clone()).map_err(|source| SpecError::BuildSpec {

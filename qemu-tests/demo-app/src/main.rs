@@ -9,6 +9,12 @@
 //!   <GetQuote>}` for a verifier (`cvm-measure verify --event-log` reads the `quote` object);
 //! * `GET /emit?event=<name>` — `EmitEvent` of `name` (payload: the name's bytes) into RTMR3,
 //!   answering the guest API's JSON reply (the app's own runtime measurement).
+//!
+//! At start it prints one line per confinement probe (issue 22): syscalls Docker's default
+//! seccomp profile refuses a plain container (`unshare(CLONE_NEWUSER)`, which needs no
+//! capability, and `personality(ADDR_NO_RANDOMIZE)`, which no capability guards) must fail
+//! with EPERM, and a child process must still spawn (glibc tries `clone3`, which the profile
+//! answers with ENOSYS, then `clone`, allowed by its flag-masked rule).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -18,6 +24,10 @@ use std::time::Duration;
 use demo_app::{DemoError, Request, html_escape, parse_request, response};
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--probe-child") {
+        return;
+    }
+    confinement_probes();
     let port = std::env::var("DEMO_PORT").unwrap_or_else(|_| "8080".to_owned());
     let socket = std::env::var("DSTACK_SOCKET").unwrap_or_else(|_| "/var/run/dstack.sock".into());
     let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
@@ -156,4 +166,33 @@ fn guest_api(socket: &str, path: &str, body: &str) -> Result<serde_json::Value, 
         .read_to_end(&mut reply)
         .map_err(DemoError::Io)?;
     demo_app::json_body(path, &reply)
+}
+
+/// The seccomp probes (see the crate documentation): one `demo-app: probe …` line each.
+fn confinement_probes() {
+    let verdict = |result: nix::Result<()>| match result {
+        Err(nix::errno::Errno::EPERM) => "refused (EPERM)".to_owned(),
+        Err(errno) => format!("failed ({errno})"),
+        Ok(()) => "ALLOWED".to_owned(),
+    };
+    let userns = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUSER);
+    println!(
+        "demo-app: probe unshare(CLONE_NEWUSER): {}",
+        verdict(userns)
+    );
+    let persona = nix::sys::personality::set(nix::sys::personality::Persona::ADDR_NO_RANDOMIZE);
+    println!(
+        "demo-app: probe personality(ADDR_NO_RANDOMIZE): {}",
+        verdict(persona.map(drop))
+    );
+    let spawned = std::env::current_exe().and_then(|exe| {
+        std::process::Command::new(exe)
+            .arg("--probe-child")
+            .status()
+    });
+    match spawned {
+        Ok(status) if status.success() => println!("demo-app: probe spawn: ok"),
+        Ok(status) => println!("demo-app: probe spawn: child {status}"),
+        Err(error) => println!("demo-app: probe spawn: failed ({error})"),
+    }
 }

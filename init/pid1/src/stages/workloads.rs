@@ -127,6 +127,12 @@ pub(crate) enum WorkloadsStageError {
         #[source]
         source: nix::Error,
     },
+    #[error("devices of {service}")]
+    Devices {
+        service: String,
+        #[source]
+        source: Box<crate::host_devices::HostDevicesError>,
+    },
     #[error("launch {service}")]
     Launch {
         service: String,
@@ -267,6 +273,14 @@ pub(crate) fn run(
         log::info!("workloads: compose file has no services; nothing to run");
         record(results, names, "no services");
         return Ok(None);
+    }
+    // `devices:` mappings: a node that is absent or never granted fails the stage here, with
+    // the reason, before anything is pulled.
+    for service in &app.services {
+        crate::host_devices::resolve(service).map_err(|source| WorkloadsStageError::Devices {
+            service: service.name.clone(),
+            source: Box::new(source),
+        })?;
     }
     if !network_up {
         // Without a network interface nothing can be pulled. Decision for the test images (the
@@ -679,13 +693,19 @@ impl Workloads {
             })?;
             self.mounted.push(name.to_owned());
         }
+        let host_devices = crate::host_devices::resolve(service).map_err(|source| {
+            WorkloadsStageError::Devices {
+                service: name.to_owned(),
+                source: Box::new(source),
+            }
+        })?;
         let plan = container_plan(
             &self.app,
             service,
             &image.pulled.config,
             &image.files,
             &layout,
-            &BTreeMap::new(),
+            &host_devices,
             &GpuGrant::default(),
         )
         .map_err(|source| WorkloadsStageError::Plan {

@@ -216,3 +216,60 @@ fn spec_policy_reads_rules_and_cgroup_path() {
         Err(DevicesError::SpecRules(_))
     ));
 }
+
+fn host(kind: char, major: i64, minor: i64) -> crate::spec::HostDevice {
+    crate::spec::HostDevice {
+        path: "/dev/x".into(),
+        kind,
+        major,
+        minor,
+        mode: 0o660,
+    }
+}
+
+#[test]
+fn grants_refuse_disks_kernel_nodes_and_protected_ones() {
+    let tdx = Protected {
+        kind: 'c',
+        major: 10,
+        minor: 125,
+        what: "/dev/tdx_guest (TD reports)".into(),
+    };
+    let refused =
+        |dev: &crate::spec::HostDevice| check_grant("/dev/x", dev, std::slice::from_ref(&tdx));
+    // The data disk's dm node, the raw disk under it: every block device.
+    for (major, minor) in [(253, 0), (254, 0), (252, 0), (7, 0)] {
+        let err = refused(&host('b', major, minor)).unwrap_err();
+        assert!(
+            matches!(&err, DevicesError::RefuseGrant { kind: 'b', reason, .. } if reason.contains("block device")),
+            "{err:?}"
+        );
+    }
+    for (major, minor, what) in [
+        (1, 1, "/dev/mem"),
+        (1, 11, "/dev/kmsg"),
+        (4, 64, "serial"),
+        (5, 1, "/dev/console"),
+        (195, 0, "NVIDIA"),
+        (21, 0, "SCSI generic"),
+        (13, 64, "input"),
+        (10, 125, "/dev/tdx_guest"),
+    ] {
+        match refused(&host('c', major, minor)) {
+            Err(DevicesError::RefuseGrant { reason, .. }) => {
+                assert!(reason.contains(what), "{reason}")
+            }
+            other => panic!("{major}:{minor} {other:?}"),
+        }
+    }
+    // Harmless character devices pass: /dev/rtc0 (dynamic major), /dev/fuse, /dev/null.
+    for (major, minor) in [(252, 0), (10, 229), (1, 3), (10, 126)] {
+        assert!(refused(&host('c', major, minor)).is_ok(), "{major}:{minor}");
+    }
+    let message = refused(&host('c', 1, 11)).unwrap_err().to_string();
+    assert!(
+        message.contains("/dev/x (c 1:11) is never granted"),
+        "{message}"
+    );
+    assert!(message.contains("privileged"), "{message}");
+}

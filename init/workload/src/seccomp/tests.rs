@@ -138,3 +138,40 @@ fn min_kernel_parses_against_the_floor() {
         Err(SeccompError::ParseMinKernel { .. })
     ));
 }
+
+#[test]
+fn conditional_entries_follow_arch_and_capabilities() {
+    let names = |profile: &Value| -> Vec<String> {
+        profile["syscalls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r["names"].as_array().unwrap().iter())
+            .map(|n| n.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let plain = default_profile(PLAIN).unwrap();
+    let all = names(&plain);
+    // includes.arches: amd64 entries in, other architectures' entries out.
+    for name in ["arch_prctl", "modify_ldt"] {
+        assert!(all.iter().any(|n| n == name), "{name}");
+    }
+    for name in ["s390_pci_mmio_read", "arm_fadvise64_64", "breakpoint"] {
+        assert!(!all.iter().any(|n| n == name), "{name}");
+    }
+    // excludes.caps: with CAP_SYS_ADMIN the flag-masked clone rule and clone3's ENOSYS go;
+    // the CAP_SYS_ADMIN entry allows both outright.
+    let mut admin = PLAIN.to_vec();
+    admin.push("CAP_SYS_ADMIN");
+    let admin = default_profile(&admin).unwrap();
+    let rules = admin["syscalls"].as_array().unwrap();
+    assert!(
+        !rules
+            .iter()
+            .any(|r| r["names"] == json!(["clone"]) && r.get("args").is_some())
+    );
+    assert!(!rules.iter().any(|r| r["names"] == json!(["clone3"])));
+    // Every rule's arguments survive into the OCI types libcontainer reads.
+    let seccomp = spec_seccomp(&admin);
+    assert_eq!(seccomp.syscalls().as_ref().unwrap().len(), rules.len());
+}

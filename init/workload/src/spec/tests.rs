@@ -92,7 +92,10 @@ fn image_defaults_and_overrides() {
         .collect();
     assert!(!ns.contains(&"network"), "host networking");
     assert!(ns.contains(&"pid") && ns.contains(&"mount"));
-    assert!(p.json["linux"].get("seccomp").is_none());
+    assert_eq!(
+        p.json["linux"]["seccomp"]["defaultAction"],
+        "SCMP_ACT_ERRNO"
+    );
     assert_eq!(p.spec.version(), "1.0.2");
     let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
     assert!(hosts.contains("127.0.0.1\tweb db database\n"), "{hosts}");
@@ -245,15 +248,68 @@ fn privileged_gets_all_caps_and_no_masks() {
         ALL_CAPS.len()
     );
     assert!(p.json["linux"].get("maskedPaths").is_none());
+    // No seccomp filter for a privileged container (as Docker).
+    assert!(p.json["linux"].get("seccomp").is_none());
     assert_eq!(
         p.json["linux"]["resources"]["devices"][0],
         json!({"allow": true, "access": "rwm"})
     );
 }
 
+/// The names a `linux.seccomp` allows without an argument condition.
+fn seccomp_allowed(j: &Value) -> Vec<String> {
+    j["linux"]["seccomp"]["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+        .flat_map(|r| r["names"].as_array().unwrap().iter())
+        .map(|n| n.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn plain_services_get_dockers_seccomp_profile_for_their_caps() {
+    let p = plan("", &GpuGrant::default()).unwrap();
+    let seccomp = p
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.seccomp().clone())
+        .expect("a plain service has a seccomp profile");
+    assert_eq!(
+        seccomp.default_action(),
+        oci_spec::runtime::LinuxSeccompAction::ScmpActErrno
+    );
+    let allowed = seccomp_allowed(&p.json);
+    assert!(allowed.iter().any(|n| n == "read"));
+    for blocked in ["unshare", "keyctl", "mount", "bpf", "kexec_load"] {
+        assert!(!allowed.iter().any(|n| n == blocked), "{blocked}");
+    }
+    // The profile follows the service's capabilities (Docker's includes.caps).
+    let admin = plan(
+        "    cap_add: [SYS_ADMIN]
+",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    let allowed = seccomp_allowed(&admin.json);
+    assert!(allowed.iter().any(|n| n == "mount") && allowed.iter().any(|n| n == "unshare"));
+    assert!(!allowed.iter().any(|n| n == "keyctl"));
+    // seccomp=unconfined: no filter; no-new-privileges is written as true.
+    let open = plan(
+        "    security_opt: [\"seccomp=unconfined\", \"no-new-privileges\"]\n",
+        &GpuGrant::default(),
+    )
+    .unwrap();
+    assert!(open.json["linux"].get("seccomp").is_none());
+    assert!(open.json["linux"].get("maskedPaths").is_some());
+    assert_eq!(open.json["process"]["noNewPrivileges"], true);
+}
+
 #[test]
 fn device_mappings_need_host_nodes() {
-    let app = app("    devices: [\"/dev/fuse\"]\n");
+    let app = app("    devices: [\"/dev/fuse:/dev/fuse2:r\"]\n");
     let web = app.service("web").unwrap();
     let err = container_plan(
         &app,
@@ -292,7 +348,16 @@ fn device_mappings_need_host_nodes() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["major"] == 10 && d["minor"] == 229)
+            .any(|d| d["major"] == 10 && d["minor"] == 229 && d["path"] == "/dev/fuse2")
+    );
+    // Exactly that node, read-only; `m` so that libcontainer can make it under the filter.
+    assert!(
+        p.json["linux"]["resources"]["devices"]
+            .as_array()
+            .unwrap()
+            .contains(
+                &json!({"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rm"})
+            )
     );
 }
 
@@ -395,7 +460,16 @@ fn defaults_stay_when_the_keys_are_absent() {
     assert_eq!(j["hostname"], "cvm");
     assert!(j.get("domainname").is_none());
     assert_eq!(j["root"]["readonly"], false);
-    assert_eq!(j["process"]["noNewPrivileges"], false);
+    // Absent, not false: libcontainer then loads the seccomp filter while it still may.
+    assert!(j["process"].get("noNewPrivileges").is_none());
+    assert!(
+        p.spec
+            .process()
+            .as_ref()
+            .unwrap()
+            .no_new_privileges()
+            .is_none()
+    );
     assert!(j["linux"].get("sysctl").is_none());
     let shm = j["mounts"]
         .as_array()
