@@ -396,7 +396,15 @@ pub fn replace_batch(ruleset: &Ruleset, seq: u32) -> (Vec<u8>, u32) {
     let create = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE;
     let mut acks = 0;
     message(&mut out, ty(NFT_MSG_NEWTABLE), create, next(), f, 0, &table);
-    message(&mut out, ty(NFT_MSG_DELTABLE), NLM_F_REQUEST | NLM_F_ACK, next(), f, 0, &table);
+    message(
+        &mut out,
+        ty(NFT_MSG_DELTABLE),
+        NLM_F_REQUEST | NLM_F_ACK,
+        next(),
+        f,
+        0,
+        &table,
+    );
     message(&mut out, ty(NFT_MSG_NEWTABLE), create, next(), f, 0, &table);
     acks += 3;
     for chain in &ruleset.chains {
@@ -421,7 +429,15 @@ pub fn replace_batch(ruleset: &Ruleset, seq: u32) -> (Vec<u8>, u32) {
             list.nest(NFTA_LIST_ELEM, expr_attrs(expr));
         }
         a.nest(NFTA_RULE_EXPRESSIONS, list);
-        message(&mut out, ty(NFT_MSG_NEWRULE), create | NLM_F_APPEND, next(), f, 0, &a);
+        message(
+            &mut out,
+            ty(NFT_MSG_NEWRULE),
+            create | NLM_F_APPEND,
+            next(),
+            f,
+            0,
+            &a,
+        );
         acks += 1;
     }
     let end = next();

@@ -11,6 +11,7 @@ use netlink_packet_core::{
     NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage,
     NetlinkPayload,
 };
+use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -19,7 +20,6 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::AddressFamily;
 
 fn serialize(message: RouteNetlinkMessage, flags: u16, seq: u32) -> Vec<u8> {
     let mut header = NetlinkHeader::default();
@@ -40,7 +40,9 @@ pub fn new_bridge(name: &str, seq: u32) -> Vec<u8> {
     let mut link = LinkMessage::default();
     link.attributes.push(LinkAttribute::IfName(name.to_owned()));
     link.attributes
-        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Bridge)]));
+        .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+            InfoKind::Bridge,
+        )]));
     serialize(RouteNetlinkMessage::NewLink(link), CREATE, seq)
 }
 
@@ -48,7 +50,9 @@ pub fn new_bridge(name: &str, seq: u32) -> Vec<u8> {
 /// network namespace `netns` (an open nsfs file), so its name only has to be unique there.
 pub fn new_veth(host: &str, peer: &str, netns: RawFd, seq: u32) -> Vec<u8> {
     let mut inner = LinkMessage::default();
-    inner.attributes.push(LinkAttribute::IfName(peer.to_owned()));
+    inner
+        .attributes
+        .push(LinkAttribute::IfName(peer.to_owned()));
     inner.attributes.push(LinkAttribute::NetNsFd(netns));
     let mut link = LinkMessage::default();
     link.attributes.push(LinkAttribute::IfName(host.to_owned()));
@@ -134,7 +138,11 @@ mod tests {
         let a = attrs(&b[32..]);
         assert_eq!(a[0], (3, b"cvmbr0\0".to_vec()), "IFLA_IFNAME");
         assert_eq!(a[1].0 & 0x7fff, 18, "IFLA_LINKINFO");
-        assert_eq!(attrs(&a[1].1)[0], (1, b"bridge\0".to_vec()), "IFLA_INFO_KIND");
+        assert_eq!(
+            attrs(&a[1].1)[0],
+            (1, b"bridge\0".to_vec()),
+            "IFLA_INFO_KIND"
+        );
     }
 
     #[test]
@@ -149,7 +157,10 @@ mod tests {
         // The peer is an ifinfomsg (16 bytes) and its attributes.
         let peer_attrs = attrs(&peer[0].1[16..]);
         assert!(peer_attrs.contains(&(3, b"eth0\0".to_vec())));
-        assert!(peer_attrs.contains(&(28, 42u32.to_ne_bytes().to_vec())), "IFLA_NET_NS_FD");
+        assert!(
+            peer_attrs.contains(&(28, 42u32.to_ne_bytes().to_vec())),
+            "IFLA_NET_NS_FD"
+        );
     }
 
     #[test]
@@ -159,7 +170,11 @@ mod tests {
         assert_eq!(u32_at(&b, 16 + 4), 5, "ifi_index");
         assert_eq!(u32_at(&b, 16 + 8) & 1, 1, "ifi_flags IFF_UP");
         assert_eq!(u32_at(&b, 16 + 12) & 1, 1, "ifi_change IFF_UP");
-        assert_eq!(attrs(&b[32..]), vec![(10, 3u32.to_ne_bytes().to_vec())], "IFLA_MASTER");
+        assert_eq!(
+            attrs(&b[32..]),
+            vec![(10, 3u32.to_ne_bytes().to_vec())],
+            "IFLA_MASTER"
+        );
     }
 
     #[test]
@@ -175,6 +190,10 @@ mod tests {
         assert_eq!(u16_at(&r, 4), 24, "RTM_NEWROUTE");
         // rtmsg: family, dst_len 0, src_len, tos, table main, protocol boot, scope universe, type unicast
         assert_eq!(&r[16..24], &[2, 0, 0, 0, 254, 3, 0, 1]);
-        assert_eq!(attrs(&r[28..]), vec![(5, vec![172, 30, 0, 1])], "RTA_GATEWAY");
+        assert_eq!(
+            attrs(&r[28..]),
+            vec![(5, vec![172, 30, 0, 1])],
+            "RTA_GATEWAY"
+        );
     }
 }

@@ -123,7 +123,10 @@ fn cmp_and_verdict_expressions_encode_as_nft_does() {
     let verdict = attrs(&attrs(&data[1].1)[0].1);
     assert_eq!(attrs(&data[1].1)[0].0, 2 | 0x8000, "NFTA_DATA_VERDICT");
     assert_eq!(verdict, vec![(1, vec![0, 0, 0, 1])]);
-    assert_eq!(expr_attrs(&Expr::Masquerade).0, [&[9, 0, 1, 0][..], b"masq\0\0\0\0"].concat());
+    assert_eq!(
+        expr_attrs(&Expr::Masquerade).0,
+        [&[9, 0, 1, 0][..], b"masq\0\0\0\0"].concat()
+    );
 }
 
 #[test]
@@ -171,7 +174,11 @@ fn workload_ruleset_dnats_published_ports_and_isolates_the_bridges() {
     );
     let per_chain = |name: &str| rs.rules.iter().filter(|r| r.chain == name).count();
     assert_eq!(per_chain("prerouting"), 1);
-    assert_eq!(per_chain("postrouting"), 1, "no masquerade for the internal network");
+    assert_eq!(
+        per_chain("postrouting"),
+        1,
+        "no masquerade for the internal network"
+    );
     // established/related, dnat, drop into the bridges, drop out of the internal one.
     assert_eq!(per_chain("forward"), 4);
     let dnat = &rs.rules[0].exprs;
