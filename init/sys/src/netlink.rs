@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use nix::errno::Errno;
 use nix::sys::socket::{
-    AddressFamily, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send, setsockopt,
-    socket, sockopt, MsgFlags,
+    AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, bind, recv, send,
+    setsockopt, socket, sockopt,
 };
 use nix::sys::time::TimeVal;
 
@@ -62,7 +62,11 @@ fn parse_replies(mut buf: &[u8]) -> Result<Vec<Reply>, NetlinkError> {
         }
         if kind == NLMSG_ERROR {
             let code = i32::from_ne_bytes(word(NLMSG_HDRLEN)?);
-            out.push(if code == 0 { Ok(seq) } else { Err((seq, -code)) });
+            out.push(if code == 0 {
+                Ok(seq)
+            } else {
+                Err((seq, -code))
+            });
         }
         buf = buf.get((len + 3) & !3..).unwrap_or_default();
     }
@@ -83,10 +87,7 @@ impl NetlinkSocket {
         )
         .map_err(NetlinkError::Open)?;
         bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0)).map_err(NetlinkError::Open)?;
-        let timeout = TimeVal::new(
-            i64::try_from(REPLY_TIMEOUT.as_secs()).unwrap_or(5),
-            0,
-        );
+        let timeout = TimeVal::new(i64::try_from(REPLY_TIMEOUT.as_secs()).unwrap_or(5), 0);
         setsockopt(&fd, sockopt::ReceiveTimeout, &timeout).map_err(NetlinkError::Open)?;
         Ok(Self(fd))
     }
@@ -104,7 +105,8 @@ impl NetlinkSocket {
     /// Sends `bytes` (one or more messages, in one datagram) and waits for `acks` acks; the
     /// first refusal is the error.
     pub fn request(&self, bytes: &[u8], acks: u32) -> Result<(), NetlinkError> {
-        let sent = send(self.0.as_raw_fd(), bytes, MsgFlags::empty()).map_err(NetlinkError::Send)?;
+        let sent =
+            send(self.0.as_raw_fd(), bytes, MsgFlags::empty()).map_err(NetlinkError::Send)?;
         if sent != bytes.len() {
             return Err(NetlinkError::ShortSend {
                 sent,

@@ -123,16 +123,17 @@ pub struct Layout {
     pub cgroup_parent: String,
     /// Host name inside the container.
     pub hostname: String,
-    /// The service's own network namespace and its `/etc/hosts`; `None`: the VM's network
-    /// namespace (`network_mode: host`) and [`service_hosts_file`].
+    /// The service's network namespace and its `/etc/hosts`; `None`: the VM's network
+    /// namespace and [`service_hosts_file`].
     pub network: Option<ContainerNetwork>,
 }
 
 /// A service's network namespace, prepared by PID 1 (`crate::network`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerNetwork {
-    /// The bind-mounted nsfs file (`/run/netns/<service>`), joined by the container.
-    pub netns: PathBuf,
+    /// The bind-mounted nsfs file (`/run/netns/<service>`) the container joins; `None`: the
+    /// VM's own (`network_mode: host`).
+    pub netns: Option<PathBuf>,
     /// The container's `/etc/hosts` (`crate::network::NetworkPlan::hosts_file`).
     pub hosts: String,
 }
@@ -702,9 +703,9 @@ pub fn container_plan(
         .filter(|t| !(service.pid_host && **t == "pid"))
         .map(|t| json!({"type": t}))
         .collect();
-    if let Some(net) = &layout.network {
+    if let Some(netns) = layout.network.as_ref().and_then(|n| n.netns.as_ref()) {
         // Joined (setns), not created: the namespace outlives restarts of the container.
-        namespaces.push(json!({"type": "network", "path": net.netns}));
+        namespaces.push(json!({"type": "network", "path": netns}));
     }
     let mut linux = json!({
         "namespaces": namespaces,

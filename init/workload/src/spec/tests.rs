@@ -472,7 +472,7 @@ fn own_network_namespace_is_joined_with_its_hosts_file() {
     let web = app.service("web").unwrap();
     let mut own = layout();
     own.network = Some(ContainerNetwork {
-        netns: "/run/netns/web".into(),
+        netns: Some("/run/netns/web".into()),
         hosts: "127.0.0.1\tlocalhost\n172.20.0.5\tweb www\n".into(),
     });
     let p = container_plan(
