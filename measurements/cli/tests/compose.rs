@@ -65,7 +65,11 @@ mod tests {
     fn a_remap_runs_and_is_refused_only_under_host_networking() {
         let output = check(&fixture("app-compose-remap.json"), &[]);
         assert!(output.status.success(), "{}", err(&output));
-        assert!(out(&output).contains("ports: 8080->80/tcp"), "{}", out(&output));
+        assert!(
+            out(&output).contains("ports: 8080->80/tcp"),
+            "{}",
+            out(&output)
+        );
         let output = check(&fixture("app-compose-host-remap.json"), &[]);
         assert!(!output.status.success());
         let text = out(&output);
