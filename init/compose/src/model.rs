@@ -14,8 +14,7 @@ pub struct App {
     pub volumes: BTreeSet<String>,
     /// Inline configs by name.
     pub configs: BTreeMap<String, String>,
-    /// Declared top-level networks by name (parsed, not yet implemented: every service shares
-    /// the CVM's network).
+    /// Declared top-level networks by name (each a bridge inside the VM).
     pub networks: BTreeMap<String, Network>,
 }
 
@@ -29,7 +28,8 @@ impl App {
 /// One service.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Service {
-    /// Service name (also its host name in the generated /etc/hosts).
+    /// Service name (also its host name in the generated /etc/hosts of the services that
+    /// share a network with it).
     pub name: String,
     /// Pinned image.
     pub image: ImageRef,
@@ -102,62 +102,85 @@ pub struct Service {
     pub seccomp_unconfined: bool,
     /// `pid: host`: the container shares the CVM's pid namespace.
     pub pid_host: bool,
-    /// Networks the service joins (parsed, not yet implemented).
+    /// Networks the service joins (none named: the `default` network).
     pub networks: Vec<ServiceNetwork>,
+    /// `network_mode: host` (or a network with `driver: host`): the service shares the VM's
+    /// network namespace instead of getting its own.
+    pub network_host: bool,
 }
 
 impl Service {
-    /// What this service asks for that needs per-service networking, which the init does not
-    /// have yet (every service shares the CVM's network): the launcher refuses the first one
-    /// when it plans the container, and `cvm-measure compose check` lists them all.
+    /// What this service asks for that the init's networking cannot honour: the launcher
+    /// refuses the first one when it plans the container, and `cvm-measure compose check`
+    /// lists them all. Per-service network namespaces (bridges, published ports with remaps,
+    /// static IPv4 addresses, `net.*` sysctls) are honoured; what is left is listed here.
     pub fn networking_gaps(&self) -> Vec<NetworkingGap> {
         let mut gaps = Vec::new();
         for port in &self.ports {
-            if port.remaps() {
-                gaps.push(NetworkingGap::PortRemap {
+            if self.network_host && port.remaps() {
+                gaps.push(NetworkingGap::HostPortRemap {
                     published: port.published,
                     target: port.port,
                 });
             }
+            if let Some(ip) = &port.host_ip {
+                let refused = match ip.parse::<std::net::Ipv4Addr>() {
+                    Ok(address) => address.is_loopback(),
+                    Err(_) => !matches!(ip.as_str(), "::" | "[::]"),
+                };
+                if refused {
+                    gaps.push(NetworkingGap::HostIp { ip: ip.clone() });
+                }
+            }
         }
         for network in &self.networks {
-            if network.ipv4_address.is_some() || network.ipv6_address.is_some() {
-                gaps.push(NetworkingGap::StaticAddress {
+            if network.ipv6_address.is_some() {
+                gaps.push(NetworkingGap::Ipv6Address {
                     network: network.name.clone(),
                 });
             }
         }
-        for key in self.sysctls.keys().filter(|k| k.starts_with("net.")) {
-            gaps.push(NetworkingGap::NetSysctl { key: key.clone() });
+        if self.network_host {
+            for key in self.sysctls.keys().filter(|k| k.starts_with("net.")) {
+                gaps.push(NetworkingGap::NetSysctl { key: key.clone() });
+            }
         }
         gaps
     }
 }
 
-/// Something a service asks for that needs per-service networking (not yet implemented).
+/// Something a service asks for that the init's networking does not honour.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NetworkingGap {
-    /// A port published on another host port than the container port.
+    /// A remapped port under `network_mode: host`, where there is no address to forward to.
     #[error(
-        "port remapping needs per-service networking (not yet): {published}:{target} publishes a different port than the container listens on; publish {target}:{target} or change the service's port"
+        "port {published}:{target} remaps a port under network_mode: host, where the service listens on the VM's own ports; drop network_mode: host (services get their own network) or publish {target}:{target}"
     )]
-    PortRemap {
+    HostPortRemap {
         /// Host side.
         published: u16,
         /// Container side.
         target: u16,
     },
-    /// A static address on a network.
+    /// A published port on a loopback or IPv6 host address.
     #[error(
-        "a static address on network {network} needs per-service networking (not yet): services share the CVM's network; drop ipv4_address/ipv6_address"
+        "ports published on host address {ip} are not supported: the VM forwards published ports from its IPv4 interface only; drop the address or use 0.0.0.0"
     )]
-    StaticAddress {
+    HostIp {
+        /// The address.
+        ip: String,
+    },
+    /// An IPv6 address on a network (the workload networks are IPv4).
+    #[error(
+        "ipv6_address on network {network} is not supported: the workload networks are IPv4 only; drop ipv6_address"
+    )]
+    Ipv6Address {
         /// Network name.
         network: String,
     },
-    /// A `net.*` sysctl, which would apply to the CVM's one network namespace.
+    /// A `net.*` sysctl under `network_mode: host`, which would change the VM's own network.
     #[error(
-        "sysctl {key} needs a network namespace of its own (per-service networking, not yet): services share the CVM's network"
+        "sysctl {key} under network_mode: host would change the VM's own network namespace; drop network_mode: host (the service gets a namespace of its own) or the sysctl"
     )]
     NetSysctl {
         /// The sysctl.
@@ -315,11 +338,10 @@ impl std::fmt::Display for Protocol {
 pub struct Port {
     /// Container port.
     pub port: u16,
-    /// Host port. Only `published == port` runs today (host networking); a remap is carried
-    /// here and refused when the container is planned.
+    /// Host (VM) port, forwarded to the service's address and `port`.
     pub published: u16,
-    /// Host address to publish on (`127.0.0.1:8080:80`), if given. Carried only: under host
-    /// networking nothing is published, the service is reachable on the addresses it binds.
+    /// Host address to publish on (`10.0.2.15:8080:80`), if given: only traffic to that VM
+    /// address is forwarded (loopback and IPv6 addresses are refused, see [`NetworkingGap`]).
     pub host_ip: Option<String>,
     /// Protocol.
     pub protocol: Protocol,

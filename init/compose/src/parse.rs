@@ -601,12 +601,14 @@ fn parse_service(
             Err(e) => errors.push(e),
         }
     }
+    let mut network_host = false;
     if let Some(n) = m.get("network_mode") {
         match n.string() {
-            Ok(p) if p == "host" => {}
+            Ok(p) if p == "host" => network_host = true,
+            Ok(p) if p == "bridge" || p == "default" => {}
             Ok(_) => errors.push(ComposeError::refuse(
                 &n.path,
-                "only network_mode: host is supported",
+                "only network_mode host or bridge is supported (service:/container: modes share another container's namespace, which the init does not do): drop it, or name a shared network",
             )),
             Err(e) => errors.push(e),
         }
@@ -806,6 +808,13 @@ fn parse_service(
         Some(n) => keep(errors, parse_service_networks(&n, declared.networks)),
         None => Vec::new(),
     };
+    let network_host = network_host
+        || networks.iter().any(|n| {
+            declared
+                .networks
+                .get(&n.name)
+                .is_some_and(|d| d.driver.as_deref() == Some("host"))
+        });
     Some(Service {
         name: name.to_owned(),
         image: image?,
@@ -843,6 +852,7 @@ fn parse_service(
         seccomp_unconfined,
         pid_host,
         networks,
+        network_host,
     })
 }
 
@@ -1143,7 +1153,7 @@ fn parse_service_networks(
                 {
                     return Err(ComposeError::refuse(
                         &n.path,
-                        "link-local addresses, MAC addresses and driver options need per-service networking (not yet)",
+                        "link-local addresses, MAC addresses and per-network driver options are not supported: drop them",
                     ));
                 }
             }

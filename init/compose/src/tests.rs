@@ -325,10 +325,10 @@ fn refusals() {
             "port 80/tcp is published by both a and b",
         ),
         (
-            "bridge network mode",
-            svc("    network_mode: bridge\n"),
+            "container network mode",
+            svc("    network_mode: \"service:b\"\n"),
             |e| matches!(e, ComposeError::Refuse { .. }),
-            "network_mode: host",
+            "only network_mode host or bridge",
         ),
         (
             "external network",
@@ -904,4 +904,52 @@ fn check_collects_every_refusal() {
     // `parse_without_environment` reports the first of them.
     let first = parse_without_environment(None, yaml).unwrap_err();
     assert_eq!(first.to_string(), texts[0]);
+}
+
+#[test]
+fn networking_gaps_are_what_the_bridges_cannot_honour() {
+    // Own network namespace: remaps, static IPv4 addresses and net.* sysctls are honoured.
+    let own = format!(
+        "services:\n  a:\n    image: busybox@{D}\n    ports: [\"8080:80\", \"10.0.2.15:53:53/udp\"]\n    sysctls: {{net.ipv4.ip_unprivileged_port_start: 0}}\n    networks:\n      n: {{ipv4_address: 172.20.0.5}}\nnetworks:\n  n:\n    ipam:\n      config: [{{subnet: 172.20.0.0/24}}]\n"
+    );
+    let app = parse_ok(&own);
+    let a = app.service("a").unwrap();
+    assert!(!a.network_host);
+    assert_eq!(a.networking_gaps(), vec![]);
+    // Under network_mode: host they would change the VM's own network.
+    let host = format!(
+        "services:\n  a:\n    image: busybox@{D}\n    network_mode: host\n    ports: [\"8080:80\", \"81:81\"]\n    sysctls: {{net.core.somaxconn: 1024}}\n"
+    );
+    let app = parse_ok(&host);
+    let a = app.service("a").unwrap();
+    assert!(a.network_host);
+    assert_eq!(
+        a.networking_gaps(),
+        vec![
+            NetworkingGap::HostPortRemap {
+                published: 8080,
+                target: 80
+            },
+            NetworkingGap::NetSysctl {
+                key: "net.core.somaxconn".into()
+            }
+        ]
+    );
+    // Loopback and IPv6 host addresses, IPv6 static addresses: refused with a reason.
+    let v6 = format!(
+        "services:\n  a:\n    image: busybox@{D}\n    ports: [\"127.0.0.1:80:80\", \"[::1]:81:81\", \"0.0.0.0:82:82\"]\n    networks:\n      n: {{ipv6_address: \"fd00::5\"}}\nnetworks:\n  n: {{}}\n"
+    );
+    let app = parse_ok(&v6);
+    let gaps = app.service("a").unwrap().networking_gaps();
+    assert_eq!(gaps.len(), 3, "{gaps:?}");
+    assert!(matches!(&gaps[0], NetworkingGap::HostIp { ip } if ip == "127.0.0.1"));
+    assert!(matches!(&gaps[2], NetworkingGap::Ipv6Address { network } if network == "n"));
+    assert!(gaps[0].to_string().contains("use 0.0.0.0"));
+    // bridge is the default mode; a driver: host network means host networking.
+    let bridge = format!(
+        "services:\n  a:\n    image: busybox@{D}\n    network_mode: bridge\n  b:\n    image: busybox@{D}\n    networks: [h]\nnetworks:\n  h: {{driver: host}}\n"
+    );
+    let app = parse_ok(&bridge);
+    assert!(!app.service("a").unwrap().network_host);
+    assert!(app.service("b").unwrap().network_host);
 }

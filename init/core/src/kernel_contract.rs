@@ -156,6 +156,14 @@ pub const MODULE_OPTIONS: &[(&str, &str)] = &[
     ("vmw_vsock_virtio_transport", "CONFIG_VIRTIO_VSOCKETS"),
     ("authenc", "CONFIG_CRYPTO_AUTHENC"),
     ("seqiv", "CONFIG_CRYPTO_SEQIV"),
+    ("bridge", "CONFIG_BRIDGE"),
+    ("veth", "CONFIG_VETH"),
+    ("nf_tables", "CONFIG_NF_TABLES"),
+    // net/netfilter/Makefile: obj-$(CONFIG_NFT_NAT) += nft_chain_nat.o
+    ("nft_chain_nat", "CONFIG_NFT_NAT"),
+    ("nft_nat", "CONFIG_NFT_NAT"),
+    ("nft_masq", "CONFIG_NFT_MASQ"),
+    ("nft_ct", "CONFIG_NFT_CT"),
 ];
 
 /// The option of a module name (`-` and `_` alike), if the contract knows it.
@@ -681,9 +689,9 @@ pub const FEATURES: &[Feature] = &[
     ),
     feature(
         "CONFIG_NET_NS",
-        "network namespaces",
+        "a network namespace per service",
         Stage::Workloads,
-        Recommended,
+        Required,
         &[Probe::Exists("/proc/self/ns/net")],
     ),
     feature(
@@ -727,6 +735,79 @@ pub const FEATURES: &[Feature] = &[
         Stage::Workloads,
         Recommended,
         &[fs("overlay")],
+    ),
+    feature(
+        "CONFIG_BRIDGE",
+        "a bridge per compose network",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("bridge")],
+    ),
+    feature(
+        "CONFIG_VETH",
+        "veth pairs into the services' network namespaces",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("veth")],
+    ),
+    feature(
+        "CONFIG_NETFILTER_NETLINK",
+        "nfnetlink, the nftables transport",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nfnetlink")],
+    ),
+    feature(
+        "CONFIG_NF_TABLES",
+        "nftables: published ports, egress, isolation of the bridges",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nf_tables")],
+    ),
+    feature(
+        "CONFIG_NF_TABLES_IPV4",
+        "the nftables ip family (table ip cvm)",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nf_tables")],
+    ),
+    feature(
+        "CONFIG_NF_CONNTRACK",
+        "connection tracking (ct state, ct status dnat)",
+        Stage::Workloads,
+        Required,
+        &[
+            Probe::Module("nf_conntrack"),
+            Probe::Exists("/proc/sys/net/netfilter/nf_conntrack_max"),
+        ],
+    ),
+    feature(
+        "CONFIG_NF_NAT",
+        "NAT core for DNAT and masquerade",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nf_nat")],
+    ),
+    feature(
+        "CONFIG_NFT_NAT",
+        "nft nat expression and nat chains (DNAT of published ports)",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nft_nat")],
+    ),
+    feature(
+        "CONFIG_NFT_MASQ",
+        "nft masq expression (egress of the bridges)",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nft_masq")],
+    ),
+    feature(
+        "CONFIG_NFT_CT",
+        "nft ct expression (established/related, dnat)",
+        Stage::Workloads,
+        Required,
+        &[Probe::Module("nft_ct")],
     ),
     feature(
         "CONFIG_SECCOMP",

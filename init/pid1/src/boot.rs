@@ -149,7 +149,11 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
             &share,
             keys.env(),
             disk_mount,
-            network.is_some(),
+            network.as_ref().map(|n| stages::workloads::Uplink {
+                interface: n.interface.clone(),
+                address: n.config.address,
+                prefix_len: n.config.prefix_len,
+            }),
             digest_logs,
             r,
         )

@@ -12,6 +12,8 @@ pub mod kmod;
 pub mod kmsg;
 pub mod mount;
 pub mod net;
+pub mod netlink;
+pub mod netns;
 pub mod power;
 pub mod proc_scan;
 pub mod signals;

@@ -12,6 +12,7 @@ pub use cvm_compose::digest;
 
 pub mod devices;
 pub mod logs;
+pub mod network;
 pub mod oci;
 pub mod prepare;
 pub mod pull;

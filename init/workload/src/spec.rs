@@ -6,8 +6,9 @@
 //! create it). The JSON is built directly and then parsed into `oci_spec::runtime::Spec`, so
 //! it is checked against the types libcontainer 0.7 reads.
 //!
-//! Fixed choices: host networking (no network namespace), new pid/ipc/uts/mount/cgroup
-//! namespaces, Docker's default capability set (all capabilities when `privileged`), Docker's
+//! Fixed choices: the network namespace PID 1 prepared for the service
+//! ([`Layout::network`], see `crate::network`; none means the VM's own, `network_mode: host`),
+//! new pid/ipc/uts/mount/cgroup namespaces, Docker's default capability set (all capabilities when `privileged`), Docker's
 //! masked and read-only paths (none when privileged), an absolute `cgroupsPath`
 //! (`<cgroup_parent>/<service>`), Docker's default seccomp profile resolved for the
 //! container's capabilities ([`crate::seccomp`]; none when privileged or
@@ -59,7 +60,7 @@ pub enum SpecError {
         /// GPUs available.
         available: usize,
     },
-    /// The service needs per-service networking, which does not exist yet.
+    /// The service asks for networking the init does not honour.
     #[error("service {service}")]
     RefuseNetworking {
         /// Service.
@@ -135,6 +136,19 @@ pub struct Layout {
     pub cgroup_parent: String,
     /// Host name inside the container.
     pub hostname: String,
+    /// The service's network namespace and its `/etc/hosts`; `None`: the VM's network
+    /// namespace and [`service_hosts_file`].
+    pub network: Option<ContainerNetwork>,
+}
+
+/// A service's network namespace, prepared by PID 1 (`crate::network`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerNetwork {
+    /// The bind-mounted nsfs file (`/run/netns/<service>`) the container joins; `None`: the
+    /// VM's own (`network_mode: host`).
+    pub netns: Option<PathBuf>,
+    /// The container's `/etc/hosts` (`crate::network::NetworkPlan::hosts_file`).
+    pub hosts: String,
 }
 
 impl Layout {
@@ -150,6 +164,7 @@ impl Layout {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             cgroup_parent: "/cvm/workloads".to_owned(),
             hostname: hostname.to_owned(),
+            network: None,
         }
     }
 }
@@ -232,7 +247,7 @@ pub fn service_hosts_file(app: &App, service: &Service) -> String {
     text
 }
 
-/// What runs today: a plan for `service` is refused when it needs per-service networking.
+/// A plan for `service` is refused when it asks for networking the init does not honour.
 fn check_networking(service: &Service) -> Result<(), SpecError> {
     match service.networking_gaps().into_iter().next() {
         Some(gap) => Err(SpecError::RefuseNetworking {
@@ -558,7 +573,10 @@ pub fn container_plan(
     let mut out_files = vec![
         GeneratedFile {
             path: hosts_path.clone(),
-            contents: service_hosts_file(app, service).into_bytes(),
+            contents: match &layout.network {
+                Some(net) => net.hosts.clone().into_bytes(),
+                None => service_hosts_file(app, service).into_bytes(),
+            },
             mode: 0o644,
             owner: (0, 0),
         },
@@ -701,11 +719,15 @@ pub fn container_plan(
     }
 
     // `pid: host` shares the CVM's pid namespace (no new one).
-    let namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
+    let mut namespaces: Vec<Value> = ["pid", "ipc", "uts", "mount", "cgroup"]
         .iter()
         .filter(|t| !(service.pid_host && **t == "pid"))
         .map(|t| json!({"type": t}))
         .collect();
+    if let Some(netns) = layout.network.as_ref().and_then(|n| n.netns.as_ref()) {
+        // Joined (setns), not created: the namespace outlives restarts of the container.
+        namespaces.push(json!({"type": "network", "path": netns}));
+    }
     let mut linux = json!({
         "namespaces": namespaces,
         "cgroupsPath": format!("{}/{}", layout.cgroup_parent.trim_end_matches('/'), name),
@@ -713,8 +735,8 @@ pub fn container_plan(
         "devices": devices,
     });
     if !service.sysctls.is_empty() {
-        // Only IPC-namespace sysctls reach here (the parser admits namespaced ones, and
-        // `check_networking` refuses `net.*` without a network namespace).
+        // Only namespaced sysctls reach here (the parser admits those; `check_networking`
+        // refuses `net.*` under `network_mode: host`).
         linux["sysctl"] = json!(service.sysctls);
     }
     if !service.privileged {

@@ -62,14 +62,20 @@ mod tests {
     }
 
     #[test]
-    fn a_remap_is_parsed_and_refused_for_when_it_starts() {
+    fn a_remap_runs_and_is_refused_only_under_host_networking() {
         let output = check(&fixture("app-compose-remap.json"), &[]);
+        assert!(output.status.success(), "{}", err(&output));
+        assert!(
+            out(&output).contains("ports: 8080->80/tcp"),
+            "{}",
+            out(&output)
+        );
+        let output = check(&fixture("app-compose-host-remap.json"), &[]);
         assert!(!output.status.success());
         let text = out(&output);
-        assert!(text.contains("ports: 8080->80/tcp"), "{text}");
         assert!(
             text.contains(
-                "refused when started: port remapping needs per-service networking (not yet)"
+                "refused when started: port 8080:80 remaps a port under network_mode: host"
             ),
             "{text}"
         );

@@ -6,6 +6,8 @@
 pub mod dhcp;
 pub mod dns;
 pub mod endpoint;
+pub mod nft;
+pub mod rtnl;
 
 use std::net::Ipv4Addr;
 

@@ -33,10 +33,11 @@ use std::time::{Duration, Instant};
 use cvm_workload::compose::{App, ComposeError, ComposePolicy, HealthTest};
 use cvm_workload::digest::Sha256Digest;
 use cvm_workload::logs::{CappedLog, LineSplitter};
+use cvm_workload::network::NetworkPlan;
 use cvm_workload::prepare::{PrepareError, PreparedImage, prepare_images};
 use cvm_workload::pull::{PullError, Store};
 use cvm_workload::registry::{RegistryClient, RegistryConfig};
-use cvm_workload::spec::{GpuGrant, Layout, SpecError, container_plan};
+use cvm_workload::spec::{ContainerNetwork, GpuGrant, Layout, SpecError, container_plan};
 use cvm_workload::supervisor::{Action, Event, Supervisor, UnitState};
 use cvm_workload::unpack::{UnpackError, UnpackOptions, create_dir_in_root};
 use init_core::app_compose::Runner;
@@ -44,7 +45,10 @@ use init_core::host_share::HostShare;
 use init_core::results::Record;
 
 use crate::containers::{self, ContainerError};
+
+mod net;
 use crate::results::Results;
+pub(crate) use net::Uplink;
 
 /// Per-container state (overlay upper/work, mounted rootfs, generated files, bundle).
 pub(crate) const RUN_DIR: &str = "/run/cvm/workloads";
@@ -133,6 +137,8 @@ pub(crate) enum WorkloadsStageError {
         #[source]
         source: Box<crate::host_devices::HostDevicesError>,
     },
+    #[error("set up the workload networks")]
+    Network(#[source] Box<net::NetSetupError>),
     #[error("launch {service}")]
     Launch {
         service: String,
@@ -187,6 +193,8 @@ pub(crate) struct Workloads {
     digest_logs_at_stop: bool,
     /// Running health checks: pid → (service, deadline).
     health: BTreeMap<i32, (String, Instant)>,
+    /// Bridges, namespaces and hosts files (`net`).
+    network: NetworkPlan,
 }
 
 impl std::fmt::Debug for Workloads {
@@ -212,7 +220,7 @@ pub(crate) fn run(
     share: &HostShare,
     env: Option<&cvm_keys::env::DecryptedEnv>,
     disk_mount: Option<&Path>,
-    network_up: bool,
+    uplink: Option<Uplink>,
     digest_logs_at_stop: bool,
     results: &mut Results,
 ) -> Result<Option<Workloads>, WorkloadsStageError> {
@@ -282,7 +290,7 @@ pub(crate) fn run(
             source: Box::new(source),
         })?;
     }
-    if !network_up {
+    let Some(uplink) = uplink else {
         // Without a network interface nothing can be pulled. Decision for the test images (the
         // sample share names an image no QEMU test can pull): skip, say so, keep booting.
         log::warn!(
@@ -290,7 +298,7 @@ pub(crate) fn run(
         );
         record(results, names, "no network interface");
         return Ok(None);
-    }
+    };
     if !persistent {
         log::warn!(
             "workloads: no data disk: images and volumes on tmpfs {TMPFS_DATA_DIR} (lost at power-off)"
@@ -344,6 +352,8 @@ pub(crate) fn run(
             Some((s.name.clone(), signal))
         })
         .collect();
+    let network =
+        net::setup(&app, &uplink).map_err(|e| WorkloadsStageError::Network(Box::new(e)))?;
     let supervisor = Supervisor::new(&app, &stop_signals);
     let mut workloads = Workloads {
         app,
@@ -358,6 +368,7 @@ pub(crate) fn run(
         public_logs: compose.public_logs,
         digest_logs_at_stop,
         health: BTreeMap::new(),
+        network,
     };
     if !workloads.public_logs {
         log::info!(
@@ -660,7 +671,11 @@ impl Workloads {
             .container_name
             .clone()
             .unwrap_or_else(|| name.to_owned());
-        let layout = Layout::standard(Path::new(RUN_DIR), &self.data_dir, name, &hostname);
+        let mut layout = Layout::standard(Path::new(RUN_DIR), &self.data_dir, name, &hostname);
+        layout.network = Some(ContainerNetwork {
+            netns: self.network.services.get(name).map(|n| n.netns.clone()),
+            hosts: self.network.hosts_file(&self.app, service),
+        });
         let base = Path::new(RUN_DIR).join(name);
         if !self.mounted.iter().any(|m| m == name) {
             // A writable overlay over the read-only image root; kept across restarts (as a

@@ -23,6 +23,7 @@ fn layout() -> Layout {
         resolv_conf: "/etc/resolv.conf".into(),
         cgroup_parent: "/cvm".into(),
         hostname: "cvm".into(),
+        network: None,
     }
 }
 
@@ -506,13 +507,13 @@ fn capability_all_forms() {
 }
 
 #[test]
-fn what_needs_per_service_networking_is_refused_when_planned() {
+fn what_host_networking_cannot_honour_is_refused_when_planned() {
     let err = |body: &str| plan(body, &GpuGrant::default()).unwrap_err();
-    let e = err("    ports: [\"8080:80\"]\n");
+    let e = err("    network_mode: host\n    ports: [\"8080:80\"]\n");
     assert!(matches!(
         &e,
         SpecError::RefuseNetworking {
-            gap: NetworkingGap::PortRemap {
+            gap: NetworkingGap::HostPortRemap {
                 published: 8080,
                 target: 80,
             },
@@ -521,44 +522,58 @@ fn what_needs_per_service_networking_is_refused_when_planned() {
     ));
     let chain = cvm_error_chain::joined(&e);
     assert!(
-        chain.contains("service web: port remapping needs per-service networking (not yet)"),
+        chain.contains("service web: port 8080:80 remaps a port under network_mode: host"),
         "{chain}"
     );
     assert!(matches!(
-        err("    sysctls: [net.core.somaxconn=1024]\n"),
+        err("    network_mode: host\n    sysctls: [net.core.somaxconn=1024]\n"),
         SpecError::RefuseNetworking { gap: NetworkingGap::NetSysctl { key }, .. } if key == "net.core.somaxconn"
     ));
-    // Equal host and container ports run as before.
+    // In a namespace of its own a remap and a net.* sysctl run.
     plan(
-        "    ports: [\"8080:8080\", \"127.0.0.1:8081:8081\", \"9000-9001:9000-9001/udp\"]\n",
+        "    ports: [\"8080:80\", \"9000-9001:9000-9001/udp\"]\n    sysctls: [net.core.somaxconn=1024]\n",
         &GpuGrant::default(),
     )
     .unwrap();
 }
 
 #[test]
-fn static_network_addresses_are_refused_when_planned() {
+fn own_network_namespace_is_joined_with_its_hosts_file() {
     let yaml = format!(
-        "services:\n  web:\n    image: busybox@{D}\n    networks:\n      front:\n        aliases: [www]\n        ipv4_address: 172.20.0.5\nnetworks:\n  front: {{}}\n"
+        "services:\n  web:\n    image: busybox@{D}\n    sysctls: [net.ipv4.ip_unprivileged_port_start=0]\n    networks:\n      front:\n        aliases: [www]\n        ipv4_address: 172.20.0.5\nnetworks:\n  front: {{}}\n"
     );
     let app = parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap();
     let web = app.service("web").unwrap();
-    let result = container_plan(
+    let mut own = layout();
+    own.network = Some(ContainerNetwork {
+        netns: Some("/run/netns/web".into()),
+        hosts: "127.0.0.1\tlocalhost\n172.20.0.5\tweb www\n".into(),
+    });
+    let p = container_plan(
         &app,
         web,
         &image(),
         &files(),
-        &layout(),
+        &own,
         &BTreeMap::new(),
         &GpuGrant::default(),
-    );
+    )
+    .unwrap();
+    let namespaces = &p.json["linux"]["namespaces"];
     assert!(
-        matches!(result, Err(SpecError::RefuseNetworking { gap: NetworkingGap::StaticAddress { network }, .. }) if network == "front")
+        namespaces
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!({"type": "network", "path": "/run/netns/web"})),
+        "{namespaces}"
     );
-    // Aliases alone run: they become host names on loopback.
-    let yaml = yaml.replace("        ipv4_address: 172.20.0.5\n", "");
-    let app = parse(None, &yaml, &BTreeMap::new(), &ComposePolicy::default()).unwrap();
-    let web = app.service("web").unwrap();
+    assert_eq!(
+        p.json["linux"]["sysctl"]["net.ipv4.ip_unprivileged_port_start"],
+        "0"
+    );
+    let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
+    assert_eq!(hosts, "127.0.0.1\tlocalhost\n172.20.0.5\tweb www\n");
+    // Without one (host networking) there is no network namespace entry.
     let p = container_plan(
         &app,
         web,
@@ -569,6 +584,9 @@ fn static_network_addresses_are_refused_when_planned() {
         &GpuGrant::default(),
     )
     .unwrap();
-    let hosts = String::from_utf8(p.files[0].contents.clone()).unwrap();
-    assert!(hosts.contains("127.0.0.1\tweb www\n"), "{hosts}");
+    assert!(
+        !p.json["linux"]["namespaces"]
+            .to_string()
+            .contains("network")
+    );
 }
