@@ -145,7 +145,7 @@ pub fn order_urls<'a>(urls: &'a [String], last: Option<&str>) -> Vec<&'a str> {
 }
 
 /// `PortAttrs`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortAttrs {
     /// Port.
     pub port: u32,
@@ -154,7 +154,7 @@ pub struct PortAttrs {
 }
 
 /// `PortPolicy` as sent.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct RpcPortPolicy {
     /// Port rules.
     pub ports: Vec<PortAttrs>,
@@ -179,7 +179,7 @@ impl From<&PortPolicy> for RpcPortPolicy {
 }
 
 /// `RegisterCvmRequest` (pRPC JSON).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterCvmRequest {
     /// The guest's WireGuard public key (base64, as `wg pubkey` prints it).
     pub client_public_key: String,
