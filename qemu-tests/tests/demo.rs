@@ -29,6 +29,8 @@ mod tests {
             cmdline: String::new(),
             // Issue 22: a neighbour filling /run leaves the guest API serving and the log whole.
             fill_run_with: Some(setup.artifacts.busybox.clone()),
+            // Issue 17: registration, the page through the tunnel, a restarted gateway.
+            gateway: true,
         };
         let report = run(&setup.artifacts, &options)?;
         println!("{}", report.summary());

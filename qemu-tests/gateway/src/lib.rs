@@ -481,6 +481,11 @@ impl TestGateway {
             .unwrap_or_default()
     }
 
+    /// The WireGuard UDP port on the host.
+    pub fn udp_port(&self) -> u16 {
+        self.shared.udp.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
     /// This gateway's WireGuard public key.
     pub fn wg_public_key(&self) -> [u8; 32] {
         *PublicKey::from(&self.shared.secret).as_bytes()
