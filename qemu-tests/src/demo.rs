@@ -155,6 +155,8 @@ pub struct DemoReport {
     pub verdict: String,
     /// Results-channel records of the boot (after power-off).
     pub records: Vec<Record>,
+    /// The results channel's bytes as written (for secrets scans).
+    pub results_raw: Vec<u8>,
     /// The guest console.
     pub console: String,
     /// KMS requests served.
@@ -471,6 +473,8 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
     let exit = vm.wait_for_exit(STEP_TIMEOUT).step("wait for QEMU")?;
     check(exit.success(), format!("QEMU exit {exit:?}"))?;
     let records = vm.records().step("read the results channel")?;
+    let results_raw =
+        std::fs::read(vm.tmpdir().join("results.jsonl")).step("read the results channel file")?;
     let kms_requests = kms.requests();
     kms.stop();
     drop(registry);
@@ -484,6 +488,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         checklist_json,
         verdict: String::from_utf8_lossy(&text.stderr).trim().to_owned(),
         records,
+        results_raw,
         console: vm.console(),
         kms_requests,
         app_answered_after,

@@ -317,7 +317,7 @@ fn register(
             PublicKey::from(key),
             None,
             None,
-            index << 8,
+            index,
             None,
         ));
         wg.peer = None;
@@ -597,6 +597,23 @@ impl Drop for TestGateway {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
     }
+}
+
+/// The X25519 public key of a WireGuard private key.
+pub fn public_key_of(private: [u8; 32]) -> [u8; 32] {
+    *PublicKey::from(&StaticSecret::from(private)).as_bytes()
+}
+
+/// The guest's WireGuard private key from the `gateway-wg-key-masked` test dump (hex of the
+/// key XOR `init_core::cmdline::gateway_wg_key_mask`).
+pub fn unmask_wg_key(masked_hex: &str) -> Option<[u8; 32]> {
+    let masked: [u8; 32] = hex::decode(masked_hex).ok()?.try_into().ok()?;
+    let mask = init_core::cmdline::gateway_wg_key_mask();
+    let mut key = [0u8; 32];
+    for ((k, m), x) in key.iter_mut().zip(masked).zip(mask) {
+        *k = m ^ x;
+    }
+    Some(key)
 }
 
 /// The app id a test gateway uses unless told otherwise.

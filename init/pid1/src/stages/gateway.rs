@@ -39,6 +39,7 @@ use init_sys::wg_netlink::{Netlink, WgDevice, WgNetlinkError, WgPeer};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::results::Results;
 use crate::stages::keys::Keys;
 use crate::stages::network::Network;
 use crate::stages::system_ready::Sealed;
@@ -149,6 +150,8 @@ pub(crate) fn run(
     sealed: Sealed,
     keys: &Keys,
     network: Option<&Network>,
+    config: &init_core::cmdline::Config,
+    results: &mut Results,
 ) -> Result<Gateway, GatewayStageError> {
     let compose = share.app_compose.compose();
     let plan = GatewayPlan::from_config(compose, &share.sys_config.gateway_urls);
@@ -159,7 +162,7 @@ pub(crate) fn run(
         return Ok(Gateway::Disabled);
     };
     crate::stages::host_api::boot_progress("setting up dstack-gateway");
-    match register(share, sealed, keys, network, &urls) {
+    match register(share, sealed, keys, network, &urls, config, results) {
         Ok((url, client_ip)) => {
             log::info!("gateway: registered at {url}; {INTERFACE} up as {client_ip}");
             Ok(Gateway::Registered)
@@ -180,6 +183,8 @@ fn register(
     keys: &Keys,
     network: Option<&Network>,
     urls: &[String],
+    config: &init_core::cmdline::Config,
+    results: &mut Results,
 ) -> Result<(String, Ipv4Addr), GatewayStageError> {
     let app_keys = keys.app_keys().ok_or(GatewayStageError::NoKms)?;
     let network = network.ok_or(GatewayStageError::NoNetwork)?;
@@ -211,6 +216,7 @@ fn register(
     )
     .map_err(GatewayStageError::Credentials)?;
     let wg_key = generate_wg_key().map_err(GatewayStageError::Random)?;
+    test_dump_masked_key(&wg_key, config, results);
     let request = RegisterCvmRequest::new(&public_key(&wg_key), share.app_compose.compose());
     let (url, tunnel) = creds
         .register_any(&mut transport, urls, None, &request)
@@ -232,6 +238,33 @@ fn register(
     })?;
     Ok((url, tunnel.client_ip))
 }
+
+/// Test hook (`cvm.test_dump=gateway-wg-key-masked`): the key XOR a public mask as a
+/// `test_dump` record, so the secrets scan knows the key without the key's bytes leaving.
+#[cfg(feature = "insecure-test-hooks")]
+fn test_dump_masked_key(
+    key: &[u8; 32],
+    config: &init_core::cmdline::Config,
+    results: &mut Results,
+) {
+    use init_core::cmdline::{TestDump, gateway_wg_key_mask};
+    if !config.test_dump.contains(&TestDump::GatewayWgKeyMasked) {
+        return;
+    }
+    let mut masked = Zeroizing::new(gateway_wg_key_mask());
+    for (m, k) in masked.iter_mut().zip(key) {
+        *m ^= k;
+    }
+    log::warn!("test hook: recording the masked WireGuard key");
+    results.record(&init_core::results::Record::TestDump {
+        name: TestDump::GatewayWgKeyMasked.name().into(),
+        hex: hex::encode(masked.as_ref()),
+        mono_us: init_sys::clock::monotonic_us(),
+    });
+}
+
+#[cfg(not(feature = "insecure-test-hooks"))]
+fn test_dump_masked_key(_: &[u8; 32], _: &init_core::cmdline::Config, _: &mut Results) {}
 
 fn peer_list(tunnel: &TunnelConfig) -> Vec<(String, Ipv4Addr, String, u16)> {
     tunnel
