@@ -313,7 +313,7 @@ pub fn parse_response(body: &[u8]) -> Result<TunnelConfig, GatewayError> {
             })
         })
         .collect::<Result<Vec<_>, GatewayError>>()?;
-    peers.sort_by(|a, b| encode_key(&a.public_key).cmp(&encode_key(&b.public_key)));
+    peers.sort_by_key(|p| encode_key(&p.public_key));
     Ok(TunnelConfig {
         client_ip,
         peers,

@@ -226,9 +226,12 @@ mod tests {
     use super::*;
     use crate::kms::HttpResponse;
 
+    /// URL, path, body, app id checked, client chain length.
+    type Seen = (String, String, Vec<u8>, Option<Vec<u8>>, usize);
+
     struct Scripted {
         answers: Vec<Result<HttpResponse, TransportError>>,
-        seen: Vec<(String, String, Vec<u8>, Option<Vec<u8>>, usize)>,
+        seen: Vec<Seen>,
     }
 
     impl KmsTransport for Scripted {

@@ -156,7 +156,7 @@ impl Message {
     }
 
     fn pad(&mut self) {
-        while self.buf.len() % 4 != 0 {
+        while !self.buf.len().is_multiple_of(4) {
             self.buf.push(0);
         }
     }
@@ -563,7 +563,7 @@ mod tests {
             new_link_message("a-name-that-is-too-long", 1),
             Err(WgNetlinkError::InterfaceName { .. })
         ));
-        assert!(new_link_message("", 1).is_err());
+        new_link_message("", 1).unwrap_err();
     }
 
     #[test]
