@@ -96,6 +96,26 @@ pub struct DemoOptions {
     /// overlay upper lives there) before the app is asked for an `EmitEvent` and a quote,
     /// whose event log must still replay. The static busybox to build its image from.
     pub fill_run_with: Option<PathBuf>,
+    /// Issue 17: also enable the dstack-gateway with a test gateway on loopback
+    /// (`test-gateway`): the guest registers over RA-TLS, the host fetches the page through
+    /// the WireGuard tunnel, then a restarted gateway (new WireGuard key) must be registered
+    /// again by the guest's refresher and serve the page too.
+    pub gateway: bool,
+}
+
+/// What the host saw of the gateway (with [`DemoOptions::gateway`]).
+#[derive(Debug, Default)]
+pub struct GatewaySeen {
+    /// Registrations the first gateway accepted.
+    pub registrations: Vec<test_gateway::Registration>,
+    /// `GET /` through the first gateway's tunnel: status and body.
+    pub tunnel_page: (u16, String),
+    /// Registrations the restarted gateway accepted (the refresher's).
+    pub reregistrations: Vec<test_gateway::Registration>,
+    /// `GET /` through the restarted gateway's tunnel.
+    pub tunnel_page_after_restart: (u16, String),
+    /// The two gateways' WireGuard keys (must differ).
+    pub gateway_keys: ([u8; 32], [u8; 32]),
 }
 
 /// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
@@ -146,6 +166,8 @@ pub struct DemoReport {
     pub verdict: String,
     /// Results-channel records of the boot (after power-off).
     pub records: Vec<Record>,
+    /// The results channel's bytes as written (for secrets scans).
+    pub results_raw: Vec<u8>,
     /// The guest console.
     pub console: String,
     /// KMS requests served.
@@ -156,6 +178,8 @@ pub struct DemoReport {
     pub emitted_after_fill: Option<(u16, String)>,
     /// The external Worker API (port 8090) as the host saw it.
     pub worker: WorkerSeen,
+    /// With [`DemoOptions::gateway`]: the registrations and the tunnel.
+    pub gateway: Option<GatewaySeen>,
 }
 
 /// What the host got from the guest's Worker API on port 8090 (forwarded).
@@ -187,6 +211,7 @@ fn app_compose(
     image: &str,
     filler: Option<&str>,
     key_provider_id: &str,
+    gateway: bool,
 ) -> Result<Vec<u8>, DemoError> {
     let mut compose_file = format!(
         "services:\n  demo:\n    image: {image}\n    restart: always\n    ports: [\"{APP_PORT}:{APP_PORT}\"]\n    environment:\n      DEMO_PORT: \"{APP_PORT}\"\n      DEMO_SECRET: ${{DEMO_SECRET}}\n    volumes:\n      - /var/run/dstack.sock:/var/run/dstack.sock\n"
@@ -209,7 +234,7 @@ fn app_compose(
         "runner": "docker-compose",
         "docker_compose_file": compose_file,
         "kms_enabled": true,
-        "gateway_enabled": false,
+        "gateway_enabled": gateway,
         "local_key_provider_enabled": false,
         "key_provider_id": key_provider_id,
         "public_logs": true,
@@ -304,17 +329,25 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         ),
         None => None,
     };
-    let compose = app_compose(&image, filler.as_deref(), &kms_keys.key_provider_id())?;
+    let compose = app_compose(
+        &image,
+        filler.as_deref(),
+        &kms_keys.key_provider_id(),
+        options.gateway,
+    )?;
     let compose_hash: [u8; 32] = Sha256::digest(&compose).into();
     let app_id = compose_hash[..20].to_vec();
     let root_file = dir.join("simulated-root.pem");
     let listener = TcpListener::bind("127.0.0.1:0").step("listen for the KMS")?;
-    let kms = test_kms::start(
-        Arc::clone(&kms_keys),
-        Policy::simulated_boot(vec![compose_hash], root_file.clone()),
-        listener,
-    )
-    .step("start the test KMS")?;
+    let mut policy = Policy::simulated_boot(vec![compose_hash], root_file.clone());
+    let gateway = if options.gateway {
+        policy.gateway_app_id = test_gateway::app_id_hex(&test_gateway::DEFAULT_APP_ID);
+        Some(GatewayPorts::start(&kms_keys)?)
+    } else {
+        None
+    };
+    let kms =
+        test_kms::start(Arc::clone(&kms_keys), policy, listener).step("start the test KMS")?;
 
     // Host share.
     let env = env_plaintext(&[("DEMO_SECRET", ENV_VALUE)]);
@@ -322,7 +355,10 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         .env_public_key(&app_id)
         .step("derive the app's env key")?;
     let encrypted_env = encrypt_blob(&env_key, env.expose()).step("encrypt the env")?;
-    let sys_config = crate::host_share::kms_sys_config(&[kms.guest_url()], 1 << 30);
+    let mut sys_config = crate::host_share::kms_sys_config(&[kms.guest_url()], 1 << 30);
+    if let Some(g) = &gateway {
+        sys_config["gateway_urls"] = serde_json::json!([g.guest_url()]);
+    }
     let compose_path = dir.join("app-compose.json");
     std::fs::write(&compose_path, &compose).step("write app-compose.json")?;
     let files = vec![
@@ -362,6 +398,10 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
 
     let page = wait_for_app(&mut vm, host_port)?;
     let app_answered_after = started.elapsed().as_secs_f64();
+    let gateway = match gateway {
+        Some(g) => Some(g.exercise(&kms_keys, &mut vm)?),
+        None => None,
+    };
     let emitted_after_fill = if filler.is_some() {
         vm.wait_for_console(FILLED, STEP_TIMEOUT)
             .step("wait for the filler to fill /run")?;
@@ -446,6 +486,8 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
     let exit = vm.wait_for_exit(STEP_TIMEOUT).step("wait for QEMU")?;
     check(exit.success(), format!("QEMU exit {exit:?}"))?;
     let records = vm.records().step("read the results channel")?;
+    let results_raw =
+        std::fs::read(vm.tmpdir().join("results.jsonl")).step("read the results channel file")?;
     let kms_requests = kms.requests();
     kms.stop();
     drop(registry);
@@ -459,12 +501,117 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
         checklist_json,
         verdict: String::from_utf8_lossy(&text.stderr).trim().to_owned(),
         records,
+        results_raw,
         console: vm.console(),
         kms_requests,
         app_answered_after,
         emitted_after_fill,
         worker,
+        gateway,
     })
+}
+
+/// A test gateway and the loopback ports it keeps across a restart.
+struct GatewayPorts {
+    gateway: test_gateway::TestGateway,
+    https_port: u16,
+    udp_port: u16,
+}
+
+impl GatewayPorts {
+    fn bind(
+        kms_keys: &KmsKeys,
+        https_port: u16,
+        udp_port: u16,
+    ) -> Result<test_gateway::TestGateway, DemoError> {
+        // A restarted gateway takes the same ports: retry while the old sockets close.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let bound = TcpListener::bind(("127.0.0.1", https_port)).and_then(|tcp| {
+                std::net::UdpSocket::bind(("127.0.0.1", udp_port)).map(|udp| (tcp, udp))
+            });
+            match bound {
+                Ok((tcp, udp)) => {
+                    let endpoint =
+                        format!("10.0.2.2:{}", udp.local_addr().step("UDP address")?.port());
+                    return test_gateway::start(
+                        kms_keys,
+                        &test_gateway::DEFAULT_APP_ID,
+                        tcp,
+                        udp,
+                        &endpoint,
+                    )
+                    .step("start the test gateway");
+                }
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e).step("bind the test gateway's ports");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    fn start(kms_keys: &KmsKeys) -> Result<Self, DemoError> {
+        let gateway = Self::bind(kms_keys, 0, 0)?;
+        let https_port = gateway.https_addr().port();
+        // The UDP port the first gateway got (the guest endpoint names it).
+        let udp_port = gateway.udp_port();
+        Ok(Self {
+            gateway,
+            https_port,
+            udp_port,
+        })
+    }
+
+    /// The URL the guest registers at (QEMU user networking maps 10.0.2.2 to the host).
+    fn guest_url(&self) -> String {
+        format!("https://10.0.2.2:{}", self.https_port)
+    }
+
+    /// Registration observed, the page through the tunnel, a restarted gateway registered
+    /// again by the refresher and serving the page.
+    fn exercise(self, kms_keys: &KmsKeys, vm: &mut RunningVm) -> Result<GatewaySeen, DemoError> {
+        let wait_registered = |g: &test_gateway::TestGateway, vm: &mut RunningVm| {
+            let deadline = Instant::now() + STEP_TIMEOUT;
+            loop {
+                let seen = g.registrations();
+                if !seen.is_empty() {
+                    return Ok(seen);
+                }
+                if vm.try_exit().step("watch QEMU")?.is_some() || Instant::now() > deadline {
+                    return Err(DemoError::Check {
+                        what: format!(
+                            "no gateway registration (requests {:?}):\n{}",
+                            g.requests(),
+                            vm.report()
+                        ),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        };
+        let first_key = self.gateway.wg_public_key();
+        let registrations = wait_registered(&self.gateway, vm)?;
+        let tunnel_page = self
+            .gateway
+            .http_get(APP_PORT, "/", Duration::from_secs(120))
+            .step("GET / through the WireGuard tunnel")?;
+        self.gateway.stop();
+        let restarted = Self::bind(kms_keys, self.https_port, self.udp_port)?;
+        let second_key = restarted.wg_public_key();
+        let reregistrations = wait_registered(&restarted, vm)?;
+        let tunnel_page_after_restart = restarted
+            .http_get(APP_PORT, "/", Duration::from_secs(120))
+            .step("GET / through the restarted gateway's tunnel")?;
+        restarted.stop();
+        Ok(GatewaySeen {
+            registrations,
+            tunnel_page,
+            reregistrations,
+            tunnel_page_after_restart,
+            gateway_keys: (first_key, second_key),
+        })
+    }
 }
 
 impl DemoReport {
@@ -527,6 +674,39 @@ impl DemoReport {
             !self.console.contains(ENV_VALUE),
             "the env value reached the console",
         );
+        if let Some(g) = &self.gateway {
+            want(
+                &mut out,
+                g.registrations.iter().all(|r| r.app_id == self.app_id)
+                    && !g.registrations.is_empty(),
+                "the gateway did not see a registration of this app",
+            );
+            want(
+                &mut out,
+                g.tunnel_page.0 == 200 && g.tunnel_page.1.contains(&self.app_id),
+                "the page did not come through the WireGuard tunnel",
+            );
+            want(
+                &mut out,
+                g.gateway_keys.0 != g.gateway_keys.1
+                    && g.reregistrations.iter().any(|r| r.app_id == self.app_id),
+                "the restarted gateway was not registered again",
+            );
+            want(
+                &mut out,
+                g.reregistrations.iter().all(|r| {
+                    Some(r.client_public_key)
+                        == g.registrations.first().map(|f| f.client_public_key)
+                }),
+                "the refresher registered another WireGuard key",
+            );
+            want(
+                &mut out,
+                g.tunnel_page_after_restart.0 == 200
+                    && g.tunnel_page_after_restart.1.contains(&self.app_id),
+                "the page did not come through the restarted gateway's tunnel",
+            );
+        }
         let info: serde_json::Value = serde_json::from_str(&self.worker.info.1).unwrap_or_default();
         want(
             &mut out,

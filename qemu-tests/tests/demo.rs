@@ -26,9 +26,12 @@ mod tests {
             work_dir: work_dir("demo"),
             demo_app: workspace_binary("demo-app", "demo-app", &[])?,
             cvm_measure: workspace_binary("cvm-measure", "cvm-measure", &[])?,
-            cmdline: String::new(),
+            // The masked WireGuard key, for the scan below (test hook).
+            cmdline: "cvm.test_dump=gateway-wg-key-masked".into(),
             // Issue 22: a neighbour filling /run leaves the guest API serving and the log whole.
             fill_run_with: Some(setup.artifacts.busybox.clone()),
+            // Issue 17: registration, the page through the tunnel, a restarted gateway.
+            gateway: true,
         };
         let report = run(&setup.artifacts, &options)?;
         println!("{}", report.summary());
@@ -43,7 +46,58 @@ mod tests {
             "KMS requests {:?}",
             report.kms_requests
         );
+        wireguard_key_is_nowhere(&report)?;
         let _ = std::fs::remove_dir_all(&options.work_dir);
+        Ok(())
+    }
+
+    /// The secrets scan of the WireGuard private key (issue 17): the key the guest made (from
+    /// the masked test dump; its X25519 public key must be the one the gateway registered) is
+    /// in no spelling on the console or the results channel; a planted copy is found.
+    fn wireguard_key_is_nowhere(report: &qemu_tests::demo::DemoReport) -> Result<()> {
+        use anyhow::Context as _;
+        let gateway = report.gateway.as_ref().context("no gateway report")?;
+        let dumps = qemu_tests::results::raw_records(&report.records, "test_dump");
+        let masked = dumps
+            .iter()
+            .find(|d| d["name"] == "gateway-wg-key-masked")
+            .and_then(|d| d["hex"].as_str())
+            .context("no gateway-wg-key-masked test dump")?;
+        let key = test_gateway::unmask_wg_key(masked).context("masked key is not 32 bytes")?;
+        let registered = gateway
+            .registrations
+            .first()
+            .context("no registration")?
+            .client_public_key;
+        ensure!(
+            test_gateway::public_key_of(key) == registered,
+            "the dumped key is not the key of the registered public key"
+        );
+        let mut needles = vec![key.to_vec()];
+        needles.extend(
+            test_kms::leak_needles(&key)
+                .into_iter()
+                .map(String::into_bytes),
+        );
+        for (what, hay) in [
+            ("console", report.console.as_bytes()),
+            ("results channel", &report.results_raw[..]),
+        ] {
+            let hits = qemu_tests::matrix::find_needles(hay, &needles);
+            ensure!(
+                hits.is_empty(),
+                "the WireGuard private key is in the {what}: {hits:?}"
+            );
+        }
+        let mut planted = report.console.as_bytes().to_vec();
+        let at = planted.len() / 2;
+        planted.splice(at..at, needles[1].iter().copied());
+        ensure!(
+            qemu_tests::matrix::find_needles(&planted, &needles)
+                .iter()
+                .any(|(_, offset)| *offset == at),
+            "the scanner missed a planted key"
+        );
         Ok(())
     }
 }

@@ -373,6 +373,7 @@ pub(crate) fn demo(_args: &[String]) -> Result<()> {
             cvm_measure,
             cmdline: String::new(),
             fill_run_with: None,
+            gateway: true,
         },
     )
     .context("run the demo")?;

@@ -276,6 +276,11 @@ pub struct AppCompose {
     /// dstack-gateway registration.
     #[serde(default, alias = "tproxy_enabled")]
     pub gateway_enabled: bool,
+    /// cvm-init extension: a failed gateway registration stops the boot (dstack HEAD reports
+    /// it as `boot.error` and goes on, which is the default). dstack ignores the key; the
+    /// compose-hash covers it.
+    #[serde(default)]
+    pub require_gateway: bool,
     /// Legacy selector of the SGX local key provider.
     #[serde(default)]
     pub local_key_provider_enabled: bool,

@@ -102,6 +102,17 @@ pub enum TestDump {
     /// The SHA-256 of each container's log file, once the workloads are stopped (never the
     /// log's bytes: they stay private to the VM).
     ContainerLogDigests,
+    /// The gateway stage's WireGuard private key XOR [`gateway_wg_key_mask`] (so the record
+    /// never holds the key's own bytes), for the secrets scan to learn the key it must not
+    /// find anywhere.
+    GatewayWgKeyMasked,
+}
+
+/// What `gateway-wg-key-masked` XORs the WireGuard key with: SHA-256 of
+/// `cvm-init test mask: gateway-wg-key`.
+pub fn gateway_wg_key_mask() -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(b"cvm-init test mask: gateway-wg-key").into()
 }
 
 impl TestDump {
@@ -110,6 +121,7 @@ impl TestDump {
             Self::TpmEventLog => "tpm-event-log",
             Self::RuntimeEventLog => "runtime-event-log",
             Self::ContainerLogDigests => "container-log-digests",
+            Self::GatewayWgKeyMasked => "gateway-wg-key-masked",
         }
     }
 
@@ -118,7 +130,7 @@ impl TestDump {
         match self {
             Self::TpmEventLog => Some("/sys/kernel/security/tpm0/binary_bios_measurements"),
             Self::RuntimeEventLog => Some("/run/log/dstack/runtime_events.log"),
-            Self::ContainerLogDigests => None,
+            Self::ContainerLogDigests | Self::GatewayWgKeyMasked => None,
         }
     }
 }
@@ -313,9 +325,10 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                         "tpm-event-log" => TestDump::TpmEventLog,
                         "runtime-event-log" => TestDump::RuntimeEventLog,
                         "container-log-digests" => TestDump::ContainerLogDigests,
+                        "gateway-wg-key-masked" => TestDump::GatewayWgKeyMasked,
                         _ => {
                             return Err(invalid(
-                                "a list of `tpm-event-log`, `runtime-event-log`, `container-log-digests`",
+                                "a list of `tpm-event-log`, `runtime-event-log`, `container-log-digests`, `gateway-wg-key-masked`",
                             ));
                         }
                     };

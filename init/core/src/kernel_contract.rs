@@ -458,6 +458,14 @@ pub const FEATURES: &[Feature] = &[
             "/sys/devices/virtual/misc/tdx_guest/measurements",
         )],
     ),
+    // gateway: the dstack-gateway tunnel (only used when app-compose enables the gateway).
+    feature(
+        "CONFIG_WIREGUARD",
+        "WireGuard (dstack-wg0, the dstack-gateway tunnel)",
+        Stage::Gateway,
+        Recommended,
+        &[Probe::Module("wireguard")],
+    ),
     // guest-api: Unix sockets.
     feature(
         "CONFIG_UNIX",

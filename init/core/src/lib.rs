@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod cmdline;
 pub mod error_chain;
 pub mod gates;
+pub mod gateway;
 pub mod host_api;
 pub mod host_share;
 pub mod identity;

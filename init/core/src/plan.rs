@@ -46,6 +46,10 @@ pub enum Stage {
     Disk,
     /// Extend `key-provider`, `storage-fs`, `system-ready`; check a quote carries the RTMR3.
     SystemReady,
+    /// dstack-gateway registration over RA-TLS and the WireGuard interface `dstack-wg0`, then
+    /// the refresher process (only when app-compose enables the gateway and sys-config lists
+    /// `gateway_urls`; a failure is reported and the boot goes on unless `require_gateway`).
+    Gateway,
     /// Start the guest API process (dstack.sock / tappd.sock), which owns the runtime event log
     /// from now on, and wait until it answers `Info`.
     GuestApi,
@@ -75,6 +79,7 @@ pub const BOOT_PLAN: &[Stage] = &[
     Stage::Keys,
     Stage::Disk,
     Stage::SystemReady,
+    Stage::Gateway,
     Stage::GuestApi,
     Stage::Workloads,
     Stage::Ready,
@@ -97,6 +102,7 @@ impl Stage {
             Self::Keys => "keys",
             Self::Disk => "disk",
             Self::SystemReady => "system-ready",
+            Self::Gateway => "gateway",
             Self::GuestApi => "guest-api",
             Self::Workloads => "workloads",
             Self::Ready => "ready",
@@ -236,6 +242,7 @@ mod tests {
                 "keys",
                 "disk",
                 "system-ready",
+                "gateway",
                 "guest-api",
                 "workloads",
                 "ready"

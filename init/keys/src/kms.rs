@@ -220,6 +220,20 @@ pub enum TlsMode<'a> {
         /// Client key (PKCS#8 DER).
         client_key_der: &'a SecretBytes,
     },
+    /// A dstack-gateway: trust only `root_ca_der` (the KMS root); the server certificate must
+    /// carry the app-id extension `app_id` (`None`: the KMS's `gateway_app_id` is `any`, and
+    /// the server is not checked, as dstack's `tls_no_check`); present `client_chain_der`
+    /// (leaf first, the `SignCert` chain).
+    Gateway {
+        /// The KMS root CA (DER).
+        root_ca_der: &'a [u8],
+        /// The gateway's app id (raw bytes), or `None` for any server.
+        app_id: Option<&'a [u8]>,
+        /// Client certificate chain (DER, leaf first).
+        client_chain_der: &'a [Vec<u8>],
+        /// Client key (PKCS#8 DER).
+        client_key_der: &'a SecretBytes,
+    },
 }
 
 /// An HTTP response. The body (which carries key material for `GetAppKey`) is zeroized on

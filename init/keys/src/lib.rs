@@ -4,6 +4,7 @@
 
 pub mod app_sign;
 pub mod env;
+pub mod gateway;
 pub mod kdf;
 pub mod kms;
 pub mod provider;

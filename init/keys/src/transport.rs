@@ -220,11 +220,39 @@ impl TlsTransport {
                     .with_custom_certificate_verifier(Arc::new(KmsServerVerifier {
                         root_ca_der: CertificateDer::from(root_ca_der.to_vec()),
                         provider: Arc::clone(&self.provider),
+                        require: ServerRequirement::KmsRpcUsage,
                     }))
                     .with_client_auth_cert(
                         vec![CertificateDer::from(client_cert_der.to_vec())],
                         key,
                     )
+                    .map_err(configure)
+            }
+            TlsMode::Gateway {
+                root_ca_der,
+                app_id,
+                client_chain_der,
+                client_key_der,
+            } => {
+                let key =
+                    PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(client_key_der.expose().clone()));
+                let chain = client_chain_der
+                    .iter()
+                    .map(|der| CertificateDer::from(der.clone()))
+                    .collect();
+                let verifier: Arc<dyn ServerCertVerifier> = match app_id {
+                    Some(app_id) => Arc::new(KmsServerVerifier {
+                        root_ca_der: CertificateDer::from(root_ca_der.to_vec()),
+                        provider: Arc::clone(&self.provider),
+                        require: ServerRequirement::AppId(app_id.to_vec()),
+                    }),
+                    None => Arc::new(DangerAnyServer {
+                        provider: Arc::clone(&self.provider),
+                    }),
+                };
+                builder
+                    .with_custom_certificate_verifier(verifier)
+                    .with_client_auth_cert(chain, key)
                     .map_err(configure)
             }
         }
@@ -436,11 +464,21 @@ impl ServerCertVerifier for DangerAnyServer {
     }
 }
 
-/// Trusts only the KMS root CA and requires the `kms:rpc` usage.
+/// What the end-entity certificate must carry besides a chain to the KMS root.
+#[derive(Debug)]
+enum ServerRequirement {
+    /// The `kms:rpc` usage (a KMS node).
+    KmsRpcUsage,
+    /// This app id (a dstack-gateway node of the KMS's `gateway_app_id`).
+    AppId(Vec<u8>),
+}
+
+/// Trusts only the KMS root CA and requires the `kms:rpc` usage (or an app id).
 #[derive(Debug)]
 struct KmsServerVerifier {
     root_ca_der: CertificateDer<'static>,
     provider: Arc<CryptoProvider>,
+    require: ServerRequirement,
 }
 
 impl ServerCertVerifier for KmsServerVerifier {
@@ -472,10 +510,19 @@ impl ServerCertVerifier for KmsServerVerifier {
         let parsed = RaTlsCert::parse(end_entity).map_err(|_| {
             rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
         })?;
-        if !parsed.has_usage(USAGE_KMS_RPC) {
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Other(rustls::OtherError(Arc::new(MissingKmsRpcUsage))),
-            ));
+        let refuse = |e: Arc<dyn std::error::Error + Send + Sync>| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                e,
+            )))
+        };
+        match &self.require {
+            ServerRequirement::KmsRpcUsage if !parsed.has_usage(USAGE_KMS_RPC) => {
+                return Err(refuse(Arc::new(MissingKmsRpcUsage)));
+            }
+            ServerRequirement::AppId(want) if parsed.app_id.as_deref() != Some(want.as_slice()) => {
+                return Err(refuse(Arc::new(WrongAppId)));
+            }
+            _ => {}
         }
         Ok(ServerCertVerified::assertion())
     }
@@ -524,6 +571,17 @@ pub struct MissingKmsRpcUsage;
 impl std::fmt::Debug for MissingKmsRpcUsage {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("server certificate lacks the dstack usage kms:rpc")
+    }
+}
+
+/// The server certificate does not carry the expected app id (not the KMS's gateway).
+#[derive(thiserror::Error)]
+#[error("server certificate does not carry the gateway app id the KMS names")]
+pub struct WrongAppId;
+
+impl std::fmt::Debug for WrongAppId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("server certificate does not carry the gateway app id the KMS names")
     }
 }
 

@@ -128,8 +128,11 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
         };
         stages::disk::run(&config, keys.app_keys(), reformat, r)
     })?;
-    run.stage(Stage::SystemReady, |r| {
+    let sealed = run.stage(Stage::SystemReady, |r| {
         stages::system_ready::run(&share, measured, &keys, disk.as_ref(), r)
+    })?;
+    run.stage(Stage::Gateway, |r| {
+        stages::gateway::run(&share, sealed, &keys, network.as_ref(), &config, r)
     })?;
     let disk_mount = disk
         .as_ref()

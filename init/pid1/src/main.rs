@@ -15,6 +15,7 @@ mod stages {
     pub(crate) mod cmdline;
     pub(crate) mod disk;
     pub(crate) mod early;
+    pub(crate) mod gateway;
     pub(crate) mod guest_api;
     pub(crate) mod host_api;
     pub(crate) mod host_share;
@@ -50,6 +51,13 @@ fn main() {
     {
         logger::install();
         stages::guest_api::main(std::env::args_os().skip(2));
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == stages::gateway::SUBCOMMAND)
+    {
+        logger::install();
+        stages::gateway::main();
     }
     install_panic_hook();
     logger::install();

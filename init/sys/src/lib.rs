@@ -23,3 +23,4 @@ pub mod tsm_report;
 pub mod tsm_rtmr;
 pub mod virtio_port;
 pub mod vsock;
+pub mod wg_netlink;

@@ -734,6 +734,16 @@ fn serve_connection(shared: &Shared, config: Arc<ServerConfig>, tcp: TcpStream) 
             detail,
         });
     }
+    write_json_response(&mut stream, status, &response);
+}
+
+/// Writes a pRPC JSON reply (`Connection: close`) and closes the TLS session (shared with the
+/// test gateway).
+pub fn write_json_response(
+    stream: &mut StreamOwned<ServerConnection, TcpStream>,
+    status: u16,
+    response: &serde_json::Value,
+) {
     let body = response.to_string();
     let head = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -747,7 +757,9 @@ fn serve_connection(shared: &Shared, config: Arc<ServerConfig>, tcp: TcpStream) 
     let _ = stream.flush();
 }
 
-fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
+/// Reads one HTTP POST (path and body, at most 1 MiB) from a TLS stream (shared with the test
+/// gateway).
+pub fn read_request(stream: &mut impl Read) -> Option<(String, Vec<u8>)> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     let head_end = loop {

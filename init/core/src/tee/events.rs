@@ -396,6 +396,12 @@ impl<R: Rtmr, S: EventLogSink> RuntimeEventLog<R, S> {
         &self.sink
     }
 
+    /// Closes the log: the TEE backend (for quotes; nothing may extend it without logging)
+    /// and every event logged (the sink is dropped).
+    pub fn into_parts(self) -> (R, Vec<RuntimeEvent>) {
+        (self.rtmr, self.events)
+    }
+
     fn extend_and_append(&mut self, event: RuntimeEvent) -> Result<Sha384Digest, EventLogError> {
         if self.out_of_step {
             return Err(EventLogError::LogOutOfStep { name: event.name });

@@ -17,7 +17,8 @@ use init_core::tee::{Rtmr, RtmrIndex, Sha384Digest};
 use crate::results::Results;
 use crate::stages::disk::Mounted;
 use crate::stages::keys::Keys;
-use crate::stages::measure::Measured;
+use crate::stages::measure::{BoxedTee, Measured};
+use init_core::tee::RuntimeEvent;
 
 /// Errors of the system-ready stage.
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +46,30 @@ pub(crate) enum SystemReadyStageError {
     },
 }
 
+/// What is left of the measurement once the log is closed: the TEE (for quotes only; the
+/// gateway stage's client certificate) and the full RTMR3 log it replays to.
+pub(crate) struct Sealed {
+    pub(crate) tee: BoxedTee,
+    pub(crate) events: Vec<RuntimeEvent>,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("events", &self.events.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Runs the stage: closes the boot-time measurement of `measured` (consumed: the log is closed
-/// when this returns).
+/// when this returns; the TEE comes back sealed for quotes).
 pub(crate) fn run(
     share: &HostShare,
     measured: Measured,
     keys: &Keys,
     disk: Option<&Mounted>,
     results: &mut Results,
-) -> Result<(), SystemReadyStageError> {
+) -> Result<Sealed, SystemReadyStageError> {
     let Measured {
         identity, mut log, ..
     } = measured;
@@ -123,7 +139,8 @@ pub(crate) fn run(
         events: u32::try_from(log.events().len()).unwrap_or(u32::MAX),
         mono_us: init_sys::clock::monotonic_us(),
     });
-    Ok(())
+    let (tee, events) = log.into_parts();
+    Ok(Sealed { tee, events })
 }
 
 /// Emits [`os-image-hash`], `key-provider`, [`disk-formatted`], `storage-fs`, `system-ready`.
