@@ -164,6 +164,7 @@ pub const MODULE_OPTIONS: &[(&str, &str)] = &[
     ("nft_nat", "CONFIG_NFT_NAT"),
     ("nft_masq", "CONFIG_NFT_MASQ"),
     ("nft_ct", "CONFIG_NFT_CT"),
+    ("wireguard", "CONFIG_WIREGUARD"),
 ];
 
 /// The option of a module name (`-` and `_` alike), if the contract knows it.
