@@ -466,10 +466,12 @@ pub fn ifname(name: &str) -> Vec<u8> {
     }
 }
 
-/// A published port: traffic to `daddr:published` arriving on the uplink goes to
+/// A published port: traffic to `daddr:published` arriving on the uplink (or on `iif`) goes to
 /// `target:port`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forward {
+    /// The interface it arrives on when not the uplink (the dstack-gateway tunnel).
+    pub iif: Option<String>,
     /// `IPPROTO_TCP` (6) or `IPPROTO_UDP` (17).
     pub protocol: u8,
     /// The VM address it is published on.
@@ -554,7 +556,8 @@ pub fn workload_ruleset(
     let mut rules = Vec::new();
     for f in forwards {
         let mut exprs = Vec::new();
-        exprs.extend(meta_cmp(MetaKey::IifName, CmpOp::Eq, ifname(uplink)));
+        let iif = f.iif.as_deref().unwrap_or(uplink);
+        exprs.extend(meta_cmp(MetaKey::IifName, CmpOp::Eq, ifname(iif)));
         exprs.push(Expr::Payload {
             base: PayloadBase::Network,
             offset: 16,

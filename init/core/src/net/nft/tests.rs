@@ -152,6 +152,7 @@ fn workload_ruleset_dnats_published_ports_and_isolates_the_bridges() {
         },
     ];
     let forwards = [Forward {
+        iif: None,
         protocol: 6,
         daddr: Ipv4Addr::new(10, 0, 2, 15),
         published: 18080,
@@ -226,4 +227,33 @@ fn workload_ruleset_dnats_published_ports_and_isolates_the_bridges() {
     );
     // And the whole set encodes: 3 table messages + 3 chains + 6 rules.
     assert_eq!(replace_batch(&rs, 1).1, 12);
+}
+
+#[test]
+fn a_forward_on_the_tunnel_matches_the_tunnel_interface() {
+    let forward = |iif: Option<&str>| Forward {
+        iif: iif.map(str::to_owned),
+        protocol: 6,
+        daddr: Ipv4Addr::new(10, 4, 0, 2),
+        published: 8080,
+        target: Ipv4Addr::new(172, 30, 0, 2),
+        port: 8080,
+    };
+    let iif_of = |rs: &Ruleset| -> Vec<Vec<u8>> {
+        rs.rules
+            .iter()
+            .filter(|r| r.chain == "prerouting")
+            .filter_map(|r| match r.exprs.get(1) {
+                Some(Expr::Cmp { data, .. }) => Some(data.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let rs = workload_ruleset(
+        "eth0",
+        "cvmbr",
+        &[],
+        &[forward(None), forward(Some("dstack-wg0"))],
+    );
+    assert_eq!(iif_of(&rs), vec![ifname("eth0"), ifname("dstack-wg0")]);
 }

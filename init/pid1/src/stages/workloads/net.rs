@@ -149,6 +149,7 @@ pub(crate) fn setup(app: &App, uplink: &Uplink) -> Result<NetworkPlan, NetSetupE
         .forwards(app, uplink.address)
         .into_iter()
         .map(|f| nft::Forward {
+            iif: None,
             protocol: match f.protocol {
                 Protocol::Tcp => 6,
                 Protocol::Udp => 17,
@@ -159,6 +160,22 @@ pub(crate) fn setup(app: &App, uplink: &Uplink) -> Result<NetworkPlan, NetSetupE
             port: f.port,
         })
         .collect();
+    // The dstack-gateway tunnel (set up by the gateway stage before this one): the gateway
+    // proxies to the VM's tunnel address, so a port published on the VM's own address is
+    // forwarded from the tunnel too (as Docker publishes on every interface).
+    let mut forwards = forwards;
+    if let Some(tunnel) = interface_ipv4(init_core::gateway::INTERFACE) {
+        let extra: Vec<nft::Forward> = forwards
+            .iter()
+            .filter(|f| f.daddr == uplink.address)
+            .map(|f| nft::Forward {
+                iif: Some(init_core::gateway::INTERFACE.to_owned()),
+                daddr: tunnel,
+                ..f.clone()
+            })
+            .collect();
+        forwards.extend(extra);
+    }
     let ruleset = nft::workload_ruleset(&uplink.interface, BRIDGE_PREFIX, &bridges, &forwards);
     let (batch, acks) = nft::replace_batch(&ruleset, 1);
     let nf_err = |source| NetSetupError::Netlink {
@@ -204,4 +221,13 @@ fn configure_inside(plan: &NetworkPlan, service: &str) -> Result<(), NetSetupErr
         })?;
     }
     Ok(())
+}
+
+/// The first IPv4 address of interface `name`, if it exists.
+fn interface_ipv4(name: &str) -> Option<std::net::Ipv4Addr> {
+    nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
+        (a.interface_name == name)
+            .then(|| a.address?.as_sockaddr_in().map(|s| s.ip()))
+            .flatten()
+    })
 }
