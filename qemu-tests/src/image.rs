@@ -188,8 +188,10 @@ pub fn test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
 
 /// Modules the 9p image adds to `initramfs/manifest.toml`'s list (their dependencies `9pnet`,
 /// `netfs`, `fscache`, `jbd2`, `mbcache` are resolved by `cvm_initramfs`). ext4 is built into the
-/// cloud kernel but a module in the generic one; the kernel contract requires it.
-pub const NINE_P_MODULES: &[&str] = &["9pnet_virtio", "9p", "ext4"];
+/// cloud kernel but a module in the generic one; the kernel contract requires it. So is the
+/// crc32c implementation `libcrc32c` (a dependency of nf_tables) asks the crypto API for at
+/// load: it must be loaded first (the extras come before the manifest's modules).
+pub const NINE_P_MODULES: &[&str] = &["crc32c_generic", "9pnet_virtio", "9p", "ext4"];
 
 /// The cvm-init image for the generic-flavour kernel (`Artifacts::fetch_with_kernel
 /// ("kernel_9p")`) with [`NINE_P_MODULES`] added, for the 9p host-share test.
@@ -317,9 +319,10 @@ fn build_cached(
             message: chain(&error),
         })?;
     manifest.files.extend(extra.iter().cloned());
+    // The extras first: a kernel flavour's extra modules may be what the manifest's need at load.
     manifest
         .modules
-        .extend(extra_modules.iter().map(|m| (*m).to_owned()));
+        .splice(0..0, extra_modules.iter().map(|m| (*m).to_owned()));
 
     // Key: everything the image depends on. The manifest's Debug form includes its host paths;
     // the contents of those files are hashed too.
