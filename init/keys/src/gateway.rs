@@ -169,15 +169,7 @@ impl GatewayCredentials {
                 source,
             })?;
         if response.status != 200 {
-            let message = serde_json::from_slice::<serde_json::Value>(&response.body)
-                .ok()
-                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-                .unwrap_or_else(|| {
-                    String::from_utf8_lossy(&response.body)
-                        .chars()
-                        .take(512)
-                        .collect()
-                });
+            let message = response.refusal_message();
             return Err(GatewayClientError::Refused {
                 url: url.to_owned(),
                 status: response.status,

@@ -246,6 +246,22 @@ pub struct HttpResponse {
     pub body: Vec<u8>,
 }
 
+impl HttpResponse {
+    /// What a refusing server said: the `error` field of a JSON body (as dstack's services
+    /// answer), else the body's first 512 characters.
+    pub fn refusal_message(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| {
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(512)
+                    .collect()
+            })
+    }
+}
+
 impl std::fmt::Debug for HttpResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpResponse")
@@ -487,15 +503,7 @@ fn decode_json<T: for<'de> Deserialize<'de>>(
     response: &HttpResponse,
 ) -> Result<T, KmsError> {
     if response.status != 200 {
-        let message = serde_json::from_slice::<serde_json::Value>(&response.body)
-            .ok()
-            .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| {
-                String::from_utf8_lossy(&response.body)
-                    .chars()
-                    .take(512)
-                    .collect()
-            });
+        let message = response.refusal_message();
         return Err(KmsError::Refused {
             url: url.url.clone(),
             method,
