@@ -901,12 +901,7 @@ pub fn verify_gpu_with_ocsp(
 
     (claims.signature_verified, claims.nonce_match) =
         check_report_bytes(&evidence.report, leaf, options, &mut failures);
-    if failures.iter().any(|f| {
-        matches!(
-            f,
-            Failure::CheckArchitecture { .. } | Failure::CheckDeviceKind { .. }
-        )
-    }) {
+    if identity_failed(&failures) {
         return GpuVerdict { claims, failures };
     }
 
@@ -1107,12 +1102,7 @@ pub fn verify_switch_with_ocsp(
     }
     (claims.signature_verified, claims.nonce_match) =
         check_report_bytes(&evidence.report, leaf, options, &mut failures);
-    if failures.iter().any(|f| {
-        matches!(
-            f,
-            Failure::CheckArchitecture { .. } | Failure::CheckDeviceKind { .. }
-        )
-    }) {
+    if identity_failed(&failures) {
         return SwitchVerdict { claims, failures };
     }
 
@@ -1311,4 +1301,15 @@ fn compare(
             });
         }
     }
+}
+
+/// Whether the evidence names no known architecture or the wrong device kind: then nothing
+/// after the signature check can be read as this kind's report.
+fn identity_failed(failures: &[Failure]) -> bool {
+    failures.iter().any(|f| {
+        matches!(
+            f,
+            Failure::CheckArchitecture { .. } | Failure::CheckDeviceKind { .. }
+        )
+    })
 }
