@@ -41,6 +41,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("guest_api_request", guest_api_request),
     ("encrypted_env", encrypted_env),
     ("kms_reply", kms_reply),
+    ("gateway_reply", gateway_reply),
     ("sign_cert_csr", sign_cert_csr),
 ];
 
@@ -182,7 +183,10 @@ pub fn env_plaintext(data: &[u8]) {
     for policy in [DisallowedEnv::Reject, DisallowedEnv::Skip] {
         if let Ok(env) = parse_env(data, &allowed, policy) {
             for name in env.names() {
-                assert!(is_valid_name(name) && allowed.iter().any(|a| a == name), "{name}");
+                assert!(
+                    is_valid_name(name) && allowed.iter().any(|a| a == name),
+                    "{name}"
+                );
             }
         }
     }
@@ -205,10 +209,8 @@ pub fn compose_yaml(data: &[u8]) {
 /// An OCI manifest or index from a registry.
 pub fn oci_document(data: &[u8]) {
     let _ = cvm_workload::oci::parse_document(data, None);
-    let _ = cvm_workload::oci::parse_document(
-        data,
-        Some("application/vnd.oci.image.index.v1+json"),
-    );
+    let _ =
+        cvm_workload::oci::parse_document(data, Some("application/vnd.oci.image.index.v1+json"));
 }
 
 /// An OCI image configuration from a registry.
@@ -240,7 +242,9 @@ impl LayerScratch {
         let made = std::fs::create_dir_all(scratch.root())
             .and_then(|()| std::fs::create_dir(scratch.sentinel()))
             .and_then(|()| std::os::unix::fs::symlink("../sentinel", scratch.root().join("up")))
-            .and_then(|()| std::os::unix::fs::symlink(scratch.sentinel(), scratch.root().join("abs")));
+            .and_then(|()| {
+                std::os::unix::fs::symlink(scratch.sentinel(), scratch.root().join("abs"))
+            });
         if let Err(e) = made {
             panic!("scratch directory {}: {e}", scratch.dir.display());
         }
@@ -263,7 +267,11 @@ impl LayerScratch {
         names.sort();
         let blob = std::ffi::OsString::from("blob");
         names.retain(|n| *n != blob);
-        assert_eq!(names, ["root", "sentinel"], "a layer wrote next to the root");
+        assert_eq!(
+            names,
+            ["root", "sentinel"],
+            "a layer wrote next to the root"
+        );
         let escaped = std::fs::read_dir(self.sentinel()).map(|mut d| d.next().is_some());
         assert!(
             matches!(escaped, Ok(false)),
@@ -329,10 +337,10 @@ const MAX_LAYER_TAR: u64 = 16 << 20;
 /// entry `unpack::apply_layer_file`, with the blob's true digest and diff_id so the tar is
 /// applied; nothing is written outside the root.
 pub fn layer_tar_gz(data: &[u8]) {
-    use std::io::Read as _;
     use cvm_workload::digest::Sha256Digest;
     use cvm_workload::oci::Compression;
     use sha2::{Digest as _, Sha256};
+    use std::io::Read as _;
     let scratch = LayerScratch::new();
     let compression = if data.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
         Compression::Zstd
@@ -426,13 +434,19 @@ pub fn encrypted_env(data: &[u8]) {
             assert!(env.skipped.is_empty());
         }
         let Ok(plaintext) = decrypt_blob(&key, blob) else {
-            assert!(rejected.is_err(), "decrypt_env accepted what decrypt_blob refused");
+            assert!(
+                rejected.is_err(),
+                "decrypt_env accepted what decrypt_blob refused"
+            );
             return;
         };
         let skipped = parse_env(plaintext.expose(), &allowed, DisallowedEnv::Skip);
         for env in [rejected.ok(), skipped.ok()].into_iter().flatten() {
             for name in env.names() {
-                assert!(is_valid_name(name) && allowed.iter().any(|a| a == name), "{name}");
+                assert!(
+                    is_valid_name(name) && allowed.iter().any(|a| a == name),
+                    "{name}"
+                );
             }
         }
     };
@@ -480,5 +494,16 @@ pub fn sign_cert_csr(data: &[u8]) {
     use cvm_keys::sign_cert::CertSigningRequest;
     if let Ok(csr) = CertSigningRequest::decode(data) {
         assert_eq!(csr.encode(), data, "CSR re-encoding");
+    }
+}
+
+/// A dstack-gateway `RegisterCvm` reply body: a checked tunnel configuration has 1 to the
+/// bounded number of peers, every peer a port and a non-empty endpoint host.
+pub fn gateway_reply(data: &[u8]) {
+    if let Ok(config) = init_core::gateway::parse_response(data) {
+        assert!(!config.peers.is_empty());
+        for peer in &config.peers {
+            assert!(!peer.endpoint_host.is_empty() && peer.endpoint_host.len() <= 253);
+        }
     }
 }

@@ -191,6 +191,11 @@ fn kms_reply() {
 }
 
 #[test]
+fn gateway_reply() {
+    run("gateway_reply", 300);
+}
+
+#[test]
 fn sign_cert_csr() {
     run("sign_cert_csr", 300);
 }
