@@ -119,7 +119,7 @@ pub struct GatewaySeen {
 }
 
 /// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
-const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok; unshare -U true && echo userns-ALLOWED || echo userns-refused; hwclock -r -f /dev/rtc0 > /dev/null && echo rtc-granted-ok; echo x > /dev/rtc0 && echo rtc-write-ALLOWED || echo rtc-write-refused;";
+const CONFINE_PROBES: &str = "mknod /dm0 b 253 0 && echo dm-mknod-ALLOWED || echo dm-mknod-refused; mknod /tdx c 10 125 && echo tdx-mknod-ALLOWED || echo tdx-mknod-refused; mknod /null2 c 1 3 && echo null-mknod-ok; echo x > /null2 && echo nodev-ALLOWED || echo nodev-refused; echo x > /dev/null && echo devnull-ok; busybox unshare -U true 2>/userns.err && echo userns-ALLOWED || { grep -q 'No space left' /userns.err && echo userns-refused-by-limit || echo userns-refused-otherwise; }; hwclock -r -f /dev/rtc0 > /dev/null && echo rtc-granted-ok; echo x > /dev/rtc0 && echo rtc-write-ALLOWED || echo rtc-write-refused;";
 /// The verdict lines the probes must print.
 const CONFINE_VERDICTS: [&str; 8] = [
     "filler| dm-mknod-refused",
@@ -127,7 +127,7 @@ const CONFINE_VERDICTS: [&str; 8] = [
     "filler| null-mknod-ok",
     "filler| nodev-refused",
     "filler| devnull-ok",
-    "filler| userns-refused",
+    "filler| userns-refused-by-limit",
     "filler| rtc-granted-ok",
     "filler| rtc-write-refused",
 ];
@@ -225,7 +225,7 @@ fn app_compose(
         // `devices:` mapping (the RTC, read-only) reads and refuses a write. Then it
         // writes into its own root until ENOSPC: the overlay upper is on PID 1's `/run`.
         compose_file.push_str(&format!(
-            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD]\n    security_opt: [no-new-privileges]\n    devices: [\"/dev/rtc0:/dev/rtc0:r\"]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
+            "  filler:\n    image: {filler}\n    restart: \"no\"\n    cap_add: [MKNOD, SYS_ADMIN]\n    security_opt: [no-new-privileges]\n    devices: [\"/dev/rtc0:/dev/rtc0:r\"]\n    command: [\"{CONFINE_PROBES} dd if=/dev/zero of=/fill bs=1M; df -k /; echo run-filled; exec sleep 86400\"]\n"
         ));
     }
     let compose = serde_json::json!({

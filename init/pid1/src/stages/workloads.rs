@@ -56,6 +56,8 @@ pub(crate) const RUN_DIR: &str = "/run/cvm/workloads";
 pub(crate) const STATE_DIR: &str = "/run/cvm/containers";
 /// Store and volumes without a data disk (tmpfs: nothing survives a reboot).
 pub(crate) const TMPFS_DATA_DIR: &str = "/run/cvm/data";
+/// The VM-wide count of user namespaces (`user.max_user_namespaces`, of the initial one).
+const MAX_USER_NAMESPACES: &str = "/proc/sys/user/max_user_namespaces";
 /// Under the data disk's mount point.
 const DISK_SUBDIR: &str = "workloads";
 /// Each of a service's log files is capped at this size…
@@ -139,12 +141,44 @@ pub(crate) enum WorkloadsStageError {
     },
     #[error("set up the workload networks")]
     Network(#[source] Box<net::NetSetupError>),
+    #[error("limit user namespaces ({MAX_USER_NAMESPACES})")]
+    UserNamespaces(#[source] std::io::Error),
     #[error("launch {service}")]
     Launch {
         service: String,
         #[source]
         source: Box<ContainerError>,
     },
+}
+
+/// How many user namespaces the VM allows once the services start: none, unless the compose
+/// has a privileged service (an explicit, measured opt-in; such a service is root in the VM
+/// anyway). No service runs in a user namespace (compose offers only `userns_mode: host`) and
+/// PID 1 needs none, so the kernel surface reachable through `unshare(CLONE_NEWUSER)` is closed
+/// even to a container given `CAP_SYS_ADMIN` (whose seccomp profile allows `unshare`).
+fn user_namespace_limit(app: &App) -> Option<u32> {
+    (!app.services.iter().any(|s| s.privileged)).then_some(0)
+}
+
+fn limit_user_namespaces(app: &App) -> Result<(), WorkloadsStageError> {
+    match user_namespace_limit(app) {
+        Some(limit) => {
+            match std::fs::write(MAX_USER_NAMESPACES, limit.to_string()) {
+                Ok(()) => log::info!(
+                    "workloads: user namespaces disabled ({MAX_USER_NAMESPACES} = {limit})"
+                ),
+                // A kernel without CONFIG_USER_NS has none to limit.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    log::info!("workloads: the kernel has no user namespaces");
+                }
+                Err(e) => return Err(WorkloadsStageError::UserNamespaces(e)),
+            }
+        }
+        None => log::warn!(
+            "workloads: user namespaces left available: the compose has a privileged service"
+        ),
+    }
+    Ok(())
 }
 
 fn mkdir(path: &Path) -> Result<(), WorkloadsStageError> {
@@ -354,6 +388,7 @@ pub(crate) fn run(
         .collect();
     let network =
         net::setup(&app, &uplink).map_err(|e| WorkloadsStageError::Network(Box::new(e)))?;
+    limit_user_namespaces(&app)?;
     let supervisor = Supervisor::new(&app, &stop_signals);
     let mut workloads = Workloads {
         app,
@@ -807,7 +842,33 @@ fn emit(service: &str, line: &str, public: bool, file: Option<&mut CappedLog>) {
 
 #[cfg(test)]
 mod tests {
-    use super::plain_http;
+    use super::{plain_http, user_namespace_limit};
+    use cvm_workload::compose::{App, ComposePolicy};
+
+    fn app(extra: &str) -> App {
+        let yaml = format!(
+            "services:\n  a:\n    image: r.example/a@sha256:{}\n  b:\n    image: r.example/b@sha256:{}\n{extra}",
+            "1".repeat(64),
+            "2".repeat(64)
+        );
+        let policy = ComposePolicy {
+            allow_privileged: true,
+            ..ComposePolicy::default()
+        };
+        cvm_workload::compose::parse(Some("docker-compose"), &yaml, &Default::default(), &policy)
+            .unwrap()
+    }
+
+    #[test]
+    fn user_namespaces_closed_unless_a_service_is_privileged() {
+        assert_eq!(user_namespace_limit(&app("")), Some(0));
+        // CAP_SYS_ADMIN opens unshare in the seccomp profile: the limit still closes userns.
+        assert_eq!(
+            user_namespace_limit(&app("    cap_add: [SYS_ADMIN]\n")),
+            Some(0)
+        );
+        assert_eq!(user_namespace_limit(&app("    privileged: true\n")), None);
+    }
 
     #[test]
     fn plain_http_only_for_private_ip_literals() {
