@@ -35,6 +35,10 @@ pub const MAX_RESPONSE_LEN: usize = 256 * 1024;
 pub const CERT_VALIDITY_SECS: u64 = 10 * 24 * 3600;
 /// The client certificate's subject (dstack's guest agent).
 pub const CERT_SUBJECT: &str = "dstack-guest-agent";
+/// The refresher's exit status when its state cannot work (malformed, unusable credentials):
+/// PID 1 does not restart it (dstack's `dstack-gateway-checker.service`: exit 3 =
+/// misconfigured, no restart).
+pub const EXIT_MISCONFIGURED: i32 = 3;
 /// Validity of the client certificate under the test fault `gateway-refresher` (test builds
 /// only): short enough that the refresher's first round (after [`RefreshSchedule`]'s 60 s)
 /// finds it due for renewal.
