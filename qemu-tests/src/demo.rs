@@ -653,8 +653,7 @@ impl DemoReport {
             ));
         }
         let boot_cert = g.registrations.first().map(|r| &r.client_cert);
-        if g
-            .reregistrations
+        if g.reregistrations
             .iter()
             .any(|r| Some(&r.client_cert) == boot_cert)
         {

@@ -64,7 +64,10 @@ pub enum GatewayClientError {
     #[error("the GetTlsKey reply is not a key and a certificate chain")]
     TlsKeyReply(#[source] serde_json::Error),
     /// The `GetTlsKey` reply's chain is empty or too long.
-    #[error("the GetTlsKey reply has {count} certificates (1..={} allowed)", crate::sign_cert::MAX_CHAIN_LEN)]
+    #[error(
+        "the GetTlsKey reply has {count} certificates (1..={} allowed)",
+        crate::sign_cert::MAX_CHAIN_LEN
+    )]
     TlsKeyChain { count: usize },
     /// No URL accepted the registration.
     #[error("no gateway accepted the registration after {} attempts: {}", failures.len(), summary(failures))]
@@ -433,7 +436,8 @@ mod tests {
     #[test]
     fn get_tls_key_replies_are_checked() {
         let chain = [pem("CERTIFICATE", b"leaf"), pem("CERTIFICATE", b"ca")];
-        let body = serde_json::json!({"key": pem("PRIVATE KEY", b"key"), "certificate_chain": chain});
+        let body =
+            serde_json::json!({"key": pem("PRIVATE KEY", b"key"), "certificate_chain": chain});
         let tls = parse_get_tls_key_reply(body.to_string().as_bytes()).unwrap();
         assert_eq!(tls.certificate_chain, chain);
         assert!(tls.key_pem.expose().contains("PRIVATE KEY"));

@@ -693,12 +693,7 @@ mod tests {
         assert_eq!(offset_of!(libc::sockaddr_in6, sin6_scope_id), 24);
         assert_eq!(size_of::<libc::sockaddr_in>(), 16);
         assert_eq!(libc::AF_INET6, i32::from(AF_INET6));
-        let addr = SocketAddrV6::new(
-            "fd00::1:2".parse().unwrap(),
-            51820,
-            0x0001_2345,
-            7,
-        );
+        let addr = SocketAddrV6::new("fd00::1:2".parse().unwrap(), 51820, 0x0001_2345, 7);
         let b = sockaddr_in6(addr);
         assert_eq!(&b[..2], &10u16.to_ne_bytes());
         assert_eq!(&b[2..4], &[0xca, 0x6c]);

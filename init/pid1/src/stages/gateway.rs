@@ -140,8 +140,11 @@ impl std::fmt::Debug for Refresher {
 
 impl Refresher {
     fn new(state: &RefreshState, test_exit_once: bool) -> Result<Self, GatewayStageError> {
-        // Strings, integers and addresses always serialize.
-        let state = Zeroizing::new(serde_json::to_vec(state).unwrap_or_default());
+        // Written into a buffer of the final capacity, so no reallocation leaves a copy of the
+        // keys behind; strings, integers and addresses always serialize.
+        let mut buf = Zeroizing::new(Vec::with_capacity(MAX_STATE_LEN + 1));
+        let _ = serde_json::to_writer(&mut *buf, state);
+        let state = buf;
         if state.len() > MAX_STATE_LEN {
             return Err(GatewayStageError::StateTooLarge { len: state.len() });
         }
@@ -628,7 +631,13 @@ fn refresh_forever(
                 ),
             }
         }
-        wait = match refresh_once(&cert.creds, &mut transport, &state.urls, &last_url, &request) {
+        wait = match refresh_once(
+            &cert.creds,
+            &mut transport,
+            &state.urls,
+            &last_url,
+            &request,
+        ) {
             Ok((url, tunnel)) => {
                 let now = (tunnel.client_ip, peer_list(&tunnel));
                 if now != applied {
