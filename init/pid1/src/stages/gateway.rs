@@ -787,7 +787,7 @@ mod tests {
         if cfg!(feature = "insecure-test-hooks") {
             assert!(test_exit.unwrap().test_exit);
         } else {
-            assert!(test_exit.is_err());
+            test_exit.unwrap_err();
         }
     }
 }
