@@ -101,6 +101,13 @@ pub struct DemoOptions {
     /// the WireGuard tunnel, then a restarted gateway (new WireGuard key) must be registered
     /// again by the guest's refresher and serve the page too.
     pub gateway: bool,
+    /// With [`DemoOptions::gateway`] and `cvm.test_fault=gateway-refresher` in `cmdline` (a
+    /// test image): the 80 s client certificate is renewed at the refresher's first round,
+    /// which then exits; PID 1 must restart it (`restarting` / `restarted` records for
+    /// `gateway-refresh`) and the restarted refresher must register again at once, renewing
+    /// the boot's certificate once more. Every registration after the gateway's restart must
+    /// present a renewed certificate.
+    pub gateway_refresher_fault: bool,
 }
 
 /// What the host saw of the gateway (with [`DemoOptions::gateway`]).
@@ -116,6 +123,8 @@ pub struct GatewaySeen {
     pub tunnel_page_after_restart: (u16, String),
     /// The two gateways' WireGuard keys (must differ).
     pub gateway_keys: ([u8; 32], [u8; 32]),
+    /// [`DemoOptions::gateway_refresher_fault`] was set.
+    pub refresher_fault: bool,
 }
 
 /// The filler's device probes; each prints one verdict line (`…-ALLOWED` is a breach).
@@ -399,7 +408,7 @@ pub fn run(artifacts: &Artifacts, options: &DemoOptions) -> Result<DemoReport, D
     let page = wait_for_app(&mut vm, host_port)?;
     let app_answered_after = started.elapsed().as_secs_f64();
     let gateway = match gateway {
-        Some(g) => Some(g.exercise(&kms_keys, &mut vm)?),
+        Some(g) => Some(g.exercise(&kms_keys, &mut vm, options.gateway_refresher_fault)?),
         None => None,
     };
     let emitted_after_fill = if filler.is_some() {
@@ -570,12 +579,19 @@ impl GatewayPorts {
 
     /// Registration observed, the page through the tunnel, a restarted gateway registered
     /// again by the refresher and serving the page.
-    fn exercise(self, kms_keys: &KmsKeys, vm: &mut RunningVm) -> Result<GatewaySeen, DemoError> {
-        let wait_registered = |g: &test_gateway::TestGateway, vm: &mut RunningVm| {
+    /// With `refresher_fault`, the restarted gateway must also see the restarted refresher's
+    /// registration (a second one) before its page is fetched.
+    fn exercise(
+        self,
+        kms_keys: &KmsKeys,
+        vm: &mut RunningVm,
+        refresher_fault: bool,
+    ) -> Result<GatewaySeen, DemoError> {
+        let wait_registered = |g: &test_gateway::TestGateway, vm: &mut RunningVm, count: usize| {
             let deadline = Instant::now() + STEP_TIMEOUT;
             loop {
                 let seen = g.registrations();
-                if !seen.is_empty() {
+                if seen.len() >= count {
                     return Ok(seen);
                 }
                 if vm.try_exit().step("watch QEMU")?.is_some() || Instant::now() > deadline {
@@ -591,7 +607,7 @@ impl GatewayPorts {
             }
         };
         let first_key = self.gateway.wg_public_key();
-        let registrations = wait_registered(&self.gateway, vm)?;
+        let registrations = wait_registered(&self.gateway, vm, 1)?;
         let tunnel_page = self
             .gateway
             .http_get(APP_PORT, "/", Duration::from_secs(120))
@@ -599,7 +615,7 @@ impl GatewayPorts {
         self.gateway.stop();
         let restarted = Self::bind(kms_keys, self.https_port, self.udp_port)?;
         let second_key = restarted.wg_public_key();
-        let reregistrations = wait_registered(&restarted, vm)?;
+        let reregistrations = wait_registered(&restarted, vm, if refresher_fault { 2 } else { 1 })?;
         let tunnel_page_after_restart = restarted
             .http_get(APP_PORT, "/", Duration::from_secs(120))
             .step("GET / through the restarted gateway's tunnel")?;
@@ -610,11 +626,47 @@ impl GatewayPorts {
             reregistrations,
             tunnel_page_after_restart,
             gateway_keys: (first_key, second_key),
+            refresher_fault,
         })
     }
 }
 
 impl DemoReport {
+    /// [`DemoOptions::gateway_refresher_fault`]: the refresher was restarted by PID 1 and
+    /// registered again, every registration after the gateway's restart with a renewed
+    /// (each a different) client certificate.
+    fn refresher_problems(&self, g: &GatewaySeen) -> Vec<String> {
+        let mut out = Vec::new();
+        let service = |name: &str| {
+            crate::results::raw_records(&self.records, name)
+                .into_iter()
+                .filter(|r| r["service"] == "gateway-refresh")
+                .count()
+        };
+        if service("restarting") == 0 || service("restarted") == 0 {
+            out.push("no restarting/restarted records for gateway-refresh".to_owned());
+        }
+        if g.reregistrations.len() < 2 {
+            out.push(format!(
+                "the restarted refresher did not register again ({} registrations)",
+                g.reregistrations.len()
+            ));
+        }
+        let boot_cert = g.registrations.first().map(|r| &r.client_cert);
+        if g.reregistrations
+            .iter()
+            .any(|r| Some(&r.client_cert) == boot_cert)
+        {
+            out.push("a refresh presented the boot's client certificate (not renewed)".to_owned());
+        }
+        if let [first, second, ..] = &g.reregistrations[..]
+            && first.client_cert == second.client_cert
+        {
+            out.push("the restarted refresher did not renew the certificate again".to_owned());
+        }
+        out
+    }
+
     /// The demo's acceptance: the page shows this app's identity and the challenge's report
     /// data; every checklist line passes except the platform lines, which are marked
     /// SIMULATED; the verdict rejects simulated evidence; the env value never reached the
@@ -706,6 +758,9 @@ impl DemoReport {
                     && g.tunnel_page_after_restart.1.contains(&self.app_id),
                 "the page did not come through the restarted gateway's tunnel",
             );
+            if g.refresher_fault {
+                out.extend(self.refresher_problems(g));
+            }
         }
         let info: serde_json::Value = serde_json::from_str(&self.worker.info.1).unwrap_or_default();
         want(

@@ -2,7 +2,9 @@
 //! registry, keys from the test KMS over RA-TLS, the app's page reached through a QEMU port
 //! forward, a quote over a fresh challenge fetched from the app and checked by
 //! `cvm-measure verify` (platform lines marked SIMULATED, the KMS attestation skipped on
-//! request, everything else passing). Same code
+//! request, everything else passing); with the gateway (issue 17): registration, the page
+//! through the tunnel, a restarted gateway, the refresher's certificate renewal and its restart
+//! by PID 1. Same code
 //! as `cargo xtask demo` (`qemu_tests::demo`), here on the test image. About 60-120 s under TCG.
 #![cfg(any(feature = "qemu", qemu_testenv, clippy))]
 
@@ -26,12 +28,15 @@ mod tests {
             work_dir: work_dir("demo"),
             demo_app: workspace_binary("demo-app", "demo-app", &[])?,
             cvm_measure: workspace_binary("cvm-measure", "cvm-measure", &[])?,
-            // The masked WireGuard key, for the scan below (test hook).
-            cmdline: "cvm.test_dump=gateway-wg-key-masked".into(),
+            // The masked WireGuard key, for the scan below (test hook); the refresher renews an
+            // 80 s client certificate and exits once, so PID 1 restarts it (test fault).
+            cmdline: "cvm.test_dump=gateway-wg-key-masked cvm.test_fault=gateway-refresher".into(),
             // Issue 22: a neighbour filling /run leaves the guest API serving and the log whole.
             fill_run_with: Some(setup.artifacts.busybox.clone()),
-            // Issue 17: registration, the page through the tunnel, a restarted gateway.
+            // Issue 17: registration, the page through the tunnel, a restarted gateway, the
+            // refresher renewing its certificate and restarted by PID 1.
             gateway: true,
+            gateway_refresher_fault: true,
         };
         let report = run(&setup.artifacts, &options)?;
         println!("{}", report.summary());

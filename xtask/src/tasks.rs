@@ -374,6 +374,7 @@ pub(crate) fn demo(_args: &[String]) -> Result<()> {
             cmdline: String::new(),
             fill_run_with: None,
             gateway: true,
+            gateway_refresher_fault: false,
         },
     )
     .context("run the demo")?;

@@ -29,6 +29,11 @@ pub enum TestFault {
     Mount { target: String },
     /// Once PID 1 serves, SIGKILL the guest API process (its restart is under test).
     KillGuestApi,
+    /// `gateway-refresher`: the gateway client certificate is valid for
+    /// [`crate::gateway::TEST_CERT_VALIDITY_SECS`] only (so the refresher's first round renews
+    /// it), and the first gateway refresher exits after its first successful round (its
+    /// restart by PID 1 is under test).
+    GatewayRefresher,
 }
 
 /// Whether the binary was built with `insecure-test-hooks`.
@@ -300,11 +305,17 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                 require_hooks(hooks, &key)?;
                 config.test_fault = Some(if value == "kill-guest-api" {
                     TestFault::KillGuestApi
+                } else if value == "gateway-refresher" {
+                    TestFault::GatewayRefresher
                 } else {
                     let target = value
                         .strip_prefix("mount:")
                         .filter(|t| t.starts_with('/'))
-                        .ok_or_else(|| invalid("`mount:<absolute target>` or `kill-guest-api`"))?;
+                        .ok_or_else(|| {
+                            invalid(
+                                "`mount:<absolute target>`, `kill-guest-api` or `gateway-refresher`",
+                            )
+                        })?;
                     TestFault::Mount {
                         target: target.to_owned(),
                     }
@@ -496,6 +507,14 @@ mod tests {
                 .test_fault,
             Some(TestFault::KillGuestApi)
         );
+        assert_eq!(
+            parse("cvm.test_fault=gateway-refresher", TestHooks::Enabled)
+                .unwrap()
+                .test_fault,
+            Some(TestFault::GatewayRefresher)
+        );
+        parse("cvm.test_fault=gateway-refresher", TestHooks::Disabled).unwrap_err();
+        parse("cvm.test_fault=gateway-refresh", TestHooks::Enabled).unwrap_err();
         parse("cvm.test_fault=kill-guest-api", TestHooks::Disabled).unwrap_err();
         let d = parse(
             "cvm.test_dump=tpm-event-log,runtime-event-log",

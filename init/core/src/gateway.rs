@@ -10,8 +10,10 @@
 //!   [`TunnelConfig`] (client address, peers sorted by public key as dstack writes them).
 //! * The order URLs are tried in ([`order_urls`]: the last one that accepted first, then the
 //!   configured order) and the refresh schedule ([`RefreshSchedule`]).
+//! * The peer endpoint configured among a host's addresses ([`choose_endpoint`]) and when the
+//!   refresher renews the client certificate ([`renewal_due`]).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -33,6 +35,14 @@ pub const MAX_RESPONSE_LEN: usize = 256 * 1024;
 pub const CERT_VALIDITY_SECS: u64 = 10 * 24 * 3600;
 /// The client certificate's subject (dstack's guest agent).
 pub const CERT_SUBJECT: &str = "dstack-guest-agent";
+/// The refresher's exit status when its state cannot work (malformed, unusable credentials):
+/// PID 1 does not restart it (dstack's `dstack-gateway-checker.service`: exit 3 =
+/// misconfigured, no restart).
+pub const EXIT_MISCONFIGURED: i32 = 3;
+/// Validity of the client certificate under the test fault `gateway-refresher` (test builds
+/// only): short enough that the refresher's first round (after [`RefreshSchedule`]'s 60 s)
+/// finds it due for renewal.
+pub const TEST_CERT_VALIDITY_SECS: u64 = 80;
 
 /// Errors of planning a registration and checking a reply.
 #[derive(Debug, thiserror::Error)]
@@ -359,6 +369,27 @@ pub fn decode_key(text: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
+/// The address to configure as a peer's endpoint among those its host resolved to: the first
+/// IPv4 one (the guest's uplink is DHCPv4), else the first IPv6 one (an IPv6 endpoint such as
+/// `[fd00::1]:51820`, carried to the kernel as a `sockaddr_in6`).
+pub fn choose_endpoint(addrs: &[SocketAddr]) -> Option<SocketAddr> {
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.iter().find(|a| a.is_ipv6()))
+        .copied()
+}
+
+/// Whether the refresher renews the client certificate (issued at `issued_at`, Unix seconds,
+/// valid until `not_after`) at `now`: once two thirds of its validity are gone (a 10-day
+/// certificate after 6 days 16 hours), so failed renewals have days of retries before the
+/// gateway would refuse the old one. A clock before `issued_at` renews nothing; an empty
+/// validity is always due.
+pub fn renewal_due(issued_at: u64, not_after: u64, now: u64) -> bool {
+    let validity = not_after.saturating_sub(issued_at);
+    now >= issued_at.saturating_add(validity - validity / 3)
+}
+
 /// When to register again: every `interval` after a success; after failures, backoff from
 /// `retry_initial` doubling up to `interval`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -404,6 +435,17 @@ impl RefreshSchedule {
     /// Consecutive failed rounds.
     pub fn failures(&self) -> u32 {
         self.failures
+    }
+
+    /// The wait before a refresher's first round: a full `interval` after the boot's own
+    /// registration; none for a refresher PID 1 restarted (it cannot know how long the
+    /// registration went without a refresh).
+    pub fn first_wait(&self, restarted: bool) -> Duration {
+        if restarted {
+            Duration::ZERO
+        } else {
+            self.interval
+        }
     }
 }
 
@@ -554,6 +596,46 @@ mod tests {
         assert_eq!(decode_key(&encode_key(&k)), Some(k));
         assert_eq!(decode_key("AAAA"), None);
         assert_eq!(decode_key("!!"), None);
+    }
+
+    #[test]
+    fn endpoint_prefers_ipv4_then_ipv6() {
+        let v4: SocketAddr = "10.0.2.2:51820".parse().unwrap();
+        let v6: SocketAddr = "[fd00::1]:9".parse().unwrap();
+        let v6b: SocketAddr = "[2001:db8::2]:9".parse().unwrap();
+        assert_eq!(choose_endpoint(&[v6, v4]), Some(v4));
+        assert_eq!(choose_endpoint(&[v6, v6b]), Some(v6));
+        assert_eq!(choose_endpoint(&[v4]), Some(v4));
+        assert_eq!(choose_endpoint(&[]), None);
+    }
+
+    #[test]
+    fn renewal_is_due_after_two_thirds_of_the_validity() {
+        let issued = 1_700_000_000;
+        let not_after = issued + CERT_VALIDITY_SECS;
+        // 10 days: due from 6 days 16 hours (576 000 s) on.
+        assert!(!renewal_due(issued, not_after, issued));
+        assert!(!renewal_due(issued, not_after, issued + 575_999));
+        assert!(renewal_due(issued, not_after, issued + 576_000));
+        assert!(renewal_due(issued, not_after, not_after));
+        assert!(renewal_due(issued, not_after, not_after + 1));
+        // A clock before the issue time renews nothing (the certificate is not expired).
+        assert!(!renewal_due(issued, not_after, issued - 100));
+        // The test fault's 80 s certificate: due at the first round (60 s), not before 54 s.
+        let short = issued + TEST_CERT_VALIDITY_SECS;
+        assert!(!renewal_due(issued, short, issued + 53));
+        assert!(renewal_due(issued, short, issued + 54));
+        assert!(renewal_due(issued, short, issued + 60));
+        // An empty (or inverted) validity is always due.
+        assert!(renewal_due(issued, issued, issued));
+        assert!(renewal_due(issued, issued - 5, issued));
+    }
+
+    #[test]
+    fn a_restarted_refresher_rounds_at_once() {
+        let s = RefreshSchedule::default();
+        assert_eq!(s.first_wait(false), Duration::from_secs(60));
+        assert_eq!(s.first_wait(true), Duration::ZERO);
     }
 
     #[test]

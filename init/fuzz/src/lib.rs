@@ -498,12 +498,20 @@ pub fn sign_cert_csr(data: &[u8]) {
 }
 
 /// A dstack-gateway `RegisterCvm` reply body: a checked tunnel configuration has 1 to the
-/// bounded number of peers, every peer a port and a non-empty endpoint host.
+/// bounded number of peers, every peer a port and a non-empty endpoint host. The same bytes
+/// as the guest API's `GetTlsKey` reply the gateway refresher renews its certificate from: an
+/// accepted one has a bounded, non-empty chain.
 pub fn gateway_reply(data: &[u8]) {
     if let Ok(config) = init_core::gateway::parse_response(data) {
         assert!(!config.peers.is_empty());
         for peer in &config.peers {
             assert!(!peer.endpoint_host.is_empty() && peer.endpoint_host.len() <= 253);
         }
+    }
+    if let Ok(tls) = cvm_keys::gateway::parse_get_tls_key_reply(data) {
+        assert!(
+            !tls.certificate_chain.is_empty()
+                && tls.certificate_chain.len() <= cvm_keys::sign_cert::MAX_CHAIN_LEN
+        );
     }
 }

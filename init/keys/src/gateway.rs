@@ -6,6 +6,11 @@
 //! days, [`client_cert_config`]); the gateway's server certificate must chain to the KMS root
 //! CA and carry the app id the KMS names as `gateway_app_id` (`any`: not checked). The URLs
 //! are tried in [`init_core::gateway::order_urls`] order; every failure is kept, typed.
+//!
+//! Renewal (the refresher, after boot): the same certificate request, as the guest API's
+//! `GetTlsKey` arguments ([`get_tls_key_body`]; the guest API owns the event log after boot,
+//! so only it can quote over the current RTMR3), and its reply back into a [`TlsKey`]
+//! ([`parse_get_tls_key_reply`]).
 
 use init_core::gateway::{
     CERT_SUBJECT, GatewayError, GatewayTrust, MAX_RESPONSE_LEN, RegisterCvmRequest, TunnelConfig,
@@ -55,6 +60,15 @@ pub enum GatewayClientError {
         #[source]
         source: GatewayError,
     },
+    /// The guest API's `GetTlsKey` reply is not a key and a certificate chain.
+    #[error("the GetTlsKey reply is not a key and a certificate chain")]
+    TlsKeyReply(#[source] serde_json::Error),
+    /// The `GetTlsKey` reply's chain is empty or too long.
+    #[error(
+        "the GetTlsKey reply has {count} certificates (1..={} allowed)",
+        crate::sign_cert::MAX_CHAIN_LEN
+    )]
+    TlsKeyChain { count: usize },
     /// No URL accepted the registration.
     #[error("no gateway accepted the registration after {} attempts: {}", failures.len(), summary(failures))]
     AllFailed { failures: Vec<GatewayClientError> },
@@ -77,6 +91,53 @@ pub fn client_cert_config(not_after: u64) -> CertConfig {
         not_after: Some(not_after),
         ..CertConfig::default()
     }
+}
+
+/// The guest API `GetTlsKey` request body (dstack `GetTlsKeyArgs`, JSON) for the certificate
+/// `config` describes (`usage_ra_tls` is `ext_quote`, `with_app_info` is `ext_app_info`;
+/// `GetTlsKey` has no organization, so `org_name` is not carried: the gateway's has none).
+pub fn get_tls_key_body(config: &CertConfig) -> Vec<u8> {
+    let body = serde_json::json!({
+        "subject": config.subject,
+        "alt_names": config.subject_alt_names,
+        "usage_ra_tls": config.ext_quote,
+        "usage_server_auth": config.usage_server_auth,
+        "usage_client_auth": config.usage_client_auth,
+        "not_before": config.not_before,
+        "not_after": config.not_after,
+        "with_app_info": config.ext_app_info,
+    });
+    // A JSON value of strings, booleans and integers always serializes.
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// The `GetTlsKey` reply body; the key is zeroized on drop.
+#[derive(serde::Deserialize)]
+struct GetTlsKeyReply {
+    key: String,
+    certificate_chain: Vec<String>,
+}
+
+impl Drop for GetTlsKeyReply {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.key);
+    }
+}
+
+/// A `GetTlsKey` reply (`{"key": PEM, "certificate_chain": [PEM, …]}`) as a [`TlsKey`]: a
+/// chain of 1 to [`crate::sign_cert::MAX_CHAIN_LEN`] certificates (the PEM is checked by
+/// [`GatewayCredentials::new`]).
+pub fn parse_get_tls_key_reply(body: &[u8]) -> Result<TlsKey, GatewayClientError> {
+    let mut reply: GetTlsKeyReply =
+        serde_json::from_slice(body).map_err(GatewayClientError::TlsKeyReply)?;
+    let count = reply.certificate_chain.len();
+    if count == 0 || count > crate::sign_cert::MAX_CHAIN_LEN {
+        return Err(GatewayClientError::TlsKeyChain { count });
+    }
+    Ok(TlsKey {
+        key_pem: Secret::new(std::mem::take(&mut reply.key)),
+        certificate_chain: std::mem::take(&mut reply.certificate_chain),
+    })
 }
 
 /// What a registration presents and trusts. The key is zeroized on drop.
@@ -348,6 +409,52 @@ mod tests {
         assert_eq!(url, "https://b:2");
         // `any`: no app id to check.
         assert_eq!(t.seen[0].3, None);
+    }
+
+    /// The renewal asks the guest API for exactly the boot's certificate: dstack's
+    /// `GetTlsKeyArgs` names, clientAuth, app info, no RA-TLS quote, the same notAfter.
+    #[test]
+    fn renewal_body_is_the_client_certificate_request() {
+        let body: serde_json::Value =
+            serde_json::from_slice(&get_tls_key_body(&client_cert_config(1_900_000_000))).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({
+                "subject": "dstack-guest-agent",
+                "alt_names": [],
+                "usage_ra_tls": false,
+                "usage_server_auth": false,
+                "usage_client_auth": true,
+                "not_before": null,
+                "not_after": 1_900_000_000u64,
+                "with_app_info": true,
+            })
+        );
+        assert_eq!(client_cert_config(1).org_name, None);
+    }
+
+    #[test]
+    fn get_tls_key_replies_are_checked() {
+        let chain = [pem("CERTIFICATE", b"leaf"), pem("CERTIFICATE", b"ca")];
+        let body =
+            serde_json::json!({"key": pem("PRIVATE KEY", b"key"), "certificate_chain": chain});
+        let tls = parse_get_tls_key_reply(body.to_string().as_bytes()).unwrap();
+        assert_eq!(tls.certificate_chain, chain);
+        assert!(tls.key_pem.expose().contains("PRIVATE KEY"));
+        GatewayCredentials::new(&tls, &pem("CERTIFICATE", b"root"), "any", 5).unwrap();
+        assert!(matches!(
+            parse_get_tls_key_reply(b"{\"key\":\"k\"}"),
+            Err(GatewayClientError::TlsKeyReply(_))
+        ));
+        assert!(matches!(
+            parse_get_tls_key_reply(br#"{"key":"k","certificate_chain":[]}"#),
+            Err(GatewayClientError::TlsKeyChain { count: 0 })
+        ));
+        let long = serde_json::json!({"key": "k", "certificate_chain": vec!["c"; 9]});
+        assert!(matches!(
+            parse_get_tls_key_reply(long.to_string().as_bytes()),
+            Err(GatewayClientError::TlsKeyChain { count: 9 })
+        ));
     }
 
     #[test]

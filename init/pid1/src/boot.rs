@@ -29,6 +29,8 @@ pub(crate) struct Booted {
     pub(crate) guest_api: Child,
     /// How the supervisor starts the guest API again.
     pub(crate) guest_api_launch: stages::guest_api::Launch,
+    /// The gateway refresher and how the supervisor starts it again (registered boots only).
+    pub(crate) gateway_refresher: Option<(Child, stages::gateway::Refresher)>,
     pub(crate) workloads: Option<Workloads>,
 }
 
@@ -131,7 +133,7 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     let sealed = run.stage(Stage::SystemReady, |r| {
         stages::system_ready::run(&share, measured, &keys, disk.as_ref(), r)
     })?;
-    run.stage(Stage::Gateway, |r| {
+    let gateway = run.stage(Stage::Gateway, |r| {
         stages::gateway::run(&share, sealed, &keys, network.as_ref(), &config, r)
     })?;
     let disk_mount = disk
@@ -166,6 +168,7 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
         config,
         guest_api,
         guest_api_launch,
+        gateway_refresher: gateway.into_refresher(),
         workloads,
     })
 }

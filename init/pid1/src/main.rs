@@ -57,7 +57,7 @@ fn main() {
         .is_some_and(|a| a == stages::gateway::SUBCOMMAND)
     {
         logger::install();
-        stages::gateway::main();
+        stages::gateway::main(std::env::args_os().skip(2));
     }
     install_panic_hook();
     logger::install();

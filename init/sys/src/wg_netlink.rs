@@ -2,13 +2,14 @@
 //! (rtnetlink `RTM_NEWLINK`, kind `wireguard`), configure it (generic netlink family
 //! `wireguard`, `WG_CMD_SET_DEVICE`: private key, listen port, peers with endpoint, keepalive
 //! and allowed IPs) and add routes (`RTM_NEWROUTE`). ABI: `include/uapi/linux/netlink.h`,
-//! `rtnetlink.h`, `if_link.h`, `genetlink.h`, `wireguard.h`.
+//! `rtnetlink.h`, `if_link.h`, `genetlink.h`, `wireguard.h`; endpoints are `sockaddr_in` (`in.h`)
+//! or `sockaddr_in6` (`in6.h`).
 //!
 //! The message builders are pure (host-tested byte for byte); [`Netlink`] is the thin socket.
 //! The private key only ever sits in a zeroized buffer.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use zeroize::Zeroizing;
@@ -30,6 +31,7 @@ const IFLA_INFO_KIND: u16 = 1;
 const RTA_DST: u16 = 1;
 const RTA_OIF: u16 = 4;
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 const RT_TABLE_MAIN: u8 = 254;
 const RTPROT_BOOT: u8 = 3;
 const RT_SCOPE_LINK: u8 = 253;
@@ -104,8 +106,8 @@ pub enum WgNetlinkError {
 pub struct WgPeer {
     /// Its public key.
     pub public_key: [u8; 32],
-    /// Its UDP endpoint.
-    pub endpoint: SocketAddrV4,
+    /// Its UDP endpoint (IPv4 or IPv6).
+    pub endpoint: SocketAddr,
     /// Persistent keepalive (seconds, 0 = off).
     pub keepalive_secs: u16,
     /// Allowed IPv4 networks (address, prefix length).
@@ -259,12 +261,36 @@ pub fn get_family_message(seq: u32) -> Vec<u8> {
     m.finish()
 }
 
+/// `struct sockaddr_in` (16 bytes): family (host order), port (network order), address,
+/// 8 bytes of zero padding.
 fn sockaddr_in(addr: SocketAddrV4) -> [u8; 16] {
     let mut out = [0u8; 16];
     out[..2].copy_from_slice(&u16::from(AF_INET).to_ne_bytes());
     out[2..4].copy_from_slice(&addr.port().to_be_bytes());
     out[4..8].copy_from_slice(&addr.ip().octets());
     out
+}
+
+/// `struct sockaddr_in6` (28 bytes, `include/uapi/linux/in6.h`): `sin6_family` (host order),
+/// `sin6_port` (`__be16`), `sin6_flowinfo` (`__be32`), `sin6_addr` (16 bytes), `sin6_scope_id`
+/// (host order).
+fn sockaddr_in6(addr: SocketAddrV6) -> [u8; 28] {
+    let mut out = [0u8; 28];
+    out[..2].copy_from_slice(&u16::from(AF_INET6).to_ne_bytes());
+    out[2..4].copy_from_slice(&addr.port().to_be_bytes());
+    out[4..8].copy_from_slice(&addr.flowinfo().to_be_bytes());
+    out[8..24].copy_from_slice(&addr.ip().octets());
+    out[24..28].copy_from_slice(&addr.scope_id().to_ne_bytes());
+    out
+}
+
+/// `WGPEER_A_ENDPOINT`'s payload: a `sockaddr_in` or a `sockaddr_in6` (the kernel tells them
+/// apart by length, `wireguard.h`).
+fn endpoint_bytes(addr: SocketAddr) -> Vec<u8> {
+    match addr {
+        SocketAddr::V4(v4) => sockaddr_in(v4).to_vec(),
+        SocketAddr::V6(v6) => sockaddr_in6(v6).to_vec(),
+    }
 }
 
 /// `WG_CMD_SET_DEVICE` for `family` (the id from [`get_family_message`]'s reply): private
@@ -287,7 +313,7 @@ pub fn set_device_message(
         let at = m.begin_nested(u16::try_from(i).unwrap_or(u16::MAX) & !NLA_F_NESTED);
         m.attr(WGPEER_A_PUBLIC_KEY, &peer.public_key);
         m.attr(WGPEER_A_FLAGS, &WGPEER_F_REPLACE_ALLOWEDIPS.to_ne_bytes());
-        m.attr(WGPEER_A_ENDPOINT, &sockaddr_in(peer.endpoint));
+        m.attr(WGPEER_A_ENDPOINT, &endpoint_bytes(peer.endpoint));
         m.attr(
             WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
             &peer.keepalive_secs.to_ne_bytes(),
@@ -583,7 +609,7 @@ mod tests {
         let key = [0x11u8; 32];
         let peers = [WgPeer {
             public_key: [0x22; 32],
-            endpoint: SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 51820),
+            endpoint: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 2, 2), 51820)),
             keepalive_secs: 25,
             allowed_ips: vec![(Ipv4Addr::new(10, 4, 0, 1), 32)],
         }];
@@ -651,6 +677,69 @@ mod tests {
         assert_eq!(u16_at(&m, one + 22), WGALLOWEDIP_A_CIDR_MASK);
         assert_eq!(m[one + 24], 32);
         assert_eq!(one + 28, m.len());
+    }
+
+    /// An IPv6 endpoint is a 28-byte `sockaddr_in6` in `WGPEER_A_ENDPOINT` (attribute length
+    /// 32), laid out as `include/uapi/linux/in6.h` and glibc's `struct sockaddr_in6` agree;
+    /// the attributes after it stay aligned.
+    #[test]
+    fn ipv6_endpoint_is_a_sockaddr_in6() {
+        use std::mem::{offset_of, size_of};
+        assert_eq!(size_of::<libc::sockaddr_in6>(), 28);
+        assert_eq!(offset_of!(libc::sockaddr_in6, sin6_family), 0);
+        assert_eq!(offset_of!(libc::sockaddr_in6, sin6_port), 2);
+        assert_eq!(offset_of!(libc::sockaddr_in6, sin6_flowinfo), 4);
+        assert_eq!(offset_of!(libc::sockaddr_in6, sin6_addr), 8);
+        assert_eq!(offset_of!(libc::sockaddr_in6, sin6_scope_id), 24);
+        assert_eq!(size_of::<libc::sockaddr_in>(), 16);
+        assert_eq!(libc::AF_INET6, i32::from(AF_INET6));
+        let addr = SocketAddrV6::new("fd00::1:2".parse().unwrap(), 51820, 0x0001_2345, 7);
+        let b = sockaddr_in6(addr);
+        assert_eq!(&b[..2], &10u16.to_ne_bytes());
+        assert_eq!(&b[2..4], &[0xca, 0x6c]);
+        assert_eq!(&b[4..8], &[0x00, 0x01, 0x23, 0x45]);
+        assert_eq!(
+            &b[8..24],
+            &[0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 2]
+        );
+        assert_eq!(&b[24..28], &7u32.to_ne_bytes());
+
+        let peers = [WgPeer {
+            public_key: [0x22; 32],
+            endpoint: SocketAddr::V6(SocketAddrV6::new("fd00::1".parse().unwrap(), 9, 0, 0)),
+            keepalive_secs: 25,
+            allowed_ips: vec![(Ipv4Addr::new(10, 4, 0, 1), 32)],
+        }];
+        let key = [0x11u8; 32];
+        let dev = WgDevice {
+            name: "dstack-wg0",
+            private_key: &key,
+            listen_port: 9182,
+            peers: &peers,
+        };
+        let m = set_device_message(0x1d, &dev, 3).unwrap();
+        // ifname (16), private key (36), listen port (8), flags (8) after the genl header;
+        // then the peers list, peer 0, its public key (36) and flags (8).
+        let endpoint = 20 + 16 + 36 + 8 + 8 + 4 + 4 + 36 + 8;
+        assert_eq!(
+            (u16_at(&m, endpoint), u16_at(&m, endpoint + 2)),
+            (32, WGPEER_A_ENDPOINT)
+        );
+        assert_eq!(u16_at(&m, endpoint + 4), 10);
+        assert_eq!(&m[endpoint + 6..endpoint + 8], &[0, 9]);
+        assert_eq!(&m[endpoint + 8..endpoint + 12], &[0; 4]);
+        assert_eq!(m[endpoint + 12], 0xfd);
+        assert_eq!(m[endpoint + 27], 1);
+        assert_eq!(&m[endpoint + 28..endpoint + 32], &[0; 4]);
+        let keepalive = endpoint + 32;
+        assert_eq!(
+            (u16_at(&m, keepalive), u16_at(&m, keepalive + 2)),
+            (6, WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL)
+        );
+        assert_eq!(u16_at(&m, keepalive + 4), 25);
+        let ips = keepalive + 8;
+        assert_eq!(u16_at(&m, ips + 2), WGPEER_A_ALLOWEDIPS | NLA_F_NESTED);
+        assert_eq!(ips + 4 + 28, m.len());
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   on a loopback UDP socket (the guest reaches it as `10.0.2.2:<port>` through QEMU user
 //!   networking), and `smoltcp` as the TCP/IP stack over the decrypted packets, so
 //!   [`TestGateway::http_get`] fetches a page from the guest through the tunnel without root
-//!   or kernel WireGuard on the host. A registration with a new client key replaces the peer.
+//!   or kernel WireGuard on the host. A registration with a new client key replaces the peer;
+//!   the same key again (a refresh) keeps the session. Each registration records the client
+//!   leaf certificate it presented.
 //!
 //! Reuses `test-kms`'s keys (app CA), request reader and JSON reply writer.
 
@@ -65,6 +67,8 @@ pub struct Registration {
     pub client_public_key: [u8; 32],
     /// The request's `port_policy`, as sent.
     pub port_policy: serde_json::Value,
+    /// The client leaf certificate presented (DER): a renewed certificate differs.
+    pub client_cert: Vec<u8>,
 }
 
 /// One request, accepted or not (status, reason).
@@ -79,6 +83,8 @@ pub struct RequestRecord {
 /// What the peer thread and the fetcher share.
 struct WgState {
     tunn: Option<Tunn>,
+    /// The registered guest key the Noise state is for.
+    client_key: Option<[u8; 32]>,
     peer: Option<SocketAddr>,
     inbound: VecDeque<Vec<u8>>,
     handshakes: u32,
@@ -203,6 +209,7 @@ pub fn start(
         requests: Mutex::new(Vec::new()),
         wg: Mutex::new(WgState {
             tunn: None,
+            client_key: None,
             peer: None,
             inbound: VecDeque::new(),
             handshakes: 0,
@@ -312,6 +319,13 @@ fn register(
     };
     {
         let mut wg = shared.wg();
+        // The same key again (a refresh) keeps the session, as a kernel WireGuard peer whose
+        // key is set again does; a new key replaces the peer.
+        if wg.tunn.is_some() && wg.client_key == Some(key) {
+            drop(wg);
+            return Ok(record_and_reply(shared, &app_id, key, &request, leaf));
+        }
+        wg.client_key = Some(key);
         wg.tunn = Some(Tunn::new(
             shared.secret.clone(),
             PublicKey::from(key),
@@ -323,14 +337,26 @@ fn register(
         wg.peer = None;
         wg.inbound.clear();
     }
+    Ok(record_and_reply(shared, &app_id, key, &request, leaf))
+}
+
+/// Records an accepted registration and builds its reply.
+fn record_and_reply(
+    shared: &Shared,
+    app_id: &[u8],
+    key: [u8; 32],
+    request: &serde_json::Value,
+    leaf: &[u8],
+) -> serde_json::Value {
     if let Ok(mut r) = shared.registrations.lock() {
         r.push(Registration {
-            app_id: hex::encode(&app_id),
+            app_id: hex::encode(app_id),
             client_public_key: key,
             port_policy: request["port_policy"].clone(),
+            client_cert: leaf.to_vec(),
         });
     }
-    Ok(serde_json::json!({
+    serde_json::json!({
         "wg": {
             "client_ip": CLIENT_IP.to_string(),
             "servers": [{
@@ -346,7 +372,7 @@ fn register(
             "app_address_ns_prefix": "",
         },
         "gateways": [],
-    }))
+    })
 }
 
 /// Moves datagrams between the UDP socket and the Noise state: decrypted IPv4 packets go to

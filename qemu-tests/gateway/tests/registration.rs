@@ -54,8 +54,9 @@ mod tests {
         let app_id = [0xa1u8; 20];
         let mut transport = TlsTransport::default();
 
+        let chain = client_chain(&keys, &app_id);
         let creds = GatewayCredentials::new(
-            &client_chain(&keys, &app_id),
+            &chain,
             &keys.root_ca_pem,
             &test_gateway::app_id_hex(&test_gateway::DEFAULT_APP_ID),
             u64::MAX,
@@ -78,6 +79,11 @@ mod tests {
         assert_eq!(seen[0].app_id, hex::encode(app_id));
         assert_eq!(seen[0].client_public_key, [5; 32]);
         assert_eq!(seen[0].port_policy["ports"][0]["port"], 8080);
+        // The leaf presented is recorded (the demo tells a renewed certificate by it).
+        assert_eq!(
+            Some(&seen[0].client_cert),
+            cvm_keys::kms::pem_block(&chain.certificate_chain[0], "CERTIFICATE").as_ref()
+        );
 
         // The KMS names another gateway: the client refuses this one's certificate.
         let wrong = GatewayCredentials::new(
