@@ -473,6 +473,15 @@ fn bind(destination: &str, source: &Path, read_only: bool) -> Value {
     json!({"destination": destination, "type": "bind", "source": source, "options": options})
 }
 
+/// Refuses `service` when it requests GPUs `grant` cannot give (checked before any pull; the
+/// plan checks again).
+pub fn check_gpu_request(service: &Service, grant: &GpuGrant) -> Result<(), SpecError> {
+    match &service.resources.gpus {
+        Some(request) => choose_gpus(&service.name, request, grant).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// The GPU nodes `request` names out of `grant`; too few, or an id that is not granted,
 /// refuses the service (fail closed).
 fn choose_gpus<'g>(
