@@ -80,7 +80,9 @@ pub(crate) fn prepare(mode: TestGpu, paths: &mut GpuPaths) -> io::Result<()> {
     )?;
     paths.pci_devices = pci;
     paths.driver_gpus = gpus;
-    paths.helper = std::env::current_exe()?;
+    // This binary; `/proc/self/exe` still execs it after the root moved to the tmpfs (where
+    // `current_exe` reads `/init (deleted)`).
+    paths.helper = PathBuf::from("/proc/self/exe");
     paths.helper_args = vec![SUBCOMMAND.to_owned()];
     if mode == TestGpu::Pass {
         let mut nonce = [0u8; 32];
