@@ -223,7 +223,10 @@ pub fn gpu_test_files() -> Vec<FileEntry> {
             "/usr/share/cvm-init/test-gpu/attestation_report.bin",
             "attestation_report.bin",
         ),
-        path("/usr/share/cvm-init/test-gpu/cert_chain.pem", "cert_chain.pem"),
+        path(
+            "/usr/share/cvm-init/test-gpu/cert_chain.pem",
+            "cert_chain.pem",
+        ),
         path(
             "/usr/share/cvm-init/rims/NV_GPU_DRIVER_GH100_545.00.xml",
             "driver_rim_GH100_545.00_test.swidtag",
@@ -251,8 +254,14 @@ pub fn test_image_gpu(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
         .get_or_init(|| {
             let init = init_binary()?;
             let compression = compression()?;
-            let initramfs =
-                build_cached("cvm-gpu", &init, &gpu_test_files(), &[], artifacts, compression)?;
+            let initramfs = build_cached(
+                "cvm-gpu",
+                &init,
+                &gpu_test_files(),
+                &[],
+                artifacts,
+                compression,
+            )?;
             let sidecar = modules_load_sidecar(&initramfs);
             let modules_load =
                 fs::read_to_string(&sidecar).map_err(|error| ImageError::ReadManifest {

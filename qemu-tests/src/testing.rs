@@ -63,8 +63,8 @@ impl CvmSetup {
     pub fn new_gpu() -> Result<Self, SetupError> {
         let artifacts =
             Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
-        let image =
-            image::test_image_gpu(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
+        let image = image::test_image_gpu(&artifacts)
+            .map_err(|source| SetupError::BuildImage { source })?;
         let host_share = crate::host_share::sample_image()
             .map_err(|source| SetupError::BuildHostShare { source })?;
         Ok(Self {

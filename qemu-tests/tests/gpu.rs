@@ -65,7 +65,10 @@ mod tests {
             let prefix = format!("{service}| ");
             console
                 .lines()
-                .filter_map(|l| l.split_once(&prefix).map(|(_, rest)| rest.trim().to_owned()))
+                .filter_map(|l| {
+                    l.split_once(&prefix)
+                        .map(|(_, rest)| rest.trim().to_owned())
+                })
                 .collect()
         };
         let trainer = lines("trainer");
@@ -80,7 +83,10 @@ mod tests {
             ensure!(
                 trainer.iter().any(|l| l.starts_with('c')
                     && l.ends_with(node)
-                    && l.split_whitespace().collect::<Vec<_>>().windows(2).any(|w| w == ["195,", minor])),
+                    && l.split_whitespace()
+                        .collect::<Vec<_>>()
+                        .windows(2)
+                        .any(|w| w == ["195,", minor])),
                 "trainer lacks node {node}: {trainer:?}"
             );
         }
@@ -97,8 +103,9 @@ mod tests {
         ensure!(!has(&trainer, "libEGL_nvidia"), "{trainer:?}");
         // Only "No such file" errors mention a GPU node or file in the other service.
         ensure!(
-            !web.iter().any(|l| (l.contains("nvidia") || l.contains("libcuda"))
-                && !l.contains("No such file or directory")),
+            !web.iter()
+                .any(|l| (l.contains("nvidia") || l.contains("libcuda"))
+                    && !l.contains("No such file or directory")),
             "web sees GPU files: {web:?}"
         );
         ensure!(has(&web, "No such file or directory"), "{web:?}");

@@ -2076,9 +2076,9 @@ fn gpu_from_runtime(
         },
         None => false,
     };
-    let path = m
-        .get("environment")
-        .map_or_else(String::new, |n| format!("{}.{NVIDIA_VISIBLE_DEVICES}", n.path));
+    let path = m.get("environment").map_or_else(String::new, |n| {
+        format!("{}.{NVIDIA_VISIBLE_DEVICES}", n.path)
+    });
     match environment.get(NVIDIA_VISIBLE_DEVICES).map(|v| v.trim()) {
         None if runtime_nvidia => Ok(Some(GpuRequest::All)),
         None | Some("" | "none" | "void") => Ok(None),

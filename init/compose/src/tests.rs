@@ -957,7 +957,14 @@ fn networking_gaps_are_what_the_bridges_cannot_honour() {
 /// Every accepted GPU request form becomes one `GpuRequest`; a service without one has none.
 #[test]
 fn gpu_requests_in_every_accepted_form() {
-    let gpus = |body: &str| parse_ok(&svc(body)).service("a").unwrap().resources.gpus.clone();
+    let gpus = |body: &str| {
+        parse_ok(&svc(body))
+            .service("a")
+            .unwrap()
+            .resources
+            .gpus
+            .clone()
+    };
     let reservation = |fields: &str| {
         gpus(&format!(
             "    deploy:\n      resources:\n        reservations:\n          devices:\n            - {fields}\n"
@@ -992,7 +999,10 @@ fn gpu_requests_in_every_accepted_form() {
         gpus("    environment: [NVIDIA_VISIBLE_DEVICES=all]\n"),
         Some(GpuRequest::All)
     );
-    assert_eq!(gpus("    environment: [NVIDIA_VISIBLE_DEVICES=void]\n"), None);
+    assert_eq!(
+        gpus("    environment: [NVIDIA_VISIBLE_DEVICES=void]\n"),
+        None
+    );
     assert_eq!(gpus("    environment: [NVIDIA_VISIBLE_DEVICES=]\n"), None);
 }
 
@@ -1005,20 +1015,41 @@ fn gpu_request_refusals() {
         ))
     };
     let cases: Vec<(String, &str)> = vec![
-        (reservation("{capabilities: [tpu]}"), "driver: nvidia or capabilities: [gpu]"),
-        (reservation("{driver: nvidia, capabilities: [gpu, graphics]}"), "\"graphics\" is not supported"),
+        (
+            reservation("{capabilities: [tpu]}"),
+            "driver: nvidia or capabilities: [gpu]",
+        ),
+        (
+            reservation("{driver: nvidia, capabilities: [gpu, graphics]}"),
+            "\"graphics\" is not supported",
+        ),
         (reservation("{driver: nvidia, count: 0}"), "above 0"),
-        (reservation("{driver: nvidia, count: 1, device_ids: [\"0\"]}"), "exclusive"),
-        (reservation("{driver: nvidia, device_ids: [\"0\", \"0\"]}"), "given twice"),
-        (reservation("{driver: nvidia, device_ids: [\"gpu0\"]}"), "neither an index"),
+        (
+            reservation("{driver: nvidia, count: 1, device_ids: [\"0\"]}"),
+            "exclusive",
+        ),
+        (
+            reservation("{driver: nvidia, device_ids: [\"0\", \"0\"]}"),
+            "given twice",
+        ),
+        (
+            reservation("{driver: nvidia, device_ids: [\"gpu0\"]}"),
+            "neither an index",
+        ),
         (reservation("{driver: nvidia, device_ids: []}"), "empty"),
         (svc("    runtime: kata\n"), "only runtime: runc"),
-        (svc("    environment: [\"NVIDIA_VISIBLE_DEVICES=0,x\"]\n"), "neither an index"),
+        (
+            svc("    environment: [\"NVIDIA_VISIBLE_DEVICES=0,x\"]\n"),
+            "neither an index",
+        ),
         (
             format!("{}    runtime: nvidia\n", reservation("{driver: nvidia}")),
             "GPUs requested twice",
         ),
-        (svc("    gpus: all\n    environment: [NVIDIA_VISIBLE_DEVICES=0]\n"), "GPUs requested twice"),
+        (
+            svc("    gpus: all\n    environment: [NVIDIA_VISIBLE_DEVICES=0]\n"),
+            "GPUs requested twice",
+        ),
     ];
     for (yaml, text) in cases {
         let err = parse_err(&yaml);

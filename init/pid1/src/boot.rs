@@ -112,9 +112,8 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     stages::host_api::configure(&share);
     let share_copy = stages::host_share::copy_dir();
     // The GPUs the gate passed travel to the workloads stage, the only one that grants them.
-    let (mut measured, attested_gpus) = run.stage(Stage::Measure, |r| {
-        stages::measure::run(&share, &config, r)
-    })?;
+    let (mut measured, attested_gpus) =
+        run.stage(Stage::Measure, |r| stages::measure::run(&share, &config, r))?;
     // Before anything can fail on the identity: the VMM keeps the seed for the next boot, so
     // the instance id, and with it the KMS disk key, survives a reboot.
     stages::host_api::instance_info(&measured.identity);

@@ -203,9 +203,7 @@ pub fn is_gpu_node_name(name: &str) -> bool {
 pub fn unattested_nodes(nodes: &[HostDevice], attested_minors: &[i64]) -> Vec<HostDevice> {
     nodes
         .iter()
-        .filter(|n| {
-            n.kind != 'c' || n.major != NVIDIA_MAJOR || !attested_minors.contains(&n.minor)
-        })
+        .filter(|n| n.kind != 'c' || n.major != NVIDIA_MAJOR || !attested_minors.contains(&n.minor))
         .cloned()
         .collect()
 }
@@ -437,7 +435,13 @@ mod tests {
     fn gpu_node_names() {
         assert!(is_gpu_node_name("nvidia0"));
         assert!(is_gpu_node_name("nvidia17"));
-        for other in ["nvidiactl", "nvidia-uvm", "nvidia", "nvidia0a", "nvidia-caps"] {
+        for other in [
+            "nvidiactl",
+            "nvidia-uvm",
+            "nvidia",
+            "nvidia0a",
+            "nvidia-caps",
+        ] {
             assert!(!is_gpu_node_name(other), "{other}");
         }
     }

@@ -266,7 +266,10 @@ fn gpus_only_when_granted() {
     let body = "    deploy:\n      resources:\n        reservations:\n          devices:\n            - driver: nvidia\n              count: 1\n              capabilities: [gpu]\n";
     let err = plan(body, &GpuGrant::default()).unwrap_err();
     assert!(matches!(err, SpecError::GrantGpu { available: 0, .. }));
-    assert!(err.to_string().contains("requests 1 GPU(s) but 0 GPU(s) passed attestation"));
+    assert!(
+        err.to_string()
+            .contains("requests 1 GPU(s) but 0 GPU(s) passed attestation")
+    );
     let p = plan(body, &two_gpus()).unwrap();
     let paths = device_paths(&p);
     assert!(paths.contains(&"/dev/nvidia0".into()) && paths.contains(&"/dev/nvidiactl".into()));
@@ -284,8 +287,16 @@ fn gpus_only_when_granted() {
         .iter()
         .find(|m| m["destination"] == "/usr/lib/x86_64-linux-gnu/libcuda.so.1")
         .unwrap();
-    assert_eq!(libcuda["source"], "/usr/lib/cvm-init/gpu-driver/lib/libcuda.so.1");
-    assert!(libcuda["options"].as_array().unwrap().contains(&json!("ro")));
+    assert_eq!(
+        libcuda["source"],
+        "/usr/lib/cvm-init/gpu-driver/lib/libcuda.so.1"
+    );
+    assert!(
+        libcuda["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro"))
+    );
 }
 
 /// A service without a GPU request gets no GPU node, rule or driver mount, whatever is granted.
@@ -294,7 +305,11 @@ fn no_request_no_gpu() {
     let p = plan("", &two_gpus()).unwrap();
     assert!(device_paths(&p).iter().all(|d| !d.contains("nvidia")));
     assert_eq!(gpu_rules(&p), Vec::<Value>::new());
-    assert!(mount_targets(&p).iter().all(|m| !m.contains("cuda") && !m.contains("nvidia")));
+    assert!(
+        mount_targets(&p)
+            .iter()
+            .all(|m| !m.contains("cuda") && !m.contains("nvidia"))
+    );
 }
 
 #[test]
@@ -317,12 +332,17 @@ fn gpu_ids_by_index_or_uuid_and_refusals() {
         let err = plan(&body, &two_gpus()).unwrap_err();
         let text = err.to_string();
         assert!(
-            text.contains(&format!("requests {wanted} but 2 GPU(s) passed attestation")),
+            text.contains(&format!(
+                "requests {wanted} but 2 GPU(s) passed attestation"
+            )),
             "{text}"
         );
     }
     let err = plan("    runtime: nvidia\n", &GpuGrant::default()).unwrap_err();
-    assert!(err.to_string().contains("every GPU (at least one)"), "{err}");
+    assert!(
+        err.to_string().contains("every GPU (at least one)"),
+        "{err}"
+    );
 }
 
 #[test]

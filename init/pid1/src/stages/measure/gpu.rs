@@ -225,7 +225,11 @@ pub(crate) fn run(
         policy_hash,
         gpus: pci.nvidia.len(),
         ready,
-        attested: if ready { pci.nvidia.clone() } else { Vec::new() },
+        attested: if ready {
+            pci.nvidia.clone()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -264,9 +268,12 @@ fn write_output(path: &Path, payload: &[u8], evidence: &[u8]) -> Result<(), GpuS
         path: path.to_owned(),
         source,
     };
-    let payload: serde_json::Value = serde_json::from_slice(payload).map_err(io::Error::other).map_err(err)?;
-    let evidence: serde_json::Value =
-        serde_json::from_slice(evidence).map_err(io::Error::other).map_err(err)?;
+    let payload: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(io::Error::other)
+        .map_err(err)?;
+    let evidence: serde_json::Value = serde_json::from_slice(evidence)
+        .map_err(io::Error::other)
+        .map_err(err)?;
     let text = serde_json::json!({"gpu_attestation": payload, "evidence": evidence}).to_string();
     if let Some(dir) = path.parent() {
         fs::DirBuilder::new()
@@ -306,7 +313,9 @@ fn attest_with(
         .map_or(0, |d| d.as_secs());
     #[cfg(feature = "insecure-test-hooks")]
     if let Some((recorded, at)) = paths.replay {
-        log::warn!("gpu: INSECURE test hook: verifying under the evidence's recorded nonce and time");
+        log::warn!(
+            "gpu: INSECURE test hook: verifying under the evidence's recorded nonce and time"
+        );
         nonce = recorded;
         now = at;
     }
@@ -475,7 +484,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         device(dir.path(), "0000:00:00.0", "0x8086", "0x060000");
         device(dir.path(), "0000:00:01.0", "0x1af4", "0x010000");
-        let out = run(None, &paths(dir.path(), Path::new("/nonexistent"), dir.path())).unwrap();
+        let out = run(
+            None,
+            &paths(dir.path(), Path::new("/nonexistent"), dir.path()),
+        )
+        .unwrap();
         assert_eq!(out.gpus, 0);
         assert!(!out.ready);
         let names: Vec<_> = out.events.iter().map(|e| e.name.as_str()).collect();
@@ -487,7 +500,11 @@ mod tests {
     fn a_foreign_display_device_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         device(dir.path(), "0000:00:02.0", "0x1234", "0x030000");
-        let err = run(None, &paths(dir.path(), Path::new("/nonexistent"), dir.path())).unwrap_err();
+        let err = run(
+            None,
+            &paths(dir.path(), Path::new("/nonexistent"), dir.path()),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, GpuStageError::ForeignDisplay { addresses } if addresses == &["0000:00:02.0"]),
             "{err:?}"

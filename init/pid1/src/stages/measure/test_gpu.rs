@@ -169,7 +169,11 @@ pub(crate) fn helper_main() -> ! {
         }
         reply.ready_state = Some(ready);
         let text = serde_json::to_string(&reply).unwrap_or_default();
-        if writeln!(stdout, "{text}").and_then(|()| stdout.flush()).is_err() || quit {
+        if writeln!(stdout, "{text}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+            || quit
+        {
             break;
         }
     }

@@ -70,17 +70,15 @@ pub(crate) fn grant(attested: &AttestedGpus) -> Result<GpuGrant, GpuGrantError> 
     let mut gpus = Vec::new();
     for pci in &attested.pci {
         let path = paths.driver_gpus.join(pci).join("information");
-        let text =
-            fs::read_to_string(&path).map_err(|source| GpuGrantError::ReadInformation {
-                path: path.clone(),
-                source,
-            })?;
-        let info = parse_gpu_information(&path, &text).map_err(|source| {
-            GpuGrantError::Information {
+        let text = fs::read_to_string(&path).map_err(|source| GpuGrantError::ReadInformation {
+            path: path.clone(),
+            source,
+        })?;
+        let info =
+            parse_gpu_information(&path, &text).map_err(|source| GpuGrantError::Information {
                 pci: pci.clone(),
                 source,
-            }
-        })?;
+            })?;
         gpus.push((pci.clone(), info));
     }
     gpus.sort_by_key(|(_, info)| info.minor);
@@ -203,7 +201,10 @@ mod tests {
     fn an_attested_gpu_without_driver_information_is_refused() {
         let dev = tempfile::tempdir().unwrap();
         let err = grant(&attested(dev.path(), dev.path(), &["0000:41:00.0"])).unwrap_err();
-        assert!(matches!(err, GpuGrantError::ReadInformation { .. }), "{err:?}");
+        assert!(
+            matches!(err, GpuGrantError::ReadInformation { .. }),
+            "{err:?}"
+        );
         let info = dev.path().join("0000:41:00.0");
         fs::create_dir_all(&info).unwrap();
         fs::write(info.join("information"), "Device Minor: \t 0\n").unwrap();
