@@ -137,7 +137,7 @@ pub(crate) fn helper_main() -> ! {
                 match collect() {
                     Ok(gpus) => {
                         reply.gpus = Some(gpus);
-                        reply.cc_state = Some(cc.clone());
+                        reply.cc_state = Some(cc);
                         reply.driver_version = Some("545.00".into());
                     }
                     Err(e) => {
@@ -148,7 +148,7 @@ pub(crate) fn helper_main() -> ! {
             }
             Ok(Request::State) => {
                 reply.op = "state".into();
-                reply.cc_state = Some(cc.clone());
+                reply.cc_state = Some(cc);
             }
             Ok(Request::SetReady) => {
                 reply.op = "set_ready".into();
