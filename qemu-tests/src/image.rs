@@ -202,6 +202,82 @@ pub fn test_image_9p(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
         .clone()
 }
 
+/// The fake GPU files the `gpu` test image adds (`cvm.test_gpu`, a test-hooks build only): the
+/// public nvtrust H100 sample (report, chain; `measurements/gpu/testdata/hopper_2023_545`) for
+/// the test helper, its driver and VBIOS RIMs under the gate's RIM directory, and a fake
+/// driver tree (text files named as the real libraries and tools) at the driver-tree path.
+pub fn gpu_test_files() -> Vec<FileEntry> {
+    let vectors = paths::workspace_root().join("measurements/gpu/testdata/hopper_2023_545");
+    let path = |dest: &str, file: &str| FileEntry {
+        dest: dest.to_owned(),
+        source: FileSource::Path(vectors.join(file)),
+        mode: Some(0o644),
+    };
+    let fake = |dest: &str, mode: u32| FileEntry {
+        dest: dest.to_owned(),
+        source: FileSource::Inline(format!("fake {dest} (qemu-tests gpu image)\n")),
+        mode: Some(mode),
+    };
+    vec![
+        path(
+            "/usr/share/cvm-init/test-gpu/attestation_report.bin",
+            "attestation_report.bin",
+        ),
+        path(
+            "/usr/share/cvm-init/test-gpu/cert_chain.pem",
+            "cert_chain.pem",
+        ),
+        path(
+            "/usr/share/cvm-init/rims/NV_GPU_DRIVER_GH100_545.00.xml",
+            "driver_rim_GH100_545.00_test.swidtag",
+        ),
+        path(
+            "/usr/share/cvm-init/rims/NV_GPU_VBIOS_1010_0200_882_96005E0001.xml",
+            "vbios_rim_1010_0200_882_96005E0001_test.swidtag",
+        ),
+        fake("/usr/lib/cvm-init/gpu-driver/lib/libcuda.so.1", 0o644),
+        fake("/usr/lib/cvm-init/gpu-driver/lib/libnvidia-ml.so.1", 0o644),
+        fake(
+            "/usr/lib/cvm-init/gpu-driver/lib/libnvidia-ptxjitcompiler.so.1",
+            0o644,
+        ),
+        fake("/usr/lib/cvm-init/gpu-driver/lib/libEGL_nvidia.so.0", 0o644),
+        fake("/usr/lib/cvm-init/gpu-driver/bin/nvidia-smi", 0o755),
+        fake("/usr/lib/cvm-init/gpu-driver/firmware/gsp_ga10x.bin", 0o644),
+    ]
+}
+
+/// The cvm-init image with [`gpu_test_files`] (built once per process).
+pub fn test_image_gpu(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
+    static IMAGE: OnceLock<Result<TestImage, ImageError>> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let init = init_binary()?;
+            let compression = compression()?;
+            let initramfs = build_cached(
+                "cvm-gpu",
+                &init,
+                &gpu_test_files(),
+                &[],
+                artifacts,
+                compression,
+            )?;
+            let sidecar = modules_load_sidecar(&initramfs);
+            let modules_load =
+                fs::read_to_string(&sidecar).map_err(|error| ImageError::ReadManifest {
+                    path: sidecar.clone(),
+                    message: error.to_string(),
+                })?;
+            Ok(TestImage {
+                init,
+                initramfs,
+                compression,
+                modules_load,
+            })
+        })
+        .clone()
+}
+
 fn build_test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
     build_variant_image(artifacts, "cvm", &[])
 }

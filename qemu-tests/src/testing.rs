@@ -59,6 +59,21 @@ impl CvmSetup {
         })
     }
 
+    /// As [`CvmSetup::new`] with the fake-GPU files ([`image::test_image_gpu`]).
+    pub fn new_gpu() -> Result<Self, SetupError> {
+        let artifacts =
+            Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
+        let image = image::test_image_gpu(&artifacts)
+            .map_err(|source| SetupError::BuildImage { source })?;
+        let host_share = crate::host_share::sample_image()
+            .map_err(|source| SetupError::BuildHostShare { source })?;
+        Ok(Self {
+            artifacts,
+            image,
+            host_share,
+        })
+    }
+
     /// A VM booting the cvm-init image with the host directory `share` exported read-only over
     /// virtio-9p with mount tag `host-shared` (as a dstack VMM does), and no share disk.
     pub fn vm_with_9p_share(&self, name: &str, share: &std::path::Path) -> TestVm<'_> {

@@ -532,6 +532,7 @@ const SERVICE_KEYS: &[&str] = &[
     "pids_limit",
     "deploy",
     "gpus",
+    "runtime",
     "stop_signal",
     "stop_grace_period",
     "build",
@@ -727,7 +728,15 @@ fn parse_service(
         Some(n) => keep(errors, parse_ulimits(&n)),
         None => Vec::new(),
     };
-    let resources = keep(errors, parse_resources(&m));
+    let mut resources = keep(errors, parse_resources(&m));
+    if let Some(request) = keep(errors, gpu_from_runtime(&m, &environment))
+        && resources.gpus.replace(request).is_some()
+    {
+        errors.push(ComposeError::refuse(
+            &format!("services.{name}"),
+            "GPUs requested twice: use one of deploy.resources.reservations.devices, gpus, runtime: nvidia / NVIDIA_VISIBLE_DEVICES",
+        ));
+    }
     let stop_signal = keep(
         errors,
         m.get("stop_signal").map(|n| parse_signal(&n)).transpose(),
@@ -1917,6 +1926,77 @@ fn parse_cpus(node: &Node<'_>) -> Result<f64, ComposeError> {
     Ok(cpus)
 }
 
+/// The NVIDIA driver capabilities a GPU reservation may name: `gpu` (Docker's marker for a
+/// GPU reservation), `nvidia`, and the two library sets the grant mounts (`compute`,
+/// `utility`). `graphics`, `video`, `display` and `compat32` need libraries the grant does not
+/// mount, so they are refused rather than silently missing.
+const GPU_CAPABILITIES: &[&str] = &["gpu", "nvidia", "compute", "utility"];
+
+/// One GPU request from a `count` / `device_ids` pair (`count: all` or no field: every GPU).
+fn gpu_count_or_ids(
+    item: &Node<'_>,
+    count: Option<Node<'_>>,
+    ids: Option<Node<'_>>,
+) -> Result<GpuRequest, ComposeError> {
+    Ok(match (count, ids) {
+        (Some(_), Some(_)) => {
+            return Err(ComposeError::invalid(
+                &item.path,
+                "count and device_ids are exclusive",
+            ));
+        }
+        (Some(c), None) => {
+            let text = c.scalar_string()?;
+            if text == "all" {
+                GpuRequest::All
+            } else {
+                match text.parse::<u32>() {
+                    Ok(n) if n > 0 => GpuRequest::Count(n),
+                    _ => {
+                        return Err(ComposeError::invalid(
+                            &c.path,
+                            "count is all or a number above 0",
+                        ));
+                    }
+                }
+            }
+        }
+        (None, Some(ids)) => {
+            let ids = ids.string_list()?;
+            check_gpu_ids(&item.path, &ids)?;
+            GpuRequest::Ids(ids)
+        }
+        (None, None) => GpuRequest::All,
+    })
+}
+
+/// Device ids are GPU indices (`0`, `1`, …) or UUIDs (`GPU-…`), each once.
+fn check_gpu_ids(path: &str, ids: &[String]) -> Result<(), ComposeError> {
+    if ids.is_empty() {
+        return Err(ComposeError::invalid(path, "device_ids is empty"));
+    }
+    let mut seen = BTreeSet::new();
+    for id in ids {
+        let index = id.parse::<u32>().is_ok();
+        let uuid = id.starts_with("GPU-")
+            && id.len() > 4
+            && id[4..].bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+        if !index && !uuid {
+            return Err(ComposeError::invalid(
+                path,
+                format!("GPU device id {id:?} is neither an index nor a GPU-<uuid>"),
+            ));
+        }
+        if !seen.insert(id.as_str()) {
+            return Err(ComposeError::invalid(
+                path,
+                format!("GPU device id {id:?} given twice"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn parse_gpu_devices(node: &Node<'_>) -> Result<Option<GpuRequest>, ComposeError> {
     let mut request = None;
     for item in node.sequence()? {
@@ -1926,18 +2006,31 @@ fn parse_gpu_devices(node: &Node<'_>) -> Result<Option<GpuRequest>, ComposeError
             Some(c) => c.string_list()?,
             None => Vec::new(),
         };
-        if let Some(d) = m.get("driver")
-            && d.string()? != "nvidia"
-        {
-            return Err(ComposeError::refuse(
-                &d.path,
-                "only the nvidia device driver is supported",
-            ));
-        }
-        if !capabilities.iter().any(|c| c == "gpu") {
+        let nvidia_driver = match m.get("driver") {
+            Some(d) if d.string()? != "nvidia" => {
+                return Err(ComposeError::refuse(
+                    &d.path,
+                    "only the nvidia device driver is supported",
+                ));
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !nvidia_driver && !capabilities.iter().any(|c| c == "gpu") {
             return Err(ComposeError::refuse(
                 &item.path,
-                "only device reservations with capability gpu are supported",
+                "only GPU device reservations (driver: nvidia or capabilities: [gpu]) are supported",
+            ));
+        }
+        if let Some(c) = capabilities
+            .iter()
+            .find(|c| !GPU_CAPABILITIES.contains(&c.as_str()))
+        {
+            return Err(ComposeError::invalid(
+                &item.path,
+                format!(
+                    "GPU capability {c:?} is not supported (only gpu, nvidia, compute, utility: the grant mounts the compute and utility libraries)"
+                ),
             ));
         }
         if m.get("options").is_some_and(|o| !o.is_empty_mapping()) {
@@ -1946,27 +2039,7 @@ fn parse_gpu_devices(node: &Node<'_>) -> Result<Option<GpuRequest>, ComposeError
                 "device options are not supported",
             ));
         }
-        let req =
-            match (m.get("count"), m.get("device_ids")) {
-                (Some(_), Some(_)) => {
-                    return Err(ComposeError::invalid(
-                        &item.path,
-                        "count and device_ids are exclusive",
-                    ));
-                }
-                (Some(c), None) => {
-                    let text = c.scalar_string()?;
-                    if text == "all" {
-                        GpuRequest::All
-                    } else {
-                        GpuRequest::Count(text.parse().map_err(|_| {
-                            ComposeError::invalid(&c.path, "count is all or a number")
-                        })?)
-                    }
-                }
-                (None, Some(ids)) => GpuRequest::Ids(ids.string_list()?),
-                (None, None) => GpuRequest::All,
-            };
+        let req = gpu_count_or_ids(&item, m.get("count"), m.get("device_ids"))?;
         if request.replace(req).is_some() {
             return Err(ComposeError::refuse(
                 &node.path,
@@ -1975,6 +2048,47 @@ fn parse_gpu_devices(node: &Node<'_>) -> Result<Option<GpuRequest>, ComposeError
         }
     }
     Ok(request)
+}
+
+/// The environment variable nvidia-container-toolkit reads the GPU selection from.
+const NVIDIA_VISIBLE_DEVICES: &str = "NVIDIA_VISIBLE_DEVICES";
+
+/// The GPU request of `runtime: nvidia` and of `NVIDIA_VISIBLE_DEVICES` in the service's
+/// environment, read as nvidia-container-toolkit reads the variable: `all`, a comma list of
+/// indices or UUIDs, or `none` / `void` / empty (no GPU). `runtime: nvidia` without the
+/// variable asks for every GPU (what the CUDA images' `NVIDIA_VISIBLE_DEVICES=all` gives);
+/// the grant is read from the compose file only, never from the image's environment, so the
+/// compose-hash covers it. Any other runtime than `runc` is refused.
+fn gpu_from_runtime(
+    m: &value::Mapping<'_>,
+    environment: &BTreeMap<String, String>,
+) -> Result<Option<GpuRequest>, ComposeError> {
+    let runtime_nvidia = match m.get("runtime") {
+        Some(n) => match n.string()?.as_str() {
+            "nvidia" => true,
+            "runc" => false,
+            _ => {
+                return Err(ComposeError::refuse(
+                    &n.path,
+                    "only runtime: runc (the default) or nvidia (GPUs) is supported",
+                ));
+            }
+        },
+        None => false,
+    };
+    let path = m.get("environment").map_or_else(String::new, |n| {
+        format!("{}.{NVIDIA_VISIBLE_DEVICES}", n.path)
+    });
+    match environment.get(NVIDIA_VISIBLE_DEVICES).map(|v| v.trim()) {
+        None if runtime_nvidia => Ok(Some(GpuRequest::All)),
+        None | Some("" | "none" | "void") => Ok(None),
+        Some("all") => Ok(Some(GpuRequest::All)),
+        Some(list) => {
+            let ids: Vec<String> = list.split(',').map(|s| s.trim().to_owned()).collect();
+            check_gpu_ids(&path, &ids)?;
+            Ok(Some(GpuRequest::Ids(ids)))
+        }
+    }
 }
 
 fn parse_resources(m: &value::Mapping<'_>) -> Result<Resources, ComposeError> {

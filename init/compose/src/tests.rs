@@ -953,3 +953,119 @@ fn networking_gaps_are_what_the_bridges_cannot_honour() {
     assert!(!app.service("a").unwrap().network_host);
     assert!(app.service("b").unwrap().network_host);
 }
+
+/// Every accepted GPU request form becomes one `GpuRequest`; a service without one has none.
+#[test]
+fn gpu_requests_in_every_accepted_form() {
+    let gpus = |body: &str| {
+        parse_ok(&svc(body))
+            .service("a")
+            .unwrap()
+            .resources
+            .gpus
+            .clone()
+    };
+    let reservation = |fields: &str| {
+        gpus(&format!(
+            "    deploy:\n      resources:\n        reservations:\n          devices:\n            - {fields}\n"
+        ))
+    };
+    assert_eq!(gpus(""), None);
+    assert_eq!(
+        reservation("{driver: nvidia, count: 2, capabilities: [gpu]}"),
+        Some(GpuRequest::Count(2))
+    );
+    assert_eq!(
+        reservation("{driver: nvidia, count: all, capabilities: [gpu, compute, utility]}"),
+        Some(GpuRequest::All)
+    );
+    // driver nvidia alone, or capabilities [gpu] alone, is a GPU reservation.
+    assert_eq!(reservation("{driver: nvidia}"), Some(GpuRequest::All));
+    assert_eq!(
+        reservation("{capabilities: [gpu], device_ids: [\"1\", \"GPU-0b1c-ff\"]}"),
+        Some(GpuRequest::Ids(vec!["1".into(), "GPU-0b1c-ff".into()]))
+    );
+    assert_eq!(gpus("    runtime: nvidia\n"), Some(GpuRequest::All));
+    assert_eq!(gpus("    runtime: runc\n"), None);
+    assert_eq!(
+        gpus("    runtime: nvidia\n    environment:\n      NVIDIA_VISIBLE_DEVICES: \"0,2\"\n"),
+        Some(GpuRequest::Ids(vec!["0".into(), "2".into()]))
+    );
+    assert_eq!(
+        gpus("    runtime: nvidia\n    environment:\n      NVIDIA_VISIBLE_DEVICES: none\n"),
+        None
+    );
+    assert_eq!(
+        gpus("    environment: [NVIDIA_VISIBLE_DEVICES=all]\n"),
+        Some(GpuRequest::All)
+    );
+    assert_eq!(
+        gpus("    environment: [NVIDIA_VISIBLE_DEVICES=void]\n"),
+        None
+    );
+    assert_eq!(gpus("    environment: [NVIDIA_VISIBLE_DEVICES=]\n"), None);
+}
+
+/// Unsupported GPU forms are refused, each with one line that says what is supported.
+#[test]
+fn gpu_request_refusals() {
+    let reservation = |fields: &str| {
+        svc(&format!(
+            "    deploy:\n      resources:\n        reservations:\n          devices:\n            - {fields}\n"
+        ))
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            reservation("{capabilities: [tpu]}"),
+            "driver: nvidia or capabilities: [gpu]",
+        ),
+        (
+            reservation("{driver: nvidia, capabilities: [gpu, graphics]}"),
+            "\"graphics\" is not supported",
+        ),
+        (reservation("{driver: nvidia, count: 0}"), "above 0"),
+        (
+            reservation("{driver: nvidia, count: 1, device_ids: [\"0\"]}"),
+            "exclusive",
+        ),
+        (
+            reservation("{driver: nvidia, device_ids: [\"0\", \"0\"]}"),
+            "given twice",
+        ),
+        (
+            reservation("{driver: nvidia, device_ids: [\"gpu0\"]}"),
+            "neither an index",
+        ),
+        (reservation("{driver: nvidia, device_ids: []}"), "empty"),
+        (svc("    runtime: kata\n"), "only runtime: runc"),
+        (
+            svc("    environment: [\"NVIDIA_VISIBLE_DEVICES=0,x\"]\n"),
+            "neither an index",
+        ),
+        (
+            format!("{}    runtime: nvidia\n", reservation("{driver: nvidia}")),
+            "GPUs requested twice",
+        ),
+        (
+            svc("    gpus: all\n    environment: [NVIDIA_VISIBLE_DEVICES=0]\n"),
+            "GPUs requested twice",
+        ),
+    ];
+    for (yaml, text) in cases {
+        let err = parse_err(&yaml);
+        let line = cvm_error_chain_line(&err);
+        assert!(line.contains(text), "{yaml}\n→ {line}");
+        assert!(!line.contains('\n'), "{line}");
+    }
+}
+
+fn cvm_error_chain_line(e: &ComposeError) -> String {
+    let mut out = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -36,6 +36,19 @@ pub enum TestFault {
     GatewayRefresher,
 }
 
+/// A fake NVIDIA GPU for QEMU boots (only accepted when test hooks are compiled in): the
+/// init makes a fake PCI function and `/dev/nvidia*` nodes and answers the gate from the
+/// recorded public evidence in the test image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestGpu {
+    /// The fake GPU, its recorded evidence verified under the recorded nonce and time: passes.
+    Pass,
+    /// The same evidence under a fresh nonce: the replay is refused, the boot stops.
+    Replay,
+    /// A `/dev/nvidia0` node and no GPU on the PCI bus: nothing is attested, the boot stops.
+    NodeOnly,
+}
+
 /// Whether the binary was built with `insecure-test-hooks`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TestHooks {
@@ -63,6 +76,7 @@ pub struct Config {
     pub test_fault: Option<TestFault>,
     pub test_orphans: u16,
     pub test_dump: Vec<TestDump>,
+    pub test_gpu: Option<TestGpu>,
     /// `cvm.data_device`: the data disk (or a partition of it), instead of looking for a
     /// `dstack-data` partition or the only writable virtio disk.
     pub data_device: Option<String>,
@@ -149,6 +163,7 @@ impl Default for Config {
             test_fault: None,
             test_orphans: 0,
             test_dump: Vec::new(),
+            test_gpu: None,
             data_device: None,
             test_disk_key: None,
             test_disk: Vec::new(),
@@ -172,6 +187,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cvm.test_fault",
     "cvm.test_orphans",
     "cvm.test_dump",
+    "cvm.test_gpu",
     "cvm.data_device",
     "cvm.test_disk_key",
     "cvm.test_disk",
@@ -347,6 +363,15 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                         config.test_dump.push(dump);
                     }
                 }
+            }
+            "cvm.test_gpu" => {
+                require_hooks(hooks, &key)?;
+                config.test_gpu = Some(match value.as_str() {
+                    "pass" => TestGpu::Pass,
+                    "replay" => TestGpu::Replay,
+                    "node-only" => TestGpu::NodeOnly,
+                    _ => return Err(invalid("`pass`, `replay` or `node-only`")),
+                });
             }
             "cvm.data_device" => {
                 config.data_device =
@@ -532,6 +557,25 @@ mod tests {
             }
         );
         parse("cvm.test_dump=/etc/shadow", TestHooks::Enabled).unwrap_err();
+        assert_eq!(
+            parse("cvm.test_gpu=pass", TestHooks::Enabled)
+                .unwrap()
+                .test_gpu,
+            Some(TestGpu::Pass)
+        );
+        assert_eq!(
+            parse("cvm.test_gpu=node-only", TestHooks::Enabled)
+                .unwrap()
+                .test_gpu,
+            Some(TestGpu::NodeOnly)
+        );
+        assert_eq!(
+            parse("cvm.test_gpu=pass", TestHooks::Disabled).unwrap_err(),
+            CmdlineError::TestHookInRelease {
+                key: "cvm.test_gpu".into()
+            }
+        );
+        parse("cvm.test_gpu=yes", TestHooks::Enabled).unwrap_err();
     }
 
     #[test]

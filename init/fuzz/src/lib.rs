@@ -98,7 +98,7 @@ pub fn cmdline(data: &[u8]) {
     let release = cmdline::parse(&text, TestHooks::Disabled);
     let test = cmdline::parse(&text, TestHooks::Enabled);
     if let Ok(config) = &release {
-        assert!(config.test_fault.is_none() && config.test_dump.is_empty());
+        assert!(config.test_fault.is_none() && config.test_dump.is_empty() && config.test_gpu.is_none());
         assert!(
             test.is_ok(),
             "accepted without test hooks but not with them"

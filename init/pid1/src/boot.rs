@@ -113,7 +113,9 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     let share = run.stage(Stage::HostShare, |_| stages::host_share::run())?;
     stages::host_api::configure(&share);
     let share_copy = stages::host_share::copy_dir();
-    let mut measured = run.stage(Stage::Measure, |r| stages::measure::run(&share, r))?;
+    // The GPUs the gate passed travel to the workloads stage, the only one that grants them.
+    let (mut measured, attested_gpus) =
+        run.stage(Stage::Measure, |r| stages::measure::run(&share, &config, r))?;
     // Before anything can fail on the identity: the VMM keeps the seed for the next boot, so
     // the instance id, and with it the KMS disk key, survives a reboot.
     stages::host_api::instance_info(&measured.identity);
@@ -152,6 +154,7 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
             .contains(&init_core::cmdline::TestDump::ContainerLogDigests);
         stages::workloads::run(
             &share,
+            &attested_gpus,
             keys.env(),
             disk_mount,
             network.as_ref().map(|n| stages::workloads::Uplink {

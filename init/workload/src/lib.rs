@@ -11,6 +11,7 @@ pub use cvm_compose as compose;
 pub use cvm_compose::digest;
 
 pub mod devices;
+pub mod gpu;
 pub mod logs;
 pub mod network;
 pub mod oci;

@@ -52,11 +52,15 @@ pub enum SpecError {
         /// Host path.
         path: String,
     },
-    /// GPUs requested but the GPU gate admitted none (or too few).
-    #[error("service {service}: requests GPUs but {available} passed attestation")]
+    /// GPUs requested but the GPU gate admitted none, too few, or not the ones named.
+    #[error(
+        "service {service}: requests {wanted} but {available} GPU(s) passed attestation: refused (fail closed)"
+    )]
     GrantGpu {
         /// Service.
         service: String,
+        /// What it asked for (`1 GPU`, `every GPU`, `GPU(s) 0,GPU-…`).
+        wanted: String,
         /// GPUs available.
         available: usize,
     },
@@ -112,13 +116,25 @@ pub struct HostDevice {
     pub mode: u32,
 }
 
-/// GPU devices the GPU gate admitted.
+/// One GPU the GPU gate admitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantedGpu {
+    /// Its node (`/dev/nvidiaN`, major 195).
+    pub node: HostDevice,
+    /// Its UUID (`GPU-…`), which compose `device_ids` may name.
+    pub uuid: Option<String>,
+}
+
+/// What a GPU container may get: the GPUs the GPU gate admitted, the control nodes and the
+/// driver files (`crate::gpu`). Empty (the default) when no GPU passed attestation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GpuGrant {
-    /// Per-GPU nodes (`/dev/nvidia0`, …) in index order.
-    pub gpus: Vec<HostDevice>,
-    /// Shared nodes (`/dev/nvidiactl`, `/dev/nvidia-uvm`, `/dev/nvidia-uvm-tools`).
+    /// Per-GPU nodes in index order (compose index `i` is `gpus[i]`).
+    pub gpus: Vec<GrantedGpu>,
+    /// Shared nodes present (`crate::gpu::CONTROL_NODES`).
     pub control: Vec<HostDevice>,
+    /// Read-only bind mounts of the driver's libraries and tools.
+    pub mounts: Vec<crate::gpu::DriverMount>,
 }
 
 /// Host-side locations for one service.
@@ -457,6 +473,55 @@ fn bind(destination: &str, source: &Path, read_only: bool) -> Value {
     json!({"destination": destination, "type": "bind", "source": source, "options": options})
 }
 
+/// Refuses `service` when it requests GPUs `grant` cannot give (checked before any pull; the
+/// plan checks again).
+pub fn check_gpu_request(service: &Service, grant: &GpuGrant) -> Result<(), SpecError> {
+    match &service.resources.gpus {
+        Some(request) => choose_gpus(&service.name, request, grant).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+/// The GPU nodes `request` names out of `grant`; too few, or an id that is not granted,
+/// refuses the service (fail closed).
+fn choose_gpus<'g>(
+    service: &str,
+    request: &GpuRequest,
+    grant: &'g GpuGrant,
+) -> Result<Vec<&'g HostDevice>, SpecError> {
+    let refuse = |wanted: String| SpecError::GrantGpu {
+        service: service.to_owned(),
+        wanted,
+        available: grant.gpus.len(),
+    };
+    let chosen: Option<Vec<&GrantedGpu>> = match request {
+        GpuRequest::All => (!grant.gpus.is_empty()).then(|| grant.gpus.iter().collect()),
+        GpuRequest::Count(n) => {
+            let n = usize::try_from(*n).unwrap_or(usize::MAX);
+            (n > 0 && n <= grant.gpus.len()).then(|| grant.gpus.iter().take(n).collect())
+        }
+        GpuRequest::Ids(ids) => ids
+            .iter()
+            .map(|id| match id.parse::<usize>() {
+                Ok(i) => grant.gpus.get(i),
+                Err(_) => grant
+                    .gpus
+                    .iter()
+                    .find(|g| g.uuid.as_deref() == Some(id.as_str())),
+            })
+            .collect(),
+    };
+    chosen
+        .map(|c| c.into_iter().map(|g| &g.node).collect())
+        .ok_or_else(|| {
+            refuse(match request {
+                GpuRequest::All => "every GPU (at least one)".to_owned(),
+                GpuRequest::Count(n) => format!("{n} GPU(s)"),
+                GpuRequest::Ids(ids) => format!("GPU(s) {}", ids.join(",")),
+            })
+        })
+}
+
 fn device_json(container_path: &str, dev: &HostDevice) -> Value {
     json!({"path": container_path, "type": dev.kind.to_string(), "major": dev.major, "minor": dev.minor,
            "fileMode": dev.mode & 0o777, "uid": 0, "gid": 0})
@@ -655,28 +720,15 @@ pub fn container_plan(
         rules.push(device_rule(dev, &access));
     }
     if let Some(request) = &service.resources.gpus {
-        let chosen: Vec<&HostDevice> = match request {
-            GpuRequest::All => gpus.gpus.iter().collect(),
-            GpuRequest::Count(n) => gpus.gpus.iter().take(*n as usize).collect(),
-            GpuRequest::Ids(ids) => ids
-                .iter()
-                .filter_map(|id| id.parse::<usize>().ok().and_then(|i| gpus.gpus.get(i)))
-                .collect(),
-        };
-        let wanted = match request {
-            GpuRequest::All => 1,
-            GpuRequest::Count(n) => *n as usize,
-            GpuRequest::Ids(ids) => ids.len(),
-        };
-        if chosen.is_empty() || chosen.len() < wanted {
-            return Err(SpecError::GrantGpu {
-                service: name.clone(),
-                available: gpus.gpus.len(),
-            });
-        }
-        for dev in chosen.into_iter().chain(&gpus.control) {
+        for dev in choose_gpus(name, request, gpus)?
+            .into_iter()
+            .chain(&gpus.control)
+        {
             devices.push(device_json(&dev.path, dev));
             rules.push(device_rule(dev, "rwm"));
+        }
+        for m in &gpus.mounts {
+            mounts.push(bind(&m.container_path, &m.host_path, true));
         }
     }
     if service.privileged {

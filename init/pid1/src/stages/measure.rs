@@ -38,6 +38,8 @@ use nix::fcntl::OFlag;
 use crate::results::Results;
 
 pub(crate) mod gpu;
+#[cfg(feature = "insecure-test-hooks")]
+pub(crate) mod test_gpu;
 
 /// Name of this init's configfs-tsm report entry.
 const TSM_REPORT_ENTRY: &str = "cvm-init";
@@ -133,6 +135,10 @@ pub(crate) enum MeasureStageError {
     /// this layer adds no segment of its own).
     #[error(transparent)]
     Gpu(gpu::GpuStageError),
+    /// The INSECURE `cvm.test_gpu` hook could not make its fake GPU.
+    #[cfg(feature = "insecure-test-hooks")]
+    #[error("make the fake GPU of cvm.test_gpu")]
+    TestGpu(#[source] io::Error),
 }
 
 /// What the stage hands on: the app identity and the RTMR3 event log (over the TEE), which the
@@ -153,8 +159,12 @@ impl std::fmt::Debug for Measured {
     }
 }
 
-/// Runs the stage for `share`.
-pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, MeasureStageError> {
+/// Runs the stage for `share`; hands on the measured identity and the GPUs the gate passed.
+pub(crate) fn run(
+    share: &HostShare,
+    config: &init_core::cmdline::Config,
+    results: &mut Results,
+) -> Result<(Measured, gpu::AttestedGpus), MeasureStageError> {
     // dstack checks its gates before anything is measured (`verify_app_compose_policy`).
     init_core::gates::check(
         share.app_compose.compose(),
@@ -189,13 +199,15 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
         .requirements
         .as_ref()
         .and_then(|r| r.gpu_policy.as_ref());
-    let gpu = gpu::run(
-        gpu_policy,
-        Path::new("/sys/bus/pci/devices"),
-        Path::new(gpu::HELPER_PATH),
-        Path::new(gpu::RIM_DIR),
-    )
-    .map_err(MeasureStageError::Gpu)?;
+    #[allow(unused_mut)]
+    let mut gpu_paths = gpu::GpuPaths::default();
+    #[cfg(feature = "insecure-test-hooks")]
+    if let Some(mode) = config.test_gpu {
+        test_gpu::prepare(mode, &mut gpu_paths).map_err(MeasureStageError::TestGpu)?;
+    }
+    #[cfg(not(feature = "insecure-test-hooks"))]
+    let _ = config;
+    let gpu = gpu::run(gpu_policy, &gpu_paths).map_err(MeasureStageError::Gpu)?;
     log::info!(
         "gpu: {} NVIDIA GPU(s), ready state {}, policy hash {}",
         gpu.gpus,
@@ -212,11 +224,17 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
     let env = env_event(share, version)?;
     log.emit_plan(vec![env])
         .map_err(|source| MeasureStageError::EmitEvents { source })?;
-    Ok(Measured {
-        identity,
-        log,
-        gpu_policy_hash: gpu.policy_hash,
-    })
+    Ok((
+        Measured {
+            identity,
+            log,
+            gpu_policy_hash: gpu.policy_hash,
+        },
+        gpu::AttestedGpus {
+            pci: gpu.attested,
+            paths: gpu_paths,
+        },
+    ))
 }
 
 /// Where the real TDX interfaces live (parameters for tests).

@@ -46,6 +46,7 @@ use init_core::results::Record;
 
 use crate::containers::{self, ContainerError};
 
+mod gpu;
 mod net;
 use crate::results::Results;
 pub(crate) use net::Uplink;
@@ -143,6 +144,11 @@ pub(crate) enum WorkloadsStageError {
     Network(#[source] Box<net::NetSetupError>),
     #[error("limit user namespaces ({MAX_USER_NAMESPACES})")]
     UserNamespaces(#[source] std::io::Error),
+    /// The GPU nodes or the grant (the message names the nodes or the GPU).
+    #[error(transparent)]
+    Gpu(Box<gpu::GpuGrantError>),
+    #[error("GPU request refused")]
+    GpuRequest(#[source] Box<SpecError>),
     #[error("launch {service}")]
     Launch {
         service: String,
@@ -229,6 +235,8 @@ pub(crate) struct Workloads {
     health: BTreeMap<i32, (String, Instant)>,
     /// Bridges, namespaces and hosts files (`net`).
     network: NetworkPlan,
+    /// What services requesting GPUs get (empty without attested GPUs).
+    gpu_grant: GpuGrant,
 }
 
 impl std::fmt::Debug for Workloads {
@@ -252,12 +260,15 @@ fn plain_http(registry: &str) -> bool {
 /// builds only) records each service log's SHA-256 once the containers are stopped.
 pub(crate) fn run(
     share: &HostShare,
+    attested_gpus: &crate::stages::measure::gpu::AttestedGpus,
     env: Option<&cvm_keys::env::DecryptedEnv>,
     disk_mount: Option<&Path>,
     uplink: Option<Uplink>,
     digest_logs_at_stop: bool,
     results: &mut Results,
 ) -> Result<Option<Workloads>, WorkloadsStageError> {
+    // First, whatever the compose file holds: a GPU node the gate did not pass stops the boot.
+    let gpu_grant = gpu::grant(attested_gpus).map_err(|e| WorkloadsStageError::Gpu(Box::new(e)))?;
     let compose = share.app_compose.compose();
     let runner = match compose.runner() {
         Runner::DockerCompose => "docker-compose",
@@ -323,6 +334,9 @@ pub(crate) fn run(
             service: service.name.clone(),
             source: Box::new(source),
         })?;
+        // GPU requests: only attested GPUs, as many as asked (fail closed).
+        cvm_workload::spec::check_gpu_request(service, &gpu_grant)
+            .map_err(|e| WorkloadsStageError::GpuRequest(Box::new(e)))?;
     }
     let Some(uplink) = uplink else {
         // Without a network interface nothing can be pulled. Decision for the test images (the
@@ -404,6 +418,7 @@ pub(crate) fn run(
         digest_logs_at_stop,
         health: BTreeMap::new(),
         network,
+        gpu_grant,
     };
     if !workloads.public_logs {
         log::info!(
@@ -756,7 +771,7 @@ impl Workloads {
             &image.files,
             &layout,
             &host_devices,
-            &GpuGrant::default(),
+            &self.gpu_grant,
         )
         .map_err(|source| WorkloadsStageError::Plan {
             service: name.to_owned(),

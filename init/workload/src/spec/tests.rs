@@ -212,29 +212,136 @@ fn gpu(path: &str, minor: i64) -> HostDevice {
     }
 }
 
+fn granted(path: &str, minor: i64, uuid: &str) -> GrantedGpu {
+    GrantedGpu {
+        node: gpu(path, minor),
+        uuid: Some(uuid.into()),
+    }
+}
+
+fn two_gpus() -> GpuGrant {
+    GpuGrant {
+        gpus: vec![
+            granted("/dev/nvidia0", 0, "GPU-aa"),
+            granted("/dev/nvidia1", 1, "GPU-bb"),
+        ],
+        control: vec![gpu("/dev/nvidiactl", 255)],
+        mounts: vec![crate::gpu::DriverMount {
+            host_path: PathBuf::from("/usr/lib/cvm-init/gpu-driver/lib/libcuda.so.1"),
+            container_path: "/usr/lib/x86_64-linux-gnu/libcuda.so.1".into(),
+        }],
+    }
+}
+
+fn device_paths(p: &ContainerPlan) -> Vec<String> {
+    p.json["linux"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn gpu_rules(p: &ContainerPlan) -> Vec<Value> {
+    p.json["linux"]["resources"]["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["major"] == 195)
+        .cloned()
+        .collect()
+}
+
+fn mount_targets(p: &ContainerPlan) -> Vec<String> {
+    p.json["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["destination"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 #[test]
 fn gpus_only_when_granted() {
     let body = "    deploy:\n      resources:\n        reservations:\n          devices:\n            - driver: nvidia\n              count: 1\n              capabilities: [gpu]\n";
     let err = plan(body, &GpuGrant::default()).unwrap_err();
     assert!(matches!(err, SpecError::GrantGpu { available: 0, .. }));
-    let grant = GpuGrant {
-        gpus: vec![gpu("/dev/nvidia0", 0), gpu("/dev/nvidia1", 1)],
-        control: vec![gpu("/dev/nvidiactl", 255)],
-    };
-    let p = plan(body, &grant).unwrap();
-    let paths: Vec<&str> = p.json["linux"]["devices"]
+    assert!(
+        err.to_string()
+            .contains("requests 1 GPU(s) but 0 GPU(s) passed attestation")
+    );
+    let p = plan(body, &two_gpus()).unwrap();
+    let paths = device_paths(&p);
+    assert!(paths.contains(&"/dev/nvidia0".into()) && paths.contains(&"/dev/nvidiactl".into()));
+    assert!(!paths.contains(&"/dev/nvidia1".into()), "count: 1");
+    assert_eq!(
+        gpu_rules(&p),
+        [
+            json!({"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"}),
+            json!({"allow": true, "type": "c", "major": 195, "minor": 255, "access": "rwm"}),
+        ]
+    );
+    let libcuda = p.json["mounts"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|d| d["path"].as_str().unwrap())
-        .collect();
-    assert!(paths.contains(&"/dev/nvidia0") && paths.contains(&"/dev/nvidiactl"));
-    assert!(!paths.contains(&"/dev/nvidia1"), "count: 1");
-    let rules = p.json["linux"]["resources"]["devices"].as_array().unwrap();
+        .find(|m| m["destination"] == "/usr/lib/x86_64-linux-gnu/libcuda.so.1")
+        .unwrap();
+    assert_eq!(
+        libcuda["source"],
+        "/usr/lib/cvm-init/gpu-driver/lib/libcuda.so.1"
+    );
     assert!(
-        rules.contains(
-            &json!({"allow": true, "type": "c", "major": 195, "minor": 0, "access": "rwm"})
-        )
+        libcuda["options"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("ro"))
+    );
+}
+
+/// A service without a GPU request gets no GPU node, rule or driver mount, whatever is granted.
+#[test]
+fn no_request_no_gpu() {
+    let p = plan("", &two_gpus()).unwrap();
+    assert!(device_paths(&p).iter().all(|d| !d.contains("nvidia")));
+    assert_eq!(gpu_rules(&p), Vec::<Value>::new());
+    assert!(
+        mount_targets(&p)
+            .iter()
+            .all(|m| !m.contains("cuda") && !m.contains("nvidia"))
+    );
+}
+
+#[test]
+fn gpu_ids_by_index_or_uuid_and_refusals() {
+    let ids = |list: &str| {
+        format!("    runtime: nvidia\n    environment:\n      NVIDIA_VISIBLE_DEVICES: \"{list}\"\n")
+    };
+    let p = plan(&ids("1"), &two_gpus()).unwrap();
+    assert!(device_paths(&p).contains(&"/dev/nvidia1".into()));
+    assert!(!device_paths(&p).contains(&"/dev/nvidia0".into()));
+    let p = plan(&ids("GPU-aa"), &two_gpus()).unwrap();
+    assert!(device_paths(&p).contains(&"/dev/nvidia0".into()));
+    let p = plan("    runtime: nvidia\n", &two_gpus()).unwrap();
+    assert_eq!(gpu_rules(&p).len(), 3, "all: two GPUs and nvidiactl");
+    for (body, wanted) in [
+        (ids("2"), "GPU(s) 2"),
+        (ids("GPU-cc"), "GPU(s) GPU-cc"),
+        ("    gpus: 3\n".to_owned(), "3 GPU(s)"),
+    ] {
+        let err = plan(&body, &two_gpus()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "requests {wanted} but 2 GPU(s) passed attestation"
+            )),
+            "{text}"
+        );
+    }
+    let err = plan("    runtime: nvidia\n", &GpuGrant::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("every GPU (at least one)"),
+        "{err}"
     );
 }
 

@@ -6,6 +6,11 @@
 //! sets the GPUs' ready state. A display device of another vendor, a missing helper, or any
 //! verification failure stops the boot with every reason (fail closed: no workload sees a GPU
 //! that was not verified).
+//!
+//! Order with GPUs: the driver's kernel modules are loaded (`modules` stage, before this one),
+//! `nvidia-persistenced` is started when the driver tree ships it, the GPUs are attested, the
+//! ready state is set; only then can the `workloads` stage grant them ([`AttestedGpus`], handed
+//! on through the boot). The verified evidence is written for the guest API's `GpuInfo`.
 
 use std::fs;
 use std::io::{self, BufRead as _, BufReader, Read as _, Write as _};
@@ -27,6 +32,58 @@ pub(crate) const HELPER_PATH: &str = "/usr/lib/cvm-init/cvm-gpu-evidence";
 pub(crate) const RIM_DIR: &str = "/usr/share/cvm-init/rims";
 /// Largest RIM file read.
 const MAX_RIM_LEN: u64 = 16 << 20;
+/// Where the driver lists its GPUs (`<pci address>/information`: `Device Minor`, `GPU UUID`).
+pub(crate) const DRIVER_GPUS_DIR: &str = "/proc/driver/nvidia/gpus";
+
+/// Where the gate and the grant look. [`GpuPaths::default`] is the real system; test builds
+/// point the PCI inventory and the driver's GPU list at a fake tree (`test_gpu`).
+#[derive(Debug, Clone)]
+pub(crate) struct GpuPaths {
+    /// `/sys/bus/pci/devices`.
+    pub(crate) pci_devices: PathBuf,
+    /// [`DRIVER_GPUS_DIR`].
+    pub(crate) driver_gpus: PathBuf,
+    /// `/dev` (the `/dev/nvidia*` nodes).
+    pub(crate) dev: PathBuf,
+    /// The evidence helper and its arguments.
+    pub(crate) helper: PathBuf,
+    pub(crate) helper_args: Vec<String>,
+    /// [`RIM_DIR`].
+    pub(crate) rim_dir: PathBuf,
+    /// The driver tree (`cvm_workload::gpu::DRIVER_TREE`).
+    pub(crate) driver_tree: PathBuf,
+    /// `GpuInfo`'s file (`guest_api::DEFAULT_GPU_ATTESTATION`).
+    pub(crate) attestation_out: PathBuf,
+    /// Test builds: verify under this recorded nonce and time instead of a fresh nonce and the
+    /// clock (a replay of public evidence; `cvm.test_gpu=pass`).
+    #[cfg(feature = "insecure-test-hooks")]
+    pub(crate) replay: Option<([u8; 32], u64)>,
+}
+
+impl Default for GpuPaths {
+    fn default() -> Self {
+        Self {
+            pci_devices: PathBuf::from("/sys/bus/pci/devices"),
+            driver_gpus: PathBuf::from(DRIVER_GPUS_DIR),
+            dev: PathBuf::from("/dev"),
+            helper: PathBuf::from(HELPER_PATH),
+            helper_args: Vec::new(),
+            rim_dir: PathBuf::from(RIM_DIR),
+            driver_tree: PathBuf::from(cvm_workload::gpu::DRIVER_TREE),
+            attestation_out: PathBuf::from(guest_api::DEFAULT_GPU_ATTESTATION),
+            #[cfg(feature = "insecure-test-hooks")]
+            replay: None,
+        }
+    }
+}
+
+/// What the gate hands the `workloads` stage: the PCI addresses of the GPUs it passed (empty:
+/// none may be granted) and where to find their nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct AttestedGpus {
+    pub(crate) pci: Vec<String>,
+    pub(crate) paths: GpuPaths,
+}
 
 /// Errors of the GPU gate.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +128,20 @@ pub(crate) enum GpuStageError {
     Refused { failures: Vec<String> },
     #[error("the GPU ready state did not become 1 after set_ready")]
     ReadyStateNotSet,
+    #[error("start {path}")]
+    Persistenced {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} exited with {status}")]
+    PersistencedFailed { path: PathBuf, status: String },
+    #[error("write the GPU attestation output {path}")]
+    WriteOutput {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// What the gate decided, with the events to extend (in order).
@@ -80,6 +151,8 @@ pub(crate) struct GpuOutcome {
     pub(crate) policy_hash: [u8; 32],
     pub(crate) gpus: usize,
     pub(crate) ready: bool,
+    /// The PCI addresses of the GPUs that passed (empty unless `ready`).
+    pub(crate) attested: Vec<String>,
 }
 
 /// The display-class inventory of `sys_bus_pci_devices` (`/sys/bus/pci/devices`).
@@ -105,16 +178,15 @@ pub(crate) fn inventory(sys_bus_pci_devices: &Path) -> PciInventory {
 /// Runs the gate for `gpu_policy` (app-compose `requirements.gpu_policy`).
 pub(crate) fn run(
     gpu_policy: Option<&serde_json::Value>,
-    sys_bus_pci_devices: &Path,
-    helper: &Path,
-    rim_dir: &Path,
+    paths: &GpuPaths,
 ) -> Result<GpuOutcome, GpuStageError> {
+    let helper = paths.helper.as_path();
     let policy_hash = gpu_policy_hash(gpu_policy);
     let mut events = vec![RuntimeEvent::new(
         names::GPU_POLICY_HASH,
         policy_hash.to_vec(),
     )];
-    let pci = inventory(sys_bus_pci_devices);
+    let pci = inventory(&paths.pci_devices);
     let refused = pci.refused();
     if !refused.is_empty() {
         return Err(GpuStageError::ForeignDisplay { addresses: refused });
@@ -125,6 +197,7 @@ pub(crate) fn run(
             policy_hash,
             gpus: 0,
             ready: false,
+            attested: Vec::new(),
         });
     }
     if !helper.is_file() {
@@ -133,35 +206,118 @@ pub(crate) fn run(
             path: helper.to_owned(),
         });
     }
-    let mut session = HelperSession::start(helper)?;
-    let result = attest_with(&mut session, gpu_policy, &pci, rim_dir);
+    start_persistenced(&paths.driver_tree)?;
+    let mut session = HelperSession::start(helper, &paths.helper_args)?;
+    let result = attest_with(&mut session, gpu_policy, &pci, paths);
     if result.is_err() {
         // Fail closed: make sure the GPUs stay not-ready whatever the helper did.
         let _ = session.call(&Request::SetNotReady, "set_not_ready");
     }
     let _ = session.call(&Request::Quit, "quit");
     session.finish();
-    let (attestation, ready) = result?;
+    let (attestation, evidence, ready) = result?;
+    if let Some(payload) = &attestation {
+        write_output(&paths.attestation_out, payload, &evidence)?;
+    }
     events.extend(attestation.map(|payload| RuntimeEvent::new(names::GPU_ATTESTATION, payload)));
     Ok(GpuOutcome {
         events,
         policy_hash,
         gpus: pci.nvidia.len(),
         ready,
+        attested: if ready {
+            pci.nvidia.clone()
+        } else {
+            Vec::new()
+        },
     })
 }
+
+/// Starts `<driver tree>/bin/nvidia-persistenced` when the tree ships it (it keeps the driver
+/// state between clients and is what NVIDIA requires before CC attestation); it daemonizes, so
+/// its first process exits once the daemon runs (PID 1 reaps the daemon if it ever exits).
+fn start_persistenced(driver_tree: &Path) -> Result<(), GpuStageError> {
+    let path = driver_tree.join("bin/nvidia-persistenced");
+    if !path.is_file() {
+        return Ok(());
+    }
+    log::info!("gpu: starting {}", path.display());
+    let status = Command::new(&path)
+        .env_clear()
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|source| GpuStageError::Persistenced {
+            path: path.clone(),
+            source,
+        })?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(GpuStageError::PersistencedFailed {
+            path,
+            status: status.to_string(),
+        })
+    }
+}
+
+/// Writes what `GpuInfo` answers: the measured `gpu-attestation` payload and the verified
+/// NVAT evidence it hashes (`evidence_sha256`), one JSON object, mode 0600.
+fn write_output(path: &Path, payload: &[u8], evidence: &[u8]) -> Result<(), GpuStageError> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+    let err = |source| GpuStageError::WriteOutput {
+        path: path.to_owned(),
+        source,
+    };
+    let payload: serde_json::Value = serde_json::from_slice(payload)
+        .map_err(io::Error::other)
+        .map_err(err)?;
+    let evidence: serde_json::Value = serde_json::from_slice(evidence)
+        .map_err(io::Error::other)
+        .map_err(err)?;
+    let text = serde_json::json!({"gpu_attestation": payload, "evidence": evidence}).to_string();
+    if let Some(dir) = path.parent() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(err)?;
+    }
+    fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .map_err(err)
+}
+
+/// The verified payload, the evidence document and the ready state.
+type Attested = (Option<Vec<u8>>, Vec<u8>, bool);
 
 fn attest_with(
     session: &mut HelperSession,
     gpu_policy: Option<&serde_json::Value>,
     pci: &PciInventory,
-    rim_dir: &Path,
-) -> Result<(Option<Vec<u8>>, bool), GpuStageError> {
+    paths: &GpuPaths,
+) -> Result<Attested, GpuStageError> {
     let mut nonce = [0u8; 32];
     {
         fs::File::open("/dev/urandom")
             .and_then(|mut f| f.read_exact(&mut nonce))
             .map_err(GpuStageError::Random)?;
+    }
+    #[allow(unused_mut)]
+    let mut now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    #[cfg(feature = "insecure-test-hooks")]
+    if let Some((recorded, at)) = paths.replay {
+        log::warn!(
+            "gpu: INSECURE test hook: verifying under the evidence's recorded nonce and time"
+        );
+        nonce = recorded;
+        now = at;
     }
     let collected = session.call(
         &Request::Collect {
@@ -171,10 +327,7 @@ fn attest_with(
     )?;
     let gpus = collected.gpus.clone().unwrap_or_default();
     let evidence = nv_verify::helper::nvat_evidence(&gpus);
-    let rims = read_rims(rim_dir)?;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let rims = read_rims(&paths.rim_dir)?;
     let attested = attest_system(
         &SystemInput {
             gpu_policy,
@@ -200,13 +353,13 @@ fn attest_with(
                 .map(|f| format!("{f:?}"))
                 .collect(),
         }),
-        GateDecision::NoGpus => Ok((None, false)),
+        GateDecision::NoGpus => Ok((None, evidence, false)),
         GateDecision::Ready | GateDecision::ReadyWithoutAttestation => {
             let reply = session.call(&Request::SetReady, "set_ready")?;
             if reply.ready_state != Some(1) {
                 return Err(GpuStageError::ReadyStateNotSet);
             }
-            Ok((attested.attestation_payload, true))
+            Ok((attested.attestation_payload, evidence, true))
         }
     }
 }
@@ -246,7 +399,7 @@ struct HelperSession {
 }
 
 impl HelperSession {
-    fn start(path: &Path) -> Result<Self, GpuStageError> {
+    fn start(path: &Path, args: &[String]) -> Result<Self, GpuStageError> {
         let spawn_err = |source| GpuStageError::SpawnHelper {
             path: path.to_owned(),
             source,
@@ -254,6 +407,7 @@ impl HelperSession {
         // No inherited environment: PID 1's comes from kernel-cmdline `KEY=value` parameters,
         // which the host writes (the helper's library and sysfs overrides are test-only).
         let mut child = Command::new(path)
+            .args(args)
             .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -307,6 +461,17 @@ impl HelperSession {
 mod tests {
     use super::*;
 
+    fn paths(pci: &Path, helper: &Path, rims: &Path) -> GpuPaths {
+        GpuPaths {
+            pci_devices: pci.to_owned(),
+            helper: helper.to_owned(),
+            rim_dir: rims.to_owned(),
+            driver_tree: rims.join("no-driver-tree"),
+            attestation_out: rims.join("attestation.out"),
+            ..GpuPaths::default()
+        }
+    }
+
     fn device(root: &Path, address: &str, vendor: &str, class: &str) {
         let dir = root.join(address);
         fs::create_dir_all(&dir).unwrap();
@@ -319,7 +484,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         device(dir.path(), "0000:00:00.0", "0x8086", "0x060000");
         device(dir.path(), "0000:00:01.0", "0x1af4", "0x010000");
-        let out = run(None, dir.path(), Path::new("/nonexistent"), dir.path()).unwrap();
+        let out = run(
+            None,
+            &paths(dir.path(), Path::new("/nonexistent"), dir.path()),
+        )
+        .unwrap();
         assert_eq!(out.gpus, 0);
         assert!(!out.ready);
         let names: Vec<_> = out.events.iter().map(|e| e.name.as_str()).collect();
@@ -331,7 +500,11 @@ mod tests {
     fn a_foreign_display_device_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         device(dir.path(), "0000:00:02.0", "0x1234", "0x030000");
-        let err = run(None, dir.path(), Path::new("/nonexistent"), dir.path()).unwrap_err();
+        let err = run(
+            None,
+            &paths(dir.path(), Path::new("/nonexistent"), dir.path()),
+        )
+        .unwrap_err();
         assert!(
             matches!(&err, GpuStageError::ForeignDisplay { addresses } if addresses == &["0000:00:02.0"]),
             "{err:?}"
@@ -344,9 +517,7 @@ mod tests {
         device(dir.path(), "0000:41:00.0", "0x10de", "0x030200");
         let err = run(
             None,
-            dir.path(),
-            &dir.path().join("missing-helper"),
-            dir.path(),
+            &paths(dir.path(), &dir.path().join("missing-helper"), dir.path()),
         )
         .unwrap_err();
         assert!(
@@ -369,7 +540,7 @@ mod tests {
         )
         .unwrap();
         fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let err = run(None, dir.path(), &helper, dir.path()).unwrap_err();
+        let err = run(None, &paths(dir.path(), &helper, dir.path())).unwrap_err();
         assert!(
             matches!(&err, GpuStageError::HelperFailed { op: "collect", error } if error.contains("Driver Not Loaded")),
             "{err:?}"
