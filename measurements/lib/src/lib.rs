@@ -18,6 +18,7 @@ pub mod rtmr;
 pub mod runtime_event;
 pub mod tdreport;
 pub mod tdvf;
+pub mod verity;
 #[cfg(feature = "verify")]
 pub mod verify;
 
