@@ -111,7 +111,9 @@ pub(crate) fn boot(run: &mut Runner) -> Result<Booted, Fatal> {
     let share = run.stage(Stage::HostShare, |_| stages::host_share::run())?;
     stages::host_api::configure(&share);
     let share_copy = stages::host_share::copy_dir();
-    let mut measured = run.stage(Stage::Measure, |r| stages::measure::run(&share, r))?;
+    let mut measured = run.stage(Stage::Measure, |r| {
+        stages::measure::run(&share, config.gpu_driver.as_ref(), r)
+    })?;
     // Before anything can fail on the identity: the VMM keeps the seed for the next boot, so
     // the instance id, and with it the KMS disk key, survives a reboot.
     stages::host_api::instance_info(&measured.identity);

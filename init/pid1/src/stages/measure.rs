@@ -38,6 +38,7 @@ use nix::fcntl::OFlag;
 use crate::results::Results;
 
 pub(crate) mod gpu;
+pub(crate) mod gpu_driver;
 
 /// Name of this init's configfs-tsm report entry.
 const TSM_REPORT_ENTRY: &str = "cvm-init";
@@ -133,6 +134,9 @@ pub(crate) enum MeasureStageError {
     /// this layer adds no segment of its own).
     #[error(transparent)]
     Gpu(gpu::GpuStageError),
+    /// The GPU driver extension could not be verified and mounted.
+    #[error("GPU driver extension")]
+    GpuDriver(#[source] gpu_driver::GpuDriverError),
 }
 
 /// What the stage hands on: the app identity and the RTMR3 event log (over the TEE), which the
@@ -153,8 +157,12 @@ impl std::fmt::Debug for Measured {
     }
 }
 
-/// Runs the stage for `share`.
-pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, MeasureStageError> {
+/// Runs the stage for `share`; `gpu_driver` is the extension's root hash (`cvm.gpu_driver`).
+pub(crate) fn run(
+    share: &HostShare,
+    gpu_driver: Option<&[u8; 32]>,
+    results: &mut Results,
+) -> Result<Measured, MeasureStageError> {
     // dstack checks its gates before anything is measured (`verify_app_compose_policy`).
     init_core::gates::check(
         share.app_compose.compose(),
@@ -189,6 +197,23 @@ pub(crate) fn run(share: &HostShare, results: &mut Results) -> Result<Measured, 
         .requirements
         .as_ref()
         .and_then(|r| r.gpu_policy.as_ref());
+    // The driver tree first: the GPU gate and the containers use what it mounts.
+    if let gpu_driver::Outcome::Mounted {
+        device,
+        files,
+        bytes,
+    } = gpu_driver::run(gpu_driver, Path::new("/sys/block")).map_err(MeasureStageError::GpuDriver)?
+        && let Some(root) = gpu_driver
+    {
+        results.record(&Record::GpuDriver {
+            root_hash: hex::encode(root),
+            device,
+            mount_point: gpu_driver::MOUNT_POINT.to_owned(),
+            files,
+            bytes,
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+    }
     let gpu = gpu::run(
         gpu_policy,
         Path::new("/sys/bus/pci/devices"),
