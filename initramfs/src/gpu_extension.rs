@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(layout.data_blocks * 4096, built_a.data_bytes);
         // The image is the filesystem plus the tree of exactly that data.
         let data = &image[..usize::try_from(built_a.data_bytes).unwrap()];
-        assert_eq!(verity::image(data).unwrap(), (image.clone(), built_a.root_hash));
+        assert_eq!(
+            verity::image(data).unwrap(),
+            (image.clone(), built_a.root_hash)
+        );
         // Another epoch is another image.
         let later = build(&a, &t.path().join("c.img"), 1_700_000_001).unwrap();
         assert_ne!(later.root_hash, built_a.root_hash);

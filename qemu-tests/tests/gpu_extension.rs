@@ -24,11 +24,22 @@ mod tests {
         for sub in ["lib", "bin", "firmware/nvidia/570.0", "modules"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
-        let nvml: Vec<u8> = NVML_PATTERN.iter().copied().cycle().take(64 << 10).collect();
+        let nvml: Vec<u8> = NVML_PATTERN
+            .iter()
+            .copied()
+            .cycle()
+            .take(64 << 10)
+            .collect();
         std::fs::write(dir.join("lib/libnvidia-ml.so.1"), nvml)?;
         std::os::unix::fs::symlink("libnvidia-ml.so.1", dir.join("lib/libnvidia-ml.so"))?;
-        std::fs::write(dir.join("bin/nvidia-smi"), b"#!/bin/sh\necho 'fake nvidia-smi'\n")?;
-        std::fs::write(dir.join("firmware/nvidia/570.0/gsp_ga10x.bin"), [0x5a; 8192])?;
+        std::fs::write(
+            dir.join("bin/nvidia-smi"),
+            b"#!/bin/sh\necho 'fake nvidia-smi'\n",
+        )?;
+        std::fs::write(
+            dir.join("firmware/nvidia/570.0/gsp_ga10x.bin"),
+            [0x5a; 8192],
+        )?;
         std::fs::write(dir.join("modules/nvidia.ko"), b"not a real module")?;
         Ok(())
     }

@@ -426,7 +426,11 @@ mod tests {
     #[test]
     fn gpu_driver_root_hash() {
         let hash = "ab".repeat(32);
-        let c = parse(&format!("{DSTACK_LINE} cvm.gpu_driver={hash}"), TestHooks::Disabled).unwrap();
+        let c = parse(
+            &format!("{DSTACK_LINE} cvm.gpu_driver={hash}"),
+            TestHooks::Disabled,
+        )
+        .unwrap();
         assert_eq!(c.gpu_driver, Some([0xab; 32]));
         for bad in ["ab".repeat(31), "zz".repeat(32), "ab".repeat(33)] {
             assert_eq!(
@@ -445,7 +449,10 @@ mod tests {
             })
         );
         assert_eq!(
-            parse(&format!("cvm.gpu_driver={hash} cvm.gpu_driver={hash}"), TestHooks::Disabled),
+            parse(
+                &format!("cvm.gpu_driver={hash} cvm.gpu_driver={hash}"),
+                TestHooks::Disabled
+            ),
             Err(CmdlineError::DuplicateKey {
                 key: "cvm.gpu_driver".into()
             })

@@ -299,7 +299,8 @@ pub fn select(
             continue;
         }
         // The GPU driver extension is never the data disk, even when attached writable.
-        if std::fs::read_to_string(entry.join("serial")).is_ok_and(|s| s.trim() == GPU_DRIVER_SERIAL)
+        if std::fs::read_to_string(entry.join("serial"))
+            .is_ok_and(|s| s.trim() == GPU_DRIVER_SERIAL)
         {
             continue;
         }

@@ -18,9 +18,9 @@ pub mod rtmr;
 pub mod runtime_event;
 pub mod tdreport;
 pub mod tdvf;
-pub mod verity;
 #[cfg(feature = "verify")]
 pub mod verify;
+pub mod verity;
 
 #[cfg(test)]
 mod tests {

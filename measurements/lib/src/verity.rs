@@ -215,7 +215,10 @@ mod tests {
         assert_eq!(tree.len(), 3 * BLOCK_SIZE);
         let top = &tree[..BLOCK_SIZE];
         assert_eq!(root, hash_block(&salt(), top));
-        assert_eq!(top[..32], hash_block(&salt(), &tree[BLOCK_SIZE..2 * BLOCK_SIZE]));
+        assert_eq!(
+            top[..32],
+            hash_block(&salt(), &tree[BLOCK_SIZE..2 * BLOCK_SIZE])
+        );
         assert_eq!(top[32..64], hash_block(&salt(), &tree[2 * BLOCK_SIZE..]));
         assert_eq!(Layout::for_data(129).hash_blocks, 3);
     }
@@ -241,10 +244,16 @@ mod tests {
         let root = [0x11u8; 32];
         assert_eq!(
             l.table_params("253:0", &root),
-            format!("1 253:0 253:0 4096 4096 10 10 sha256 {} {SALT_HEX}", "11".repeat(32))
+            format!(
+                "1 253:0 253:0 4096 4096 10 10 sha256 {} {SALT_HEX}",
+                "11".repeat(32)
+            )
         );
         assert_eq!(l.sectors(), 80);
-        assert_eq!(cmdline_fragment(&root), format!("cvm.gpu_driver={}", "11".repeat(32)));
+        assert_eq!(
+            cmdline_fragment(&root),
+            format!("cvm.gpu_driver={}", "11".repeat(32))
+        );
     }
 
     #[test]
@@ -282,7 +291,11 @@ mod tests {
                 return;
             };
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{stdout}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let written = std::fs::read(&path).unwrap();
             let _ = std::fs::remove_file(&path);
             let their_root = stdout

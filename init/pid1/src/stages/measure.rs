@@ -202,7 +202,8 @@ pub(crate) fn run(
         device,
         files,
         bytes,
-    } = gpu_driver::run(gpu_driver, Path::new("/sys/block")).map_err(MeasureStageError::GpuDriver)?
+    } = gpu_driver::run(gpu_driver, Path::new("/sys/block"))
+        .map_err(MeasureStageError::GpuDriver)?
         && let Some(root) = gpu_driver
     {
         results.record(&Record::GpuDriver {

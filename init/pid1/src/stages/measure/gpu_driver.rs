@@ -107,7 +107,10 @@ fn read_sysfs(path: PathBuf) -> Result<String, GpuDriverError> {
 }
 
 /// The verity layout and `major:minor` of disk `name`.
-pub(crate) fn disk_layout(sys_block: &Path, name: &str) -> Result<(Layout, String), GpuDriverError> {
+pub(crate) fn disk_layout(
+    sys_block: &Path,
+    name: &str,
+) -> Result<(Layout, String), GpuDriverError> {
     let entry = sys_block.join(name);
     let size = read_sysfs(entry.join("size"))?;
     let sectors: u64 = size.parse().map_err(|_| GpuDriverError::ReadSysfs {
