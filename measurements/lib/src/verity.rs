@@ -235,7 +235,10 @@ mod tests {
             Layout::from_total_blocks(130),
             Err(VerityError::NoLayout { blocks: 130 })
         );
-        assert!(Layout::from_total_blocks(0).is_err());
+        assert_eq!(
+            Layout::from_total_blocks(0),
+            Err(VerityError::NoLayout { blocks: 0 })
+        );
     }
 
     #[test]
