@@ -118,7 +118,7 @@ pub(crate) fn disk_layout(
         source: io::Error::new(io::ErrorKind::InvalidData, format!("size `{size}`")),
     })?;
     let bytes = sectors.saturating_mul(512);
-    if bytes % verity::BLOCK_SIZE_U64 != 0 {
+    if !bytes.is_multiple_of(verity::BLOCK_SIZE_U64) {
         return Err(GpuDriverError::Unaligned {
             name: name.to_owned(),
             bytes,
