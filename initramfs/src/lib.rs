@@ -13,6 +13,7 @@
 pub mod compress;
 pub mod cpio;
 pub mod elf;
+pub mod gpu_extension;
 pub mod manifest;
 pub mod modules;
 

@@ -16,11 +16,14 @@
 //!
 //! Every task first installs the Debian packages it needs (`.ci/install-packages`, which reads
 //! `.ci/packages`: the one list `.ci/run` uses too).
+//! * `gpu-extension --tree DIR --out FILE` — the GPU driver extension image (EROFS + dm-verity
+//!   tree) of a prepared driver tree; prints its root hash and `cvm.gpu_driver=<hash>`.
 //! * `yocto-crates`, `yocto-fragment`, `yocto-check` — regenerate and check the Yocto layer's
 //!   crate list and kernel fragment, lint the layer (`yocto/README.md`).
 
 mod dist;
 mod fresh_root;
+mod gpu_extension;
 mod packages;
 mod sdk;
 mod tasks;
@@ -43,6 +46,7 @@ fn main() -> Result<()> {
         "yocto-crates" => yocto::crates_cmd(rest),
         "yocto-fragment" => yocto::fragment_cmd(rest),
         "yocto-check" => yocto::check_cmd(rest),
+        "gpu-extension" => gpu_extension::cmd(rest),
         other => bail!("unknown task `{other}`: expected dist, repro, demo, test, bench or fuzz"),
     }
 }

@@ -86,6 +86,10 @@ pub struct Config {
     pub test_disk: Vec<TestDiskOp>,
     /// Test builds only (`cvm.test_disk_plain`): an unencrypted disk for the benchmark.
     pub test_disk_plain: Option<String>,
+    /// `cvm.gpu_driver`: the dm-verity root hash of the GPU driver extension (64 hex digits).
+    /// The command line is measured into RTMR2, so the hash, and with it every byte of the
+    /// driver tree, is attested. Without it an extension disk is ignored.
+    pub gpu_driver: Option<[u8; 32]>,
 }
 
 /// A data-disk key given on the command line by a test (64 hex digits). Debug is redacted.
@@ -168,6 +172,7 @@ impl Default for Config {
             test_disk_key: None,
             test_disk: Vec::new(),
             test_disk_plain: None,
+            gpu_driver: None,
         }
     }
 }
@@ -192,6 +197,7 @@ pub const KNOWN_KEYS: &[&str] = &[
     "cvm.test_disk_key",
     "cvm.test_disk",
     "cvm.test_disk_plain",
+    "cvm.gpu_driver",
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -405,6 +411,13 @@ pub fn parse(cmdline: &str, hooks: TestHooks) -> Result<Config, CmdlineError> {
                     config.test_disk.push(op);
                 }
             }
+            "cvm.gpu_driver" => {
+                let mut root = [0u8; 32];
+                if value.len() != 64 || hex::decode_to_slice(&value, &mut root).is_err() {
+                    return Err(invalid("a SHA-256 dm-verity root hash (64 hex digits)"));
+                }
+                config.gpu_driver = Some(root);
+            }
             _ => return Err(CmdlineError::UnknownKey { key }),
         }
         seen.push(key);
@@ -444,6 +457,42 @@ mod tests {
         let c = parse(DSTACK_LINE, TestHooks::Disabled).unwrap();
         assert_eq!(c, Config::default());
         assert_eq!(c.on_ready, OnReady::Wait);
+    }
+
+    #[test]
+    fn gpu_driver_root_hash() {
+        let hash = "ab".repeat(32);
+        let c = parse(
+            &format!("{DSTACK_LINE} cvm.gpu_driver={hash}"),
+            TestHooks::Disabled,
+        )
+        .unwrap();
+        assert_eq!(c.gpu_driver, Some([0xab; 32]));
+        for bad in ["ab".repeat(31), "zz".repeat(32), "ab".repeat(33)] {
+            assert_eq!(
+                parse(&format!("cvm.gpu_driver={bad}"), TestHooks::Disabled),
+                Err(CmdlineError::InvalidValue {
+                    key: "cvm.gpu_driver".into(),
+                    value: bad.clone(),
+                    expected: "a SHA-256 dm-verity root hash (64 hex digits)",
+                })
+            );
+        }
+        assert_eq!(
+            parse("cvm.gpu_driver=", TestHooks::Disabled),
+            Err(CmdlineError::MissingValue {
+                key: "cvm.gpu_driver".into()
+            })
+        );
+        assert_eq!(
+            parse(
+                &format!("cvm.gpu_driver={hash} cvm.gpu_driver={hash}"),
+                TestHooks::Disabled
+            ),
+            Err(CmdlineError::DuplicateKey {
+                key: "cvm.gpu_driver".into()
+            })
+        );
     }
 
     #[test]

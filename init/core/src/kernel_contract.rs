@@ -138,6 +138,8 @@ pub const MODULE_OPTIONS: &[(&str, &str)] = &[
     ("dm_mod", "CONFIG_BLK_DEV_DM"),
     ("dm_crypt", "CONFIG_DM_CRYPT"),
     ("dm_integrity", "CONFIG_DM_INTEGRITY"),
+    ("dm_verity", "CONFIG_DM_VERITY"),
+    ("erofs", "CONFIG_EROFS_FS"),
     ("configfs", "CONFIG_CONFIGFS_FS"),
     ("ctr", "CONFIG_CRYPTO_CTR"),
     ("ghash_generic", "CONFIG_CRYPTO_GHASH"),
@@ -567,6 +569,22 @@ pub const FEATURES: &[Feature] = &[
         Stage::Disk,
         Required,
         &[Probe::Module("dm_integrity")],
+    ),
+    // measure: the GPU driver extension (`cvm.gpu_driver`), a dm-verity EROFS image. Only a
+    // boot whose command line names a root hash needs these.
+    feature(
+        "CONFIG_DM_VERITY",
+        "dm-verity target (GPU driver extension)",
+        Stage::Measure,
+        Recommended,
+        &[Probe::Module("dm_verity")],
+    ),
+    feature(
+        "CONFIG_EROFS_FS",
+        "EROFS (GPU driver extension image)",
+        Stage::Measure,
+        Recommended,
+        &[Probe::Module("erofs")],
     ),
     feature(
         "CONFIG_CRYPTO_AES",

@@ -91,6 +91,17 @@ pub enum Record {
         pem: String,
         mono_us: u64,
     },
+    /// The GPU driver extension (inside `measure`, before the GPU gate): the dm-verity root
+    /// hash from `cvm.gpu_driver`, the disk it opened, and the files and bytes of the tree
+    /// read back in full through dm-verity after the read-only mount.
+    GpuDriver {
+        root_hash: String,
+        device: String,
+        mount_point: String,
+        files: u64,
+        bytes: u64,
+        mono_us: u64,
+    },
     /// The GPU gate (inside `measure`): NVIDIA GPUs found, whether their ready state was set
     /// after a verified pass, and the `gpu-policy-hash` extended.
     Gpu {

@@ -117,6 +117,28 @@ impl Kernel for DmKernel {
     type Block = BlockFile;
 
     fn create_device(&mut self, name: &str, target: &DmTarget) -> Result<Mapped, BoxError> {
+        self.create(name, target, DmFlags::empty())
+    }
+
+    fn remove_device(&mut self, name: &str) -> Result<(), BoxError> {
+        let dm_name = DmName::new(name)?;
+        self.dm
+            .device_remove(&DevId::Name(dm_name), DmOptions::default())?;
+        Ok(())
+    }
+
+    fn open(&mut self, path: &Path) -> io::Result<BlockFile> {
+        BlockFile::open(path)
+    }
+}
+
+impl DmKernel {
+    /// A read-only mapping (`DM_READONLY` on the table load): what dm-verity requires.
+    pub fn create_read_only(&mut self, name: &str, target: &DmTarget) -> Result<Mapped, BoxError> {
+        self.create(name, target, DmFlags::DM_READONLY)
+    }
+
+    fn create(&mut self, name: &str, target: &DmTarget, mode: DmFlags) -> Result<Mapped, BoxError> {
         let dm_name = DmName::new(name)?;
         self.dm.device_create(dm_name, None, DmOptions::default())?;
         let id = DevId::Name(dm_name);
@@ -130,7 +152,7 @@ impl Kernel for DmKernel {
         let loaded = self.dm.table_load(
             &id,
             &table,
-            DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA),
+            DmOptions::default().set_flags(DmFlags::DM_SECURE_DATA | mode),
         );
         table[0].3.zeroize();
         let resumed = loaded.and_then(|_| self.dm.device_suspend(&id, DmOptions::default()));
@@ -152,17 +174,6 @@ impl Kernel for DmKernel {
             path,
         })
     }
-
-    fn remove_device(&mut self, name: &str) -> Result<(), BoxError> {
-        let dm_name = DmName::new(name)?;
-        self.dm
-            .device_remove(&DevId::Name(dm_name), DmOptions::default())?;
-        Ok(())
-    }
-
-    fn open(&mut self, path: &Path) -> io::Result<BlockFile> {
-        BlockFile::open(path)
-    }
 }
 
 impl DmKernel {
@@ -173,6 +184,10 @@ impl DmKernel {
             .is_ok_and(|list| list.iter().any(|(n, _, _)| n.to_string() == name))
     }
 }
+
+/// The virtio serial of the GPU driver extension disk (`measure::verity::DEVICE_SERIAL`; the
+/// init checks the two agree): never picked as the data disk.
+pub const GPU_DRIVER_SERIAL: &str = "cvm-gpu-driver";
 
 /// How the data disk was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -283,6 +298,12 @@ pub fn select(
         if read_trimmed(&entry.join("ro"))? != "0" || read_trimmed(&entry.join("size"))? == "0" {
             continue;
         }
+        // The GPU driver extension is never the data disk, even when attached writable.
+        if std::fs::read_to_string(entry.join("serial"))
+            .is_ok_and(|s| s.trim() == GPU_DRIVER_SERIAL)
+        {
+            continue;
+        }
         candidates.push(name.clone());
     }
     match candidates.as_slice() {
@@ -341,6 +362,13 @@ mod tests {
         let class = t.path().join("class");
         assert_eq!(select(&class, Path::new("/dev"), None).unwrap(), None);
         disk(t.path(), "vdb", "0", &[]);
+        assert_eq!(
+            select(&class, Path::new("/dev"), None).unwrap(),
+            Some(Selected::OnlyVirtioDisk(PathBuf::from("/dev/vdb")))
+        );
+        // The GPU driver extension, writable or not, is no candidate.
+        disk(t.path(), "vdd", "0", &[]);
+        fs::write(t.path().join("devices/vdd/serial"), "cvm-gpu-driver\n").unwrap();
         assert_eq!(
             select(&class, Path::new("/dev"), None).unwrap(),
             Some(Selected::OnlyVirtioDisk(PathBuf::from("/dev/vdb")))

@@ -59,6 +59,23 @@ pub fn mount(
     })
 }
 
+/// Create `target` (and parents) and mount the block device `source` of type `fstype` on it
+/// read-only, `nodev,nosuid` (the GPU driver extension).
+pub fn mount_read_only(source: &Path, target: &Path, fstype: &str) -> Result<(), MountError> {
+    std::fs::create_dir_all(target).map_err(|e| MountError::CreateMountPoint {
+        path: target.to_owned(),
+        source: e,
+    })?;
+    let flags = MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID;
+    nix::mount::mount(Some(source), target, Some(fstype), flags, None::<&str>).map_err(|e| {
+        MountError::Mount {
+            target: target.to_owned(),
+            fstype: fstype.to_owned(),
+            source: e,
+        }
+    })
+}
+
 /// Detach `target` (lazy unmount: busy filesystems go away once their last user does).
 pub fn unmount_detach(target: &Path) -> Result<(), MountError> {
     nix::mount::umount2(target, MntFlags::MNT_DETACH).map_err(|source| MountError::Unmount {

@@ -20,6 +20,7 @@ pub mod tdreport;
 pub mod tdvf;
 #[cfg(feature = "verify")]
 pub mod verify;
+pub mod verity;
 
 #[cfg(test)]
 mod tests {

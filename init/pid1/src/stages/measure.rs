@@ -38,6 +38,7 @@ use nix::fcntl::OFlag;
 use crate::results::Results;
 
 pub(crate) mod gpu;
+pub(crate) mod gpu_driver;
 #[cfg(feature = "insecure-test-hooks")]
 pub(crate) mod test_gpu;
 
@@ -139,6 +140,9 @@ pub(crate) enum MeasureStageError {
     #[cfg(feature = "insecure-test-hooks")]
     #[error("make the fake GPU of cvm.test_gpu")]
     TestGpu(#[source] io::Error),
+    /// The GPU driver extension could not be verified and mounted.
+    #[error("GPU driver extension")]
+    GpuDriver(#[source] gpu_driver::GpuDriverError),
 }
 
 /// What the stage hands on: the app identity and the RTMR3 event log (over the TEE), which the
@@ -159,7 +163,7 @@ impl std::fmt::Debug for Measured {
     }
 }
 
-/// Runs the stage for `share`; hands on the measured identity and the GPUs the gate passed.
+/// Runs the stage for `share` (`config.gpu_driver`: the driver extension's root hash); hands on the measured identity and the GPUs the gate passed.
 pub(crate) fn run(
     share: &HostShare,
     config: &init_core::cmdline::Config,
@@ -199,14 +203,30 @@ pub(crate) fn run(
         .requirements
         .as_ref()
         .and_then(|r| r.gpu_policy.as_ref());
+    // The driver tree first: the GPU gate and the containers use what it mounts.
+    if let gpu_driver::Outcome::Mounted {
+        device,
+        files,
+        bytes,
+    } = gpu_driver::run(config.gpu_driver.as_ref(), Path::new("/sys/block"))
+        .map_err(MeasureStageError::GpuDriver)?
+        && let Some(root) = config.gpu_driver.as_ref()
+    {
+        results.record(&Record::GpuDriver {
+            root_hash: hex::encode(root),
+            device,
+            mount_point: gpu_driver::MOUNT_POINT.to_owned(),
+            files,
+            bytes,
+            mono_us: init_sys::clock::monotonic_us(),
+        });
+    }
     #[allow(unused_mut)]
     let mut gpu_paths = gpu::GpuPaths::default();
     #[cfg(feature = "insecure-test-hooks")]
     if let Some(mode) = config.test_gpu {
         test_gpu::prepare(mode, &mut gpu_paths).map_err(MeasureStageError::TestGpu)?;
     }
-    #[cfg(not(feature = "insecure-test-hooks"))]
-    let _ = config;
     let gpu = gpu::run(gpu_policy, &gpu_paths).map_err(MeasureStageError::Gpu)?;
     log::info!(
         "gpu: {} NVIDIA GPU(s), ready state {}, policy hash {}",
