@@ -296,8 +296,14 @@ mod tests {
         for f in STATIC_RUSTFLAGS.iter().chain(SIZE_RUSTFLAGS.iter()) {
             assert!(flags.iter().any(|g| g == f), "{f} missing from {flags:?}");
         }
-        assert!(flags.contains(&"--remap-path-prefix=/src=/build".to_owned()), "{flags:?}");
-        assert!(flags.contains(&"-Clink-arg=-Wl,--build-id=none".to_owned()), "{flags:?}");
+        assert!(
+            flags.contains(&"--remap-path-prefix=/src=/build".to_owned()),
+            "{flags:?}"
+        );
+        assert!(
+            flags.contains(&"-Clink-arg=-Wl,--build-id=none".to_owned()),
+            "{flags:?}"
+        );
     }
 
     #[test]
