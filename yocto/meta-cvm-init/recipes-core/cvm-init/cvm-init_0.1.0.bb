@@ -10,6 +10,9 @@ CARGO_SRC_DIR = "init/pid1"
 # Static glibc PIE, getrandom through the syscall (PID 1 runs before /dev exists): the flags
 # of .cargo/config.toml and STATIC_RUSTFLAGS in xtask/src/dist.rs.
 RUSTFLAGS:append = " -Ctarget-feature=+crt-static --cfg getrandom_backend=\"linux_getrandom\" ${CVM_INIT_REPRO_RUSTFLAGS}"
+# The size flags of the release init (SIZE_RUSTFLAGS in xtask/src/dist.rs): DT_RELR relative
+# relocations, identical code folding by the linker.
+RUSTFLAGS:append = " -Clink-arg=-Wl,-z,pack-relative-relocs -Clink-arg=-Wl,--icf=safe"
 
 do_install() {
     install -d ${D}${base_sbindir}
