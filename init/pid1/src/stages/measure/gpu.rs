@@ -136,6 +136,16 @@ pub(crate) enum GpuStageError {
     },
     #[error("{path} exited with {status}")]
     PersistencedFailed { path: PathBuf, status: String },
+    #[error("list the driver modules in {path}")]
+    ListModules {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("driver module {name}: only uncompressed .ko files are loaded from the driver tree")]
+    CompressedModule { name: String },
+    #[error("load the GPU driver module")]
+    LoadModule(#[source] init_sys::kmod::KmodError),
     #[error("write the GPU attestation output {path}")]
     WriteOutput {
         path: PathBuf,
@@ -206,6 +216,7 @@ pub(crate) fn run(
             path: helper.to_owned(),
         });
     }
+    load_driver_modules(&paths.driver_tree)?;
     start_persistenced(&paths.driver_tree)?;
     let mut session = HelperSession::start(helper, &paths.helper_args)?;
     let result = attest_with(&mut session, gpu_policy, &pci, paths);
@@ -231,6 +242,68 @@ pub(crate) fn run(
             Vec::new()
         },
     })
+}
+
+/// The NVIDIA modules whose dependencies come first, in load order; other modules of the tree
+/// follow in name order.
+const MODULE_ORDER: [&str; 5] = [
+    "nvidia.ko",
+    "nvidia-modeset.ko",
+    "nvidia-uvm.ko",
+    "nvidia-drm.ko",
+    "nvidia-peermem.ko",
+];
+
+/// The load order of the module file names of `<driver tree>/modules` (pure): the known NVIDIA
+/// modules in dependency order, then any other `.ko` by name; a compressed module is refused
+/// (finit_module is called without MODULE_INIT_COMPRESSED_FILE), other files are ignored.
+fn module_load_order(names: &[String]) -> Result<Vec<String>, GpuStageError> {
+    if let Some(name) = names.iter().find(|n| {
+        [".ko.xz", ".ko.zst", ".ko.gz"]
+            .iter()
+            .any(|ext| n.ends_with(ext))
+    }) {
+        return Err(GpuStageError::CompressedModule { name: name.clone() });
+    }
+    let mut order: Vec<String> = MODULE_ORDER
+        .iter()
+        .filter(|known| names.iter().any(|n| n == *known))
+        .map(|known| (*known).to_owned())
+        .collect();
+    let mut rest: Vec<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".ko") && !MODULE_ORDER.contains(&n.as_str()))
+        .cloned()
+        .collect();
+    rest.sort();
+    order.extend(rest);
+    Ok(order)
+}
+
+/// Loads the kernel modules of the verified driver tree (`<driver tree>/modules`, the dm-verity
+/// extension: every byte pinned by the measured command line) when it has them; only with
+/// NVIDIA GPUs on the bus. A module that fails to load stops the gate (no driver, no GPU).
+fn load_driver_modules(driver_tree: &Path) -> Result<(), GpuStageError> {
+    let dir = driver_tree.join("modules");
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(GpuStageError::ListModules { path: dir, source }),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|source| GpuStageError::ListModules {
+            path: dir.clone(),
+            source,
+        })?;
+        names.push(entry.file_name().to_string_lossy().into_owned());
+    }
+    for name in module_load_order(&names)? {
+        let path = dir.join(&name);
+        let outcome = init_sys::kmod::load_module(&path).map_err(GpuStageError::LoadModule)?;
+        log::info!("gpu: driver module {} {outcome:?}", path.display());
+    }
+    Ok(())
 }
 
 /// Starts `<driver tree>/bin/nvidia-persistenced` when the tree ships it (it keeps the driver
@@ -460,6 +533,54 @@ impl HelperSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn driver_modules_load_in_dependency_order() {
+        let names: Vec<String> = [
+            "nvidia-drm.ko",
+            "README",
+            "zz-other.ko",
+            "nvidia-uvm.ko",
+            "nvidia.ko",
+            "nvidia-modeset.ko",
+            "a-helper.ko",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            module_load_order(&names).unwrap(),
+            [
+                "nvidia.ko",
+                "nvidia-modeset.ko",
+                "nvidia-uvm.ko",
+                "nvidia-drm.ko",
+                "a-helper.ko",
+                "zz-other.ko"
+            ]
+        );
+        let compressed = ["nvidia.ko".to_owned(), "nvidia-uvm.ko.xz".to_owned()];
+        assert!(matches!(
+            module_load_order(&compressed),
+            Err(GpuStageError::CompressedModule { name }) if name == "nvidia-uvm.ko.xz"
+        ));
+        assert!(module_load_order(&[]).unwrap().is_empty());
+    }
+
+    #[test]
+    fn no_modules_directory_loads_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        load_driver_modules(t.path()).unwrap();
+        std::fs::create_dir(t.path().join("modules")).unwrap();
+        std::fs::write(t.path().join("modules/nvidia.ko"), b"not a module").unwrap();
+        // A file that is not a module is refused by the kernel (or by the permission check
+        // when not root): either way the gate stops, naming the file.
+        let err = load_driver_modules(t.path()).unwrap_err();
+        assert!(
+            init_core::error_chain::one_line(&err).contains("nvidia.ko"),
+            "{}",
+            init_core::error_chain::one_line(&err)
+        );
+    }
 
     fn paths(pci: &Path, helper: &Path, rims: &Path) -> GpuPaths {
         GpuPaths {
