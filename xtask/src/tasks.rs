@@ -638,9 +638,11 @@ fn check_static(init: &Path) -> Result<()> {
 /// LTO, 2026-12-07), 9,201,592 before the fourth session's merges and 9,599,288 after them
 /// (Docker's seccomp profile through static libseccomp, per-service networking, the
 /// dstack-gateway client); 8,423,840 (2026-12-08) after DT_RELR relocations, linker ICF,
-/// opt-level "z" for cold code and libcontainer's tracing compiled out. Issue 21's goal is
-/// 7 MiB. Lower this as the binary shrinks, never raise it without a note of what the bytes buy.
-const INIT_SIZE_BUDGET: u64 = 8_450_000;
+/// opt-level "z" for cold code and libcontainer's tracing compiled out; 8,508,448 once the
+/// GPU grant, the dm-verity driver extension and the gateway refresher's supervision and
+/// certificate renewal were merged (same session). Issue 21's goal is 7 MiB. Lower this as the
+/// binary shrinks, never raise it without a note of what the bytes buy.
+const INIT_SIZE_BUDGET: u64 = 8_600_000;
 
 fn check_size_budget(size: u64) -> Result<()> {
     if size > INIT_SIZE_BUDGET {
