@@ -198,7 +198,7 @@ pub const NINE_P_MODULES: &[&str] = &["crc32c_generic", "9pnet_virtio", "9p", "e
 pub fn test_image_9p(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
     static IMAGE: OnceLock<Result<TestImage, ImageError>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| build_variant_image(artifacts, "cvm-9p", NINE_P_MODULES))
+        .get_or_init(|| build_variant_image(artifacts, "cvm-9p", &[], NINE_P_MODULES))
         .clone()
 }
 
@@ -251,45 +251,23 @@ pub fn gpu_test_files() -> Vec<FileEntry> {
 pub fn test_image_gpu(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
     static IMAGE: OnceLock<Result<TestImage, ImageError>> = OnceLock::new();
     IMAGE
-        .get_or_init(|| {
-            let init = init_binary()?;
-            let compression = compression()?;
-            let initramfs = build_cached(
-                "cvm-gpu",
-                &init,
-                &gpu_test_files(),
-                &[],
-                artifacts,
-                compression,
-            )?;
-            let sidecar = modules_load_sidecar(&initramfs);
-            let modules_load =
-                fs::read_to_string(&sidecar).map_err(|error| ImageError::ReadManifest {
-                    path: sidecar.clone(),
-                    message: error.to_string(),
-                })?;
-            Ok(TestImage {
-                init,
-                initramfs,
-                compression,
-                modules_load,
-            })
-        })
+        .get_or_init(|| build_variant_image(artifacts, "cvm-gpu", &gpu_test_files(), &[]))
         .clone()
 }
 
 fn build_test_image(artifacts: &Artifacts) -> Result<TestImage, ImageError> {
-    build_variant_image(artifacts, "cvm", &[])
+    build_variant_image(artifacts, "cvm", &[], &[])
 }
 
 fn build_variant_image(
     artifacts: &Artifacts,
     label: &str,
+    extra: &[FileEntry],
     extra_modules: &[&str],
 ) -> Result<TestImage, ImageError> {
     let init = init_binary()?;
     let compression = compression()?;
-    let initramfs = build_cached(label, &init, &[], extra_modules, artifacts, compression)?;
+    let initramfs = build_cached(label, &init, extra, extra_modules, artifacts, compression)?;
     let sidecar = modules_load_sidecar(&initramfs);
     let modules_load = fs::read_to_string(&sidecar).map_err(|error| ImageError::ReadManifest {
         path: sidecar.clone(),

@@ -30,41 +30,30 @@ pub struct CvmSetup {
 impl CvmSetup {
     /// Fetches the artifacts and builds (or reuses) the image.
     pub fn new() -> Result<Self, SetupError> {
-        let artifacts =
-            Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
-        let image =
-            image::test_image(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
-        let host_share = crate::host_share::sample_image()
-            .map_err(|source| SetupError::BuildHostShare { source })?;
-        Ok(Self {
-            artifacts,
-            image,
-            host_share,
-        })
+        Self::with(Artifacts::fetch(), image::test_image)
     }
 
     /// As [`CvmSetup::new`] with the generic-flavour kernel and the 9p modules
     /// ([`image::test_image_9p`]): the setup for host shares over 9p.
     pub fn new_9p() -> Result<Self, SetupError> {
-        let artifacts = Artifacts::fetch_with_kernel("kernel_9p")
-            .map_err(|source| SetupError::FetchArtifacts { source })?;
-        let image =
-            image::test_image_9p(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
-        let host_share = crate::host_share::sample_image()
-            .map_err(|source| SetupError::BuildHostShare { source })?;
-        Ok(Self {
-            artifacts,
-            image,
-            host_share,
-        })
+        Self::with(
+            Artifacts::fetch_with_kernel("kernel_9p"),
+            image::test_image_9p,
+        )
     }
 
     /// As [`CvmSetup::new`] with the fake-GPU files ([`image::test_image_gpu`]).
     pub fn new_gpu() -> Result<Self, SetupError> {
-        let artifacts =
-            Artifacts::fetch().map_err(|source| SetupError::FetchArtifacts { source })?;
-        let image = image::test_image_gpu(&artifacts)
-            .map_err(|source| SetupError::BuildImage { source })?;
+        Self::with(Artifacts::fetch(), image::test_image_gpu)
+    }
+
+    /// The fetched `artifacts`, the image `build` makes of them, and the sample host share.
+    fn with(
+        artifacts: Result<Artifacts, crate::artifacts::ArtifactError>,
+        build: fn(&Artifacts) -> Result<TestImage, image::ImageError>,
+    ) -> Result<Self, SetupError> {
+        let artifacts = artifacts.map_err(|source| SetupError::FetchArtifacts { source })?;
+        let image = build(&artifacts).map_err(|source| SetupError::BuildImage { source })?;
         let host_share = crate::host_share::sample_image()
             .map_err(|source| SetupError::BuildHostShare { source })?;
         Ok(Self {

@@ -67,7 +67,8 @@ const PROTECTED: &[(&str, &str)] = &[
     ("/dev/vhost-", "a vhost node"),
 ];
 
-fn host_device(path: &str, node: DeviceNode) -> HostDevice {
+/// The runtime-spec device for the node `node` found at `path`.
+pub(crate) fn host_device(path: &str, node: DeviceNode) -> HostDevice {
     HostDevice {
         path: path.to_owned(),
         kind: match node.kind {

@@ -14,8 +14,9 @@ use cvm_workload::gpu::{
     unattested_nodes,
 };
 use cvm_workload::spec::{GpuGrant, GrantedGpu, HostDevice};
-use init_sys::devnode::{DeviceKind, DeviceNode, stat_device};
+use init_sys::devnode::stat_device;
 
+use crate::host_devices::host_device;
 use crate::stages::measure::gpu::AttestedGpus;
 
 /// Where the grant's CDI JSON is written (for the record; nothing reads it back).
@@ -51,19 +52,6 @@ pub(crate) enum GpuGrantError {
     DriverTree(#[source] GpuError),
 }
 
-fn host_device(path: String, node: DeviceNode) -> HostDevice {
-    HostDevice {
-        path,
-        kind: match node.kind {
-            DeviceKind::Char => 'c',
-            DeviceKind::Block => 'b',
-        },
-        major: i64::from(node.major),
-        minor: i64::from(node.minor),
-        mode: node.mode,
-    }
-}
-
 /// Checks the GPU nodes and builds the grant for `attested`.
 pub(crate) fn grant(attested: &AttestedGpus) -> Result<GpuGrant, GpuGrantError> {
     let paths = &attested.paths;
@@ -94,7 +82,7 @@ pub(crate) fn grant(attested: &AttestedGpus) -> Result<GpuGrant, GpuGrantError> 
         let path = entry.path();
         let shown = path.display().to_string();
         match stat_device(&path) {
-            Ok(node) => nodes.push(host_device(shown, node)),
+            Ok(node) => nodes.push(host_device(&shown, node)),
             // Not a device node: it names no GPU this boot attested either.
             Err(_) => nodes.push(HostDevice {
                 path: shown,
@@ -130,14 +118,14 @@ pub(crate) fn grant(attested: &AttestedGpus) -> Result<GpuGrant, GpuGrantError> 
             source,
         })?;
         grant.gpus.push(GrantedGpu {
-            node: host_device(shown, node),
+            node: host_device(&shown, node),
             uuid: info.uuid,
         });
     }
     for name in CONTROL_NODES {
         let rel = name.trim_start_matches("/dev/");
         if let Ok(node) = stat_device(&paths.dev.join(rel)) {
-            grant.control.push(host_device((*name).to_owned(), node));
+            grant.control.push(host_device(name, node));
         }
     }
     grant.mounts = scan_driver_tree(&paths.driver_tree).map_err(GpuGrantError::DriverTree)?;
